@@ -1,0 +1,365 @@
+"""YAML loading that is safe for files strangers commit, and remembers where things are.
+
+PyYAML's own loaders expand aliases into a graph, recurse without a depth bound and
+silently let a later duplicate key win.  Here the C event stream is read by a small
+iterative composer instead, so that, in one pass and before anything large is built:
+
+* every value's position (``line:col``) is recorded under its path, for error messages;
+* a duplicate key is an error naming both places;
+* nesting is bounded (:data:`MAX_DEPTH`), iteratively, so a file of ``[[[[`` cannot blow
+  the C stack;
+* alias expansion is *accounted*, never performed: each anchored node knows its expanded
+  weight, so a billion-laughs file is refused after reading a few hundred bytes of events;
+* only the standard tags are honoured; ``!!python/...``, ``!Ref`` and friends are refused.
+
+Scalars resolve as YAML 1.1 (``tls: off`` is ``false``), except that sexagesimal numbers
+(``22:22``) stay strings, as in Compose's YAML 1.2 -- a port mapping must not become 1342.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import ScalarNode
+from yaml.resolver import Resolver
+
+from reconciler.model.errors import InvalidSpec, Problem
+
+__all__ = [
+    "MAX_ALIASES",
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_EXPANDED_NODES",
+    "Document",
+    "Path",
+    "load_yaml",
+]
+
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_ALIASES = 256
+MAX_EXPANDED_NODES = 100_000
+
+Path = tuple[str | int, ...]
+
+try:  # libyaml when present: an order of magnitude faster at producing events
+    _Parser: type = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - pure-Python fallback
+    _Parser = yaml.SafeLoader
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE = "tag:yaml.org,2002:merge"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_SCALAR_TAGS = frozenset({_STR, _INT, _FLOAT, _BOOL, _NULL, _TIMESTAMP, _MERGE})
+
+_resolver = Resolver()
+_constructor = SafeConstructor()
+
+
+@dataclass(frozen=True)
+class Document:
+    """A loaded YAML file: plain data plus where each value and key stands."""
+
+    name: str
+    data: Any
+    positions: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
+    key_positions: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
+
+    def pos(self, path: Sequence[str | int] = ()) -> tuple[int, int]:
+        """Position of the value at ``path``, else of its nearest recorded ancestor."""
+        p = tuple(path)
+        while p:
+            if p in self.positions:
+                return self.positions[p]
+            p = p[:-1]
+        return self.positions.get((), (1, 1))
+
+    def key_pos(self, path: Sequence[str | int]) -> tuple[int, int]:
+        """Position of the key that introduces ``path`` (falls back to :meth:`pos`)."""
+        p = tuple(path)
+        while p:
+            if p in self.key_positions:
+                return self.key_positions[p]
+            if p in self.positions:
+                return self.positions[p]
+            p = p[:-1]
+        return self.positions.get((), (1, 1))
+
+    def problem(
+        self,
+        path: Sequence[str | int],
+        rule: str,
+        message: str,
+        fix: str | None = None,
+        *,
+        key: bool = True,
+        **kw: Any,
+    ) -> Problem:
+        line, col = self.key_pos(path) if key else self.pos(path)
+        return Problem(self.name, line, col, rule, message, fix, **kw)
+
+
+class _Refused(Exception):
+    def __init__(self, mark: Any, rule: str, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.mark = mark
+        self.rule = rule
+        self.message = message
+        self.fix = fix
+
+
+def _pos(mark: Any) -> tuple[int, int]:
+    return (mark.line + 1, mark.column + 1)
+
+
+def _scalar(event: Any) -> tuple[Any, str]:
+    value: str = event.value
+    if event.tag is None or event.tag == "!":
+        tag = _resolver.resolve(ScalarNode, value, event.implicit)
+    else:
+        tag = event.tag
+    if tag not in _SCALAR_TAGS:
+        raise _Refused(
+            event.start_mark,
+            "yaml-tag",
+            f"tag {tag!r} is not allowed",
+            "remove the tag; only plain YAML scalars, lists and mappings are accepted",
+        )
+    if tag == _STR or tag == _TIMESTAMP or tag == _MERGE:
+        return value, tag
+    if tag in (_INT, _FLOAT) and ":" in value:
+        return value, _STR  # sexagesimal in YAML 1.1, a string in YAML 1.2 (Compose)
+    node = ScalarNode(tag, value, event.start_mark, event.end_mark)
+    if tag == _INT:
+        return _constructor.construct_yaml_int(node), tag
+    if tag == _FLOAT:
+        return _constructor.construct_yaml_float(node), tag
+    if tag == _BOOL:
+        return _constructor.construct_yaml_bool(node), tag
+    return None, tag
+
+
+class _Frame:
+    __slots__ = ("container", "explicit", "key", "key_mark", "mark", "merges", "path", "weight")
+
+    def __init__(self, container: Any, path: Path, mark: Any) -> None:
+        self.container = container
+        self.path = path
+        self.mark = mark
+        self.weight = 1
+        self.key: Any = _NOKEY
+        self.key_mark: Any = None
+        self.merges: list[tuple[Any, Any]] = []
+        self.explicit: set[Any] = set()
+
+
+_NOKEY = object()
+
+
+def _compose(events: Iterator[Any], doc: Document) -> Any:
+    """Build plain data from events with a bounded, explicit stack."""
+    anchors: dict[str, tuple[Any, int]] = {}
+    stack: list[_Frame] = []
+    pending_anchor: list[tuple[str, _Frame]] = []
+    result: Any = None
+    aliases = 0
+    total = 0
+
+    def child_path() -> Path:
+        top = stack[-1]
+        if isinstance(top.container, list):
+            return (*top.path, len(top.container))
+        return (*top.path, top.key)
+
+    def attach(value: Any, weight: int, mark: Any, is_merge: bool = False) -> None:
+        nonlocal result, total
+        total += weight
+        if total > MAX_EXPANDED_NODES:
+            raise _Refused(
+                mark,
+                "yaml-aliases",
+                f"document expands to more than {MAX_EXPANDED_NODES} nodes (alias bomb?)",
+                "write the values out instead of nesting aliases",
+            )
+        if not stack:
+            result = value
+            return
+        top = stack[-1]
+        top.weight += weight
+        if isinstance(top.container, list):
+            doc.positions[(*top.path, len(top.container))] = _pos(mark)
+            top.container.append(value)
+            return
+        if top.key is _NOKEY:
+            if isinstance(value, (dict, list)):
+                raise _Refused(mark, "yaml-key", "a mapping key must be a plain scalar")
+            top.key = _MERGE if is_merge else value
+            top.key_mark = mark
+            return
+        key = top.key
+        top.key = _NOKEY
+        if key is _MERGE:
+            top.merges.append((value, mark))
+            return
+        try:
+            hash(key)
+        except TypeError:  # pragma: no cover - scalars are hashable
+            raise _Refused(top.key_mark, "yaml-key", "a mapping key must be a plain scalar") from None
+        if key in top.explicit:
+            first = doc.key_positions.get((*top.path, key), (0, 0))
+            raise _Refused(
+                top.key_mark,
+                "yaml-duplicate-key",
+                f"duplicate key {key!r} (first defined at line {first[0]})",
+                "remove one of the two; YAML would silently keep only the last",
+            )
+        top.explicit.add(key)
+        doc.key_positions[(*top.path, key)] = _pos(top.key_mark)
+        doc.positions[(*top.path, key)] = _pos(mark)
+        top.container[key] = value
+
+    for event in events:
+        etype = type(event)
+        if etype is yaml.ScalarEvent:
+            if stack and isinstance(stack[-1].container, dict) and stack[-1].key is _NOKEY:
+                value, tag = _scalar(event)
+                attach(value, 1, event.start_mark, is_merge=(tag == _MERGE))
+            else:
+                value, _tag = _scalar(event)
+                attach(value, 1, event.start_mark)
+            if event.anchor:
+                anchors[event.anchor] = (value, 1)
+        elif etype is yaml.MappingStartEvent or etype is yaml.SequenceStartEvent:
+            if event.tag not in (None, "!", _MAP, _SEQ):
+                raise _Refused(event.start_mark, "yaml-tag", f"tag {event.tag!r} is not allowed",
+                               "remove the tag")
+            if stack and isinstance(stack[-1].container, dict) and stack[-1].key is _NOKEY:
+                raise _Refused(event.start_mark, "yaml-key", "a mapping key must be a plain scalar",
+                               "use a plain string as the key")
+            if len(stack) >= MAX_DEPTH:
+                raise _Refused(
+                    event.start_mark,
+                    "yaml-depth",
+                    f"nesting deeper than {MAX_DEPTH} levels",
+                    "flatten the structure",
+                )
+            path: Path = child_path() if stack else ()
+            container: Any = {} if etype is yaml.MappingStartEvent else []
+            frame = _Frame(container, path, event.start_mark)
+            stack.append(frame)
+            if event.anchor:
+                pending_anchor.append((event.anchor, frame))
+        elif etype is yaml.MappingEndEvent or etype is yaml.SequenceEndEvent:
+            frame = stack.pop()
+            if frame.merges:
+                _apply_merges(frame)
+            for i in range(len(pending_anchor) - 1, -1, -1):
+                if pending_anchor[i][1] is frame:
+                    anchors[pending_anchor[i][0]] = (frame.container, frame.weight)
+                    del pending_anchor[i]
+            # weight was already counted child by child; attach only this node itself
+            total -= frame.weight - 1
+            is_root = not stack
+            attach(frame.container, frame.weight, frame.mark)
+            if is_root:
+                doc.positions[()] = _pos(frame.mark)
+        elif etype is yaml.AliasEvent:
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise _Refused(
+                    event.start_mark,
+                    "yaml-aliases",
+                    f"more than {MAX_ALIASES} aliases",
+                    "write the values out instead of aliasing them",
+                )
+            if event.anchor not in anchors:
+                raise _Refused(event.start_mark, "yaml-syntax", f"unknown alias *{event.anchor}")
+            value, weight = anchors[event.anchor]
+            is_merge_key = bool(stack) and isinstance(stack[-1].container, dict) and (
+                stack[-1].key is _NOKEY
+            )
+            if is_merge_key:
+                raise _Refused(event.start_mark, "yaml-key", "an alias cannot be a mapping key")
+            attach(value, weight, event.start_mark)
+        elif etype is yaml.DocumentStartEvent and result is not None:
+            raise _Refused(
+                event.start_mark,
+                "yaml-multi-document",
+                "more than one YAML document in the file",
+                "keep one document per file (remove the extra `---`)",
+            )
+    return result
+
+
+def _apply_merges(frame: _Frame) -> None:
+    merged: dict[Any, Any] = {}
+    for value, mark in frame.merges:
+        sources = value if isinstance(value, list) else [value]
+        for src in sources:
+            if not isinstance(src, dict):
+                raise _Refused(mark, "yaml-merge", "`<<` merges only mappings")
+            for k, v in src.items():
+                merged.setdefault(k, v)
+    container = frame.container
+    for k, v in merged.items():
+        if k not in container:
+            container[k] = v
+
+
+def load_yaml(content: bytes | str, name: str) -> Document:
+    """Load one YAML document; raise :class:`InvalidSpec` with a positioned problem.
+
+    An empty file loads as ``None``; callers decide whether that is allowed.
+    """
+    if isinstance(content, bytes):
+        if len(content) > MAX_BYTES:
+            raise InvalidSpec(
+                Problem(name, 1, 1, "yaml-size",
+                        f"file is {len(content)} bytes, more than the {MAX_BYTES} allowed",
+                        "split it or move large content out of the repository")
+            )
+        try:
+            text = content.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InvalidSpec(
+                Problem(name, 1, 1, "yaml-encoding", f"not UTF-8 text ({exc.reason})")
+            ) from None
+    else:
+        text = content
+        if len(text) > MAX_BYTES:
+            raise InvalidSpec(
+                Problem(name, 1, 1, "yaml-size", f"file is larger than {MAX_BYTES} bytes",
+                        "split it or move large content out of the repository")
+            )
+    doc = Document(name=name, data=None)
+    loader = _Parser(text)
+    try:
+        data = _compose(_events(loader), doc)
+    except _Refused as exc:
+        line, col = _pos(exc.mark) if exc.mark is not None else (1, 1)
+        raise InvalidSpec(Problem(name, line, col, exc.rule, exc.message, exc.fix)) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = _pos(mark) if mark is not None else (1, 1)
+        what = exc.problem or exc.context or "invalid YAML"
+        raise InvalidSpec(Problem(name, line, col, "yaml-syntax", f"invalid YAML: {what}")) from None
+    except yaml.YAMLError as exc:
+        raise InvalidSpec(Problem(name, 1, 1, "yaml-syntax", f"invalid YAML: {exc}")) from None
+    finally:
+        loader.dispose()
+    return Document(name=name, data=data, positions=doc.positions, key_positions=doc.key_positions)
+
+
+def _events(loader: Any) -> Iterator[Any]:
+    while loader.check_event():
+        yield loader.get_event()
