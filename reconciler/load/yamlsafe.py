@@ -74,6 +74,11 @@ class Document:
     data: Any
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
     key_positions: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
+    source: str | None = field(default=None, repr=False)
+
+    @property
+    def source_lines(self) -> list[str] | None:
+        return None if self.source is None else self.source.splitlines()
 
     def pos(self, path: Sequence[str | int] = ()) -> tuple[int, int]:
         """Position of the value at ``path``, else of its nearest recorded ancestor."""
@@ -352,12 +357,19 @@ def load_yaml(content: bytes | str, name: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line, col = _pos(mark) if mark is not None else (1, 1)
         what = exc.problem or exc.context or "invalid YAML"
+        if "nesting depth" in what:  # libyaml's own bound (1000) tripped before ours
+            raise InvalidSpec(
+                Problem(name, line, col, "yaml-depth", f"nesting deeper than {MAX_DEPTH} levels",
+                        "flatten the structure")
+            ) from None
         raise InvalidSpec(Problem(name, line, col, "yaml-syntax", f"invalid YAML: {what}")) from None
     except yaml.YAMLError as exc:
         raise InvalidSpec(Problem(name, 1, 1, "yaml-syntax", f"invalid YAML: {exc}")) from None
     finally:
         loader.dispose()
-    return Document(name=name, data=data, positions=doc.positions, key_positions=doc.key_positions)
+    return Document(
+        name=name, data=data, positions=doc.positions, key_positions=doc.key_positions, source=text
+    )
 
 
 def _events(loader: Any) -> Iterator[Any]:

@@ -22,6 +22,7 @@ from pydantic import (
     Tag,
     TypeAdapter,
     field_validator,
+    model_validator,
 )
 
 from reconciler.model.manifest import VAR_NAME_RE, Route
@@ -104,6 +105,13 @@ class _DeploymentBase(_Strict):
     onion: bool = False
     vars: dict[str, VarValue] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_agent_key(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "agent" in data and "agent_id" in data:
+            raise ValueError("give `agent` or `agent_id`, not both")
+        return data
+
     @field_validator("vars")
     @classmethod
     def _var_keys(cls, value: dict[str, VarValue]) -> dict[str, VarValue]:
@@ -112,8 +120,8 @@ class _DeploymentBase(_Strict):
         for key in value:
             if not re.match(VAR_NAME_RE, key):
                 raise ValueError(f"var name {key!r} must match {VAR_NAME_RE}")
-            if key.startswith(RESERVED_VAR_PREFIXES):
-                raise ValueError(f"var name {key!r} is reserved (COMPOSE_*/DOCKER_*)")
+            if key.startswith(RESERVED_VAR_PREFIXES) or key in RESERVED_VARS:
+                raise ValueError(f"var name {key!r} is reserved")
         return value
 
     @property
@@ -185,6 +193,14 @@ class ManifestDeployment(_DeploymentBase):
     # Accepted and ignored, as on Impreza: compose is the source of truth.
     cpus: Cpus | None = None
     memory_mb: MemoryMb | None = None
+
+    @model_validator(mode="after")
+    def _manifest_or_compose(self) -> ManifestDeployment:
+        if (self.manifest is None) == (self.compose is None):
+            raise ValueError("give exactly one of `manifest` or `compose`")
+        if self.manifest is not None and "routes" in self.model_fields_set:
+            raise ValueError("`routes` go with `compose`; a manifest declares its own routes")
+        return self
 
     @property
     def kind(self) -> DeploymentKind:

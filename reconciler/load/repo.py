@@ -1,0 +1,534 @@
+"""Loading a desired-state repository into validated deployments, collecting every problem.
+
+Layout::
+
+    reconcile.yaml                 optional
+    deployments/<name>.yaml        one deployment per file
+    deployments/<dir>/deployment.yaml   with its build context / compose file beside it
+
+Paths inside a deployment file are relative to that file's directory, as in Compose.
+Nothing here raises for a mistake in the repository: every file is checked and every
+problem is returned, so a user fixes them all in one round.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from reconciler.load.catalog import Catalog
+from reconciler.load.files import PathEscape, inside, read_limited, resolve_inside
+from reconciler.load.manifests import CheckedManifest, check_compose, check_manifest, pydantic_problems
+from reconciler.load.schema import validate_against
+from reconciler.load.yamlsafe import Document, load_yaml
+from reconciler.model.deployment import (
+    CatalogDeployment,
+    Deployment,
+    DeploymentKind,
+    DockerfileDeployment,
+    GitDeployment,
+    ImageDeployment,
+    ManifestDeployment,
+    RepoConfig,
+    deployment_kind,
+    parse_deployment,
+)
+from reconciler.model.errors import InvalidSpec, Problem, Severity
+from reconciler.model.ids import AGENT_ID_RE, LOCAL_AGENT
+from reconciler.model.manifest import Manifest
+
+__all__ = [
+    "MAX_BUILD_CONTEXT_BYTES",
+    "DesiredState",
+    "LoadedDeployment",
+    "find_deployment_files",
+    "load_repository",
+]
+
+MAX_BUILD_CONTEXT_BYTES = 100 * 1024 * 1024
+CONFIG_NAMES = ("reconcile.yaml", "reconcile.yml")
+DEPLOYMENTS_DIR = "deployments"
+
+
+@dataclass(frozen=True)
+class LoadedDeployment:
+    """One valid deployment with everything rendering will need."""
+
+    file: str  # repo-relative, posix
+    directory: pathlib.Path  # on disk; relative paths in the file resolve against it
+    doc: Document
+    spec: Deployment
+    manifest: Manifest | None = None  # catalog and manifest kinds
+    compose: Document | None = None  # the compose document of a manifest
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> DeploymentKind:
+        return self.spec.kind
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    root: pathlib.Path
+    config: RepoConfig
+    deployments: tuple[LoadedDeployment, ...]
+    problems: tuple[Problem, ...]
+    files: tuple[str, ...] = ()  # every deployment file seen, valid or not
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity is Severity.WARNING]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def require_valid(self, strict: bool = False) -> DesiredState:
+        failing = self.problems if strict else tuple(self.errors)
+        if failing:
+            raise InvalidSpec(list(failing))
+        return self
+
+
+@dataclass
+class _Run:
+    root: pathlib.Path
+    catalog: Catalog
+    config: RepoConfig = field(default_factory=RepoConfig)
+    problems: list[Problem] = field(default_factory=list)
+
+    def rel(self, path: pathlib.Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+def find_deployment_files(root: pathlib.Path) -> list[pathlib.Path]:
+    """``deployments/*.yaml`` and ``deployments/*/deployment.yaml``, sorted."""
+    base = root / DEPLOYMENTS_DIR
+    found: list[pathlib.Path] = []
+    if not base.is_dir():
+        return found
+    for entry in sorted(base.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.suffix in (".yaml", ".yml") and not entry.is_dir():
+            found.append(entry)
+        elif entry.is_dir():
+            for name in ("deployment.yaml", "deployment.yml"):
+                candidate = entry / name
+                if candidate.exists() or candidate.is_symlink():
+                    found.append(candidate)
+    return found
+
+
+def load_repository(path: str | os.PathLike[str], catalog: Catalog | None = None) -> DesiredState:
+    root = pathlib.Path(path).resolve()
+    run = _Run(root=root, catalog=catalog or Catalog.builtin())
+    if not root.is_dir():
+        problem = Problem(str(path), 0, 0, "repo-layout", f"{path} is not a directory")
+        return DesiredState(root, run.config, (), (problem,))
+    _load_config(run)
+    files = find_deployment_files(root)
+    if not (root / DEPLOYMENTS_DIR).is_dir():
+        run.problems.append(
+            Problem(
+                DEPLOYMENTS_DIR, 0, 0, "repo-layout",
+                f"no {DEPLOYMENTS_DIR}/ directory in {path}",
+                f"put one YAML file per deployment under {DEPLOYMENTS_DIR}/",
+            )
+        )
+    loaded: list[LoadedDeployment] = []
+    for f in files:
+        item = _load_deployment(run, f)
+        if item is not None:
+            loaded.append(item)
+    _check_unique(run, loaded)
+    loaded.sort(key=lambda d: d.name)
+    problems = sorted(set(run.problems), key=lambda p: (p.file, p.line, p.col, p.rule, p.message))
+    return DesiredState(
+        root, run.config, tuple(loaded), tuple(problems), tuple(run.rel(f) for f in files)
+    )
+
+
+def _load_config(run: _Run) -> None:
+    for name in CONFIG_NAMES:
+        path = run.root / name
+        if not path.is_file():
+            continue
+        try:
+            doc = load_yaml(read_limited(path), name)
+        except InvalidSpec as exc:
+            run.problems.extend(exc.problems)
+            return
+        if doc.data is None:
+            return
+        problems = validate_against(doc, "reconcile")
+        if problems:
+            run.problems.extend(problems)
+            return
+        try:
+            run.config = RepoConfig.model_validate(doc.data)
+        except ValidationError as exc:
+            run.problems.extend(pydantic_problems(doc, exc))
+        return
+
+
+def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
+    display = path.relative_to(run.root).as_posix() if inside(path, run.root) else str(path)
+    if not inside(path.resolve(), run.root):
+        run.problems.append(
+            Problem(display, 1, 1, "path-escape", "deployment file is a symlink that leads "
+                    "outside the repository", "replace the symlink with the file itself")
+        )
+        return None
+    try:
+        doc = load_yaml(read_limited(path), display)
+    except InvalidSpec as exc:
+        run.problems.extend(exc.problems)
+        return None
+    if not isinstance(doc.data, Mapping):
+        what = "empty" if doc.data is None else f"a {type(doc.data).__name__}"
+        run.problems.append(
+            doc.problem((), "deployment-invalid", f"a deployment file must be a mapping, "
+                        f"this one is {what}", "start with `name: <deployment name>`")
+        )
+        return None
+    kind = deployment_kind(doc.data)
+    if kind is None:
+        named = [k for k in ("app", "image", "build", "git_url", "manifest", "compose") if k in doc.data]
+        message = (
+            "a deployment names no kind" if not named
+            else "a deployment names several kinds: " + ", ".join(f"`{k}`" for k in named)
+        )
+        run.problems.append(
+            doc.problem(
+                tuple(named[1:2]), "deployment-kind", message,
+                "give exactly one of `app` (catalog), `image`, `build` (Dockerfile), "
+                "`git_url`, or `manifest`/`compose`",
+            )
+        )
+        return None
+    problems = validate_against(doc, "deployment", fragment=f"/$defs/{kind.value}")
+    if problems:
+        run.problems.extend(problems)
+        return None
+    try:
+        spec = parse_deployment(doc.data)
+    except ValidationError as exc:
+        run.problems.extend(pydantic_problems(doc, exc))
+        return None
+    directory = path.parent
+    _check_agent(run, doc, spec)
+    if isinstance(spec, CatalogDeployment):
+        return _catalog(run, doc, spec, directory)
+    if isinstance(spec, ImageDeployment):
+        _check_image(run, doc, spec)
+    elif isinstance(spec, DockerfileDeployment):
+        _check_build(run, doc, spec, directory)
+    elif isinstance(spec, GitDeployment):
+        _check_git(run, doc, spec)
+    elif isinstance(spec, ManifestDeployment):
+        return _manifest(run, doc, spec, directory)
+    return LoadedDeployment(display, directory, doc, spec)
+
+
+def _check_agent(run: _Run, doc: Document, spec: Deployment) -> None:
+    agent = spec.agent
+    if agent == LOCAL_AGENT or AGENT_ID_RE.match(agent) or agent in run.config.agents:
+        return
+    key = "agent_id" if "agent_id" in doc.data else "agent"
+    close = difflib.get_close_matches(agent, list(run.config.agents), n=1)
+    fix = (
+        f"did you mean {close[0]!r}?" if close
+        else f"add `agents: {{{agent}: agt_<16 hex>}}` to reconcile.yaml, or use `local`"
+    )
+    run.problems.append(doc.problem((key,), "agent-unknown", f"unknown agent {agent!r}", fix))
+
+
+def _catalog(
+    run: _Run, doc: Document, spec: CatalogDeployment, directory: pathlib.Path
+) -> LoadedDeployment | None:
+    catalog = run.catalog
+    if spec.app not in catalog.index:
+        close = catalog.suggest_app(spec.app)
+        fix = (
+            f"did you mean {', '.join(repr(c) for c in close)}?" if close
+            else "see `reconcile catalog list`"
+        )
+        run.problems.append(
+            doc.problem(("app",), "catalog-app-unknown", f"no app {spec.app!r} in the catalog", fix)
+        )
+        return None
+    entry = catalog.entry(spec.app, spec.version)
+    if entry is None:
+        versions = catalog.versions(spec.app)
+        close = difflib.get_close_matches(str(spec.version), versions, n=1, cutoff=0.3)
+        fix = f"did you mean {close[0]!r}? " if close else ""
+        fix += f"available: {', '.join(versions)}"
+        run.problems.append(
+            doc.problem(
+                ("version",), "catalog-version-unknown",
+                f"{spec.app} has no version {spec.version!r} in the catalog", fix,
+            )
+        )
+        return None
+    checked = catalog.check(entry)
+    if not checked.ok or checked.manifest is None:
+        run.problems.extend(checked.problems)
+        run.problems.append(
+            doc.problem(("app",), "catalog-invalid",
+                        f"catalog manifest {entry.display} is invalid", "see the errors above")
+        )
+        return None
+    manifest = checked.manifest
+    _check_catalog_vars(run, doc, spec, manifest)
+    return LoadedDeployment(doc.name, directory, doc, spec, manifest, checked.compose)
+
+
+def _check_catalog_vars(
+    run: _Run, doc: Document, spec: CatalogDeployment, manifest: Manifest
+) -> None:
+    declared = [v.name for v in manifest.vars]
+    for key in spec.vars:
+        if manifest.var(key) is None:
+            close = difflib.get_close_matches(key, declared, n=1)
+            fix = f"did you mean {close[0]!r}?" if close else (
+                f"{manifest.name} takes: {', '.join(declared)}" if declared
+                else f"{manifest.name} takes no vars"
+            )
+            run.problems.append(
+                doc.problem(("vars", key), "var-unknown",
+                            f"{manifest.name} has no var {key!r}", fix)
+            )
+    for var in manifest.vars:
+        if var.required and var.default is None and var.generate is None and var.name not in spec.vars:
+            hint = f" ({var.description})" if var.description else ""
+            run.problems.append(
+                doc.problem(
+                    ("vars",) if "vars" in doc.data else ("app",),
+                    "var-required",
+                    f"{manifest.name} needs var {var.name!r}{hint}",
+                    f"add `{var.name}: <value>` under `vars:`"
+                    + (" (or `{from_env: NAME}` for a secret)" if var.secret else ""),
+                )
+            )
+
+
+def _check_image(run: _Run, doc: Document, spec: ImageDeployment) -> None:
+    if _unpinned(spec.image):
+        run.problems.append(
+            doc.problem(("image",), "compose-image-unpinned",
+                        f"image {spec.image!r} is not pinned to a version",
+                        "use an explicit tag such as `name:1.2.3`, or a digest",
+                        severity=Severity.WARNING)
+        )
+
+
+def _unpinned(image: str) -> bool:
+    if "@sha256:" in image or "${" in image:
+        return False
+    last = image.rsplit("/", 1)[-1]
+    return ":" not in last or last.endswith(":latest")
+
+
+def _check_build(run: _Run, doc: Document, spec: DockerfileDeployment, directory: pathlib.Path) -> None:
+    try:
+        context = resolve_inside(directory, spec.build.context, run.root)
+    except PathEscape as exc:
+        run.problems.append(
+            doc.problem(("build", "context"), "path-escape", f"build context {exc}",
+                        "keep the build context inside the repository", key=False)
+        )
+        return
+    if not context.is_dir():
+        run.problems.append(
+            doc.problem(("build", "context"), "path-missing",
+                        f"build context {spec.build.context!r} is not a directory in the repository",
+                        f"create {run.rel(context) if inside(context, run.root) else context}/ "
+                        "with a Dockerfile", key=False)
+        )
+        return
+    dockerfile = spec.dockerfile_path or spec.build.dockerfile
+    try:
+        df = resolve_inside(context, dockerfile, context)
+    except PathEscape as exc:
+        run.problems.append(
+            doc.problem(("build",), "path-escape", f"dockerfile {exc}",
+                        "keep the Dockerfile inside the build context")
+        )
+        return
+    if not df.is_file():
+        run.problems.append(
+            doc.problem(("build",), "path-missing",
+                        f"no Dockerfile at {run.rel(df)}",
+                        "add it, or set `build.dockerfile` to its path inside the context")
+        )
+    size, escapes = _context_size(context)
+    for link in escapes:
+        run.problems.append(
+            doc.problem(("build", "context"), "path-escape",
+                        f"{run.rel(link)} is a symlink that leads outside the build context",
+                        "replace it with the file itself", key=False)
+        )
+    if size > MAX_BUILD_CONTEXT_BYTES:
+        run.problems.append(
+            doc.problem(("build", "context"), "build-context-size",
+                        f"build context is {size // (1024 * 1024)} MB, more than 100 MB",
+                        "add a .dockerignore or move large files out of the repository",
+                        key=False)
+        )
+
+
+def _context_size(context: pathlib.Path) -> tuple[int, list[pathlib.Path]]:
+    total = 0
+    escapes: list[pathlib.Path] = []
+    real = context.resolve()
+    for dirpath, dirnames, filenames in os.walk(context):
+        for name in [*filenames, *dirnames]:
+            p = pathlib.Path(dirpath, name)
+            if p.is_symlink() and not inside(p.resolve(), real):
+                escapes.append(p)
+                continue
+            if name in filenames:
+                try:
+                    total += p.lstat().st_size
+                except OSError:
+                    continue
+        if total > MAX_BUILD_CONTEXT_BYTES:
+            break
+    return total, escapes
+
+
+def _check_git(run: _Run, doc: Document, spec: GitDeployment) -> None:
+    parts = urlsplit(spec.git_url)
+    if parts.password is not None or (parts.scheme == "https" and parts.username):
+        run.problems.append(
+            doc.problem(("git_url",), "git-url-credentials",
+                        "git_url carries credentials", "remove them from the URL; give the "
+                        "agent a deploy key or credential helper instead", key=False)
+        )
+
+
+def _manifest(
+    run: _Run, doc: Document, spec: ManifestDeployment, directory: pathlib.Path
+) -> LoadedDeployment | None:
+    allow_ports = spec.name in run.config.policy.allow_host_ports
+    network = run.config.proxy.network
+    if isinstance(spec.manifest, dict):
+        checked = check_manifest(
+            doc, at=("manifest",), defaults={"name": _app_name(spec.name), "version": "inline"},
+            base_dir=directory, allow_host_ports=allow_ports, proxy_network=network,
+        )
+    elif spec.manifest is not None:
+        sub = _load_sibling(run, doc, "manifest", spec.manifest, directory)
+        if sub is None:
+            return None
+        checked = check_manifest(
+            sub, defaults={"name": _app_name(spec.name), "version": "file"},
+            base_dir=_parent(run, sub), allow_host_ports=allow_ports, proxy_network=network,
+        )
+    else:
+        assert spec.compose is not None
+        sub = _load_sibling(run, doc, "compose", spec.compose, directory)
+        if sub is None:
+            return None
+        problems, _routed = check_compose(
+            sub, spec.routes, routes_doc=doc, routes_path=("routes",),
+            base_dir=_parent(run, sub), allow_host_ports=allow_ports, proxy_network=network,
+        )
+        checked = CheckedManifest(_compose_manifest(spec, sub), sub, problems)
+    run.problems.extend(checked.problems)
+    if not checked.ok:
+        return None
+    return LoadedDeployment(doc.name, directory, doc, spec, checked.manifest, checked.compose)
+
+
+def _parent(run: _Run, sub: Document) -> pathlib.Path:
+    return (run.root / sub.name).parent
+
+
+def _app_name(name: str) -> str:
+    return name[:64].strip("-_") or "app"
+
+
+def _compose_manifest(spec: ManifestDeployment, compose: Document) -> Manifest:
+    """A compose file plus routes is a manifest whose compose_yaml is that file."""
+    return Manifest.model_validate(
+        {
+            "name": _app_name(spec.name),
+            "version": "compose",
+            "runtime": {"type": "docker-compose", "compose_yaml": compose.source or ""},
+            "network": {"reverse_proxy": {"enabled": True, "routes": [
+                r.model_dump() for r in spec.routes
+            ]}},
+        }
+    )
+
+
+def _load_sibling(
+    run: _Run, doc: Document, key: str, rel: str, directory: pathlib.Path
+) -> Document | None:
+    try:
+        target = resolve_inside(directory, rel, run.root)
+    except PathEscape as exc:
+        run.problems.append(
+            doc.problem((key,), "path-escape", f"{key} {exc}",
+                        "keep the file inside the repository, beside the deployment", key=False)
+        )
+        return None
+    if not target.is_file():
+        run.problems.append(
+            doc.problem((key,), "path-missing", f"{key} file {rel!r} does not exist",
+                        f"create {run.rel(target)}", key=False)
+        )
+        return None
+    try:
+        return load_yaml(read_limited(target), run.rel(target))
+    except InvalidSpec as exc:
+        run.problems.extend(exc.problems)
+        return None
+
+
+def _check_unique(run: _Run, loaded: list[LoadedDeployment]) -> None:
+    names: dict[str, LoadedDeployment] = {}
+    domains: dict[str, LoadedDeployment] = {}
+    for item in sorted(loaded, key=lambda d: d.file):
+        first = names.get(item.name)
+        if first is not None:
+            line = first.doc.key_pos(("name",))[0]
+            run.problems.append(
+                item.doc.problem(("name",), "name-duplicate",
+                                 f"deployment name {item.name!r} is also used by "
+                                 f"{first.file}:{line}", "give each deployment its own name",
+                                 key=False)
+            )
+        else:
+            names[item.name] = item
+        domain = item.spec.domain
+        if domain is None:
+            continue
+        owner = domains.get(domain)
+        if owner is not None:
+            line = owner.doc.key_pos(("domain",))[0]
+            run.problems.append(
+                item.doc.problem(("domain",), "domain-duplicate",
+                                 f"domain {domain!r} is also used by {owner.file}:{line}",
+                                 "each domain can route to one deployment only", key=False)
+            )
+        else:
+            domains[domain] = item
+
+

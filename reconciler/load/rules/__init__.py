@@ -1,0 +1,1 @@
+"""Semantic rules: checks JSON Schema cannot express. Each returns Problems, never raises."""
