@@ -8,7 +8,6 @@ failed, 2 usage error.
 from __future__ import annotations
 
 import enum
-import os
 import pathlib
 import sys
 from typing import TYPE_CHECKING, Annotated
@@ -95,11 +94,14 @@ def validate(
     failed = bool(state.errors) or (strict and bool(problems))
     root = state.root
 
+    cwd = pathlib.Path.cwd().resolve()
+
     def display(file: str) -> str:
+        """Relative to the working directory, so editors and CI annotations can open it."""
         target = root / file
         try:
-            return os.path.relpath(target, pathlib.Path.cwd())
-        except ValueError:  # pragma: no cover - other drive on Windows
+            return target.relative_to(cwd).as_posix()
+        except ValueError:
             return str(target)
 
     if fmt is ReportFormat.json:

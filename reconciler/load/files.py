@@ -28,11 +28,15 @@ def inside(child: pathlib.Path, parent: pathlib.Path) -> bool:
     return True
 
 
-def resolve_inside(base: pathlib.Path, rel: str, root: pathlib.Path) -> pathlib.Path:
+def resolve_inside(
+    base: pathlib.Path, rel: str, root: pathlib.Path, what: str = "the repository"
+) -> pathlib.Path:
     """``base / rel`` resolved (symlinks followed); raise PathEscape if it leaves ``root``."""
     if os.path.isabs(rel) or rel.startswith("~"):
         raise PathEscape(f"{rel!r} is an absolute path")
     target = (base / rel).resolve()
     if not inside(target, root.resolve()):
-        raise PathEscape(f"{rel!r} leads outside {root.name or root}")
+        lexical = pathlib.Path(os.path.normpath((base / rel).absolute()))
+        via = " through a symlink" if inside(lexical, root.absolute()) else ""
+        raise PathEscape(f"{rel!r} leads outside {what}{via}")
     return target

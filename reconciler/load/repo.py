@@ -152,15 +152,21 @@ def load_repository(path: str | os.PathLike[str], catalog: Catalog | None = None
         )
     loaded: list[LoadedDeployment] = []
     for f in files:
+        errors_before = _error_count(run)
         item = _load_deployment(run, f)
-        if item is not None:
+        if item is not None and _error_count(run) == errors_before:
             loaded.append(item)
-    _check_unique(run, loaded)
+    duplicates = _check_unique(run, loaded)
+    loaded = [d for d in loaded if d.file not in duplicates]
     loaded.sort(key=lambda d: d.name)
     problems = sorted(set(run.problems), key=lambda p: (p.file, p.line, p.col, p.rule, p.message))
     return DesiredState(
         root, run.config, tuple(loaded), tuple(problems), tuple(run.rel(f) for f in files)
     )
+
+
+def _error_count(run: _Run) -> int:
+    return sum(1 for p in run.problems if p.is_error)
 
 
 def _load_config(run: _Run) -> None:
@@ -363,7 +369,7 @@ def _check_build(run: _Run, doc: Document, spec: DockerfileDeployment, directory
         return
     dockerfile = spec.dockerfile_path or spec.build.dockerfile
     try:
-        df = resolve_inside(context, dockerfile, context)
+        df = resolve_inside(context, dockerfile, context, "the build context")
     except PathEscape as exc:
         run.problems.append(
             doc.problem(("build",), "path-escape", f"dockerfile {exc}",
@@ -502,7 +508,9 @@ def _load_sibling(
         return None
 
 
-def _check_unique(run: _Run, loaded: list[LoadedDeployment]) -> None:
+def _check_unique(run: _Run, loaded: list[LoadedDeployment]) -> set[str]:
+    """Flag the second user of a name or domain; return the files that lost."""
+    losers: set[str] = set()
     names: dict[str, LoadedDeployment] = {}
     domains: dict[str, LoadedDeployment] = {}
     for item in sorted(loaded, key=lambda d: d.file):
@@ -515,6 +523,7 @@ def _check_unique(run: _Run, loaded: list[LoadedDeployment]) -> None:
                                  f"{first.file}:{line}", "give each deployment its own name",
                                  key=False)
             )
+            losers.add(item.file)
         else:
             names[item.name] = item
         domain = item.spec.domain
@@ -528,7 +537,9 @@ def _check_unique(run: _Run, loaded: list[LoadedDeployment]) -> None:
                                  f"domain {domain!r} is also used by {owner.file}:{line}",
                                  "each domain can route to one deployment only", key=False)
             )
+            losers.add(item.file)
         else:
             domains[domain] = item
+    return losers
 
 

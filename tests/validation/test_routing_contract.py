@@ -36,7 +36,9 @@ def run(compose: str, *upstreams: str, network: str = "impreza-proxy"):
 def test_contract_honoured() -> None:
     problems, routed = run(GOOD, "{deployment_id}-app:80")
     assert problems == []
-    assert [(r.service, r.container, r.port) for r in routed] == [("app", "{deployment_id}-app", 80)]
+    assert [(r.service, r.container, r.port) for r in routed] == [
+        ("app", "{deployment_id}-app", 80)
+    ]
 
 
 def test_missing_container_name_gives_the_exact_line_to_add() -> None:
@@ -108,7 +110,9 @@ def test_service_on_other_networks_only() -> None:
 
 
 def test_network_mapping_form_accepted() -> None:
-    compose = GOOD.replace("[default, impreza-proxy]", "{default: {}, impreza-proxy: {aliases: [x]}}")
+    compose = GOOD.replace(
+        "[default, impreza-proxy]", "{default: {}, impreza-proxy: {aliases: [x]}}"
+    )
     problems, _ = run(compose, "{deployment_id}-app:80")
     assert problems == []
 

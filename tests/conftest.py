@@ -1,0 +1,34 @@
+"""Shared fixtures: small desired-state repositories written into tmp_path."""
+
+from __future__ import annotations
+
+import pathlib
+import textwrap
+from collections.abc import Callable
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+RepoFactory = Callable[[dict[str, str]], pathlib.Path]
+
+
+@pytest.fixture
+def make_repo(tmp_path: pathlib.Path) -> RepoFactory:
+    """Write ``{relative path: content}`` (dedented) under a fresh repo root."""
+
+    count = 0
+
+    def make(files: dict[str, str]) -> pathlib.Path:
+        nonlocal count
+        count += 1
+        root = tmp_path / ("repo" if count == 1 else f"repo{count}")
+        root.mkdir()
+        (root / "deployments").mkdir(exist_ok=True)
+        for rel, content in files.items():
+            target = root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(textwrap.dedent(content))
+        return root
+
+    return make
