@@ -32,13 +32,13 @@ catalog_app = typer.Typer(help="Browse the app catalog.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 
 
-class ReportFormat(str, enum.Enum):
+class ReportFormat(enum.StrEnum):
     text = "text"
     json = "json"
     github = "github"
 
 
-class ListFormat(str, enum.Enum):
+class ListFormat(enum.StrEnum):
     text = "text"
     json = "json"
 
@@ -252,11 +252,16 @@ def catalog_show(
         for col in ("name", "required", "default", "secret", "description"):
             table.add_column(col)
         for v in m.vars:
-            default = f"generated ({v.generate})" if v.generate else (
-                "" if v.default is None else ("***" if v.secret else str(v.default))
+            default = (
+                f"generated ({v.generate})"
+                if v.generate
+                else ("" if v.default is None else ("***" if v.secret else str(v.default)))
             )
             table.add_row(
-                v.name, "yes" if v.required else "", default, "yes" if v.secret else "",
+                v.name,
+                "yes" if v.required else "",
+                default,
+                "yes" if v.secret else "",
                 v.description or "",
             )
         out.print(table)
@@ -266,7 +271,11 @@ def _images(compose: object) -> list[str]:
     if not isinstance(compose, dict) or not isinstance(compose.get("services"), dict):
         return []
     return sorted(
-        {str(s["image"]) for s in compose["services"].values() if isinstance(s, dict) and "image" in s}
+        {
+            str(s["image"])
+            for s in compose["services"].values()
+            if isinstance(s, dict) and "image" in s
+        }
     )
 
 

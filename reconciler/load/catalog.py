@@ -105,7 +105,9 @@ class Catalog:
             return CheckedManifest(None, None, exc.problems)
         checked = check_manifest(doc)
         m = checked.manifest
-        if m is not None and (m.name != entry.app or (entry.path.stem != "manifest" and m.version != entry.version)):
+        if m is not None and (
+            m.name != entry.app or (entry.path.stem != "manifest" and m.version != entry.version)
+        ):
             problem = doc.problem(
                 ("name",),
                 "catalog-layout",

@@ -25,9 +25,11 @@ def load_embedded_yaml(
     line, col = outer.pos(path)
     inner = load_yaml(text, outer.name)
     raw_line = _outer_line(outer, line)
-    is_block = raw_line is not None and raw_line.rstrip().endswith(("|", ">", "|-", ">-", "|+", ">+"))
+    is_block = raw_line is not None and raw_line.rstrip().endswith(
+        ("|", ">", "|-", ">-", "|+", ">+")
+    )
     if not is_block:
-        flat = {p: (line, col) for p in inner.positions}
+        flat = dict.fromkeys(inner.positions, (line, col))
         return Document(outer.name, inner.data, flat, dict(flat), source=inner.source)
     indent = _block_indent(text, outer, line)
     shift = line  # content line 1 is outer line ``line + 1``

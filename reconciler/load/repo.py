@@ -18,14 +18,18 @@ import os
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from reconciler.load.catalog import Catalog
 from reconciler.load.files import PathEscape, inside, read_limited, resolve_inside
-from reconciler.load.manifests import CheckedManifest, check_compose, check_manifest, pydantic_problems
+from reconciler.load.manifests import (
+    CheckedManifest,
+    check_compose,
+    check_manifest,
+    pydantic_problems,
+)
 from reconciler.load.schema import validate_against
 from reconciler.load.yamlsafe import Document, load_yaml
 from reconciler.model.deployment import (
@@ -145,7 +149,10 @@ def load_repository(path: str | os.PathLike[str], catalog: Catalog | None = None
     if not (root / DEPLOYMENTS_DIR).is_dir():
         run.problems.append(
             Problem(
-                DEPLOYMENTS_DIR, 0, 0, "repo-layout",
+                DEPLOYMENTS_DIR,
+                0,
+                0,
+                "repo-layout",
                 f"no {DEPLOYMENTS_DIR}/ directory in {path}",
                 f"put one YAML file per deployment under {DEPLOYMENTS_DIR}/",
             )
@@ -196,8 +203,14 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
     display = path.relative_to(run.root).as_posix() if inside(path, run.root) else str(path)
     if not inside(path.resolve(), run.root):
         run.problems.append(
-            Problem(display, 1, 1, "path-escape", "deployment file is a symlink that leads "
-                    "outside the repository", "replace the symlink with the file itself")
+            Problem(
+                display,
+                1,
+                1,
+                "path-escape",
+                "deployment file is a symlink that leads outside the repository",
+                "replace the symlink with the file itself",
+            )
         )
         return None
     try:
@@ -208,20 +221,29 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
     if not isinstance(doc.data, Mapping):
         what = "empty" if doc.data is None else f"a {type(doc.data).__name__}"
         run.problems.append(
-            doc.problem((), "deployment-invalid", f"a deployment file must be a mapping, "
-                        f"this one is {what}", "start with `name: <deployment name>`")
+            doc.problem(
+                (),
+                "deployment-invalid",
+                f"a deployment file must be a mapping, this one is {what}",
+                "start with `name: <deployment name>`",
+            )
         )
         return None
     kind = deployment_kind(doc.data)
     if kind is None:
-        named = [k for k in ("app", "image", "build", "git_url", "manifest", "compose") if k in doc.data]
+        named = [
+            k for k in ("app", "image", "build", "git_url", "manifest", "compose") if k in doc.data
+        ]
         message = (
-            "a deployment names no kind" if not named
+            "a deployment names no kind"
+            if not named
             else "a deployment names several kinds: " + ", ".join(f"`{k}`" for k in named)
         )
         run.problems.append(
             doc.problem(
-                tuple(named[1:2]), "deployment-kind", message,
+                tuple(named[1:2]),
+                "deployment-kind",
+                message,
                 "give exactly one of `app` (catalog), `image`, `build` (Dockerfile), "
                 "`git_url`, or `manifest`/`compose`",
             )
@@ -258,7 +280,8 @@ def _check_agent(run: _Run, doc: Document, spec: Deployment) -> None:
     key = "agent_id" if "agent_id" in doc.data else "agent"
     close = difflib.get_close_matches(agent, list(run.config.agents), n=1)
     fix = (
-        f"did you mean {close[0]!r}?" if close
+        f"did you mean {close[0]!r}?"
+        if close
         else f"add `agents: {{{agent}: agt_<16 hex>}}` to reconcile.yaml, or use `local`"
     )
     run.problems.append(doc.problem((key,), "agent-unknown", f"unknown agent {agent!r}", fix))
@@ -271,7 +294,8 @@ def _catalog(
     if spec.app not in catalog.index:
         close = catalog.suggest_app(spec.app)
         fix = (
-            f"did you mean {', '.join(repr(c) for c in close)}?" if close
+            f"did you mean {', '.join(repr(c) for c in close)}?"
+            if close
             else "see `reconcile catalog list`"
         )
         run.problems.append(
@@ -286,8 +310,10 @@ def _catalog(
         fix += f"available: {', '.join(versions)}"
         run.problems.append(
             doc.problem(
-                ("version",), "catalog-version-unknown",
-                f"{spec.app} has no version {spec.version!r} in the catalog", fix,
+                ("version",),
+                "catalog-version-unknown",
+                f"{spec.app} has no version {spec.version!r} in the catalog",
+                fix,
             )
         )
         return None
@@ -295,8 +321,12 @@ def _catalog(
     if not checked.ok or checked.manifest is None:
         run.problems.extend(checked.problems)
         run.problems.append(
-            doc.problem(("app",), "catalog-invalid",
-                        f"catalog manifest {entry.display} is invalid", "see the errors above")
+            doc.problem(
+                ("app",),
+                "catalog-invalid",
+                f"catalog manifest {entry.display} is invalid",
+                "see the errors above",
+            )
         )
         return None
     manifest = checked.manifest
@@ -311,16 +341,27 @@ def _check_catalog_vars(
     for key in spec.vars:
         if manifest.var(key) is None:
             close = difflib.get_close_matches(key, declared, n=1)
-            fix = f"did you mean {close[0]!r}?" if close else (
-                f"{manifest.name} takes: {', '.join(declared)}" if declared
-                else f"{manifest.name} takes no vars"
+            fix = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else (
+                    f"{manifest.name} takes: {', '.join(declared)}"
+                    if declared
+                    else f"{manifest.name} takes no vars"
+                )
             )
             run.problems.append(
-                doc.problem(("vars", key), "var-unknown",
-                            f"{manifest.name} has no var {key!r}", fix)
+                doc.problem(
+                    ("vars", key), "var-unknown", f"{manifest.name} has no var {key!r}", fix
+                )
             )
     for var in manifest.vars:
-        if var.required and var.default is None and var.generate is None and var.name not in spec.vars:
+        if (
+            var.required
+            and var.default is None
+            and var.generate is None
+            and var.name not in spec.vars
+        ):
             hint = f" ({var.description})" if var.description else ""
             run.problems.append(
                 doc.problem(
@@ -336,10 +377,13 @@ def _check_catalog_vars(
 def _check_image(run: _Run, doc: Document, spec: ImageDeployment) -> None:
     if _unpinned(spec.image):
         run.problems.append(
-            doc.problem(("image",), "compose-image-unpinned",
-                        f"image {spec.image!r} is not pinned to a version",
-                        "use an explicit tag such as `name:1.2.3`, or a digest",
-                        severity=Severity.WARNING)
+            doc.problem(
+                ("image",),
+                "compose-image-unpinned",
+                f"image {spec.image!r} is not pinned to a version",
+                "use an explicit tag such as `name:1.2.3`, or a digest",
+                severity=Severity.WARNING,
+            )
         )
 
 
@@ -350,21 +394,32 @@ def _unpinned(image: str) -> bool:
     return ":" not in last or last.endswith(":latest")
 
 
-def _check_build(run: _Run, doc: Document, spec: DockerfileDeployment, directory: pathlib.Path) -> None:
+def _check_build(
+    run: _Run, doc: Document, spec: DockerfileDeployment, directory: pathlib.Path
+) -> None:
     try:
         context = resolve_inside(directory, spec.build.context, run.root)
     except PathEscape as exc:
         run.problems.append(
-            doc.problem(("build", "context"), "path-escape", f"build context {exc}",
-                        "keep the build context inside the repository", key=False)
+            doc.problem(
+                ("build", "context"),
+                "path-escape",
+                f"build context {exc}",
+                "keep the build context inside the repository",
+                key=False,
+            )
         )
         return
     if not context.is_dir():
         run.problems.append(
-            doc.problem(("build", "context"), "path-missing",
-                        f"build context {spec.build.context!r} is not a directory in the repository",
-                        f"create {run.rel(context) if inside(context, run.root) else context}/ "
-                        "with a Dockerfile", key=False)
+            doc.problem(
+                ("build", "context"),
+                "path-missing",
+                f"build context {spec.build.context!r} is not a directory in the repository",
+                f"create {run.rel(context) if inside(context, run.root) else context}/ "
+                "with a Dockerfile",
+                key=False,
+            )
         )
         return
     dockerfile = spec.dockerfile_path or spec.build.dockerfile
@@ -372,29 +427,43 @@ def _check_build(run: _Run, doc: Document, spec: DockerfileDeployment, directory
         df = resolve_inside(context, dockerfile, context, "the build context")
     except PathEscape as exc:
         run.problems.append(
-            doc.problem(("build",), "path-escape", f"dockerfile {exc}",
-                        "keep the Dockerfile inside the build context")
+            doc.problem(
+                ("build",),
+                "path-escape",
+                f"dockerfile {exc}",
+                "keep the Dockerfile inside the build context",
+            )
         )
         return
     if not df.is_file():
         run.problems.append(
-            doc.problem(("build",), "path-missing",
-                        f"no Dockerfile at {run.rel(df)}",
-                        "add it, or set `build.dockerfile` to its path inside the context")
+            doc.problem(
+                ("build",),
+                "path-missing",
+                f"no Dockerfile at {run.rel(df)}",
+                "add it, or set `build.dockerfile` to its path inside the context",
+            )
         )
     size, escapes = _context_size(context)
     for link in escapes:
         run.problems.append(
-            doc.problem(("build", "context"), "path-escape",
-                        f"{run.rel(link)} is a symlink that leads outside the build context",
-                        "replace it with the file itself", key=False)
+            doc.problem(
+                ("build", "context"),
+                "path-escape",
+                f"{run.rel(link)} is a symlink that leads outside the build context",
+                "replace it with the file itself",
+                key=False,
+            )
         )
     if size > MAX_BUILD_CONTEXT_BYTES:
         run.problems.append(
-            doc.problem(("build", "context"), "build-context-size",
-                        f"build context is {size // (1024 * 1024)} MB, more than 100 MB",
-                        "add a .dockerignore or move large files out of the repository",
-                        key=False)
+            doc.problem(
+                ("build", "context"),
+                "build-context-size",
+                f"build context is {size // (1024 * 1024)} MB, more than 100 MB",
+                "add a .dockerignore or move large files out of the repository",
+                key=False,
+            )
         )
 
 
@@ -422,9 +491,14 @@ def _check_git(run: _Run, doc: Document, spec: GitDeployment) -> None:
     parts = urlsplit(spec.git_url)
     if parts.password is not None or (parts.scheme == "https" and parts.username):
         run.problems.append(
-            doc.problem(("git_url",), "git-url-credentials",
-                        "git_url carries credentials", "remove them from the URL; give the "
-                        "agent a deploy key or credential helper instead", key=False)
+            doc.problem(
+                ("git_url",),
+                "git-url-credentials",
+                "git_url carries credentials",
+                "remove them from the URL; give the "
+                "agent a deploy key or credential helper instead",
+                key=False,
+            )
         )
 
 
@@ -435,16 +509,23 @@ def _manifest(
     network = run.config.proxy.network
     if isinstance(spec.manifest, dict):
         checked = check_manifest(
-            doc, at=("manifest",), defaults={"name": _app_name(spec.name), "version": "inline"},
-            base_dir=directory, allow_host_ports=allow_ports, proxy_network=network,
+            doc,
+            at=("manifest",),
+            defaults={"name": _app_name(spec.name), "version": "inline"},
+            base_dir=directory,
+            allow_host_ports=allow_ports,
+            proxy_network=network,
         )
     elif spec.manifest is not None:
         sub = _load_sibling(run, doc, "manifest", spec.manifest, directory)
         if sub is None:
             return None
         checked = check_manifest(
-            sub, defaults={"name": _app_name(spec.name), "version": "file"},
-            base_dir=_parent(run, sub), allow_host_ports=allow_ports, proxy_network=network,
+            sub,
+            defaults={"name": _app_name(spec.name), "version": "file"},
+            base_dir=_parent(run, sub),
+            allow_host_ports=allow_ports,
+            proxy_network=network,
         )
     else:
         assert spec.compose is not None
@@ -452,8 +533,13 @@ def _manifest(
         if sub is None:
             return None
         problems, _routed = check_compose(
-            sub, spec.routes, routes_doc=doc, routes_path=("routes",),
-            base_dir=_parent(run, sub), allow_host_ports=allow_ports, proxy_network=network,
+            sub,
+            spec.routes,
+            routes_doc=doc,
+            routes_path=("routes",),
+            base_dir=_parent(run, sub),
+            allow_host_ports=allow_ports,
+            proxy_network=network,
         )
         checked = CheckedManifest(_compose_manifest(spec, sub), sub, problems)
     run.problems.extend(checked.problems)
@@ -477,9 +563,9 @@ def _compose_manifest(spec: ManifestDeployment, compose: Document) -> Manifest:
             "name": _app_name(spec.name),
             "version": "compose",
             "runtime": {"type": "docker-compose", "compose_yaml": compose.source or ""},
-            "network": {"reverse_proxy": {"enabled": True, "routes": [
-                r.model_dump() for r in spec.routes
-            ]}},
+            "network": {
+                "reverse_proxy": {"enabled": True, "routes": [r.model_dump() for r in spec.routes]}
+            },
         }
     )
 
@@ -491,14 +577,24 @@ def _load_sibling(
         target = resolve_inside(directory, rel, run.root)
     except PathEscape as exc:
         run.problems.append(
-            doc.problem((key,), "path-escape", f"{key} {exc}",
-                        "keep the file inside the repository, beside the deployment", key=False)
+            doc.problem(
+                (key,),
+                "path-escape",
+                f"{key} {exc}",
+                "keep the file inside the repository, beside the deployment",
+                key=False,
+            )
         )
         return None
     if not target.is_file():
         run.problems.append(
-            doc.problem((key,), "path-missing", f"{key} file {rel!r} does not exist",
-                        f"create {run.rel(target)}", key=False)
+            doc.problem(
+                (key,),
+                "path-missing",
+                f"{key} file {rel!r} does not exist",
+                f"create {run.rel(target)}",
+                key=False,
+            )
         )
         return None
     try:
@@ -518,10 +614,13 @@ def _check_unique(run: _Run, loaded: list[LoadedDeployment]) -> set[str]:
         if first is not None:
             line = first.doc.key_pos(("name",))[0]
             run.problems.append(
-                item.doc.problem(("name",), "name-duplicate",
-                                 f"deployment name {item.name!r} is also used by "
-                                 f"{first.file}:{line}", "give each deployment its own name",
-                                 key=False)
+                item.doc.problem(
+                    ("name",),
+                    "name-duplicate",
+                    f"deployment name {item.name!r} is also used by {first.file}:{line}",
+                    "give each deployment its own name",
+                    key=False,
+                )
             )
             losers.add(item.file)
         else:
@@ -533,13 +632,15 @@ def _check_unique(run: _Run, loaded: list[LoadedDeployment]) -> set[str]:
         if owner is not None:
             line = owner.doc.key_pos(("domain",))[0]
             run.problems.append(
-                item.doc.problem(("domain",), "domain-duplicate",
-                                 f"domain {domain!r} is also used by {owner.file}:{line}",
-                                 "each domain can route to one deployment only", key=False)
+                item.doc.problem(
+                    ("domain",),
+                    "domain-duplicate",
+                    f"domain {domain!r} is also used by {owner.file}:{line}",
+                    "each domain can route to one deployment only",
+                    key=False,
+                )
             )
             losers.add(item.file)
         else:
             domains[domain] = item
     return losers
-
-

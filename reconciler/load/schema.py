@@ -90,9 +90,11 @@ def _to_problems(
 ) -> list[Problem]:
     path = (*base, *error.absolute_path)
     if error.validator == "additionalProperties":
-        known = sorted((error.schema.get("properties") or {}).keys()) if isinstance(
-            error.schema, dict
-        ) else []
+        known = (
+            sorted((error.schema.get("properties") or {}).keys())
+            if isinstance(error.schema, dict)
+            else []
+        )
         where = _dotted(path)
         problems = []
         for key in _extra_keys(error):
@@ -129,7 +131,7 @@ def _to_problem(doc: Document, error: ValidationError, path: tuple[str | int, ..
         fix = f"use {hint}" if hint else f"it must match {error.validator_value}"
     elif validator == "type":
         want = error.validator_value
-        want_s = " or ".join(want) if isinstance(want, list) else want
+        want_s = " or ".join(want) if isinstance(want, list) else str(want)
         message = f"{where or 'value'} must be {_article(want_s)}, not {_typename(error.instance)}"
     elif validator in ("enum", "const"):
         allowed = error.validator_value if validator == "enum" else [error.validator_value]
@@ -137,10 +139,11 @@ def _to_problem(doc: Document, error: ValidationError, path: tuple[str | int, ..
     elif validator == "not" and "propertyNames" in error.schema_path:
         message = f"var name {error.instance!r} is reserved"
         fix = "COMPOSE_*, DOCKER_*, DEPLOYMENT_ID, DOMAIN and DOMAIN_URL are set by the reconciler"
-        return doc.problem((*path, error.instance), "var-reserved", message, fix)
+        return doc.problem((*path, str(error.instance)), "var-reserved", message, fix)
     elif validator == "not" and _forbidden_together(error.validator_value):
         together = _forbidden_together(error.validator_value)
-        fields = [f for f in together if f in error.instance]
+        instance = error.instance if isinstance(error.instance, dict) else {}
+        fields = [f for f in together if f in instance]
         message = "these fields cannot be used together: " + ", ".join(f"`{f}`" for f in fields)
         fix = "keep one of them"
         if set(fields) == {"agent", "agent_id"}:

@@ -130,7 +130,7 @@ def _pos(mark: Any) -> tuple[int, int]:
 def _scalar(event: Any) -> tuple[Any, str]:
     value: str = event.value
     if event.tag is None or event.tag == "!":
-        tag = _resolver.resolve(ScalarNode, value, event.implicit)
+        tag = _resolver.resolve(ScalarNode, value, event.implicit)  # type: ignore[no-untyped-call]
     else:
         tag = event.tag
     if tag not in _SCALAR_TAGS:
@@ -140,7 +140,7 @@ def _scalar(event: Any) -> tuple[Any, str]:
             f"tag {tag!r} is not allowed",
             "remove the tag; only plain YAML scalars, lists and mappings are accepted",
         )
-    if tag == _STR or tag == _TIMESTAMP or tag == _MERGE:
+    if tag in (_STR, _TIMESTAMP, _MERGE):
         return value, tag
     if tag in (_INT, _FLOAT) and ":" in value:
         return value, _STR  # sexagesimal in YAML 1.1, a string in YAML 1.2 (Compose)
@@ -219,7 +219,9 @@ def _compose(events: Iterator[Any], doc: Document) -> Any:
         try:
             hash(key)
         except TypeError:  # pragma: no cover - scalars are hashable
-            raise _Refused(top.key_mark, "yaml-key", "a mapping key must be a plain scalar") from None
+            raise _Refused(
+                top.key_mark, "yaml-key", "a mapping key must be a plain scalar"
+            ) from None
         if key in top.explicit:
             first = doc.key_positions.get((*top.path, key), (0, 0))
             raise _Refused(
@@ -246,11 +248,19 @@ def _compose(events: Iterator[Any], doc: Document) -> Any:
                 anchors[event.anchor] = (value, 1)
         elif etype is yaml.MappingStartEvent or etype is yaml.SequenceStartEvent:
             if event.tag not in (None, "!", _MAP, _SEQ):
-                raise _Refused(event.start_mark, "yaml-tag", f"tag {event.tag!r} is not allowed",
-                               "remove the tag")
+                raise _Refused(
+                    event.start_mark,
+                    "yaml-tag",
+                    f"tag {event.tag!r} is not allowed",
+                    "remove the tag",
+                )
             if stack and isinstance(stack[-1].container, dict) and stack[-1].key is _NOKEY:
-                raise _Refused(event.start_mark, "yaml-key", "a mapping key must be a plain scalar",
-                               "use a plain string as the key")
+                raise _Refused(
+                    event.start_mark,
+                    "yaml-key",
+                    "a mapping key must be a plain scalar",
+                    "use a plain string as the key",
+                )
             if len(stack) >= MAX_DEPTH:
                 raise _Refused(
                     event.start_mark,
@@ -290,8 +300,8 @@ def _compose(events: Iterator[Any], doc: Document) -> Any:
             if event.anchor not in anchors:
                 raise _Refused(event.start_mark, "yaml-syntax", f"unknown alias *{event.anchor}")
             value, weight = anchors[event.anchor]
-            is_merge_key = bool(stack) and isinstance(stack[-1].container, dict) and (
-                stack[-1].key is _NOKEY
+            is_merge_key = (
+                bool(stack) and isinstance(stack[-1].container, dict) and (stack[-1].key is _NOKEY)
             )
             if is_merge_key:
                 raise _Refused(event.start_mark, "yaml-key", "an alias cannot be a mapping key")
@@ -329,9 +339,14 @@ def load_yaml(content: bytes | str, name: str) -> Document:
     if isinstance(content, bytes):
         if len(content) > MAX_BYTES:
             raise InvalidSpec(
-                Problem(name, 1, 1, "yaml-size",
-                        f"file is {len(content)} bytes, more than the {MAX_BYTES} allowed",
-                        "split it or move large content out of the repository")
+                Problem(
+                    name,
+                    1,
+                    1,
+                    "yaml-size",
+                    f"file is {len(content)} bytes, more than the {MAX_BYTES} allowed",
+                    "split it or move large content out of the repository",
+                )
             )
         try:
             text = content.decode("utf-8-sig")
@@ -343,8 +358,14 @@ def load_yaml(content: bytes | str, name: str) -> Document:
         text = content
         if len(text) > MAX_BYTES:
             raise InvalidSpec(
-                Problem(name, 1, 1, "yaml-size", f"file is larger than {MAX_BYTES} bytes",
-                        "split it or move large content out of the repository")
+                Problem(
+                    name,
+                    1,
+                    1,
+                    "yaml-size",
+                    f"file is larger than {MAX_BYTES} bytes",
+                    "split it or move large content out of the repository",
+                )
             )
     doc = Document(name=name, data=None)
     loader = _Parser(text)
@@ -359,10 +380,18 @@ def load_yaml(content: bytes | str, name: str) -> Document:
         what = exc.problem or exc.context or "invalid YAML"
         if "nesting depth" in what:  # libyaml's own bound (1000) tripped before ours
             raise InvalidSpec(
-                Problem(name, line, col, "yaml-depth", f"nesting deeper than {MAX_DEPTH} levels",
-                        "flatten the structure")
+                Problem(
+                    name,
+                    line,
+                    col,
+                    "yaml-depth",
+                    f"nesting deeper than {MAX_DEPTH} levels",
+                    "flatten the structure",
+                )
             ) from None
-        raise InvalidSpec(Problem(name, line, col, "yaml-syntax", f"invalid YAML: {what}")) from None
+        raise InvalidSpec(
+            Problem(name, line, col, "yaml-syntax", f"invalid YAML: {what}")
+        ) from None
     except yaml.YAMLError as exc:
         raise InvalidSpec(Problem(name, 1, 1, "yaml-syntax", f"invalid YAML: {exc}")) from None
     finally:

@@ -9,7 +9,7 @@ REST bodies; :func:`deployment_kind` is the one place that decides it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -56,7 +56,7 @@ RESERVED_VAR_PREFIXES = ("COMPOSE_", "DOCKER_")
 RESERVED_VARS = frozenset({"DEPLOYMENT_ID", "DOMAIN", "DOMAIN_URL"})
 
 
-class DeploymentKind(str, Enum):
+class DeploymentKind(StrEnum):
     CATALOG = "catalog"
     IMAGE = "image"
     DOCKERFILE = "dockerfile"
@@ -174,9 +174,7 @@ class DockerfileDeployment(_Sized):
 
 class GitDeployment(_Sized):
     git_url: Annotated[str, StringConstraints(pattern=GIT_URL_PATTERN, max_length=2048)]
-    git_ref: Annotated[
-        str, StringConstraints(pattern=r"^[^-\s][^\s]*$", max_length=255)
-    ] = "main"
+    git_ref: Annotated[str, StringConstraints(pattern=r"^[^-\s][^\s]*$", max_length=255)] = "main"
     dockerfile_path: RelPath = "Dockerfile"
 
     @property
@@ -265,9 +263,7 @@ class PolicyConfig(_Strict):
 class RepoConfig(_Strict):
     """``reconcile.yaml`` at the repository root; every key optional."""
 
-    namespace: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = (
-        "default"
-    )
+    namespace: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = "default"
     agents: dict[
         Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")],
         Annotated[str, StringConstraints(pattern=r"^agt_[0-9a-f]{16}$")],

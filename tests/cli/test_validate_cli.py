@@ -84,7 +84,9 @@ def test_github_annotations(make_repo: RepoFactory, monkeypatch: pytest.MonkeyPa
         "::error file=repo/deployments/web.yaml,line=3,col=1,title=schema::"
         "unknown field 'domian'. Fix: did you mean 'domain'?"
     ) in lines
-    assert any(line.startswith("::error file=repo/deployments/api.yaml,line=3,col=1,") for line in lines)
+    assert any(
+        line.startswith("::error file=repo/deployments/api.yaml,line=3,col=1,") for line in lines
+    )
 
 
 def test_github_escapes_newlines_and_percent() -> None:
@@ -123,10 +125,20 @@ def test_console_script_runs_as_a_process(make_repo: RepoFactory) -> None:
     exe = pathlib.Path(sys.executable).with_name("reconcile")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "reconciler"]
     env = {**os.environ, "NO_COLOR": "1"}
-    proc = subprocess.run([*cmd, "validate", str(root), "-f", "json"], capture_output=True,
-                          text=True, env=env, check=False)
+    proc = subprocess.run(
+        [*cmd, "validate", str(root), "-f", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["summary"]["errors"] == 2
-    proc = subprocess.run([*cmd, "validate", str(make_repo(GOOD))], capture_output=True,
-                          text=True, env=env, check=False)
+    proc = subprocess.run(
+        [*cmd, "validate", str(make_repo(GOOD))],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

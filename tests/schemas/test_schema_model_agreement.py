@@ -94,31 +94,134 @@ DEPLOYMENTS: list[tuple[dict[str, Any], bool]] = [
 ]
 
 MANIFESTS: list[tuple[dict[str, Any], bool]] = [
-    ({"name": "hello", "version": "1.0", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE}}, True),
-    ({"name": "hello", "version": "1.0", "runtime": {"type": "compose", "compose_yaml": COMPOSE}}, False),
-    ({"name": "hello", "version": "1.0", "runtime": {"type": "docker-compose", "compose_yaml": ""}}, False),
+    (
+        {
+            "name": "hello",
+            "version": "1.0",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+        },
+        True,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1.0",
+            "runtime": {"type": "compose", "compose_yaml": COMPOSE},
+        },
+        False,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1.0",
+            "runtime": {"type": "docker-compose", "compose_yaml": ""},
+        },
+        False,
+    ),
     ({"name": "hello", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE}}, False),
-    ({"name": "hello", "version": 1, "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE}}, False),
-    ({"name": "hello", "version": "1", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
-      "vars": [{"name": "TOKEN", "secret": True, "generate": "hex:32"}]}, True),
-    ({"name": "hello", "version": "1", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
-      "vars": [{"name": "TOKEN", "generate": "sha:32"}]}, False),
-    ({"name": "hello", "version": "1", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
-      "vars": [{"name": "TOKEN", "default": None}]}, True),
-    ({"name": "hello", "version": "1", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
-      "vars": [{"description": "x"}]}, False),
-    ({"name": "hello", "version": "1", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
-      "network": {"reverse_proxy": {"enabled": True, "routes": [{"upstream": "{deployment_id}-app:80"}]}}}, True),
-    ({"name": "hello", "version": "1", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
-      "network": {"reverse_proxy": {"routes": [{"match_var": "domain"}]}}}, False),
-    ({"name": "hello", "version": "1", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
-      "lifecycle": {"install": "echo hi", "health": {"run": "true", "timeout": 5}}}, True),
-    ({"name": "hello", "version": "1", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
-      "lifecycle": {"install": {"run": "x", "timeout": 0}}}, False),
-    ({"name": "hello", "version": "1", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
-      "requirements": {"memory_mb": 256, "cpus": 0.5}}, True),
-    ({"name": "hello", "version": "1", "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
-      "extra": 1}, False),
+    (
+        {
+            "name": "hello",
+            "version": 1,
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+        },
+        False,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "vars": [{"name": "TOKEN", "secret": True, "generate": "hex:32"}],
+        },
+        True,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "vars": [{"name": "TOKEN", "generate": "sha:32"}],
+        },
+        False,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "vars": [{"name": "TOKEN", "default": None}],
+        },
+        True,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "vars": [{"description": "x"}],
+        },
+        False,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "network": {
+                "reverse_proxy": {
+                    "enabled": True,
+                    "routes": [{"upstream": "{deployment_id}-app:80"}],
+                }
+            },
+        },
+        True,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "network": {"reverse_proxy": {"routes": [{"match_var": "domain"}]}},
+        },
+        False,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "lifecycle": {"install": "echo hi", "health": {"run": "true", "timeout": 5}},
+        },
+        True,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "lifecycle": {"install": {"run": "x", "timeout": 0}},
+        },
+        False,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "requirements": {"memory_mb": 256, "cpus": 0.5},
+        },
+        True,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "extra": 1,
+        },
+        False,
+    ),
 ]
 
 REPO_CONFIGS: list[tuple[dict[str, Any], bool]] = [
@@ -201,7 +304,14 @@ REPO_VALUES: dict[str, list[Any]] = {
     "base_domain": ["localhost", "example.com", "Bad"],
     "prune": [True, "no"],
     "max_prune_share": [0, 0.5, 2],
-    "proxy": [{}, {"tls": False}, {"tls": "internal"}, {"http_port": 0}, {"network": "edge"}, {"x": 1}],
+    "proxy": [
+        {},
+        {"tls": False},
+        {"tls": "internal"},
+        {"http_port": 0},
+        {"network": "edge"},
+        {"x": 1},
+    ],
     "policy": [{}, {"allow_host_ports": ["mail"]}, {"allow_host_ports": ["M"]}],
 }
 

@@ -64,18 +64,25 @@ def test_catalog_versions_sort_naturally(catalog: Catalog) -> None:
 
 
 def test_catalog_deployment_resolves_newest(make_repo: RepoFactory, catalog: Catalog) -> None:
-    root = make_repo({"deployments/n.yaml": "name: notes\napp: notes\nvars: {ADMIN_EMAIL: a@b.c}\n"})
+    root = make_repo(
+        {"deployments/n.yaml": "name: notes\napp: notes\nvars: {ADMIN_EMAIL: a@b.c}\n"}
+    )
     state = load_repository(root, catalog)
     assert state.problems == ()
     (dep,) = state.deployments
     assert dep.kind is DeploymentKind.CATALOG
-    assert dep.manifest is not None and dep.manifest.version == "1.10.0"
-    assert dep.compose is not None and "app" in dep.compose.data["services"]
+    assert dep.manifest is not None
+    assert dep.manifest.version == "1.10.0"
+    assert dep.compose is not None
+    assert "app" in dep.compose.data["services"]
 
 
 def test_var_unknown_suggests_nearest(make_repo: RepoFactory, catalog: Catalog) -> None:
     root = make_repo(
-        {"deployments/n.yaml": "name: notes\napp: notes\nvars:\n  ADMIN_EMAIL: a@b.c\n  THEM: dark\n"}
+        {
+            "deployments/n.yaml": "name: notes\napp: notes\n"
+            "vars:\n  ADMIN_EMAIL: a@b.c\n  THEM: dark\n"
+        }
     )
     (problem,) = load_repository(root, catalog).problems
     assert (problem.rule, problem.line, problem.col) == ("var-unknown", 5, 3)
@@ -272,13 +279,16 @@ def test_agent_aliases_and_ids(make_repo: RepoFactory) -> None:
         {
             "reconcile.yaml": "agents: {edge: agt_0123456789abcdef}\n",
             "deployments/a.yaml": "name: aaa\nimage: busybox:1.36\nagent: edge\n",
-            "deployments/b.yaml": "name: bbb\nimage: busybox:1.36\nagent_id: agt_00000000000000ff\n",
+            "deployments/b.yaml": "name: bbb\nimage: busybox:1.36\n"
+            "agent_id: agt_00000000000000ff\n",
             "deployments/c.yaml": "name: ccc\nimage: busybox:1.36\nagent: egde\n",
         }
     )
     (problem,) = load_repository(root).problems
     assert (problem.file, problem.rule, problem.fix) == (
-        "deployments/c.yaml", "agent-unknown", "did you mean 'edge'?"
+        "deployments/c.yaml",
+        "agent-unknown",
+        "did you mean 'edge'?",
     )
 
 

@@ -154,4 +154,5 @@ def test_container_pattern_accepts_both_variable_spellings() -> None:
 
 def test_no_routes_no_problems() -> None:
     problems, routed = run("services:\n  app:\n    image: x:1\n")
-    assert problems == [] and routed == []
+    assert problems == []
+    assert routed == []

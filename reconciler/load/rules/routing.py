@@ -111,7 +111,9 @@ def _no_container(
     elif len(names) == 1:
         target = names[0]
     else:
-        named = [n for n in names if isinstance(services[n], Mapping) and "container_name" in services[n]]
+        named = [
+            n for n in names if isinstance(services[n], Mapping) and "container_name" in services[n]
+        ]
         target = named[0] if len(named) == 1 else names[0]
     spec = services[target] if isinstance(services[target], Mapping) else {}
     current = spec.get("container_name")
@@ -146,9 +148,7 @@ def _network_problem(
         )
     networks = spec.get("networks")
     joined: list[str] = []
-    if isinstance(networks, Mapping):
-        joined = [str(n) for n in networks]
-    elif isinstance(networks, list):
+    if isinstance(networks, (Mapping, list)):
         joined = [str(n) for n in networks]
     if proxy_network in joined:
         return None
