@@ -12,17 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from reconciler.load.embedded import load_embedded_yaml
 from reconciler.load.rules.compose_policy import check_compose_policy
 from reconciler.load.rules.routing import RoutedService, check_routing
-from reconciler.load.schema import validate_against
+from reconciler.load.schema import checked_model
 from reconciler.load.yamlsafe import Document, Path
 from reconciler.model.errors import InvalidSpec, Problem
 from reconciler.model.manifest import Manifest, Route
 
-__all__ = ["CheckedManifest", "check_compose", "check_manifest", "pydantic_problems"]
+__all__ = ["CheckedManifest", "check_compose", "check_manifest"]
 
 
 @dataclass(frozen=True)
@@ -35,15 +33,6 @@ class CheckedManifest:
     @property
     def ok(self) -> bool:
         return self.manifest is not None and not any(p.is_error for p in self.problems)
-
-
-def pydantic_problems(doc: Document, error: ValidationError, base: Path = ()) -> list[Problem]:
-    """Model errors the schema did not catch (it should catch all; this is the backstop)."""
-    out = []
-    for item in error.errors():
-        loc = tuple(x for x in item["loc"] if isinstance(x, (str, int)))
-        out.append(doc.problem((*base, *loc), "schema", f"{item['msg']}"))
-    return out
 
 
 def check_manifest(
@@ -68,13 +57,11 @@ def check_manifest(
         )
     if defaults:
         data = {**defaults, **data}
-    problems = validate_against(doc, "manifest", data=data, base=at)
-    if problems:
+    manifest, problems = checked_model(
+        doc, "manifest", lambda: Manifest.model_validate(data), data=data, base=at
+    )
+    if manifest is None:
         return CheckedManifest(None, None, problems)
-    try:
-        manifest = Manifest.model_validate(data)
-    except ValidationError as exc:
-        return CheckedManifest(None, None, pydantic_problems(doc, exc, at))
     try:
         compose = load_embedded_yaml(
             manifest.runtime.compose_yaml, doc, (*at, "runtime", "compose_yaml")

@@ -18,9 +18,8 @@ import os
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import urlsplit
-
-from pydantic import ValidationError
 
 from reconciler.load.catalog import Catalog
 from reconciler.load.files import PathEscape, inside, read_limited, resolve_inside
@@ -28,9 +27,8 @@ from reconciler.load.manifests import (
     CheckedManifest,
     check_compose,
     check_manifest,
-    pydantic_problems,
 )
-from reconciler.load.schema import validate_against
+from reconciler.load.schema import checked_model
 from reconciler.load.yamlsafe import Document, load_yaml
 from reconciler.model.deployment import (
     CatalogDeployment,
@@ -188,20 +186,18 @@ def _load_config(run: _Run) -> None:
             return
         if doc.data is None:
             return
-        problems = validate_against(doc, "reconcile")
-        if problems:
-            run.problems.extend(problems)
-            return
-        try:
-            run.config = RepoConfig.model_validate(doc.data)
-        except ValidationError as exc:
-            run.problems.extend(pydantic_problems(doc, exc))
+        config, problems = checked_model(
+            doc, "reconcile", partial(RepoConfig.model_validate, doc.data)
+        )
+        run.problems.extend(problems)
+        if config is not None:
+            run.config = config
         return
 
 
 def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
     display = path.relative_to(run.root).as_posix() if inside(path, run.root) else str(path)
-    if not inside(path.resolve(), run.root):
+    if _through_symlink(run.root, path) and not inside(path.resolve(), run.root):
         run.problems.append(
             Problem(
                 display,
@@ -249,14 +245,11 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
             )
         )
         return None
-    problems = validate_against(doc, "deployment", fragment=f"/$defs/{kind.value}")
-    if problems:
+    spec, problems = checked_model(
+        doc, "deployment", lambda: parse_deployment(doc.data), fragment=f"/$defs/{kind.value}"
+    )
+    if spec is None:
         run.problems.extend(problems)
-        return None
-    try:
-        spec = parse_deployment(doc.data)
-    except ValidationError as exc:
-        run.problems.extend(pydantic_problems(doc, exc))
         return None
     directory = path.parent
     _check_agent(run, doc, spec)
@@ -271,6 +264,16 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
     elif isinstance(spec, ManifestDeployment):
         return _manifest(run, doc, spec, directory)
     return LoadedDeployment(display, directory, doc, spec)
+
+
+def _through_symlink(root: pathlib.Path, path: pathlib.Path) -> bool:
+    """Whether any component below ``root`` is a symlink: a few lstat calls, not a realpath."""
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        if current.is_symlink():
+            return True
+    return False
 
 
 def _check_agent(run: _Run, doc: Document, spec: Deployment) -> None:

@@ -1,27 +1,34 @@
 """JSON Schema validation of loaded documents, with errors placed and phrased for humans.
 
 The schemas in ``schemas/`` are the contract users' editors see; the pydantic models
-mirror them.  Validation runs the schema first because its errors carry paths we can
-map to ``line:col`` and turn into fixes; the models then give typed values.
+mirror them, and ``tests/schemas`` proves both give one verdict on the same documents.
+That lets :func:`checked_model` run the (compiled, fast) model first and consult the
+schema only to *explain* a refusal: its errors carry paths we map to ``line:col`` and
+turn into fixes.  A valid repository never imports jsonschema at all.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
-from referencing import Registry, Resource
+import pydantic
 
-from reconciler.load.yamlsafe import Document
+from reconciler.load.yamlsafe import Document, Path
 from reconciler.model.errors import Problem
 
-__all__ = ["SCHEMA_NAMES", "schema", "validate_against"]
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+    from referencing import Registry
+
+__all__ = ["SCHEMA_NAMES", "checked_model", "pydantic_problems", "schema", "validate_against"]
+
+T = TypeVar("T")
 
 SCHEMA_NAMES = ("manifest", "deployment", "reconcile")
 
@@ -45,8 +52,38 @@ def schema(name: str) -> dict[str, Any]:
     return loaded
 
 
+def checked_model(
+    doc: Document,
+    name: str,
+    build: Callable[[], T],
+    *,
+    fragment: str = "",
+    data: Any = None,
+    base: Path = (),
+) -> tuple[T | None, list[Problem]]:
+    """Build the model; on refusal, explain with the schema's placed errors."""
+    try:
+        return build(), []
+    except pydantic.ValidationError as exc:
+        problems = validate_against(doc, name, fragment=fragment, data=data, base=base)
+        return None, problems or pydantic_problems(doc, exc, base)
+
+
+def pydantic_problems(
+    doc: Document, error: pydantic.ValidationError, base: Path = ()
+) -> list[Problem]:
+    """Model errors the schema did not catch (it should catch all; this is the backstop)."""
+    out = []
+    for item in error.errors():
+        loc = tuple(x for x in item["loc"] if isinstance(x, (str, int)))
+        out.append(doc.problem((*base, *loc), "schema", f"{item['msg']}"))
+    return out
+
+
 @cache
 def _registry() -> Registry:
+    from referencing import Registry, Resource
+
     return Registry().with_resources(
         (schema(n)["$id"], Resource.from_contents(schema(n))) for n in SCHEMA_NAMES
     )
@@ -54,6 +91,8 @@ def _registry() -> Registry:
 
 @cache
 def _validator(name: str, fragment: str = "") -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     root = schema(name)
     target = {"$ref": f"{root['$id']}#{fragment}"} if fragment else root
     return Draft202012Validator(target, registry=_registry())
@@ -78,6 +117,8 @@ def validate_against(
 
 def _leaves(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
     """For ``oneOf``/``anyOf`` report the branch that came closest, not the umbrella."""
+    from jsonschema.exceptions import best_match
+
     for error in errors:
         if error.validator in ("oneOf", "anyOf") and error.context:
             yield best_match(error.context)
