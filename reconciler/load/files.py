@@ -7,7 +7,7 @@ import pathlib
 
 from reconciler.load.yamlsafe import MAX_BYTES
 
-__all__ = ["PathEscape", "inside", "read_limited", "resolve_inside"]
+__all__ = ["PathEscape", "inside", "read_limited", "resolve_inside", "tree_digest"]
 
 
 class PathEscape(ValueError):
@@ -40,3 +40,31 @@ def resolve_inside(
         via = " through a symlink" if inside(lexical, root.absolute()) else ""
         raise PathEscape(f"{rel!r} leads outside {what}{via}")
     return target
+
+
+def tree_digest(root: pathlib.Path) -> str:
+    """sha256 over a directory's files (relative path, executable bit, content).
+
+    A change to any file of a build context or a compose bundle changes the spec hash,
+    so an edited ``index.html`` is an update, and an untouched one is not.
+    """
+    import hashlib
+
+    outer = hashlib.sha256()
+    entries: list[tuple[str, pathlib.Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != ".git")
+        for name in filenames:
+            path = pathlib.Path(dirpath, name)
+            entries.append((path.relative_to(root).as_posix(), path))
+    for rel, path in sorted(entries):
+        if path.is_symlink():
+            outer.update(f"L {rel} {os.readlink(path)}\n".encode())
+            continue
+        inner = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 16), b""):
+                inner.update(chunk)
+        mode = "x" if os.access(path, os.X_OK) else "-"
+        outer.update(f"F {rel} {mode} {inner.hexdigest()}\n".encode())
+    return outer.hexdigest()

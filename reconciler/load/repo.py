@@ -22,7 +22,7 @@ from functools import partial
 from urllib.parse import urlsplit
 
 from reconciler.load.catalog import Catalog
-from reconciler.load.files import PathEscape, inside, read_limited, resolve_inside
+from reconciler.load.files import PathEscape, inside, read_limited, resolve_inside, tree_digest
 from reconciler.load.manifests import (
     CheckedManifest,
     check_compose,
@@ -69,6 +69,10 @@ class LoadedDeployment:
     spec: Deployment
     manifest: Manifest | None = None  # catalog and manifest kinds
     compose: Document | None = None  # the compose document of a manifest
+    # Files shipped with the deployment: a build context, or the directory a compose
+    # file's relative paths resolve against; copied to the host, hashed into the spec.
+    bundle: str | None = None  # repo-relative, posix
+    bundle_digest: str | None = None
 
     @property
     def name(self) -> str:
@@ -258,7 +262,16 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
     if isinstance(spec, ImageDeployment):
         _check_image(run, doc, spec)
     elif isinstance(spec, DockerfileDeployment):
-        _check_build(run, doc, spec, directory)
+        context = _check_build(run, doc, spec, directory)
+        if context is not None:
+            return LoadedDeployment(
+                display,
+                directory,
+                doc,
+                spec,
+                bundle=run.rel(context),
+                bundle_digest=tree_digest(context),
+            )
     elif isinstance(spec, GitDeployment):
         _check_git(run, doc, spec)
     elif isinstance(spec, ManifestDeployment):
@@ -399,7 +412,8 @@ def _unpinned(image: str) -> bool:
 
 def _check_build(
     run: _Run, doc: Document, spec: DockerfileDeployment, directory: pathlib.Path
-) -> None:
+) -> pathlib.Path | None:
+    """The build context, when it is usable."""
     try:
         context = resolve_inside(directory, spec.build.context, run.root)
     except PathEscape as exc:
@@ -412,7 +426,7 @@ def _check_build(
                 key=False,
             )
         )
-        return
+        return None
     if not context.is_dir():
         run.problems.append(
             doc.problem(
@@ -424,7 +438,7 @@ def _check_build(
                 key=False,
             )
         )
-        return
+        return None
     dockerfile = spec.dockerfile_path or spec.build.dockerfile
     try:
         df = resolve_inside(context, dockerfile, context, "the build context")
@@ -437,7 +451,7 @@ def _check_build(
                 "keep the Dockerfile inside the build context",
             )
         )
-        return
+        return None
     if not df.is_file():
         run.problems.append(
             doc.problem(
@@ -468,6 +482,8 @@ def _check_build(
                 key=False,
             )
         )
+        return None
+    return context if df.is_file() and not escapes else None
 
 
 def _context_size(context: pathlib.Path) -> tuple[int, list[pathlib.Path]]:
@@ -548,7 +564,32 @@ def _manifest(
     run.problems.extend(checked.problems)
     if not checked.ok:
         return None
-    return LoadedDeployment(doc.name, directory, doc, spec, checked.manifest, checked.compose)
+    bundle = _bundle_dir(run, doc, spec, directory)
+    return LoadedDeployment(
+        doc.name,
+        directory,
+        doc,
+        spec,
+        checked.manifest,
+        checked.compose,
+        bundle=run.rel(bundle) if bundle else None,
+        bundle_digest=tree_digest(bundle) if bundle else None,
+    )
+
+
+def _bundle_dir(
+    run: _Run, doc: Document, spec: ManifestDeployment, directory: pathlib.Path
+) -> pathlib.Path | None:
+    """The directory a manifest's relative paths resolve against, if it is its own.
+
+    ``deployments/blog/`` beside ``compose.yaml`` is shipped with the deployment;
+    ``deployments/`` itself never is (it holds every other deployment).
+    """
+    rel = spec.compose or (spec.manifest if isinstance(spec.manifest, str) else None)
+    base = (directory / rel).resolve().parent if rel else directory.resolve()
+    if base == (run.root / DEPLOYMENTS_DIR).resolve() or not inside(base, run.root):
+        return None
+    return base
 
 
 def _parent(run: _Run, sub: Document) -> pathlib.Path:

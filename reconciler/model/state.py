@@ -1,0 +1,93 @@
+"""Actual state as a value: what runs on each agent, as far as planning needs to know.
+
+The agent keeps the authoritative record (``state.json`` in the app's state dir) and
+checks it against containers by label; whatever observes a host (the local Docker
+engine, a control plane, a snapshot file) produces this same value, so the planner
+never knows or cares where it came from.  It is also the snapshot file format
+(``reconcile status --format json``), hence ``format_version``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ActualState",
+    "AgentState",
+    "ContainerState",
+    "DeployedApp",
+    "RouteRecord",
+    "SpecRecord",
+]
+
+ContainerStatus = Literal[
+    "running", "exited", "restarting", "created", "paused", "dead", "removing", "missing"
+]
+Health = Literal["healthy", "unhealthy", "starting", "none"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RouteRecord(_Frozen):
+    domain: str
+    upstream: str
+
+
+class SpecRecord(_Frozen):
+    """What was applied, without secret values: enough to explain an update as changes.
+
+    ``env`` maps each key to a digest of its value, so a plan can say *which* keys
+    changed without anyone being able to read them.
+    """
+
+    images: dict[str, str] = Field(default_factory=dict)  # service -> image reference
+    compose_digest: str = ""
+    env: dict[str, str] = Field(default_factory=dict)  # key -> value digest
+    routes: list[RouteRecord] = Field(default_factory=list)
+    domain: str | None = None
+    onion: bool = False
+    resources: dict[str, float | int | None] = Field(default_factory=dict)
+    source_revision: str | None = None
+
+
+class ContainerState(_Frozen):
+    service: str
+    name: str = ""
+    status: ContainerStatus = "running"
+    health: Health = "none"
+    restarts: int = 0
+    exit_code: int | None = None
+    one_shot: bool = False  # restart: "no" -- exiting 0 is success, not a crash
+
+
+class DeployedApp(_Frozen):
+    id: str
+    name: str
+    namespace: str
+    spec_hash: str
+    status: Literal["running", "failed", "uninstalled"] = "running"
+    services: list[str] = Field(default_factory=list)  # services the spec expects
+    containers: list[ContainerState] = Field(default_factory=list)
+    record: SpecRecord | None = None  # None when only labels were seen
+
+
+class AgentState(_Frozen):
+    agent: str
+    online: bool = True
+    reason: str | None = None  # why it is offline, for the blocked action
+    deployments: dict[str, DeployedApp] = Field(default_factory=dict)  # by deployment id
+
+
+class ActualState(_Frozen):
+    format_version: Literal[1] = 1
+    source: str = "empty"
+    agents: dict[str, AgentState] = Field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, agents: list[str] | None = None) -> ActualState:
+        """Every named agent online and running nothing (``--against empty``)."""
+        return cls(source="empty", agents={a: AgentState(agent=a) for a in agents or []})

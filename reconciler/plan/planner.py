@@ -1,0 +1,265 @@
+"""plan(desired, actual) -> Plan.  Pure, deterministic, independent of input order.
+
+Modelled on Nomad's node reconciler: compare what should run with what runs, sort each
+deployment into one bucket, and say why.  No Docker, no network, no clock in here.
+
+Identity is the ``dpl_`` id (namespace + name).  Only deployments of this namespace are
+ever considered for prune; anything the actual state reports from another namespace, or
+without our labels (it never gets into the actual state), is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from reconciler.model.state import (
+    ActualState,
+    AgentState,
+    ContainerState,
+    DeployedApp,
+    RouteRecord,
+    SpecRecord,
+)
+from reconciler.plan.model import ACTION_KINDS, Action, Change, Plan
+from reconciler.render import RenderedDeployment, spec_record
+
+__all__ = ["PlanOptions", "diff_records", "drift", "plan"]
+
+
+class PlanOptions:
+    """Knobs of one planning run (kept tiny; every field has the safe default)."""
+
+    __slots__ = ("allow_mass_prune", "max_prune_share", "prune")
+
+    def __init__(
+        self, *, prune: bool = True, allow_mass_prune: bool = False, max_prune_share: float = 0.5
+    ) -> None:
+        self.prune = prune
+        self.allow_mass_prune = allow_mass_prune
+        self.max_prune_share = max_prune_share
+
+
+def plan(
+    desired: Sequence[RenderedDeployment],
+    actual: ActualState,
+    *,
+    namespace: str = "default",
+    options: PlanOptions | None = None,
+) -> Plan:
+    opts = options or PlanOptions()
+    actions: list[Action] = []
+    desired_ids = {d.id for d in desired}
+    for want in sorted(desired, key=lambda d: (d.name, d.id)):
+        agent = actual.agents.get(want.agent)
+        actions.extend(_for_desired(want, agent, actual))
+
+    # Deployments running on some agent that are not desired there.
+    placed = {(d.agent, d.id) for d in desired}
+    prunes: list[Action] = []
+    kept: list[Action] = []
+    running_here = 0
+    for agent_name in sorted(actual.agents):
+        agent = actual.agents[agent_name]
+        for app in sorted(agent.deployments.values(), key=lambda a: (a.name, a.id)):
+            if app.namespace != namespace or app.status == "uninstalled":
+                continue
+            running_here += 1
+            if (agent_name, app.id) in placed:
+                continue
+            moved = app.id in desired_ids
+            reason = (
+                "moved to another agent; data kept here"
+                if moved
+                else "no longer in the repository; data kept until purged"
+            )
+            action = Action(
+                action="uninstall", deployment=app.name, id=app.id, agent=agent_name, reason=reason
+            )
+            if not agent.online:
+                kept.append(_blocked(action, agent))
+            elif not opts.prune and not moved:
+                kept.append(
+                    action.model_copy(
+                        update={
+                            "action": "noop",
+                            "reason": "not in the repository; kept because prune is off",
+                        }
+                    )
+                )
+            else:
+                prunes.append(action)
+
+    pure_prunes = [a for a in prunes if not a.reason.startswith("moved")]
+    limit = opts.max_prune_share * running_here
+    if (
+        pure_prunes
+        and not opts.allow_mass_prune
+        and (len(pure_prunes) > limit or len(pure_prunes) == running_here)
+    ):
+        share = f"{len(pure_prunes)} of {running_here}"
+        refused = [
+            a.model_copy(
+                update={
+                    "action": "blocked",
+                    "reason": f"mass prune refused: would uninstall {share} running deployments "
+                    f"(limit {opts.max_prune_share:.0%}); pass --allow-mass-prune if intended",
+                }
+            )
+            for a in pure_prunes
+        ]
+        prunes = [a for a in prunes if a not in pure_prunes] + refused
+    actions.extend(prunes)
+    actions.extend(kept)
+    actions.sort(key=lambda a: (a.deployment, a.agent, ACTION_KINDS.index(a.action)))
+    summary = dict.fromkeys(ACTION_KINDS, 0)
+    for a in actions:
+        summary[a.action] += 1
+    return Plan(namespace=namespace, against=actual.source, actions=actions, summary=summary)
+
+
+def _blocked(action: Action, agent: AgentState) -> Action:
+    why = agent.reason or "offline"
+    return action.model_copy(
+        update={
+            "action": "blocked",
+            "reason": f"agent {agent.agent} is {why}; will {action.action} when it is back",
+        }
+    )
+
+
+def _for_desired(
+    want: RenderedDeployment, agent: AgentState | None, actual: ActualState
+) -> Iterable[Action]:
+    base = {
+        "deployment": want.name,
+        "id": want.id,
+        "agent": want.agent,
+        "spec_hash": want.spec_hash,
+        "url": want.url,
+    }
+    if agent is None:
+        known = ", ".join(sorted(actual.agents)) or "none"
+        yield Action(
+            action="blocked", reason=f"agent {want.agent} is unknown (known: {known})", **base
+        )
+        return
+    if not agent.online:
+        yield Action(
+            action="blocked", reason=f"agent {want.agent} is {agent.reason or 'offline'}", **base
+        )
+        return
+    have = agent.deployments.get(want.id)
+    if have is None or have.status == "uninstalled":
+        reason = "new deployment" if have is None else "reinstall (data kept from before)"
+        yield Action(action="install", reason=reason, **base)
+        return
+    if have.spec_hash != want.spec_hash:
+        changes = diff_records(have.record, spec_record(want))
+        what = ", ".join(sorted({c.field for c in changes})) or "spec"
+        yield Action(action="update", reason=f"changed: {what}", changes=changes, **base)
+        return
+    if have.status == "failed":
+        yield Action(action="repair", reason="the last apply failed", **base)
+        return
+    problems = drift(want, have)
+    if problems:
+        yield Action(action="repair", reason="; ".join(problems), **base)
+        return
+    yield Action(action="noop", reason="up to date", **base)
+
+
+def drift(want: RenderedDeployment, have: DeployedApp) -> list[str]:
+    """What is wrong with the running containers of an unchanged deployment."""
+    out: list[str] = []
+    by_service: dict[str, list[ContainerState]] = {}
+    for c in have.containers:
+        by_service.setdefault(c.service, []).append(c)
+    for service in want.services:
+        containers = by_service.get(service, [])
+        one_shot = service in want.one_shot
+        if not containers:
+            if not one_shot:
+                out.append(f"service {service}: container missing")
+            continue
+        for c in containers:
+            if c.status == "exited" and one_shot and c.exit_code == 0:
+                continue
+            if c.status in ("exited", "dead", "missing", "created"):
+                code = f" (exit {c.exit_code})" if c.exit_code is not None else ""
+                out.append(f"service {service}: container {c.status}{code}")
+            elif c.status == "restarting":
+                out.append(f"service {service}: restarting ({c.restarts} restarts)")
+            elif c.health == "unhealthy":
+                out.append(f"service {service}: unhealthy")
+    return out
+
+
+def diff_records(before: SpecRecord | None, after: SpecRecord) -> list[Change]:
+    """The changes between two spec records, for the plan's ``~ update`` lines."""
+    if before is None:
+        return [Change(field="spec", detail="spec hash differs (no record of the running spec)")]
+    out: list[Change] = []
+    for service in sorted(set(before.images) | set(after.images)):
+        b, a = before.images.get(service), after.images.get(service)
+        if b != a:
+            out.append(
+                Change(
+                    field="image",
+                    before=b,
+                    after=a,
+                    detail=f"{service}: {b or '(none)'} -> {a or '(none)'}",
+                )
+            )
+    if before.source_revision != after.source_revision:
+        out.append(
+            Change(
+                field="source_revision",
+                before=_short(before.source_revision),
+                after=_short(after.source_revision),
+            )
+        )
+    env_keys = sorted(
+        k for k in set(before.env) | set(after.env) if before.env.get(k) != after.env.get(k)
+    )
+    if env_keys:
+        tags = [
+            f"+{k}" if k not in before.env else f"-{k}" if k not in after.env else k
+            for k in env_keys
+        ]
+        out.append(Change(field="env", keys=tags))
+    if before.domain != after.domain:
+        out.append(Change(field="domain", before=before.domain, after=after.domain))
+    if before.routes != after.routes:
+        out.append(
+            Change(field="routes", before=_routes(before.routes), after=_routes(after.routes))
+        )
+    if before.onion != after.onion:
+        out.append(
+            Change(field="onion", before=str(before.onion).lower(), after=str(after.onion).lower())
+        )
+    if before.resources != after.resources:
+        out.append(
+            Change(
+                field="resources",
+                before=_resources(before.resources),
+                after=_resources(after.resources),
+            )
+        )
+    image_changed = any(c.field == "image" for c in out)
+    if before.compose_digest != after.compose_digest and not image_changed:
+        out.append(Change(field="compose", detail="compose file changed"))
+    if not out:
+        out.append(Change(field="spec", detail="spec hash differs"))
+    return out
+
+
+def _routes(routes: Sequence[RouteRecord]) -> str | None:
+    return ", ".join(f"{r.domain} -> {r.upstream}" for r in routes) or None
+
+
+def _resources(resources: dict[str, float | int | None]) -> str | None:
+    return ", ".join(f"{k}={v}" for k, v in sorted(resources.items())) or None
+
+
+def _short(rev: str | None) -> str | None:
+    return rev[:12] if rev else None
