@@ -119,8 +119,13 @@ class RenderContext:
     git_revisions: Mapping[str, str] = field(default_factory=dict)  # deployment name -> sha
 
 
-def _scheme(config: RepoConfig) -> str:
-    return "http" if config.proxy.tls == "off" else "https"
+def _base_url(config: RepoConfig, domain: str) -> str:
+    """``DOMAIN_URL``: what a browser types, including a non-standard proxy port."""
+    if config.proxy.tls == "off":
+        port = config.proxy.http_port
+        return f"http://{domain}" + ("" if port == 80 else f":{port}")
+    port = config.proxy.https_port
+    return f"https://{domain}" + ("" if port == 443 else f":{port}")
 
 
 def _agent(agent: str, config: RepoConfig) -> str:
@@ -220,7 +225,7 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
     env: dict[str, str] = {
         "DEPLOYMENT_ID": dpl_id,
         "DOMAIN": domain or "",
-        "DOMAIN_URL": f"{_scheme(config)}://{domain}" if domain else "",
+        "DOMAIN_URL": _base_url(config, domain) if domain else "",
     }
     secrets: dict[str, SecretRef] = {}
     secret_keys: set[str] = set()

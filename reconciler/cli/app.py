@@ -1,0 +1,70 @@
+"""The typer application and the options commands share.
+
+Heavy modules are imported inside the commands that need them, so ``validate`` and
+``--dry-run`` start fast.  Exit codes are part of the interface: 0 valid, 1 invalid or
+failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import enum
+import pathlib
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from reconciler.load.catalog import Catalog
+
+__all__ = ["CatalogOption", "ReportFormat", "app", "catalog_app"]
+
+app = typer.Typer(
+    name="reconcile",
+    help="Declarative GitOps for Docker Compose hosts.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+catalog_app = typer.Typer(help="Browse the app catalog.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+class ReportFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+    github = "github"
+
+
+class ListFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+CatalogOption = Annotated[
+    pathlib.Path | None,
+    typer.Option(
+        "--catalog",
+        help="Catalog directory to use instead of the built-in one.",
+        envvar="RECONCILE_CATALOG",
+        show_default=False,
+    ),
+]
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _catalog(path: pathlib.Path | None) -> Catalog:
+    from reconciler.load.catalog import Catalog
+
+    if path is None:
+        return Catalog.builtin()
+    if not path.is_dir():
+        _console(stderr=True).print(f"[red]error:[/] catalog {path} is not a directory")
+        raise typer.Exit(1)
+    return Catalog(path.resolve(), display_root=str(path))
