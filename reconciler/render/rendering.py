@@ -42,6 +42,7 @@ __all__ = [
     "LABEL_NAMESPACE",
     "LABEL_SPEC_HASH",
     "BuildSource",
+    "Hook",
     "RenderContext",
     "RenderedDeployment",
     "RenderedRoute",
@@ -74,6 +75,14 @@ class SecretRef(_Frozen):
     spec: str  # "hex:32" for generate, the variable name for env
 
 
+class Hook(_Frozen):
+    """A lifecycle command run with ``sh -c`` inside a service of the deployment."""
+
+    run: str
+    service: str
+    timeout: int = 60
+
+
 class BuildSource(_Frozen):
     """What the host builds the ``app`` image from."""
 
@@ -103,6 +112,7 @@ class RenderedDeployment(_Frozen):
     source_revision: str | None = None  # the repository commit, for the record only
     services: tuple[str, ...] = ()
     one_shot: tuple[str, ...] = ()  # services with restart "no": exiting 0 is success
+    hooks: dict[str, Hook] = Field(default_factory=dict)  # install/health/uninstall/backup
     spec_hash: str = ""
 
     @property
@@ -311,6 +321,7 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
             and "restart" in s
         )
     )
+    hooks = _hooks(manifest, services, routes, dpl_id) if manifest is not None else {}
     bundle_digest = item.bundle_digest if build is None else None
     spec_hash = _digest(
         "v1",
@@ -347,8 +358,36 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
         source_revision=ctx.source_revision,
         services=tuple(sorted(services)),
         one_shot=one_shot,
+        hooks=hooks,
         spec_hash=spec_hash,
     )
+
+
+def _hooks(
+    manifest: Manifest, services: Mapping[str, Any], routes: list[RenderedRoute], dpl_id: str
+) -> dict[str, Hook]:
+    """Lifecycle hooks with their service resolved: named, else the routed one, else first."""
+    if manifest.lifecycle is None:
+        return {}
+    default = next(iter(services), APP_SERVICE)
+    for route in routes:
+        host = route.upstream.rpartition(":")[0]
+        for name, spec in services.items():
+            if (
+                isinstance(spec, Mapping)
+                and str(spec.get("container_name", "")).replace("${DEPLOYMENT_ID}", dpl_id) == host
+            ):
+                default = name
+    out: dict[str, Hook] = {}
+    for phase in ("install", "health", "uninstall", "backup"):
+        hook = getattr(manifest.lifecycle, phase)
+        if hook is None:
+            continue
+        if isinstance(hook, str):
+            out[phase] = Hook(run=hook, service=default)
+        else:
+            out[phase] = Hook(run=hook.run, service=hook.service or default, timeout=hook.timeout)
+    return out
 
 
 def render_all(state: DesiredState, ctx: RenderContext | None = None) -> list[RenderedDeployment]:
