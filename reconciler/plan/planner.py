@@ -10,7 +10,7 @@ without our labels (it never gets into the actual state), is never touched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from reconciler.model.state import (
     ActualState,
@@ -45,11 +45,26 @@ def plan(
     *,
     namespace: str = "default",
     options: PlanOptions | None = None,
+    unresolved: Mapping[str, str] | None = None,
 ) -> Plan:
+    """``unresolved``: deployments that cannot be planned (by name, with the reason, e.g.
+    a ``git_ref`` that could not be resolved); they are ``blocked``, never guessed at."""
     opts = options or PlanOptions()
     actions: list[Action] = []
     desired_ids = {d.id for d in desired}
     for want in sorted(desired, key=lambda d: (d.name, d.id)):
+        if unresolved and want.name in unresolved:
+            actions.append(
+                Action(
+                    action="blocked",
+                    deployment=want.name,
+                    id=want.id,
+                    agent=want.agent,
+                    reason=unresolved[want.name],
+                    url=want.url,
+                )
+            )
+            continue
         agent = actual.agents.get(want.agent)
         actions.extend(_for_desired(want, agent, actual))
 
