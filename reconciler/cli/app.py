@@ -18,7 +18,14 @@ if TYPE_CHECKING:
 
     from reconciler.load.catalog import Catalog
 
-__all__ = ["CatalogOption", "ReportFormat", "app", "catalog_app"]
+__all__ = [
+    "CatalogOption",
+    "RefOption",
+    "ReportFormat",
+    "SubpathOption",
+    "app",
+    "catalog_app",
+]
 
 app = typer.Typer(
     name="reconcile",
@@ -49,6 +56,20 @@ CatalogOption = Annotated[
         help="Catalog directory to use instead of the built-in one.",
         envvar="RECONCILE_CATALOG",
         show_default=False,
+    ),
+]
+
+
+RefOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ref", help="With a git URL: branch, tag or commit (default main).", show_default=False
+    ),
+]
+SubpathOption = Annotated[
+    str | None,
+    typer.Option(
+        "--path", help="With a git URL: the repository's directory inside it.", show_default=False
     ),
 ]
 

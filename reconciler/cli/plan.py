@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 
-from reconciler.cli.app import CatalogOption, _catalog, _console, app
+from reconciler.cli.app import (
+    CatalogOption,
+    RefOption,
+    SubpathOption,
+    _catalog,
+    _console,
+    app,
+)
 
 __all__ = ["PlanFormat", "plan_command"]
 
@@ -23,8 +30,10 @@ class PlanFormat(enum.StrEnum):
 @app.command("plan")
 def plan_command(
     path: Annotated[
-        pathlib.Path, typer.Argument(help="The desired-state repository.")
-    ] = pathlib.Path("."),
+        str, typer.Argument(help="The desired-state repository: a directory or a git URL.")
+    ] = ".",
+    ref: RefOption = None,
+    subpath: SubpathOption = None,
     against: Annotated[
         str | None,
         typer.Option(
@@ -66,19 +75,31 @@ def plan_command(
 ) -> None:
     """Show what apply would do: install, update, uninstall, repair, noop, blocked."""
     from reconciler.cli.against import load_actual
+    from reconciler.cli.desired import load_desired
     from reconciler.cli.validate import print_problems
-    from reconciler.load.repo import load_repository
     from reconciler.model.errors import ReconcilerError
     from reconciler.plan import PlanOptions, plan, report
     from reconciler.render import RenderContext, render_all
 
     err = _console(stderr=True)
-    state = load_repository(path, catalog=_catalog(catalog))
+    try:
+        desired = load_desired(path, ref=ref, subpath=subpath, catalog=_catalog(catalog))
+    except ReconcilerError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    state = desired.state
     if not state.ok:
         print_problems(state, err)
         err.print("[bold red]No plan: the desired state is invalid (nothing was touched).[/]")
         raise typer.Exit(1)
-    rendered = render_all(state, RenderContext(config=state.config))
+    rendered = render_all(
+        state,
+        RenderContext(
+            config=state.config,
+            source_revision=desired.revision,
+            git_revisions=desired.git_revisions,
+        ),
+    )
     agents = sorted({d.agent for d in rendered} | {"local"})
     try:
         actual, where = load_actual(against, agents=agents, state_dir=state_dir)
@@ -90,7 +111,13 @@ def plan_command(
         allow_mass_prune=allow_mass_prune,
         max_prune_share=state.config.max_prune_share,
     )
-    result = plan(rendered, actual, namespace=state.config.namespace, options=options)
+    result = plan(
+        rendered,
+        actual,
+        namespace=state.config.namespace,
+        options=options,
+        unresolved=desired.unresolved,
+    )
     if fmt is PlanFormat.json:
         sys.stdout.write(report.json_plan(result) + "\n")
     elif fmt is PlanFormat.markdown:
@@ -100,7 +127,10 @@ def plan_command(
 
         out = _console()
         out.print(
-            Text(f"Plan for {path} (namespace {result.namespace}) against {where}", style="bold")
+            Text(
+                f"Plan for {desired.source} (namespace {result.namespace}) against {where}",
+                style="bold",
+            )
         )
         out.print()
         for style, line in report.text_plan(result, verbose=verbose):
