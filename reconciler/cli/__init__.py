@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from reconciler.cli import catalog, plan, validate  # noqa: F401  (registers the commands)
+from reconciler.cli import catalog, plan, status, validate  # noqa: F401  (registers the commands)
 from reconciler.cli.app import app
 
 __all__ = ["app", "main", "rewrite_argv"]

@@ -1,0 +1,247 @@
+"""The host's state dir: where the agent keeps the authoritative record of each app.
+
+Layout (one directory per deployment, named by its ``dpl_`` id)::
+
+    <state dir>/apps/<dpl_id>/
+        compose.yaml    the file ``docker compose -p <dpl_id>`` runs
+        .env            literal and generated values (0600, written by the executor)
+        state.json      an :class:`AppRecord`: what was applied, never a secret value
+        data/           the app's bind-mounted data; kept on uninstall unless purged
+        releases/       earlier working releases, for rollback
+
+Container labels alone go stale (a ``docker rm`` loses them, a failed update leaves
+old ones); ``state.json`` is what the agent believes it applied, and ``observe`` checks
+it against the containers.  Every write is atomic (tmp file in the same directory +
+fsync + rename + fsync of the directory), so a crash leaves the old file or the new one,
+never half of either.  Reading is forgiving: a corrupt, oversized or foreign file is
+logged and treated as absent, never a crash of the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import os
+import pathlib
+import re
+import secrets
+import stat
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from reconciler.model.ids import DEPLOYMENT_ID_RE
+from reconciler.model.state import SpecRecord
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "RECORD_FORMAT_VERSION",
+    "AppRecord",
+    "AppStatus",
+    "app_dir",
+    "atomic_write",
+    "default_state_dir",
+    "ensure_app_dir",
+    "list_records",
+    "now_iso",
+    "read_record",
+    "record_path",
+    "write_record",
+]
+
+log = logging.getLogger(__name__)
+
+RECORD_FORMAT_VERSION = 1
+MAX_RECORD_BYTES = 1024 * 1024  # a record is a few KiB; anything this big is not ours
+AppStatus = Literal["running", "failed", "uninstalled"]
+
+# SpecRecord.env maps keys to salted digests (reconciler.render.value_digest): never values.
+_DIGEST_RE = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def default_state_dir() -> pathlib.Path:
+    """``RECONCILE_STATE_DIR``, else ``/var/lib/reconciler`` as root, else the XDG state dir."""
+    env = os.environ.get("RECONCILE_STATE_DIR")
+    if env:
+        return pathlib.Path(env).expanduser()
+    if os.geteuid() == 0:
+        return pathlib.Path("/var/lib/reconciler")
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".local" / "state"
+    return base / "reconciler"
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with seconds, e.g. ``2026-11-25T10:15:00Z``."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AppRecord(BaseModel):
+    """``state.json``: what the agent applied for one deployment.  No secret values, ever."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: Literal[1] = 1
+    id: str = Field(pattern=DEPLOYMENT_ID_RE.pattern)
+    name: str
+    namespace: str
+    spec_hash: str
+    status: AppStatus = "running"
+    services: list[str] = Field(default_factory=list)
+    one_shot: list[str] = Field(default_factory=list)  # restart "no": exit 0 is success
+    record: SpecRecord
+    domain: str | None = None
+    url: str | None = None
+    updated_at: str = Field(default_factory=now_iso)
+    last_error: str | None = None  # the failed step and its message (never env values)
+
+    @field_validator("record")
+    @classmethod
+    def _env_is_digests(cls, value: SpecRecord) -> SpecRecord:
+        bad = sorted(k for k, v in value.env.items() if not _DIGEST_RE.match(v))
+        if bad:
+            raise ValueError(
+                "record.env must hold value digests, never values "
+                f"(keys with a non-digest value: {', '.join(bad)})"
+            )
+        return value
+
+
+def _check_id(dpl_id: str) -> str:
+    if not DEPLOYMENT_ID_RE.match(dpl_id):
+        raise ValueError(f"not a deployment id: {dpl_id!r}")
+    return dpl_id
+
+
+def app_dir(state_dir: pathlib.Path, dpl_id: str) -> pathlib.Path:
+    """``<state dir>/apps/<dpl_id>``; the id is checked, so it can never escape ``apps/``."""
+    return pathlib.Path(state_dir) / "apps" / _check_id(dpl_id)
+
+
+def record_path(state_dir: pathlib.Path, dpl_id: str) -> pathlib.Path:
+    return app_dir(state_dir, dpl_id) / "state.json"
+
+
+def ensure_app_dir(state_dir: pathlib.Path, dpl_id: str) -> pathlib.Path:
+    """Create the app's directory with ``data/`` and ``releases/`` (0700); return it."""
+    directory = app_dir(state_dir, dpl_id)
+    for sub in (directory, directory / "data", directory / "releases"):
+        sub.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return directory
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: pathlib.Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically, with exactly ``mode`` (umask ignored).
+
+    The bytes go to a fresh tmp file in the same directory, are fsynced, renamed over
+    ``path`` and the directory is fsynced: after a crash at any point ``path`` holds the
+    old content or the new, never a mix.  The tmp file is created with ``mode`` already,
+    so a 0600 file is never readable by others, not even for a moment.  Missing parent
+    directories are created (0700).
+    """
+    path = pathlib.Path(path)
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
+    try:
+        try:
+            os.fchmod(fd, mode & 0o7777)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def write_record(state_dir: pathlib.Path, record: AppRecord) -> pathlib.Path:
+    """Write ``apps/<id>/state.json`` atomically (0644: it holds no secrets); return its path."""
+    path = record_path(state_dir, record.id)
+    atomic_write(path, (record.model_dump_json(indent=2) + "\n").encode(), 0o644)
+    return path
+
+
+def _read_bounded(path: pathlib.Path) -> bytes | None:
+    """The file's bytes, or None when it is missing; refuses non-regular and huge files."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        data = fh.read(MAX_RECORD_BYTES + 1)
+    if len(data) > MAX_RECORD_BYTES:
+        raise ValueError(f"larger than {MAX_RECORD_BYTES} bytes")
+    return data
+
+
+def read_record(state_dir: pathlib.Path, dpl_id: str) -> AppRecord | None:
+    """The app's record, or None when it is missing or unreadable (logged, never raised)."""
+    try:
+        path = record_path(state_dir, dpl_id)
+    except ValueError as exc:
+        log.warning("state dir: %s", exc)
+        return None
+    try:
+        data = _read_bounded(path)
+    except (OSError, ValueError) as exc:
+        log.warning("state dir: ignoring %s: %s", path, exc)
+        return None
+    if data is None:
+        return None
+    try:
+        record = AppRecord.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "(file)"
+        log.warning(
+            "state dir: ignoring %s: not a valid record (%s: %s)", path, where, first["msg"]
+        )
+        return None
+    if record.id != dpl_id:
+        log.warning("state dir: ignoring %s: it is the record of %s", path, record.id)
+        return None
+    return record
+
+
+def list_records(state_dir: pathlib.Path) -> list[AppRecord]:
+    """Every readable record under ``apps/``, by id; a missing state dir is no records."""
+    apps = pathlib.Path(state_dir) / "apps"
+    try:
+        names = sorted(entry.name for entry in os.scandir(apps) if entry.is_dir())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.warning("state dir: cannot list %s: %s", apps, exc)
+        return []
+    out = []
+    for name in names:
+        if not DEPLOYMENT_ID_RE.match(name):
+            continue
+        record = read_record(state_dir, name)
+        if record is not None:
+            out.append(record)
+    return out
