@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from reconciler.cli import catalog, plan, status, validate  # noqa: F401  (registers the commands)
+from reconciler.cli import apply, catalog, plan, status, validate  # noqa: F401  (registers the commands)
 from reconciler.cli.app import app
 
 __all__ = ["app", "main", "rewrite_argv"]
@@ -19,19 +19,28 @@ COMMANDS = frozenset({"validate", "plan", "catalog", "status", "apply", "serve",
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:
-    """``reconcile --dry-run PATH`` is ``reconcile plan PATH``.
+    """``reconcile --dry-run PATH`` is ``reconcile plan PATH``; ``reconcile PATH`` is apply.
 
-    A click group cannot take both a positional PATH and subcommands, so the one
-    spelling DESIGN promises (``reconcile --dry-run``, literally, for CI) is mapped
-    onto the ``plan`` command before typer sees it.
+    A click group cannot take both a positional PATH and subcommands, so the spellings
+    DESIGN promises (``reconcile --dry-run``, literally, for CI; plain ``reconcile PATH``)
+    are mapped onto the ``plan`` and ``apply`` commands before typer sees them.
     """
-    if "--dry-run" not in argv:
-        return argv
     first = next((a for a in argv if not a.startswith("-")), None)
-    if first in COMMANDS and first != "plan":
+    if "--dry-run" not in argv:
+        if first is not None and first not in COMMANDS and argv[0] == first:
+            import os
+
+            if os.path.isdir(first):
+                return ["apply", *argv]
+        return argv
+    if first in COMMANDS and first not in ("plan", "apply"):
         return argv
     rest = [a for a in argv if a != "--dry-run"]
-    if first == "plan":
+    if first == "apply":
+        # `apply --dry-run` plans; options only apply takes are meaningless there.
+        rest.remove("apply")
+        rest = [a for a in rest if a not in ("--yes", "-y", "--purge", "--watch")]
+    elif first == "plan":
         return rest
     return ["plan", *rest]
 

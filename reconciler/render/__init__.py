@@ -1,19 +1,22 @@
-"""Pure rendering: a loaded deployment -> what a host will run, plus its spec hash."""
+"""Pure rendering: a loaded deployment -> what a host will run, plus its spec hash.
 
-from reconciler.render.rendering import (
+:mod:`reconciler.render.model` holds the values (agents import only that);
+:mod:`reconciler.render.rendering` produces them from a loaded repository.
+"""
+
+from reconciler.render.model import (
     LABEL_DEPLOYMENT,
     LABEL_NAMESPACE,
     LABEL_SPEC_HASH,
     BuildSource,
     Hook,
-    RenderContext,
     RenderedDeployment,
     RenderedRoute,
     SecretRef,
-    render,
-    render_all,
     spec_record,
+    value_digest,
 )
+from reconciler.render.rendering import RenderContext, render, render_all
 
 __all__ = [
     "LABEL_DEPLOYMENT",
@@ -28,4 +31,5 @@ __all__ = [
     "render",
     "render_all",
     "spec_record",
+    "value_digest",
 ]

@@ -1,0 +1,589 @@
+"""Applying plan actions on one host: install, update, repair, uninstall.
+
+The outer shape follows Flux's kustomize-controller: each action is one linear
+pipeline of small steps, and whatever happens the app's record in the state dir says
+how it ended.  The steps for install/update::
+
+    lock -> keep the running release -> write files atomically -> proxy ready
+    -> compose config -> build (buildable only) -> up -d -> routes
+    -> settle gate -> install hook -> health through the proxy -> record
+
+A failed update puts the previous release back (its files, and its images pinned by
+id) and reports the failure with the last log lines.  Uninstall stops the stack and
+removes routes; the app's ``data/`` (and secrets) stay as a tombstone unless purged.
+
+The real parts come in through three small seams -- :class:`ComposeDriver`, a
+:class:`ProxyPort` and a :class:`ContainerWatch` -- so the ordering and verdict logic is
+unit-tested against fakes, and the Docker tests run it for real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import yaml
+
+from agent.compose import ComposeDriver, ComposeError, ComposeProject
+from agent.secrets import env_file_text, resolve_secrets
+from agent.statedir import AppRecord, atomic_write, read_record, write_record
+from reconciler.model.errors import InvalidSpec, ReconcilerError
+from reconciler.model.ids import LOCAL_AGENT
+from reconciler.model.plan import Action, Plan
+from reconciler.model.state import ContainerState
+from reconciler.render.model import RenderedDeployment, spec_record
+
+__all__ = [
+    "ActionResult",
+    "ContainerWatch",
+    "Executor",
+    "ExecutorSettings",
+    "ProxyPort",
+    "StepEvent",
+]
+
+RESERVED = frozenset(
+    {"compose.yaml", ".env", "state.json", "secrets.json", "data", "releases", "build", ".lock"}
+)
+KEEP_RELEASES = 5
+GATEWAY_ERRORS = frozenset({502, 503, 504})
+
+
+class ProxyPort(Protocol):
+    def ensure(self) -> None: ...
+
+    def sync(self, routes: Mapping[str, str]) -> object: ...
+
+    def probe(self, domain: str, *, path: str = "/", timeout: float = 5) -> int: ...
+
+
+class ContainerWatch(Protocol):
+    def containers(self, deployment_id: str) -> list[ContainerState]:
+        """Current state of the deployment's containers, restart counts included."""
+
+    def image_ids(self, deployment_id: str) -> dict[str, str]:
+        """service -> image id of the running containers (to pin a release)."""
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    deployment: str
+    step: str
+    detail: str = ""
+
+
+@dataclass
+class ActionResult:
+    action: Action
+    ok: bool
+    message: str
+    seconds: float = 0.0
+    url: str | None = None
+    logs: str = ""
+    rolled_back: bool = False
+    skipped: bool = False
+
+
+@dataclass
+class ExecutorSettings:
+    settle_seconds: float = 3.0  # nothing restarted or exited for this long = settled
+    settle_timeout: float = 180.0  # give up waiting for healthchecks after this
+    sample_interval: float = 0.25
+    probe_timeout: float = 20.0
+    probe: bool = True
+    purge: bool = False
+
+
+class _Failed(Exception):
+    def __init__(self, step: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.message = message
+        self.hint = hint
+
+
+@dataclass
+class Executor:
+    state_dir: pathlib.Path
+    driver: ComposeDriver
+    proxy: ProxyPort
+    watch: ContainerWatch
+    settings: ExecutorSettings = field(default_factory=ExecutorSettings)
+    on_event: Callable[[StepEvent], None] = lambda _e: None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    # ------------------------------------------------------------------ public
+
+    def run(
+        self,
+        plan: Plan,
+        desired: Sequence[RenderedDeployment],
+        repo_root: pathlib.Path,
+    ) -> list[ActionResult]:
+        """Carry out a plan's actions for this host, uninstalls first (they free domains)."""
+        by_id = {d.id: d for d in desired}
+        order = {"uninstall": 0, "install": 1, "update": 1, "repair": 1}
+        results: list[ActionResult] = []
+        todo = [a for a in plan.actions if a.action in order]
+        for action in sorted(todo, key=lambda a: (order[a.action], a.deployment)):
+            if action.agent != LOCAL_AGENT:
+                results.append(
+                    ActionResult(
+                        action,
+                        False,
+                        f"agent {action.agent} is remote; the control plane applies it",
+                        skipped=True,
+                    )
+                )
+                continue
+            results.append(self.apply_action(action, by_id.get(action.id), repo_root))
+        return results
+
+    def apply_action(
+        self, action: Action, want: RenderedDeployment | None, repo_root: pathlib.Path
+    ) -> ActionResult:
+        start = self.clock()
+        try:
+            with self._lock(action.id):
+                if action.action == "uninstall":
+                    message = self._uninstall(action)
+                    return ActionResult(action, True, message, self.clock() - start)
+                assert want is not None, action
+                url = want.url
+                if action.action == "update":
+                    return self._update(action, want, repo_root, start)
+                self._deploy(action, want, repo_root, install=action.action == "install")
+                done = {"install": "installed", "repair": "repaired"}[action.action]
+                return ActionResult(action, True, done, self.clock() - start, url)
+        except _Failed as exc:
+            logs = self._logs(action.id) if exc.step not in ("files", "config") else ""
+            if want is not None:
+                self._mark_failed(want, exc)
+            message = f"{exc.step}: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "")
+            return ActionResult(
+                action, False, message, self.clock() - start, want.url if want else None, logs
+            )
+        except ReconcilerError as exc:
+            return ActionResult(action, False, str(exc), self.clock() - start)
+
+    def sync_routes(
+        self, extra: Mapping[str, str] | None = None, without: str | None = None
+    ) -> None:
+        """Push the full route set of this host (from the records) to the proxy."""
+        routes: dict[str, str] = {}
+        for rec in self._records():
+            if rec.status == "uninstalled" or rec.id == without or rec.record is None:
+                continue
+            for r in rec.record.routes:
+                routes[r.domain] = r.upstream
+        routes.update(extra or {})
+        self.proxy.ensure()
+        self.proxy.sync(routes)
+
+    # ------------------------------------------------------------------ steps
+
+    def _emit(self, name: str, step: str, detail: str = "") -> None:
+        self.on_event(StepEvent(name, step, detail))
+
+    def app_dir(self, dpl_id: str) -> pathlib.Path:
+        return self.state_dir / "apps" / dpl_id
+
+    @contextlib.contextmanager
+    def _lock(self, dpl_id: str) -> Iterator[None]:
+        directory = self.app_dir(dpl_id)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(directory / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _project(self, dpl_id: str) -> ComposeProject:
+        return ComposeProject(dpl_id, self.app_dir(dpl_id))
+
+    def _write_files(self, want: RenderedDeployment, repo_root: pathlib.Path) -> None:
+        directory = self.app_dir(want.id)
+        (directory / "data").mkdir(parents=True, exist_ok=True)
+        values, keep = resolve_secrets(want, directory, self.environ)
+        if keep:
+            atomic_write(
+                directory / "secrets.json", json.dumps(keep, sort_keys=True).encode(), 0o600
+            )
+        env = {**want.env, **values}
+        atomic_write(directory / ".env", env_file_text(env).encode(), 0o600)
+        if want.bundle and want.build is None:
+            _copy_bundle(repo_root / want.bundle, directory)
+        if want.build is not None:
+            self._prepare_build(want, repo_root, directory / "build")
+        atomic_write(directory / "compose.yaml", want.compose_yaml.encode(), 0o644)
+
+    def _prepare_build(
+        self, want: RenderedDeployment, repo_root: pathlib.Path, target: pathlib.Path
+    ) -> None:
+        build = want.build
+        assert build is not None
+        fresh = target.with_name("build.new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        if build.kind == "repo":
+            assert build.path is not None
+            shutil.copytree(repo_root / build.path, fresh, symlinks=True)
+        else:
+            from agent.gitfetch import fetch_revision
+
+            assert build.url is not None
+            assert build.revision is not None
+            fetch_revision(build.url, build.revision, fresh)
+        shutil.rmtree(target, ignore_errors=True)
+        fresh.rename(target)
+
+    def _deploy(
+        self, action: Action, want: RenderedDeployment, repo_root: pathlib.Path, *, install: bool
+    ) -> None:
+        name = want.name
+        project = self._project(want.id)
+        self._emit(name, "files", "writing compose.yaml and .env")
+        try:
+            self._write_files(want, repo_root)
+        except InvalidSpec as exc:
+            raise _Failed("files", str(exc)) from None
+        except OSError as exc:
+            raise _Failed("files", f"cannot write the app dir: {exc}") from None
+        if want.routes or "impreza-proxy" in want.compose_yaml:
+            self._emit(name, "proxy", "network and proxy container")
+            self.proxy.ensure()
+        self._compose(name, "config", lambda: self.driver.check(project))
+        if want.build is not None or "build:" in want.compose_yaml:
+            self._emit(name, "build", "docker compose build")
+            self._compose(name, "build", lambda: self.driver.build(project))
+        self._emit(name, "up", "docker compose up -d")
+        self._compose(name, "up", lambda: self.driver.up(project))
+        self._emit(name, "routes", ", ".join(r.domain for r in want.routes) or "none")
+        self.sync_routes({r.domain: r.upstream for r in want.routes}, without=want.id)
+        self._settle(want)
+        if install and "install" in want.hooks:
+            self._hook(want, "install")
+        if "health" in want.hooks:
+            self._hook(want, "health")
+        if self.settings.probe:
+            self._probe(want)
+        self._emit(name, "record", "state.json")
+        self._save_release(want)
+        self._write_record(want, "running")
+
+    def _compose(self, name: str, step: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except ComposeError as exc:
+            raise _Failed(step, exc.output or str(exc), _hint(step, exc.output)) from None
+
+    def _settle(self, want: RenderedDeployment) -> None:
+        """Healthy once healthchecks pass and nothing restarted for the settle window."""
+        s = self.settings
+        self._emit(want.name, "settle", f"waiting {s.settle_seconds:g} s for a stable state")
+        start = self.clock()
+        baseline: dict[str, int] = {}
+        settled_since: float | None = None
+        while True:
+            now = self.clock()
+            containers = self.watch.containers(want.id)
+            verdict = _verdict(want, containers, baseline, now - start)
+            if verdict.failure:
+                raise _Failed("settle", verdict.failure, "see the log lines below")
+            if verdict.ready:
+                settled_since = settled_since if settled_since is not None else now
+                if now - settled_since >= s.settle_seconds:
+                    return
+            else:
+                settled_since = None
+            if now - start > s.settle_timeout:
+                raise _Failed(
+                    "settle",
+                    f"not ready after {s.settle_timeout:g} s: {verdict.waiting or 'waiting'}",
+                    "is the healthcheck right?",
+                )
+            self.sleep(s.sample_interval)
+
+    def _hook(self, want: RenderedDeployment, phase: str) -> None:
+        hook = want.hooks[phase]
+        self._emit(want.name, f"{phase} hook", f"in service {hook.service}")
+        code, output = self.driver.exec(
+            self._project(want.id), hook.service, hook.run, float(hook.timeout)
+        )
+        if code != 0:
+            tail = " | ".join(output.strip().splitlines()[-3:])
+            raise _Failed(
+                f"{phase} hook",
+                f"exited {code}: {tail}",
+                f"the manifest's lifecycle.{phase} command",
+            )
+
+    def _probe(self, want: RenderedDeployment) -> None:
+        for route in want.routes:
+            self._emit(want.name, "probe", f"http://{route.domain} through the proxy")
+            deadline = self.clock() + self.settings.probe_timeout
+            status = 0
+            while True:
+                try:
+                    status = self.proxy.probe(route.domain)
+                except ReconcilerError as exc:
+                    status = 0
+                    last = str(exc)
+                else:
+                    last = f"HTTP {status}"
+                if status and status not in GATEWAY_ERRORS:
+                    break
+                if self.clock() > deadline:
+                    raise _Failed(
+                        "probe",
+                        f"{route.domain} answered {last} through the proxy",
+                        "the route's upstream port may be wrong",
+                    )
+                self.sleep(self.settings.sample_interval)
+
+    def _update(
+        self, action: Action, want: RenderedDeployment, repo_root: pathlib.Path, start: float
+    ) -> ActionResult:
+        previous = self._latest_release(want.id)
+        try:
+            self._deploy(action, want, repo_root, install=False)
+        except _Failed as exc:
+            logs = self._logs(want.id) if exc.step not in ("files", "config") else ""
+            if previous is None:
+                raise
+            self._emit(want.name, "rollback", f"restoring release {previous.name}")
+            restored = self._rollback(want, previous)
+            message = f"{exc.step}: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "")
+            message += "; previous release restored" if restored else "; ROLLBACK FAILED"
+            return ActionResult(
+                action, False, message, self.clock() - start, want.url, logs, rolled_back=restored
+            )
+        return ActionResult(action, True, "updated", self.clock() - start, want.url)
+
+    def _rollback(self, want: RenderedDeployment, release: pathlib.Path) -> bool:
+        directory = self.app_dir(want.id)
+        project = self._project(want.id)
+        try:
+            for name in ("compose.yaml", ".env"):
+                src = release / name
+                if src.exists():
+                    atomic_write(
+                        directory / name, src.read_bytes(), 0o600 if name == ".env" else 0o644
+                    )
+            self.driver.up(project)
+            rec = AppRecord.model_validate_json((release / "state.json").read_text())
+            self.sync_routes(
+                {r.domain: r.upstream for r in (rec.record.routes if rec.record else [])},
+                without=want.id,
+            )
+            rec = rec.model_copy(
+                update={
+                    "status": "running",
+                    "updated_at": _now(),
+                    "last_error": f"update to {want.spec_hash[:12]} failed; rolled back",
+                }
+            )
+            write_record(self.state_dir, rec)
+            return True
+        except (ComposeError, OSError, ValueError, ReconcilerError):
+            return False
+
+    def _uninstall(self, action: Action) -> str:
+        directory = self.app_dir(action.id)
+        project = self._project(action.id)
+        rec = read_record(self.state_dir, action.id)
+        self._emit(action.deployment, "down", "docker compose down")
+        if (directory / "compose.yaml").exists():
+            try:
+                self.driver.down(project, volumes=self.settings.purge)
+            except ComposeError as exc:
+                raise _Failed("down", exc.output) from None
+        self._emit(action.deployment, "routes", "removing")
+        self.sync_routes(without=action.id)
+        if self.settings.purge:
+            shutil.rmtree(directory, ignore_errors=True)
+            return "uninstalled; data purged"
+        if rec is not None:
+            write_record(
+                self.state_dir,
+                rec.model_copy(update={"status": "uninstalled", "updated_at": _now()}),
+            )
+        return "uninstalled; data kept"
+
+    # ------------------------------------------------------------ records
+
+    def _records(self) -> list[AppRecord]:
+        from agent.statedir import list_records
+
+        return list_records(self.state_dir)
+
+    def _write_record(
+        self, want: RenderedDeployment, status: str, error: str | None = None
+    ) -> None:
+        write_record(
+            self.state_dir,
+            AppRecord(
+                id=want.id,
+                name=want.name,
+                namespace=want.namespace,
+                spec_hash=want.spec_hash,
+                status=status,
+                services=list(want.services),
+                one_shot=list(want.one_shot),
+                record=spec_record(want),
+                domain=want.domain,
+                url=want.url,
+                updated_at=_now(),
+                last_error=error,
+            ),
+        )
+
+    def _mark_failed(self, want: RenderedDeployment, exc: _Failed) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._write_record(want, "failed", f"{exc.step}: {exc.message}"[:500])
+
+    def _save_release(self, want: RenderedDeployment) -> None:
+        """Keep this working release (files + image ids) for a later rollback."""
+        directory = self.app_dir(want.id)
+        releases = directory / "releases"
+        releases.mkdir(exist_ok=True)
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{want.spec_hash[:12]}"
+        target = releases / name
+        tmp = releases / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        pinned = _pin_images(want.compose_yaml, self.watch.image_ids(want.id))
+        (tmp / "compose.yaml").write_text(pinned)
+        shutil.copy2(directory / ".env", tmp / ".env")
+        os.chmod(tmp / ".env", 0o600)
+        rec = AppRecord(
+            id=want.id,
+            name=want.name,
+            namespace=want.namespace,
+            spec_hash=want.spec_hash,
+            status="running",
+            services=list(want.services),
+            one_shot=list(want.one_shot),
+            record=spec_record(want),
+            domain=want.domain,
+            url=want.url,
+            updated_at=_now(),
+        )
+        (tmp / "state.json").write_text(rec.model_dump_json(indent=2))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        kept = sorted(p for p in releases.iterdir() if not p.name.startswith("."))
+        for old in kept[:-KEEP_RELEASES]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _latest_release(self, dpl_id: str) -> pathlib.Path | None:
+        releases = self.app_dir(dpl_id) / "releases"
+        if not releases.is_dir():
+            return None
+        kept = sorted(p for p in releases.iterdir() if not p.name.startswith("."))
+        return kept[-1] if kept else None
+
+    def _logs(self, dpl_id: str) -> str:
+        try:
+            return self.driver.logs(self._project(dpl_id), tail=20)
+        except Exception:
+            return ""
+
+
+@dataclass
+class _Verdict:
+    ready: bool
+    failure: str | None = None
+    waiting: str | None = None
+
+
+def _verdict(
+    want: RenderedDeployment,
+    containers: Sequence[ContainerState],
+    baseline: dict[str, int],
+    elapsed: float,
+) -> _Verdict:
+    """One sample of the settle gate: failed, waiting, or ready."""
+    by_service: dict[str, list[ContainerState]] = {}
+    for c in containers:
+        by_service.setdefault(c.service, []).append(c)
+    waiting: list[str] = []
+    for service in want.services:
+        one_shot = service in want.one_shot
+        found = by_service.get(service, [])
+        if not found:
+            if one_shot:
+                continue
+            if elapsed > 10:
+                return _Verdict(False, f"service {service}: no container")
+            waiting.append(f"{service}: starting")
+            continue
+        for c in found:
+            key = c.name or service
+            if key not in baseline:
+                baseline[key] = c.restarts
+            if c.restarts > baseline[key] or c.status == "restarting":
+                return _Verdict(
+                    False, f"service {service} is crash-looping ({c.restarts} restarts)"
+                )
+            if c.status in ("exited", "dead"):
+                if one_shot and c.exit_code == 0:
+                    continue
+                return _Verdict(False, f"service {service} exited (code {c.exit_code})")
+            if c.health == "unhealthy":
+                return _Verdict(False, f"service {service} is unhealthy")
+            if c.health == "starting":
+                waiting.append(f"{service}: health starting")
+            elif c.status != "running" and not (one_shot and c.status == "created"):
+                waiting.append(f"{service}: {c.status}")
+    return _Verdict(not waiting, None, ", ".join(waiting) or None)
+
+
+def _pin_images(compose_yaml: str, image_ids: Mapping[str, str]) -> str:
+    """The compose file with each service's image pinned to the id that ran."""
+    data: dict[str, Any] = yaml.safe_load(compose_yaml) or {}
+    for service, spec in (data.get("services") or {}).items():
+        if service in image_ids and isinstance(spec, dict):
+            spec["image"] = image_ids[service]
+            spec.pop("build", None)
+            spec["pull_policy"] = "never"
+    return yaml.safe_dump(data, sort_keys=False, width=1 << 16)
+
+
+def _copy_bundle(source: pathlib.Path, target: pathlib.Path) -> None:
+    """Files shipped with a manifest (e.g. ``./public``) beside the compose file."""
+    for entry in source.iterdir():
+        if entry.name in RESERVED or entry.name in ("deployment.yaml", "deployment.yml"):
+            continue
+        dest = target / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, dest, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copy2(entry, dest, follow_symlinks=False)
+
+
+def _hint(step: str, output: str) -> str | None:
+    low = output.lower()
+    if "pull access denied" in low or "no such host" in low or "not found: manifest" in low:
+        return "the image is not available locally and no registry answered"
+    if "port is already allocated" in low or "address already in use" in low:
+        return "a host port is taken by another container or process"
+    if "network" in low and "not found" in low:
+        return "the proxy network is missing; it is created on the next apply"
+    if step == "build":
+        return "the Dockerfile failed to build; see the build output"
+    return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,336 @@
+"""``reconcile apply [PATH]`` (and plain ``reconcile PATH``): reconcile onto this host.
+
+The embedded default needs no server: the local Docker Engine is the agent ``local``.
+One reconcile = load (refuse on any error: nothing on the host changes) -> render ->
+observe -> plan -> show -> apply with progress -> summary.  ``--watch`` repeats it on
+file changes, on a timer, and when one of our containers dies or is removed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import pathlib
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from reconciler.cli.app import (
+    CatalogOption,
+    RefOption,
+    SubpathOption,
+    _catalog,
+    _console,
+    app,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from agent.executor import ActionResult
+
+__all__ = ["apply_command", "reconcile_once"]
+
+
+class ApplyFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+@app.command("apply")
+def apply_command(
+    path: Annotated[
+        str, typer.Argument(help="The desired-state repository: a directory or a git URL.")
+    ] = ".",
+    ref: RefOption = None,
+    subpath: SubpathOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
+    prune: Annotated[
+        bool | None,
+        typer.Option(
+            "--prune/--no-prune", help="Override reconcile.yaml's prune.", show_default=False
+        ),
+    ] = None,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Uninstalls also delete data/ and volumes.")
+    ] = False,
+    allow_mass_prune: Annotated[
+        bool, typer.Option("--allow-mass-prune", help="Allow pruning past max_prune_share.")
+    ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Keep reconciling: on file changes, a timer, Docker events."),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", help="With --watch: seconds between timed runs.")
+    ] = 60.0,
+    settle: Annotated[
+        float, typer.Option("--settle", help="Seconds a deployment must stay stable.")
+    ] = 3.0,
+    state_dir: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--state-dir",
+            envvar="RECONCILE_STATE_DIR",
+            show_default=False,
+            help="The host's state dir.",
+        ),
+    ] = None,
+    fmt: Annotated[ApplyFormat, typer.Option("--format", "-f")] = ApplyFormat.text,
+    catalog: CatalogOption = None,
+) -> None:
+    """Reconcile the repository onto the local Docker host, behind the proxy."""
+    from agent.observe import docker_available
+    from agent.statedir import default_state_dir
+
+    err = _console(stderr=True)
+    if not docker_available():
+        err.print(
+            "[bold red]error:[/] no Docker daemon answers; start it "
+            "(`bash scripts/setup.sh --docker`) or use `reconcile --dry-run`"
+        )
+        raise typer.Exit(1)
+    options = _Options(
+        path=path,
+        ref=ref,
+        subpath=subpath,
+        yes=yes,
+        prune=prune,
+        purge=purge,
+        allow_mass_prune=allow_mass_prune,
+        settle=settle,
+        state_dir=state_dir or default_state_dir(),
+        fmt=fmt,
+        catalog=catalog,
+    )
+    if not watch:
+        ok = reconcile_once(options)
+        raise typer.Exit(0 if ok else 1)
+    _watch(options, interval)
+
+
+@dataclass
+class _Options:
+    path: str
+    ref: str | None
+    subpath: str | None
+    yes: bool
+    prune: bool | None
+    purge: bool
+    allow_mass_prune: bool
+    settle: float
+    state_dir: pathlib.Path
+    fmt: ApplyFormat
+    catalog: pathlib.Path | None
+
+
+def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
+    """One reconcile.  True when the host matches the repository afterwards."""
+    from agent.compose import WhalesComposeDriver
+    from agent.executor import Executor, ExecutorSettings, StepEvent
+    from agent.observe import observe_local
+    from agent.proxy import CaddyProxy, ProxySettings
+    from agent.watch import DockerWatch
+    from reconciler.cli.desired import load_desired
+    from reconciler.cli.validate import print_problems
+    from reconciler.model.errors import ReconcilerError
+    from reconciler.model.state import ActualState
+    from reconciler.plan import PlanOptions, plan, report
+    from reconciler.render import RenderContext, render_all
+
+    out = _console()
+    err = _console(stderr=True)
+    machine = opts.fmt is ApplyFormat.json
+    try:
+        desired = load_desired(
+            opts.path, ref=opts.ref, subpath=opts.subpath, catalog=_catalog(opts.catalog)
+        )
+    except ReconcilerError as exc:
+        err.print(f"[bold red]error:[/] {exc}; nothing applied", highlight=False)
+        return False
+    state = desired.state
+    if not state.ok:
+        print_problems(state, err)
+        err.print(
+            "[bold red]Nothing applied: the desired state is invalid; the host was not touched.[/]"
+        )
+        return False
+    config = state.config
+    rendered = render_all(
+        state,
+        RenderContext(
+            config=config, source_revision=desired.revision, git_revisions=desired.git_revisions
+        ),
+    )
+    actual = ActualState(
+        source="local", agents={"local": observe_local(state_dir=opts.state_dir, agent="local")}
+    )
+    options = PlanOptions(
+        prune=config.prune if opts.prune is None else opts.prune,
+        allow_mass_prune=opts.allow_mass_prune,
+        max_prune_share=config.max_prune_share,
+    )
+    result = plan(
+        rendered,
+        actual,
+        namespace=config.namespace,
+        options=options,
+        unresolved=desired.unresolved,
+    )
+    if not machine:
+        from rich.text import Text
+
+        for style, line in report.text_plan(result):
+            out.print(Text(line, style=style))
+        out.print(Text(report.summary_line(result), style="bold"))
+
+    proxy = CaddyProxy(
+        ProxySettings(
+            network=config.proxy.network,
+            http_port=config.proxy.http_port,
+            https_port=config.proxy.https_port,
+            tls=config.proxy.tls,
+            state_dir=opts.state_dir,
+        )
+    )
+    settings = ExecutorSettings(settle_seconds=opts.settle, purge=opts.purge)
+
+    def on_event(event: StepEvent) -> None:
+        if not machine:
+            out.print(f"  [dim]{event.deployment}: {event.step}[/] {event.detail}", highlight=False)
+
+    executor = Executor(
+        state_dir=opts.state_dir,
+        driver=WhalesComposeDriver(),
+        proxy=proxy,
+        watch=DockerWatch(),
+        settings=settings,
+        on_event=on_event,
+    )
+    to_do = [a for a in result.actions if a.action in ("install", "update", "repair", "uninstall")]
+    if to_do and interactive and not opts.yes:
+        if not sys.stdin.isatty():
+            err.print("[bold red]error:[/] changes need confirmation: pass --yes")
+            return False
+        if not typer.confirm("Apply these changes?", default=False):
+            err.print("Nothing applied.")
+            return False
+    results: list[ActionResult] = []
+    started = time.monotonic()
+    if to_do:
+        results = executor.run(result, rendered, state.root)
+    if any(d.routes for d in rendered) or to_do:
+        # Routes are repaired on every reconcile: a hand-edited or recreated proxy heals.
+        executor.sync_routes()
+    blocked = [a for a in result.actions if a.action == "blocked"]
+    ok = all(r.ok or r.skipped for r in results) and not blocked
+    if machine:
+        sys.stdout.write(_json_summary(result, results, time.monotonic() - started) + "\n")
+    else:
+        _summary_table(out, result, results)
+    return ok
+
+
+def _summary_table(out: Console, plan: Any, results: list[ActionResult]) -> None:
+    from rich.table import Table
+
+    if not results:
+        blocked = [a for a in plan.actions if a.action == "blocked"]
+        for a in blocked:
+            out.print(f"[bold red]blocked[/] {a.deployment}: {a.reason}", highlight=False)
+        return
+    table = Table(title="Result", title_justify="left")
+    for col in ("deployment", "action", "result", "url", "time"):
+        table.add_column(col)
+    for r in results:
+        verdict = "[green]ok[/]" if r.ok else ("[dim]skipped[/]" if r.skipped else "[red]failed[/]")
+        table.add_row(
+            r.action.deployment,
+            r.action.action,
+            verdict + " " + r.message,
+            r.url or "",
+            f"{r.seconds:.1f}s",
+        )
+    out.print(table)
+    for r in results:
+        if not r.ok and r.logs:
+            out.print(f"[bold red]{r.action.deployment}[/] last log lines:")
+            out.print(r.logs, markup=False, highlight=False)
+
+
+def _json_summary(plan: Any, results: list[ActionResult], seconds: float) -> str:
+    return json.dumps(
+        {
+            "format_version": 1,
+            "plan": plan.model_dump(mode="json"),
+            "results": [
+                {
+                    "deployment": r.action.deployment,
+                    "id": r.action.id,
+                    "action": r.action.action,
+                    "ok": r.ok,
+                    "skipped": r.skipped,
+                    "rolled_back": r.rolled_back,
+                    "message": r.message,
+                    "url": r.url,
+                    "seconds": round(r.seconds, 3),
+                }
+                for r in results
+            ],
+            "seconds": round(seconds, 3),
+        },
+        indent=2,
+    )
+
+
+def _watch(opts: _Options, interval: float) -> None:
+    """Level-triggered loop: any trigger means 'reconcile now', bursts coalesce."""
+    err = _console(stderr=True)
+    wake = threading.Event()
+    stop = threading.Event()
+
+    def files() -> None:
+        from watchfiles import watch as watch_files
+
+        if not pathlib.Path(opts.path).is_dir():
+            return  # a git source: the timer (and a webhook, with the server) fetches it
+        for _changes in watch_files(opts.path, stop_event=stop, debounce=300, step=100):
+            wake.set()
+
+    def docker_events() -> None:
+        import docker
+
+        while not stop.is_set():
+            try:
+                client = docker.from_env()
+                for _event in client.events(
+                    decode=True,
+                    filters={
+                        "type": "container",
+                        "label": "io.reconciler.deployment",
+                        "event": ["die", "destroy", "oom", "kill"],
+                    },
+                ):
+                    wake.set()
+                    if stop.is_set():
+                        return
+            except Exception:
+                time.sleep(1)
+
+    for target in (files, docker_events):
+        threading.Thread(target=target, daemon=True).start()
+    try:
+        while True:
+            wake.clear()
+            try:
+                reconcile_once(opts, interactive=False)
+            except Exception as exc:
+                err.print(f"[bold red]reconcile failed:[/] {exc}", highlight=False)
+            wake.wait(timeout=interval)
+            time.sleep(0.2)  # let a burst of events land in one run
+    except KeyboardInterrupt:
+        stop.set()
