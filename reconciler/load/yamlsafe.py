@@ -18,6 +18,7 @@ Scalars resolve as YAML 1.1 (``tls: off`` is ``false``), except that sexagesimal
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,11 @@ _MERGE = "tag:yaml.org,2002:merge"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _SCALAR_TAGS = frozenset({_STR, _INT, _FLOAT, _BOOL, _NULL, _TIMESTAMP, _MERGE})
+
+_YAML_TAG_PREFIX = "tag:yaml.org,2002:"
+
+# Line breaks as YAML counts them (not str.splitlines, which also splits on \f, \v, ...).
+_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
 _resolver = Resolver()
 _constructor = SafeConstructor()
@@ -127,6 +133,13 @@ def _pos(mark: Any) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1)
 
 
+def _shown_tag(tag: str) -> str:
+    """A tag as the user wrote it: ``tag:yaml.org,2002:python/x`` is ``!!python/x``."""
+    if tag.startswith(_YAML_TAG_PREFIX):
+        return "!!" + tag[len(_YAML_TAG_PREFIX) :]
+    return tag
+
+
 def _scalar(event: Any) -> tuple[Any, str]:
     value: str = event.value
     if event.tag is None or event.tag == "!":
@@ -137,7 +150,7 @@ def _scalar(event: Any) -> tuple[Any, str]:
         raise _Refused(
             event.start_mark,
             "yaml-tag",
-            f"tag {tag!r} is not allowed",
+            f"tag {_shown_tag(tag)!r} is not allowed",
             "remove the tag; only plain YAML scalars, lists and mappings are accepted",
         )
     if tag in (_STR, _TIMESTAMP, _MERGE):
@@ -207,7 +220,12 @@ def _compose(events: Iterator[Any], doc: Document) -> Any:
             return
         if top.key is _NOKEY:
             if isinstance(value, (dict, list)):
-                raise _Refused(mark, "yaml-key", "a mapping key must be a plain scalar")
+                raise _Refused(
+                    mark,
+                    "yaml-key",
+                    "a mapping key must be a plain scalar",
+                    "use a plain string as the key",
+                )
             top.key = _MERGE if is_merge else value
             top.key_mark = mark
             return
@@ -251,7 +269,7 @@ def _compose(events: Iterator[Any], doc: Document) -> Any:
                 raise _Refused(
                     event.start_mark,
                     "yaml-tag",
-                    f"tag {event.tag!r} is not allowed",
+                    f"tag {_shown_tag(event.tag)!r} is not allowed",
                     "remove the tag",
                 )
             if stack and isinstance(stack[-1].container, dict) and stack[-1].key is _NOKEY:
@@ -298,13 +316,23 @@ def _compose(events: Iterator[Any], doc: Document) -> Any:
                     "write the values out instead of aliasing them",
                 )
             if event.anchor not in anchors:
-                raise _Refused(event.start_mark, "yaml-syntax", f"unknown alias *{event.anchor}")
+                raise _Refused(
+                    event.start_mark,
+                    "yaml-syntax",
+                    f"unknown alias *{event.anchor}",
+                    f"define the anchor `&{event.anchor}` before this use of it",
+                )
             value, weight = anchors[event.anchor]
             is_merge_key = (
                 bool(stack) and isinstance(stack[-1].container, dict) and (stack[-1].key is _NOKEY)
             )
             if is_merge_key:
-                raise _Refused(event.start_mark, "yaml-key", "an alias cannot be a mapping key")
+                raise _Refused(
+                    event.start_mark,
+                    "yaml-key",
+                    "an alias cannot be a mapping key",
+                    "write the key out as a plain string",
+                )
             attach(value, weight, event.start_mark)
         elif etype is yaml.DocumentStartEvent and result is not None:
             raise _Refused(
@@ -322,7 +350,12 @@ def _apply_merges(frame: _Frame) -> None:
         sources = value if isinstance(value, list) else [value]
         for src in sources:
             if not isinstance(src, dict):
-                raise _Refused(mark, "yaml-merge", "`<<` merges only mappings")
+                raise _Refused(
+                    mark,
+                    "yaml-merge",
+                    "`<<` merges only mappings",
+                    "`<<` takes an alias to a mapping, e.g. `<<: *defaults`",
+                )
             for k, v in src.items():
                 merged.setdefault(k, v)
     container = frame.container
@@ -351,9 +384,7 @@ def load_yaml(content: bytes | str, name: str) -> Document:
         try:
             text = content.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise InvalidSpec(
-                Problem(name, 1, 1, "yaml-encoding", f"not UTF-8 text ({exc.reason})")
-            ) from None
+            raise InvalidSpec(_encoding_problem(name, exc)) from None
     else:
         text = content
         if len(text) > MAX_BYTES:
@@ -368,34 +399,32 @@ def load_yaml(content: bytes | str, name: str) -> Document:
                 )
             )
     doc = Document(name=name, data=None)
-    loader = _Parser(text)
+    loader: Any = None
     try:
+        loader = _Parser(text)  # the pure-Python reader already checks characters here
         data = _compose(_events(loader), doc)
     except _Refused as exc:
         line, col = _pos(exc.mark) if exc.mark is not None else (1, 1)
         raise InvalidSpec(Problem(name, line, col, exc.rule, exc.message, exc.fix)) from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = _pos(mark) if mark is not None else (1, 1)
-        what = exc.problem or exc.context or "invalid YAML"
-        if "nesting depth" in what:  # libyaml's own bound (1000) tripped before ours
-            raise InvalidSpec(
-                Problem(
-                    name,
-                    line,
-                    col,
-                    "yaml-depth",
-                    f"nesting deeper than {MAX_DEPTH} levels",
-                    "flatten the structure",
-                )
-            ) from None
+        raise InvalidSpec(_syntax_problem(name, text, exc)) from None
+    except yaml.reader.ReaderError as exc:
+        line, col = _clamped(_lines(text), *_offset_pos(text, exc.position))
         raise InvalidSpec(
-            Problem(name, line, col, "yaml-syntax", f"invalid YAML: {what}")
+            Problem(
+                name,
+                line,
+                col,
+                "yaml-syntax",
+                f"invalid YAML: character #x{exc.character:04x} is not allowed ({exc.reason})",
+                "remove the character, or write it as an escape in a double-quoted string",
+            )
         ) from None
     except yaml.YAMLError as exc:
         raise InvalidSpec(Problem(name, 1, 1, "yaml-syntax", f"invalid YAML: {exc}")) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return Document(
         name=name, data=data, positions=doc.positions, key_positions=doc.key_positions, source=text
     )
@@ -404,3 +433,117 @@ def load_yaml(content: bytes | str, name: str) -> Document:
 def _events(loader: Any) -> Iterator[Any]:
     while loader.check_event():
         yield loader.get_event()
+
+
+def _lines(text: str) -> list[str]:
+    """``text``'s lines as YAML counts them (a final line break opens no new line)."""
+    lines = _LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _offset_pos(text: str, offset: int) -> tuple[int, int]:
+    """1-based ``line:col`` of the character at ``offset`` in ``text``."""
+    before = _LINE_BREAK.split(text[:offset])
+    return (len(before), len(before[-1]) + 1)
+
+
+def _clamped(lines: list[str], line: int, col: int) -> tuple[int, int]:
+    """Never a place past the last line: the end of the stream is the end of that line."""
+    if not lines:
+        return (1, 1)
+    if line > len(lines):
+        return (len(lines), len(lines[-1]) + 1)
+    return (max(line, 1), max(col, 1))
+
+
+def _encoding_problem(name: str, exc: UnicodeDecodeError) -> Problem:
+    """Place the first byte that is not UTF-8 (``exc.object`` is the text after any BOM)."""
+    raw: bytes = exc.object
+    before = raw[: exc.start].decode("utf-8", errors="replace")  # valid up to the bad byte
+    line, col = _offset_pos(before, len(before))
+    bad = raw[exc.start : exc.start + 1]
+    return Problem(
+        name,
+        line,
+        col,
+        "yaml-encoding",
+        f"not UTF-8 text: byte 0x{bad.hex()} cannot be decoded ({exc.reason})",
+        "save the file as UTF-8",
+    )
+
+
+_GENERIC_SYNTAX_FIX = "check the indentation and quoting around this line"
+
+
+def _syntax_problem(name: str, text: str, exc: yaml.MarkedYAMLError) -> Problem:
+    """Place a PyYAML/libyaml syntax error where the user must edit, with a hint.
+
+    A quote or bracket that is never closed is only noticed at the end of the stream,
+    past the last line; the place it *opens* (PyYAML's ``context_mark``) is the useful
+    one then, and the context ("while scanning a quoted scalar") says what is open.
+    """
+    lines = _lines(text)
+    problem = exc.problem or exc.context or "invalid YAML"
+    context = exc.context if exc.problem else None
+    pmark, cmark = exc.problem_mark, exc.context_mark
+    at_end = (
+        pmark is None
+        or "end of stream" in problem
+        or pmark.index >= len(text)
+        or pmark.line >= len(lines)
+    )
+    # a `---` inside a quoted string is the next document only if the quote never closed
+    unclosed = "quoted scalar" in (context or "") and "document indicator" in problem
+    use_context = cmark is not None and (at_end or unclosed)
+    mark = cmark if use_context else pmark
+    line, col = _clamped(lines, *_pos(mark)) if mark is not None else (1, 1)
+    if "nesting depth" in problem:  # libyaml's own bound (1000) tripped before ours
+        return Problem(
+            name,
+            line,
+            col,
+            "yaml-depth",
+            f"nesting deeper than {MAX_DEPTH} levels",
+            "flatten the structure",
+        )
+    char = ""  # the character the parser stopped at
+    if pmark is not None and 0 <= pmark.line < len(lines):
+        char = lines[pmark.line][pmark.column : pmark.column + 1]
+    if char == "\t" or "tab character" in problem or "'\\t'" in problem:
+        return Problem(
+            name,
+            line,
+            col,
+            "yaml-syntax",
+            "invalid YAML: found a tab character where YAML allows only spaces",
+            "indent with spaces, not tabs",
+        )
+    if "that cannot start any token" in problem and char:
+        problem = f"found character {char!r} that cannot start any token"
+    message = f"invalid YAML: {problem}"
+    ctx = context or ""
+    opened = ""  # where the open quote or bracket is, when the problem is placed elsewhere
+    if ctx:
+        message += f" {ctx}"
+        is_open = "quoted scalar" in ctx or "flow sequence" in ctx or "flow mapping" in ctx
+        if is_open and cmark is not None and not use_context:
+            where = _clamped(lines, *_pos(cmark))
+            if where != (line, col):
+                opened = f" at line {where[0]}, column {where[1]}"
+                message += f" (opened{opened})"
+    fix = _GENERIC_SYNTAX_FIX
+    if "quoted scalar" in ctx and use_context:
+        fix = "close the quote that opens here"
+    elif "flow sequence" in ctx or "flow mapping" in ctx:
+        opener, closer = ("[", "]") if "sequence" in ctx else ("{", "}")
+        where_s = " that opens here" if use_context else f" `{opener}`{opened}"
+        fix = f"close the bracket{where_s} with `{closer}`"
+    elif "escape" in problem:
+        fix = "write a backslash as `\\\\` inside double quotes, or use single quotes"
+    elif "mapping values are not allowed" in problem:
+        fix = "check the indentation around this line, and quote a value that contains `: `"
+    elif "cannot start any token" in problem and char:
+        fix = f"quote the value: {char!r} cannot start a plain YAML value"
+    return Problem(name, line, col, "yaml-syntax", message, fix)

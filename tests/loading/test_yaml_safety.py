@@ -135,6 +135,117 @@ class TestRefusals:
         assert refused(b"a: \xff\xfe\n").problems[0].rule == "yaml-encoding"
 
 
+UNCLOSED_QUOTE = '# a comment\n# another\nname: web\nimage: "caddy:2\ntarget_port: 80\n'
+
+
+class TestSyntaxMessages:
+    """Syntax errors point where the user must edit, never past the file, with a fix."""
+
+    def test_unclosed_quote_is_placed_where_the_quote_opens(self) -> None:
+        problem = refused(UNCLOSED_QUOTE).problems[0]
+        assert (problem.rule, problem.line, problem.col) == ("yaml-syntax", 4, 8)
+        assert "while scanning a quoted scalar" in problem.message
+        assert problem.fix == "close the quote that opens here"
+
+    def test_unclosed_quote_in_a_flow_mapping(self) -> None:
+        problem = refused('name: web\nvars: {A: "x}\n').problems[0]
+        assert (problem.line, problem.col) == (2, 11)
+        assert "while scanning a quoted scalar" in problem.message
+        assert problem.fix == "close the quote that opens here"
+
+    @pytest.mark.parametrize(
+        ("text", "where", "closer"),
+        [
+            ("name: web\nA: [1, 2\n", (2, 4), "`]`"),
+            ("name: web\nA: {a: 1\n", (2, 4), "`}`"),
+            ("A: [1, 2", (1, 4), "`]`"),
+        ],
+    )
+    def test_unclosed_bracket_at_end_is_placed_where_it_opens(
+        self, text: str, where: tuple[int, int], closer: str
+    ) -> None:
+        problem = refused(text).problems[0]
+        assert (problem.rule, problem.line, problem.col) == ("yaml-syntax", *where)
+        assert "while parsing a flow" in problem.message
+        assert problem.fix is not None
+        assert problem.fix.startswith("close the bracket")
+        assert closer in problem.fix
+
+    def test_unclosed_bracket_noticed_mid_file_names_where_it_opens(self) -> None:
+        problem = refused("A: [1, 2\nB: 3\n").problems[0]
+        assert (problem.line, problem.col) == (2, 2)
+        assert "opened at line 1, column 4" in problem.message
+        assert problem.fix == "close the bracket `[` at line 1, column 4 with `]`"
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            UNCLOSED_QUOTE,
+            "a: 'x\n",
+            "a: 'x",
+            "a: [1, 2\n",
+            "a: {b: 1\n\n\n",
+            "a: |\n  x\n\tb\n",
+            "- a\nb: 1\n",
+            "a: b: c\n",
+        ],
+    )
+    def test_never_placed_past_the_last_line(self, text: str) -> None:
+        problem = refused(text).problems[0]
+        lines = text.splitlines()
+        assert 1 <= problem.line <= len(lines)
+        assert 1 <= problem.col <= len(lines[problem.line - 1]) + 1
+
+    @pytest.mark.parametrize(
+        ("text", "where"),
+        [("\ta: 1\n", (1, 1)), ("a:\n\tb: 1\n", (2, 1)), ("a:\n  b: 1\n\tc: 2\n", (3, 1))],
+    )
+    def test_tab_indentation_is_named(self, text: str, where: tuple[int, int]) -> None:
+        problem = refused(text).problems[0]
+        assert (problem.rule, problem.line, problem.col) == ("yaml-syntax", *where)
+        assert "tab character" in problem.message
+        assert problem.fix == "indent with spaces, not tabs"
+
+    def test_other_syntax_errors_get_a_generic_fix(self) -> None:
+        problem = refused("a: 'x' y\n").problems[0]
+        assert problem.rule == "yaml-syntax"
+        assert problem.fix == "check the indentation and quoting around this line"
+
+    def test_control_character_is_placed(self) -> None:
+        problem = refused("a: b\nc: \x01\n").problems[0]
+        assert (problem.rule, problem.line, problem.col) == ("yaml-syntax", 2, 4)
+
+
+class TestOtherMessages:
+    @pytest.mark.parametrize(
+        ("content", "where"),
+        [
+            (b"name: web\nvars:\n  GREETING: Caf\xe9\n", (3, 16)),
+            (b"\xef\xbb\xbfa: 1\nb: x\xff\n", (2, 5)),  # after a BOM
+            ("a: caf\u00e9 ".encode() + b"\xff\n", (1, 9)),  # columns count characters
+        ],
+    )
+    def test_invalid_utf8_is_placed_at_the_first_bad_byte(
+        self, content: bytes, where: tuple[int, int]
+    ) -> None:
+        problem = refused(content).problems[0]
+        assert (problem.rule, problem.line, problem.col) == ("yaml-encoding", *where)
+        assert problem.fix == "save the file as UTF-8"
+
+    def test_tag_is_shown_as_written(self) -> None:
+        problem = refused("a: !!python/object/apply:os.system ['true']\n").problems[0]
+        assert "'!!python/object/apply:os.system'" in problem.message
+        assert "tag:yaml.org" not in problem.message
+
+    def test_local_tag_is_shown_as_written(self) -> None:
+        assert "'!Ref'" in refused("a: !Ref other\n").problems[0].message
+
+    def test_merge_of_a_non_mapping_has_a_fix(self) -> None:
+        problem = refused("port: &port 80\nsvc:\n  <<: *port\n").problems[0]
+        assert (problem.rule, problem.line, problem.col) == ("yaml-merge", 3, 7)
+        assert problem.fix == "`<<` takes an alias to a mapping, e.g. `<<: *defaults`"
+
+
 class TestScalars:
     def test_yaml_11_booleans_as_design_expects(self) -> None:
         assert load_yaml("tls: off\n", "f.yaml").data == {"tls": False}
