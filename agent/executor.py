@@ -34,7 +34,7 @@ import yaml
 
 from agent.compose import ComposeDriver, ComposeError, ComposeProject
 from agent.secrets import env_file_text, resolve_secrets
-from agent.statedir import AppRecord, atomic_write, read_record, write_record
+from agent.statedir import AppRecord, AppStatus, atomic_write, read_record, write_record
 from reconciler.model.errors import InvalidSpec, ReconcilerError
 from reconciler.model.ids import LOCAL_AGENT
 from reconciler.model.plan import Action, Plan
@@ -428,25 +428,9 @@ class Executor:
         return list_records(self.state_dir)
 
     def _write_record(
-        self, want: RenderedDeployment, status: str, error: str | None = None
+        self, want: RenderedDeployment, status: AppStatus, error: str | None = None
     ) -> None:
-        write_record(
-            self.state_dir,
-            AppRecord(
-                id=want.id,
-                name=want.name,
-                namespace=want.namespace,
-                spec_hash=want.spec_hash,
-                status=status,
-                services=list(want.services),
-                one_shot=list(want.one_shot),
-                record=spec_record(want),
-                domain=want.domain,
-                url=want.url,
-                updated_at=_now(),
-                last_error=error,
-            ),
-        )
+        write_record(self.state_dir, _app_record(want, status, error))
 
     def _mark_failed(self, want: RenderedDeployment, exc: _Failed) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -466,19 +450,7 @@ class Executor:
         (tmp / "compose.yaml").write_text(pinned)
         shutil.copy2(directory / ".env", tmp / ".env")
         os.chmod(tmp / ".env", 0o600)
-        rec = AppRecord(
-            id=want.id,
-            name=want.name,
-            namespace=want.namespace,
-            spec_hash=want.spec_hash,
-            status="running",
-            services=list(want.services),
-            one_shot=list(want.one_shot),
-            record=spec_record(want),
-            domain=want.domain,
-            url=want.url,
-            updated_at=_now(),
-        )
+        rec = _app_record(want, "running")
         (tmp / "state.json").write_text(rec.model_dump_json(indent=2))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
@@ -547,6 +519,24 @@ def _verdict(
             elif c.status != "running" and not (one_shot and c.status == "created"):
                 waiting.append(f"{service}: {c.status}")
     return _Verdict(not waiting, None, ", ".join(waiting) or None)
+
+
+def _app_record(want: RenderedDeployment, status: AppStatus, error: str | None = None) -> AppRecord:
+    """The secret-free ``state.json`` for a rendered deployment."""
+    return AppRecord(
+        id=want.id,
+        name=want.name,
+        namespace=want.namespace,
+        spec_hash=want.spec_hash,
+        status=status,
+        services=list(want.services),
+        one_shot=list(want.one_shot),
+        record=spec_record(want),
+        domain=want.domain,
+        url=want.url,
+        updated_at=_now(),
+        last_error=error,
+    )
 
 
 def _pin_images(compose_yaml: str, image_ids: Mapping[str, str]) -> str:
