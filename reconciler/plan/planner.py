@@ -70,6 +70,10 @@ def plan(
 
     # Deployments running on some agent that are not desired there.
     placed = {(d.agent, d.id) for d in desired}
+    target = {d.id: d.agent for d in desired}
+    # A moved deployment whose new placement cannot be acted on now keeps running where it
+    # is: uninstalling the old copy first would leave it running nowhere.
+    stuck = {a.id: a.reason for a in actions if a.action == "blocked"}
     prunes: list[Action] = []
     kept: list[Action] = []
     running_here = 0
@@ -92,6 +96,16 @@ def plan(
             )
             if not agent.online:
                 kept.append(_blocked(action, agent))
+            elif moved and app.id in stuck:
+                kept.append(
+                    action.model_copy(
+                        update={
+                            "action": "blocked",
+                            "reason": f"moved to {target[app.id]}, which cannot install it yet "
+                            f"({stuck[app.id]}); kept running here until it can",
+                        }
+                    )
+                )
             elif not opts.prune and not moved:
                 kept.append(
                     action.model_copy(
@@ -187,7 +201,8 @@ def drift(want: RenderedDeployment, have: DeployedApp) -> list[str]:
     """What is wrong with the running containers of an unchanged deployment."""
     out: list[str] = []
     by_service: dict[str, list[ContainerState]] = {}
-    for c in have.containers:
+    # Sorted: the order an observer lists containers in is arbitrary, the reason is not.
+    for c in sorted(have.containers, key=_container_key):
         by_service.setdefault(c.service, []).append(c)
     for service in want.services:
         containers = by_service.get(service, [])
@@ -207,6 +222,11 @@ def drift(want: RenderedDeployment, have: DeployedApp) -> list[str]:
             elif c.health == "unhealthy":
                 out.append(f"service {service}: unhealthy")
     return out
+
+
+def _container_key(c: ContainerState) -> tuple[str, str, str, str, int, int]:
+    code = -1 if c.exit_code is None else c.exit_code
+    return (c.service, c.name, c.status, c.health, c.restarts, code)
 
 
 def diff_records(before: SpecRecord | None, after: SpecRecord) -> list[Change]:
@@ -269,7 +289,8 @@ def diff_records(before: SpecRecord | None, after: SpecRecord) -> list[Change]:
 
 
 def _routes(routes: Sequence[RouteRecord]) -> str | None:
-    return ", ".join(f"{r.domain} -> {r.upstream}" for r in routes) or None
+    # Not "domain -> upstream": the change itself reads "before -> after".
+    return ", ".join(f"{r.domain} ({r.upstream})" for r in routes) or None
 
 
 def _resources(resources: dict[str, float | int | None]) -> str | None:

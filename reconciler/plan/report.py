@@ -48,12 +48,16 @@ def summary_line(plan: Plan) -> str:
 def text_plan(plan: Plan, *, verbose: bool = False) -> list[tuple[str, str]]:
     """(style, line) pairs; the caller decides about colour."""
     width = max((len(a.deployment) for a in plan.actions), default=10)
+    agent_width = max([8, *(len(a.agent) for a in plan.actions)])  # agt_ ids are 20 long
     lines: list[tuple[str, str]] = []
     for a in plan.actions:
         if a.action == "noop" and not verbose:
             continue
         symbol = SYMBOLS[a.action]
-        head = f"  {symbol} {a.deployment:<{width}}  {a.action:<9}  {a.agent:<8}  {a.reason}"
+        head = (
+            f"  {symbol} {a.deployment:<{width}}  {a.action:<9}  {a.agent:<{agent_width}}"
+            f"  {a.reason}"
+        )
         lines.append((STYLES[a.action], head.rstrip()))
         for change in a.changes:
             lines.append(("yellow", f"      ~ {change.describe()}"))
