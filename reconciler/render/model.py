@@ -104,6 +104,11 @@ class RenderedDeployment(_Frozen):
         return self.env.get("DOMAIN_URL") or None
 
 
+# libyaml's safe loader when present: the same data, ~8x faster than the pure-Python one
+# (a plan with many updates reads one compose file per update).
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -146,7 +151,7 @@ def value_digest(dpl_id: str, key: str, value: str) -> str:
 
 def spec_record(rendered: RenderedDeployment) -> SpecRecord:
     """The secret-free record the host keeps, from which later plans explain updates."""
-    compose = yaml.safe_load(rendered.compose_yaml) or {}
+    compose = yaml.load(rendered.compose_yaml, Loader=_LOADER) or {}  # noqa: S506 - safe loader
     images = {
         name: str(
             spec.get("image")
