@@ -46,11 +46,14 @@ Decisions where this module goes beyond, or away from, the design brief:
   config, while a changed port or ``tls: off`` (no 443) recreates the container.  The
   container is also recreated when the image tag now names another image id.
 
-Docker is reached through the Docker SDK (imported lazily); the admin socket through
-httpx's UDS transport.  Failures are typed: :class:`TemporaryError` when the daemon or the
-admin API does not answer (retry), :class:`HostError` when the host cannot run the proxy
-as configured (a port taken, the image missing), :class:`InvalidSpec` for a route Caddy
-cannot take (a bad domain or upstream).
+Docker is reached through the Docker SDK (imported lazily), except the warm "already in
+place?" check, which makes the same two inspects through ``agent.engine`` (stdlib) when the
+daemon is a local socket; the admin socket through ``http.client`` over a UNIX socket; the
+probe through httpx.  Neither SDK nor httpx is imported by a no-op reconcile.  Failures
+are typed: :class:`TemporaryError` when the daemon or the admin API does not answer
+(retry), :class:`HostError` when the host cannot run the proxy as configured (a port
+taken, the image missing), :class:`InvalidSpec` for a route Caddy cannot take (a bad
+domain or upstream).
 """
 
 from __future__ import annotations
@@ -321,7 +324,6 @@ class CaddyProxy:
         self.settings = settings
         self._docker = client
         self._lock = threading.RLock()
-        self._admin_client: httpx.Client | None = None
         self._probe_client: httpx.Client | None = None
 
     # ------------------------------------------------------------------ container
@@ -410,7 +412,9 @@ class CaddyProxy:
 
     def _current(self, container: Container, image_id: str | None) -> bool:
         """Is this container ours, as configured now (running or not)?"""
-        attrs = container.attrs
+        return self._current_attrs(container.attrs, image_id)
+
+    def _current_attrs(self, attrs: Mapping[str, Any], image_id: str | None) -> bool:
         labels = (attrs.get("Config") or {}).get("Labels") or {}
         return (
             labels.get(ROLE_LABEL) == "proxy"
@@ -419,18 +423,51 @@ class CaddyProxy:
         )
 
     def _on_network(self, container: Container, network_id: str | None = None) -> bool:
-        nets = ((container.attrs.get("NetworkSettings") or {}).get("Networks")) or {}
+        return self._on_network_attrs(container.attrs, network_id)
+
+    def _on_network_attrs(self, attrs: Mapping[str, Any], network_id: str | None = None) -> bool:
+        nets = ((attrs.get("NetworkSettings") or {}).get("Networks")) or {}
         net = nets.get(self.settings.network)
         if net is None:
             return False
         return network_id is None or net.get("NetworkID") in ("", None, network_id)
 
+    def _in_place(self) -> bool:
+        """The warm check of :meth:`ensure` without the SDK: the same two inspects through
+        ``agent.engine`` (local UNIX socket, no client given).  False means "not known to
+        be in place" -- then the SDK path checks again and repairs, with its errors."""
+        from agent.engine import EngineError, local_engine
+
+        engine = None if self._docker is not None else local_engine(timeout=30)
+        if engine is None:
+            return False
+        try:
+            attrs = engine.inspect_container(self.settings.container)
+            try:
+                image_id: str | None = str(engine.inspect_image(self.settings.image)["Id"])
+            except EngineError as exc:
+                if exc.status != 404:
+                    return False
+                image_id = None  # the tag is gone: as _image_id() says
+        except Exception:  # absent, or a hiccup: the SDK path decides
+            return False
+        state = attrs.get("State")
+        status = state.get("Status") if isinstance(state, dict) else state
+        return (
+            status == "running"
+            and self._on_network_attrs(attrs)
+            and self._current_attrs(attrs, image_id)
+        )
+
     def ensure(self) -> None:
         """The network exists and the proxy container runs as configured, admin answering.
 
-        Cheap when everything is in place: one container inspect and one image inspect.
+        Cheap when everything is in place: one container inspect and one image inspect
+        (through ``agent.engine`` when the daemon is a local socket: no SDK import).
         """
         with self._lock:
+            if self._in_place():
+                return
             container = self._find_container()
             if (
                 container is not None
@@ -614,65 +651,64 @@ class CaddyProxy:
         self.close()
 
     def close(self) -> None:
-        for client in (self._admin_client, self._probe_client):
-            if client is not None:
-                client.close()
-        self._admin_client = self._probe_client = None
+        if self._probe_client is not None:
+            self._probe_client.close()
+        self._probe_client = None
 
     # ------------------------------------------------------------------ admin API
 
-    def _admin(self) -> httpx.Client:
-        if self._admin_client is None:
-            import httpx
+    def _admin_request(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        """One request to Caddy's admin socket: (status, body).  Transport failures raise
+        OSError or http.client.HTTPException.  Stdlib only (httpx costs ~100 ms to import)."""
+        from agent.engine import UnixHTTPConnection
 
-            sock = str(self.settings.admin_socket)
-            if len(os.fsencode(sock)) > _SUN_PATH_MAX:
-                raise HostError(
-                    f"the proxy's admin socket path is longer than {_SUN_PATH_MAX} bytes, "
-                    f"which a UNIX socket cannot be: {sock}; use a shorter state dir"
-                )
-            self._admin_client = httpx.Client(
-                transport=httpx.HTTPTransport(uds=sock, verify=False),
-                base_url="http://localhost",
-                timeout=httpx.Timeout(10.0, connect=1.0),
+        sock = str(self.settings.admin_socket)
+        if len(os.fsencode(sock)) > _SUN_PATH_MAX:
+            raise HostError(
+                f"the proxy's admin socket path is longer than {_SUN_PATH_MAX} bytes, "
+                f"which a UNIX socket cannot be: {sock}; use a shorter state dir"
             )
-        return self._admin_client
+        conn = UnixHTTPConnection(sock, timeout=10.0, connect_timeout=1.0)
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def _admin_call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        import http.client
+
+        try:
+            return self._admin_request(method, path, body)
+        except (OSError, http.client.HTTPException) as exc:
+            raise TemporaryError(
+                f"the proxy's admin API does not answer at {self.settings.admin_socket}: {exc}",
+                retry_after=2.0,
+            ) from exc
 
     def _get_config(self) -> Any:
-        import httpx
-
-        try:
-            response = self._admin().get("/config/")
-        except httpx.TransportError as exc:
+        status, body = self._admin_call("GET", "/config/")
+        if status != 200:
             raise TemporaryError(
-                f"the proxy's admin API does not answer at {self.settings.admin_socket}: {exc}",
-                retry_after=2.0,
-            ) from exc
-        if response.status_code != 200:
-            raise TemporaryError(
-                f"the proxy's admin API answered GET /config/ with {response.status_code}: "
-                f"{response.text[:300]}"
+                f"the proxy's admin API answered GET /config/ with {status}: "
+                f"{body.decode(errors='replace')[:300]}"
             )
-        return response.json()
+        return json.loads(body)
 
     def _load(self, config: Mapping[str, Any]) -> None:
-        import httpx
-
-        try:
-            response = self._admin().post(
-                "/load", content=json.dumps(config), headers={"Content-Type": "application/json"}
+        status, body = self._admin_call("POST", "/load", json.dumps(config).encode())
+        if status == 400:
+            raise InvalidSpec(
+                f"Caddy refused the proxy config: {body.decode(errors='replace')[:500]}"
             )
-        except httpx.TransportError as exc:
+        if status != 200:
             raise TemporaryError(
-                f"the proxy's admin API does not answer at {self.settings.admin_socket}: {exc}",
-                retry_after=2.0,
-            ) from exc
-        if response.status_code == 400:
-            raise InvalidSpec(f"Caddy refused the proxy config: {response.text[:500]}")
-        if response.status_code != 200:
-            raise TemporaryError(
-                f"the proxy's admin API answered POST /load with {response.status_code}: "
-                f"{response.text[:300]}"
+                f"the proxy's admin API answered POST /load with {status}: "
+                f"{body.decode(errors='replace')[:300]}"
             )
 
     def desired_config(self, routes: Mapping[str, str]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Container states of one deployment, for the settle gate: the real ``ContainerWatch``.
 
 One filtered list per sample (a few ms against the engine, see the peer bench): the
-settle gate samples every 250 ms, so this must stay cheap.
+settle gate samples every 250 ms, so this must stay cheap.  On a local socket the calls go
+through ``agent.engine`` (stdlib): a ``--watch`` process that repairs never loads the SDK.
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ class DockerWatch:
             self._client = docker.from_env(timeout=10)
         return self._client
 
-    def _list(self, deployment_id: str) -> list[Any]:
-        return list(
-            self.client.containers.list(
-                all=True, filters={"label": f"io.reconciler.deployment={deployment_id}"}
-            )
-        )
+    def _list(self, deployment_id: str) -> list[dict[str, Any]]:
+        """The inspect data of the deployment's containers (list, then one inspect each:
+        what the SDK's ``containers.list()`` does).  Through ``agent.engine`` when the
+        daemon is a local socket and no client was given: the SDK is not imported."""
+        filters = {"label": f"io.reconciler.deployment={deployment_id}"}
+        if self._client is None:
+            from agent.engine import local_engine
+
+            engine = local_engine(timeout=10)
+            if engine is not None:
+                listed = engine.containers(all=True, filters=filters)
+                return [engine.inspect_container(str(item["Id"])) for item in listed]
+        return [dict(c.attrs) for c in self.client.containers.list(all=True, filters=filters)]
 
     def containers(self, deployment_id: str) -> list[ContainerState]:
         out = []
-        for c in self._list(deployment_id):
-            attrs = c.attrs
+        for attrs in self._list(deployment_id):
             state = attrs.get("State") or {}
             health = (state.get("Health") or {}).get("Status") or "none"
             labels = (attrs.get("Config") or {}).get("Labels") or {}
@@ -54,11 +61,11 @@ class DockerWatch:
 
     def image_ids(self, deployment_id: str) -> dict[str, str]:
         out: dict[str, str] = {}
-        for c in self._list(deployment_id):
-            labels = (c.attrs.get("Config") or {}).get("Labels") or {}
+        for attrs in self._list(deployment_id):
+            labels = (attrs.get("Config") or {}).get("Labels") or {}
             service = labels.get("com.docker.compose.service")
             if service:
-                out[service] = str(c.attrs.get("Image", ""))
+                out[service] = str(attrs.get("Image", ""))
         return out
 
 
