@@ -148,11 +148,22 @@ def test_apply_examples_serves_every_app_through_the_proxy(host: Host) -> None:
     assert host.get("unknown.localhost").status_code == 404
 
 
-def test_second_apply_is_all_noop_and_runs_no_compose(host: Host) -> None:
+def test_second_apply_is_all_noop_and_runs_no_compose(host: Host, tmp_path: pathlib.Path) -> None:
     plan = plan_of(host)
     assert {a["action"] for a in plan["actions"]} == {"noop"}, plan["actions"]
-    result = host.apply()
-    assert result["results"] == []
+    # A `docker` shim first on PATH logs every CLI call: a no-op must spawn no compose.
+    real = shutil.which("docker")
+    assert real is not None
+    log = tmp_path / "docker-calls.log"
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    path = f"{shim.parent}:{os.environ.get('PATH', '')}"
+    proc = host.run("apply", str(host.repo), "--yes", "-f", "json", env={"PATH": path})
+    assert json.loads(proc.stdout)["results"] == []
+    calls = log.read_text().splitlines() if log.exists() else []
+    assert [c for c in calls if c.startswith("compose")] == []
 
 
 def test_one_var_change_updates_only_that_deployment(host: Host) -> None:
