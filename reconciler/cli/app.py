@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CatalogOption",
+    "MassPruneOption",
+    "PruneOption",
     "RefOption",
     "ReportFormat",
+    "StateDirOption",
     "SubpathOption",
     "app",
     "catalog_app",
@@ -70,6 +73,25 @@ SubpathOption = Annotated[
     str | None,
     typer.Option(
         "--path", help="With a git URL: the repository's directory inside it.", show_default=False
+    ),
+]
+
+
+PruneOption = Annotated[
+    bool | None,
+    typer.Option("--prune/--no-prune", help="Override reconcile.yaml's prune.", show_default=False),
+]
+MassPruneOption = Annotated[
+    bool, typer.Option("--allow-mass-prune", help="Allow pruning past max_prune_share.")
+]
+StateDirOption = Annotated[
+    pathlib.Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="RECONCILE_STATE_DIR",
+        show_default=False,
+        help="The host's state dir (default: /var/lib/reconciler as root, "
+        "else $XDG_STATE_HOME/reconciler).",
     ),
 ]
 

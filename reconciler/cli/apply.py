@@ -21,7 +21,10 @@ import typer
 
 from reconciler.cli.app import (
     CatalogOption,
+    MassPruneOption,
+    PruneOption,
     RefOption,
+    StateDirOption,
     SubpathOption,
     _catalog,
     _console,
@@ -49,18 +52,11 @@ def apply_command(
     ref: RefOption = None,
     subpath: SubpathOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
-    prune: Annotated[
-        bool | None,
-        typer.Option(
-            "--prune/--no-prune", help="Override reconcile.yaml's prune.", show_default=False
-        ),
-    ] = None,
+    prune: PruneOption = None,
     purge: Annotated[
         bool, typer.Option("--purge", help="Uninstalls also delete data/ and volumes.")
     ] = False,
-    allow_mass_prune: Annotated[
-        bool, typer.Option("--allow-mass-prune", help="Allow pruning past max_prune_share.")
-    ] = False,
+    allow_mass_prune: MassPruneOption = False,
     watch: Annotated[
         bool,
         typer.Option("--watch", help="Keep reconciling: on file changes, a timer, Docker events."),
@@ -71,15 +67,7 @@ def apply_command(
     settle: Annotated[
         float, typer.Option("--settle", help="Seconds a deployment must stay stable.")
     ] = 3.0,
-    state_dir: Annotated[
-        pathlib.Path | None,
-        typer.Option(
-            "--state-dir",
-            envvar="RECONCILE_STATE_DIR",
-            show_default=False,
-            help="The host's state dir.",
-        ),
-    ] = None,
+    state_dir: StateDirOption = None,
     fmt: Annotated[ApplyFormat, typer.Option("--format", "-f")] = ApplyFormat.text,
     catalog: CatalogOption = None,
 ) -> None:

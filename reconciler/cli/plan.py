@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import pathlib
 import sys
 from typing import Annotated
 
@@ -11,7 +10,10 @@ import typer
 
 from reconciler.cli.app import (
     CatalogOption,
+    MassPruneOption,
+    PruneOption,
     RefOption,
+    StateDirOption,
     SubpathOption,
     _catalog,
     _console,
@@ -50,27 +52,12 @@ def plan_command(
             "--detailed-exitcode", help="Exit 0 no changes, 2 changes, 1 invalid or error."
         ),
     ] = False,
-    allow_mass_prune: Annotated[
-        bool, typer.Option("--allow-mass-prune", help="Allow pruning past max_prune_share.")
-    ] = False,
-    prune: Annotated[
-        bool | None,
-        typer.Option(
-            "--prune/--no-prune", help="Override reconcile.yaml's prune.", show_default=False
-        ),
-    ] = None,
+    allow_mass_prune: MassPruneOption = False,
+    prune: PruneOption = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show unchanged deployments too.")
     ] = False,
-    state_dir: Annotated[
-        pathlib.Path | None,
-        typer.Option(
-            "--state-dir",
-            envvar="RECONCILE_STATE_DIR",
-            show_default=False,
-            help="The host's state dir, for --against local.",
-        ),
-    ] = None,
+    state_dir: StateDirOption = None,
     catalog: CatalogOption = None,
 ) -> None:
     """Show what apply would do: install, update, uninstall, repair, noop, blocked."""

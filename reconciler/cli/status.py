@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import enum
 import os
-import pathlib
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.cli.app import _console, app
+from reconciler.cli.app import StateDirOption, _console, app
 
 if TYPE_CHECKING:
     from reconciler.model.state import DeployedApp
@@ -31,16 +30,7 @@ class StatusFormat(enum.StrEnum):
 
 @app.command("status")
 def status_command(
-    state_dir: Annotated[
-        pathlib.Path | None,
-        typer.Option(
-            "--state-dir",
-            envvar="RECONCILE_STATE_DIR",
-            show_default=False,
-            help="The host's state dir (default: /var/lib/reconciler as root, "
-            "else $XDG_STATE_HOME/reconciler).",
-        ),
-    ] = None,
+    state_dir: StateDirOption = None,
     fmt: Annotated[
         StatusFormat,
         typer.Option("--format", "-f", help="text: a table; json: an actual-state snapshot."),
