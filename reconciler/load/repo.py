@@ -17,7 +17,7 @@ import difflib
 import os
 import pathlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -28,6 +28,8 @@ from reconciler.load.manifests import (
     check_compose,
     check_manifest,
 )
+from reconciler.load.rules.compose_policy import check_compose_policy
+from reconciler.load.rules.interpolate import interpolate
 from reconciler.load.schema import checked_model
 from reconciler.load.yamlsafe import Document, load_yaml
 from reconciler.model.deployment import (
@@ -35,6 +37,7 @@ from reconciler.model.deployment import (
     Deployment,
     DeploymentKind,
     DockerfileDeployment,
+    FromEnv,
     GitDeployment,
     ImageDeployment,
     ManifestDeployment,
@@ -347,6 +350,8 @@ def _catalog(
         return None
     manifest = checked.manifest
     _check_catalog_vars(run, doc, spec, manifest)
+    if checked.compose is not None:
+        _check_interpolated(run, spec, manifest, checked.compose, None)
     return LoadedDeployment(doc.name, directory, doc, spec, manifest, checked.compose)
 
 
@@ -388,6 +393,45 @@ def _check_catalog_vars(
                     + (" (or `{from_env: NAME}` for a secret)" if var.secret else ""),
                 )
             )
+
+
+def _check_interpolated(
+    run: _Run,
+    spec: CatalogDeployment | ManifestDeployment,
+    manifest: Manifest,
+    compose: Document,
+    base_dir: pathlib.Path | None,
+) -> bool:
+    """The compose policy again, on the file with this deployment's vars filled in."""
+    values: dict[str, str] = {
+        "DEPLOYMENT_ID": "dpl_0000000000000000",
+        "DOMAIN": spec.domain or "example.invalid",
+        "DOMAIN_URL": f"https://{spec.domain or 'example.invalid'}",
+    }
+    for var in manifest.vars:
+        if var.default is not None and not var.generate:
+            values[var.name] = (
+                str(var.default).lower() if isinstance(var.default, bool) else (str(var.default))
+            )
+    for key, value in spec.vars.items():
+        if not isinstance(value, FromEnv):
+            values[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    data = interpolate(compose.data, values)
+    if data == compose.data:
+        return True
+    filled = Document(compose.name, data, compose.positions, compose.key_positions, compose.source)
+    seen = {(p.file, p.line, p.col, p.rule) for p in run.problems}
+    new = [
+        replace(p, message=p.message + " (with this deployment's vars filled in)")
+        for p in check_compose_policy(
+            filled,
+            base_dir=base_dir,
+            allow_host_ports=spec.name in run.config.policy.allow_host_ports,
+        )
+        if p.is_error and (p.file, p.line, p.col, p.rule) not in seen
+    ]
+    run.problems.extend(new)
+    return not new
 
 
 def _check_image(run: _Run, doc: Document, spec: ImageDeployment) -> None:
@@ -564,6 +608,10 @@ def _manifest(
     run.problems.extend(checked.problems)
     if not checked.ok:
         return None
+    if checked.compose is not None and checked.manifest is not None:
+        base = directory if isinstance(spec.manifest, dict) else _parent(run, checked.compose)
+        if not _check_interpolated(run, spec, checked.manifest, checked.compose, base):
+            return None
     bundle = _bundle_dir(run, doc, spec, directory)
     return LoadedDeployment(
         doc.name,
