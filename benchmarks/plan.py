@@ -45,6 +45,8 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import COMPOSE  # noqa: E402
+
 from reconciler.load.catalog import Catalog  # noqa: E402
 from reconciler.load.repo import DesiredState, load_repository  # noqa: E402
 from reconciler.model.state import (  # noqa: E402
@@ -59,25 +61,6 @@ from reconciler.render import RenderContext, RenderedDeployment, render_all, spe
 NAMESPACE = "bench"
 KINDS = 5
 
-COMPOSE = """\
-services:
-  app:
-    image: busybox:1.36
-    init: true
-    container_name: ${{DEPLOYMENT_ID}}-app
-    command: ["busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
-    environment:
-      GREETING: "${{GREETING:-hello {i}}}"
-    volumes:
-      - ./data/www:/www
-    networks: [default, impreza-proxy]
-    healthcheck:
-      test: ["CMD", "wget", "-q", "-O", "-", "http://127.0.0.1/"]
-      interval: 5s
-networks:
-  impreza-proxy:
-    external: true
-"""
 
 FLOOR = """\
 import pathlib, sys, yaml

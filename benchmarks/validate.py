@@ -30,28 +30,10 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import COMPOSE  # noqa: E402
+
 from reconciler.load.catalog import Catalog  # noqa: E402
 from reconciler.load.repo import load_repository  # noqa: E402
-
-COMPOSE = """\
-services:
-  app:
-    image: busybox:1.36
-    init: true
-    container_name: ${{DEPLOYMENT_ID}}-app
-    command: ["busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
-    environment:
-      GREETING: "${{GREETING:-hello {i}}}"
-    volumes:
-      - ./data/www:/www
-    networks: [default, impreza-proxy]
-    healthcheck:
-      test: ["CMD", "wget", "-q", "-O", "-", "http://127.0.0.1/"]
-      interval: 5s
-networks:
-  impreza-proxy:
-    external: true
-"""
 
 
 def write_repo(root: pathlib.Path, n: int, catalog_app: str | None) -> None:
