@@ -32,7 +32,13 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from reconciler.model.ids import DEPLOYMENT_ID_RE
+from reconciler.model.ids import (
+    DEPLOYMENT_ID_RE,
+    LABEL_DEPLOYMENT,
+    LABEL_NAME,
+    LABEL_NAMESPACE,
+    LABEL_SPEC_HASH,
+)
 from reconciler.model.state import (
     AgentState,
     ContainerState,
@@ -61,13 +67,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The same strings as reconciler.render.rendering's LABEL_* (pinned by a test).  Not
-# imported from there: reconciler.render imports reconciler.load, which agent.* must not
-# pull in (import-linter), and `reconcile status` should not pay for it.
-LABEL_NAMESPACE = "io.reconciler.namespace"
-LABEL_DEPLOYMENT = "io.reconciler.deployment"
-LABEL_SPEC_HASH = "io.reconciler.spec-hash"
-LABEL_NAME = "io.reconciler.name"
 LABEL_SERVICE = "com.docker.compose.service"
 
 OBSERVE_TIMEOUT = 10.0  # seconds per Docker API call once the daemon answered a ping

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconciler.model.ids import LABEL_DEPLOYMENT
 from reconciler.model.state import ContainerState
 
 __all__ = ["DockerWatch"]
@@ -30,7 +31,7 @@ class DockerWatch:
         """The inspect data of the deployment's containers (list, then one inspect each:
         what the SDK's ``containers.list()`` does).  Through ``agent.engine`` when the
         daemon is a local socket and no client was given: the SDK is not imported."""
-        filters = {"label": f"io.reconciler.deployment={deployment_id}"}
+        filters = {"label": f"{LABEL_DEPLOYMENT}={deployment_id}"}
         if self._client is None:
             from agent.engine import local_engine
 

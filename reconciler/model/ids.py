@@ -8,6 +8,10 @@ import re
 __all__ = [
     "AGENT_ID_RE",
     "DEPLOYMENT_ID_RE",
+    "LABEL_DEPLOYMENT",
+    "LABEL_NAME",
+    "LABEL_NAMESPACE",
+    "LABEL_SPEC_HASH",
     "LOCAL_AGENT",
     "NAME_RE",
     "auto_domain",
@@ -18,6 +22,12 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,98}[a-z0-9]$")
 AGENT_ID_RE = re.compile(r"^agt_[0-9a-f]{16}$")
 DEPLOYMENT_ID_RE = re.compile(r"^dpl_[0-9a-f]{16}$")
 LOCAL_AGENT = "local"
+
+# Labels on everything we run: the only way we ever recognise a container as ours.
+LABEL_NAMESPACE = "io.reconciler.namespace"
+LABEL_DEPLOYMENT = "io.reconciler.deployment"
+LABEL_SPEC_HASH = "io.reconciler.spec-hash"
+LABEL_NAME = "io.reconciler.name"
 
 
 def deployment_id(namespace: str, name: str) -> str:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.model.deployment import DeploymentKind
+from reconciler.model.ids import LABEL_DEPLOYMENT, LABEL_NAME, LABEL_NAMESPACE, LABEL_SPEC_HASH
 from reconciler.model.state import RouteRecord, SpecRecord
 
 __all__ = [
@@ -36,10 +37,6 @@ __all__ = [
     "value_digest",
 ]
 
-LABEL_NAMESPACE = "io.reconciler.namespace"
-LABEL_DEPLOYMENT = "io.reconciler.deployment"
-LABEL_SPEC_HASH = "io.reconciler.spec-hash"
-LABEL_NAME = "io.reconciler.name"
 APP_SERVICE = "app"
 
 

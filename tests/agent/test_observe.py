@@ -16,13 +16,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from agent import observe
 from agent.observe import container_state, docker_available, merge, observe_local
 from agent.statedir import AppRecord, write_record
+from reconciler.load.repo import LoadedDeployment
+from reconciler.load.yamlsafe import load_yaml
 from reconciler.model.ids import deployment_id
 from reconciler.model.state import AgentState, SpecRecord
-from reconciler.render import rendering
 from tests.agent.docker_helpers import (
     Containers,
     labelled_containers,
@@ -51,11 +53,27 @@ def record_for(namespace: str, name: str, **kw: Any) -> AppRecord:
 # ---------------------------------------------------------------- pure parts
 
 
-def test_labels_match_the_renderer() -> None:
-    assert observe.LABEL_DEPLOYMENT == rendering.LABEL_DEPLOYMENT
-    assert observe.LABEL_NAMESPACE == rendering.LABEL_NAMESPACE
-    assert observe.LABEL_SPEC_HASH == rendering.LABEL_SPEC_HASH
-    assert observe.LABEL_NAME == rendering.LABEL_NAME
+def test_observer_reads_the_labels_the_renderer_writes() -> None:
+    """The label names are part of the on-host contract (DESIGN.md): pinned literally."""
+    assert (
+        observe.LABEL_NAMESPACE,
+        observe.LABEL_DEPLOYMENT,
+        observe.LABEL_SPEC_HASH,
+    ) == ("io.reconciler.namespace", "io.reconciler.deployment", "io.reconciler.spec-hash")
+    from reconciler.model.deployment import parse_deployment
+    from reconciler.render.rendering import RenderContext, render
+
+    item = LoadedDeployment(
+        "deployments/x.yaml",
+        pathlib.Path("."),
+        load_yaml("name: x\n", "x.yaml"),
+        parse_deployment({"name": "web", "image": "busybox:1.36"}),
+    )
+    rendered = render(item, RenderContext())
+    labels = yaml.safe_load(rendered.compose_yaml)["services"]["app"]["labels"]
+    assert labels[observe.LABEL_DEPLOYMENT] == rendered.id
+    assert labels[observe.LABEL_SPEC_HASH] == rendered.spec_hash
+    assert labels[observe.LABEL_NAME] == "web"
 
 
 @pytest.mark.parametrize(
