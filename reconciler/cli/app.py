@@ -24,6 +24,7 @@ __all__ = [
     "PruneOption",
     "RefOption",
     "ReportFormat",
+    "SourceArgument",
     "StateDirOption",
     "SubpathOption",
     "app",
@@ -63,6 +64,9 @@ CatalogOption = Annotated[
 ]
 
 
+SourceArgument = Annotated[
+    str, typer.Argument(help="The desired-state repository: a directory or a git URL.")
+]
 RefOption = Annotated[
     str | None,
     typer.Option(

@@ -24,6 +24,7 @@ from reconciler.cli.app import (
     MassPruneOption,
     PruneOption,
     RefOption,
+    SourceArgument,
     StateDirOption,
     SubpathOption,
     _catalog,
@@ -46,9 +47,7 @@ class ApplyFormat(enum.StrEnum):
 
 @app.command("apply")
 def apply_command(
-    path: Annotated[
-        str, typer.Argument(help="The desired-state repository: a directory or a git URL.")
-    ] = ".",
+    path: SourceArgument = ".",
     ref: RefOption = None,
     subpath: SubpathOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
@@ -308,10 +307,11 @@ def _watch(opts: _Options, interval: float) -> None:
 
     def docker_events() -> None:
         from agent.engine import local_engine
+        from reconciler.model.ids import LABEL_DEPLOYMENT
 
         filters = {
             "type": "container",
-            "label": "io.reconciler.deployment",
+            "label": LABEL_DEPLOYMENT,
             "event": ["die", "destroy", "oom", "kill"],
         }
         while not stop.is_set():

@@ -13,6 +13,7 @@ from reconciler.cli.app import (
     MassPruneOption,
     PruneOption,
     RefOption,
+    SourceArgument,
     StateDirOption,
     SubpathOption,
     _catalog,
@@ -31,9 +32,7 @@ class PlanFormat(enum.StrEnum):
 
 @app.command("plan")
 def plan_command(
-    path: Annotated[
-        str, typer.Argument(help="The desired-state repository: a directory or a git URL.")
-    ] = ".",
+    path: SourceArgument = ".",
     ref: RefOption = None,
     subpath: SubpathOption = None,
     against: Annotated[

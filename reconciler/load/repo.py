@@ -702,37 +702,55 @@ def _check_unique(run: _Run, loaded: list[LoadedDeployment]) -> set[str]:
     names: dict[str, LoadedDeployment] = {}
     domains: dict[str, LoadedDeployment] = {}
     for item in sorted(loaded, key=lambda d: d.file):
-        first = names.get(item.name)
-        if first is not None:
-            line = first.doc.key_pos(("name",))[0]
-            run.problems.append(
-                item.doc.problem(
-                    ("name",),
-                    "name-duplicate",
-                    f"deployment name {item.name!r} is also used by {first.file}:{line}",
-                    "give each deployment its own name",
-                    key=False,
-                )
-            )
+        if not _claim(
+            run,
+            names,
+            item,
+            "name",
+            item.name,
+            "name-duplicate",
+            "deployment name",
+            "give each deployment its own name",
+        ):
             losers.add(item.file)
-        else:
-            names[item.name] = item
         domain = item.spec.domain
-        if domain is None:
-            continue
-        owner = domains.get(domain)
-        if owner is not None:
-            line = owner.doc.key_pos(("domain",))[0]
-            run.problems.append(
-                item.doc.problem(
-                    ("domain",),
-                    "domain-duplicate",
-                    f"domain {domain!r} is also used by {owner.file}:{line}",
-                    "each domain can route to one deployment only",
-                    key=False,
-                )
-            )
+        if domain is not None and not _claim(
+            run,
+            domains,
+            item,
+            "domain",
+            domain,
+            "domain-duplicate",
+            "domain",
+            "each domain can route to one deployment only",
+        ):
             losers.add(item.file)
-        else:
-            domains[domain] = item
     return losers
+
+
+def _claim(
+    run: _Run,
+    owners: dict[str, LoadedDeployment],
+    item: LoadedDeployment,
+    field: str,
+    value: str,
+    rule: str,
+    what: str,
+    fix: str,
+) -> bool:
+    """Give ``value`` to ``item`` unless an earlier file holds it; then report both places."""
+    owner = owners.get(value)
+    if owner is None:
+        owners[value] = item
+        return True
+    line = owner.doc.key_pos((field,))[0]
+    run.problems.append(
+        item.doc.problem(
+            (field,),
+            rule,
+            f"{what} {value!r} is also used by {owner.file}:{line}",
+            fix,
+            key=False,
+        )
+    )
+    return False
