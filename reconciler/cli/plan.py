@@ -61,7 +61,7 @@ def plan_command(
 ) -> None:
     """Show what apply would do: install, update, uninstall, repair, noop, blocked."""
     from reconciler.cli.against import load_actual
-    from reconciler.cli.desired import load_desired
+    from reconciler.load.desired import load_desired
     from reconciler.cli.validate import print_problems
     from reconciler.model.errors import ReconcilerError
     from reconciler.plan import PlanOptions, plan, report

@@ -1,0 +1,124 @@
+"""The wire protocol between the control plane and its agents, as pydantic models.
+
+Both sides import these (the agent may see ``reconciler.model`` and
+``reconciler.render.model`` only), so a field renamed on one side is a type error on the
+other, not a silent ``None``.  Everything here is JSON over HTTP:
+
+``POST /v1/agent/bootstrap``            BootstrapRequest  -> 201 BootstrapResponse
+    (no agent auth: the one-time token *is* the credential; 401 when unknown, used or
+    expired)
+
+Every other ``/v1/agent/*`` call carries ``X-Agent-Id`` and ``X-Agent-Secret`` (401
+otherwise):
+
+``GET  /v1/agent/commands?wait=S``      -> 200 CommandBatch
+    Long poll: answers as soon as the agent has unfinished commands, else after ``S``
+    seconds (capped by the server) with an empty batch.  *Every* unfinished command of
+    the agent whose deadline has not passed is returned on every poll: an agent that
+    restarted mid-command simply gets it again and redoes it (actions are idempotent:
+    an install onto an installed app redeploys the same files).  A running agent skips
+    the ids it is already working on.
+``GET  /v1/agent/commands/{id}/bundle`` -> 200 application/x-tar (404 when the command
+    has no bundle): the repository files the action needs (the deployment's ``bundle``
+    directory and/or its repo build context), paths relative to the repository root.
+``POST /v1/agent/commands/{id}/result`` CommandResult -> 200 ResultAck
+    Idempotent on the command id: a second result for the same id is acknowledged with
+    ``duplicate: true`` and changes nothing.
+``POST /v1/agent/report``               AgentReport -> 200 ReportAck
+    The heartbeat; carries the host's actual state.  An agent whose last report is
+    older than ``3 * heartbeat_seconds`` is offline: its actions are ``blocked``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reconciler.model.plan import Action
+from reconciler.model.state import AgentState
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AgentReport",
+    "BootstrapRequest",
+    "BootstrapResponse",
+    "Command",
+    "CommandBatch",
+    "CommandResult",
+    "ReportAck",
+    "ResultAck",
+]
+
+PROTOCOL_VERSION = 1
+
+CommandKind = Literal["install", "update", "uninstall", "repair"]
+
+
+class _Wire(BaseModel):
+    # Unknown fields are ignored, not refused: a newer server may add some.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class BootstrapRequest(_Wire):
+    token: str
+    hostname: str = ""  # shown in the status API, never trusted for anything
+
+
+class BootstrapResponse(_Wire):
+    agent_id: str  # agt_<16 hex>
+    secret: str  # shown once; the server keeps only a hash
+    heartbeat_seconds: float = 10.0
+    protocol: int = PROTOCOL_VERSION
+
+
+class Command(_Wire):
+    """One plan action for one agent, with everything the executor needs.
+
+    ``deployment`` is the rendered deployment (a ``RenderedDeployment`` as JSON; kept
+    as a plain dict here so the model layer does not import the render layer); it is
+    absent for uninstalls.
+    """
+
+    id: str  # cmd_<hex>
+    kind: CommandKind
+    action: Action
+    deployment: dict[str, object] | None = None
+    has_bundle: bool = False
+    purge: bool = False
+    revision: str | None = None  # the repository commit the plan was made from
+    created: datetime
+    deadline: datetime  # after this the server gives up on it (result: expired)
+
+
+class CommandBatch(_Wire):
+    commands: list[Command] = Field(default_factory=list)
+    heartbeat_seconds: float = 10.0
+
+
+class CommandResult(_Wire):
+    ok: bool
+    message: str = ""
+    rolled_back: bool = False
+    seconds: float = 0.0
+    url: str | None = None
+    logs: str = ""  # last lines of the app's logs on failure (already truncated)
+
+
+class ResultAck(_Wire):
+    accepted: bool = True
+    duplicate: bool = False
+
+
+class AgentReport(_Wire):
+    """The heartbeat: what runs on the host now, and what the agent is working on."""
+
+    state: AgentState
+    running: list[str] = Field(default_factory=list)  # command ids in progress
+    version: str = ""
+    hostname: str = ""
+
+
+class ReportAck(_Wire):
+    heartbeat_seconds: float = 10.0
