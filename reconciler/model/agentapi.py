@@ -36,6 +36,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from reconciler.model.deployment import ProxyConfig
 from reconciler.model.plan import Action
 from reconciler.model.state import AgentState
 
@@ -87,6 +88,8 @@ class Command(_Wire):
     deployment: dict[str, object] | None = None
     has_bundle: bool = False
     purge: bool = False
+    proxy: ProxyConfig | None = None  # the repository's proxy settings (ports, tls)
+    settle_seconds: float | None = None  # None: the agent's own default
     revision: str | None = None  # the repository commit the plan was made from
     created: datetime
     deadline: datetime  # after this the server gives up on it (result: expired)
