@@ -1,19 +1,643 @@
-"""``reconcile-agent``: the host daemon that long-polls the control plane.
+"""``reconcile-agent``: the host daemon that long-polls the control plane and applies.
 
-The control plane and the agent protocol are not built yet; until then the entry point
-exists so that the distribution's console scripts are stable, and says so plainly.
+Start-up bootstraps once (the one-time token buys an ``agt_`` id and a secret, kept 0600
+in ``<state dir>/agent/credentials.json``), then two loops run side by side:
+
+* the main loop long-polls ``GET /v1/agent/commands`` and carries out each command it
+  has not already started or finished (:class:`agent.runner.CommandRunner`, the same
+  executor as ``reconcile apply``), journals it (:mod:`agent.journal`) and posts the
+  result, then reports the new state at once;
+* a heartbeat thread posts the host's actual state every ``heartbeat_seconds`` (the
+  server's number), with the ids of the commands in progress.
+
+Every failure to reach the control plane is survived: connection errors and 5xx back
+off exponentially with full jitter (0.5 s doubling to 30 s, reset after a success); a
+refused secret is logged and retried slowly (the server may have lost its store; the
+credentials are kept).  SIGTERM/SIGINT stop the loop: an idle poll is dropped at once, a
+command in progress is finished (a second signal abandons it; the server hands it out
+again and the executor's actions are idempotent), and the exit code is 0.
+
+Only the stdlib, httpx and pydantic are imported at start; Docker and Compose come in
+with the first command or heartbeat.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
+import logging
+import os
+import pathlib
+import signal
+import socket
 import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING
 
-__all__ = ["main"]
+from agent.client import (
+    AgentClient,
+    AgentClientError,
+    Backoff,
+    Credentials,
+    ProtocolError,
+    Unauthorized,
+    Unavailable,
+    credentials_path,
+    load_credentials,
+    save_credentials,
+)
+from agent.journal import Journal, JournalEntry
+from agent.runner import CommandRunner
+from reconciler.model.agentapi import AgentReport, Command
+
+if TYPE_CHECKING:
+    from agent.executor import StepEvent
+    from reconciler.model.state import AgentState
+
+__all__ = [
+    "EXIT_SETUP",
+    "Agent",
+    "BootstrapRefused",
+    "SetupError",
+    "ensure_credentials",
+    "main",
+]
+
+log = logging.getLogger("reconcile-agent")
+
+EXIT_SETUP = 2  # a refused token, or nothing to start with: no point in restarting
+UNAUTHORIZED_RETRY = 60.0  # seconds between tries while the server refuses our secret
+ClientFactory = Callable[[str, Credentials | None], AgentClient]
 
 
-def main() -> None:
-    sys.stderr.write(
-        "reconcile-agent: the agent daemon is not available in this version; "
-        "use `reconcile validate` for now\n"
+class SetupError(Exception):
+    """The agent cannot start (no server, no credentials and no token): exit 2."""
+
+
+class BootstrapRefused(SetupError):
+    """The server refused the one-time token: used, expired or unknown.  Exit 2."""
+
+
+class _Interrupted(BaseException):
+    """Raised from the signal handler to drop an idle long poll (or, on a second signal,
+    the command in progress)."""
+
+
+def _version() -> str:
+    from reconciler import __version__
+
+    return __version__
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# --------------------------------------------------------------------- bootstrap
+
+
+def ensure_credentials(
+    state_dir: pathlib.Path,
+    server: str | None,
+    token: str | None,
+    *,
+    hostname: str = "",
+    make_client: ClientFactory | None = None,
+    backoff: Backoff | None = None,
+    stop: threading.Event | None = None,
+    retry: bool = True,
+) -> Credentials:
+    """Stored credentials, or new ones bought with the one-time token (once, ever).
+
+    A refused token raises :class:`BootstrapRefused`: retrying cannot help, the operator
+    needs a new token.  An unreachable server is retried with backoff (the token lives
+    ten minutes) unless ``retry`` is false.
+    """
+    stored = load_credentials(state_dir)
+    if stored is not None:
+        if server and server.rstrip("/") != stored.server:
+            log.info("control plane is now %s (was %s)", server.rstrip("/"), stored.server)
+            stored = stored.model_copy(update={"server": server.rstrip("/")})
+            save_credentials(state_dir, stored)
+        return stored
+    path = credentials_path(state_dir)
+    if not server:
+        raise SetupError(
+            f"no credentials in {path} and no control plane given: "
+            "pass --server URL (or set RECONCILE_SERVER)"
+        )
+    if not token:
+        raise SetupError(
+            f"no credentials in {path} yet: pass the one-time bootstrap token with --token "
+            "(or RECONCILE_AGENT_TOKEN); it is needed only once"
+        )
+    backoff = backoff or Backoff()
+    stop = stop or threading.Event()
+    client = (make_client or AgentClient)(server, None)
+    try:
+        while True:
+            try:
+                answer = client.bootstrap(token, hostname)
+                break
+            except (Unauthorized, ProtocolError) as exc:
+                raise BootstrapRefused(
+                    f"the control plane refused the bootstrap token ({exc}); tokens are "
+                    "single-use and expire after 10 minutes: ask for a new one"
+                ) from None
+            except Unavailable as exc:
+                if not retry:
+                    raise
+                delay = backoff.next()
+                log.warning("bootstrap: %s; retrying in %.1f s", exc, delay)
+                if stop.wait(delay):
+                    raise SetupError("stopped before the bootstrap finished") from None
+    finally:
+        client.close()
+    creds = Credentials(server=server.rstrip("/"), agent_id=answer.agent_id, secret=answer.secret)
+    save_credentials(state_dir, creds)
+    log.info(
+        "bootstrapped: this agent is %s (credentials in %s); map it in reconcile.yaml: "
+        "agents: {%s: %s}",
+        creds.agent_id,
+        path,
+        _alias(hostname),
+        creds.agent_id,
     )
-    raise SystemExit(1)
+    return creds
+
+
+def _alias(hostname: str) -> str:
+    alias = "".join(c if c.isalnum() or c in "-_" else "-" for c in hostname.lower()).strip("-")
+    return alias or "host1"
+
+
+# --------------------------------------------------------------------- the loops
+
+
+@dataclass
+class Agent:
+    """The two loops around one :class:`AgentClient`; every real part is injectable."""
+
+    client: AgentClient
+    journal: Journal
+    runner: CommandRunner
+    observe: Callable[[], AgentState]
+    agent_id: str
+    poll_wait: float = 30.0
+    hostname: str = ""
+    version: str = ""
+    heartbeat_seconds: float = 10.0
+    backoff: Backoff = field(default_factory=Backoff)
+    now: Callable[[], dt.datetime] = _now
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    # Interruptible sleep: True when stopped meanwhile (tests record the delays instead).
+    wait: Callable[[float], bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.wait is None:
+            self.wait = self.stop_event.wait
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._expired_seen: set[str] = set()
+        self._heartbeat_wake = threading.Event()
+        self._interruptible = False
+        self._signals = 0
+        self._unavailable = False
+        self._last_prune = 0.0
+        self.executed: list[str] = []  # command ids carried out by this process, in order
+
+    # ------------------------------------------------------------ control
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._heartbeat_wake.set()
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        self.stop()
+        if self._interruptible:
+            raise _Interrupted
+        if self._signals == 1:
+            with self._lock:
+                busy = sorted(self._running)
+            if busy:
+                log.info(
+                    "%s: finishing command %s, then exiting (send it again to abandon it: "
+                    "the control plane hands it out again)",
+                    name,
+                    ", ".join(busy),
+                )
+            return
+        log.info("%s again: abandoning the command in progress", name)
+        raise _Interrupted
+
+    def running(self) -> list[str]:
+        with self._lock:
+            return sorted(self._running)
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self, *, once: bool = False) -> int:
+        """Until stopped (or, with ``once``, until nothing is pending).  The exit code."""
+        heartbeat: threading.Thread | None = None
+        try:
+            self.runner.clean_scratch()
+            self._prune()
+            self.repost_unacked()
+            if once:
+                return self._run_once()
+            heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+            heartbeat.start()
+            while not self.stopping:
+                self.poll_once(self.poll_wait)
+                self._prune()
+            return 0
+        except _Interrupted:
+            log.info("stopped; an unfinished command is redone when the agent is back")
+            return 0
+        finally:
+            self.stop()
+            if heartbeat is not None:
+                heartbeat.join(timeout=5)
+            if not once:
+                log.info("agent %s stopped", self.agent_id)
+
+    def _run_once(self) -> int:
+        """Poll without waiting until a poll brings nothing new; post; report; exit."""
+        ok = True
+        for _round in range(100):
+            if self.stopping:
+                break
+            try:
+                batch = self.client.commands(0)
+            except AgentClientError as exc:
+                log.error("control plane: %s", exc)
+                return 1
+            self._heard(batch.heartbeat_seconds)
+            ran = [c for c in batch.commands if self.handle(c) == "ran"]
+            if not ran:
+                break
+        ok = self.repost_unacked() and ok
+        ok = self.send_report() and ok
+        return 0 if ok else 1
+
+    def poll_once(self, wait: float) -> None:
+        """One long poll and the commands it brings; failures wait before returning."""
+        self._interruptible = True
+        try:
+            if self.stopping:
+                return
+            batch = self.client.commands(wait)
+        except Unavailable as exc:
+            self._interruptible = False
+            self._wait_retry(exc)
+            return
+        except Unauthorized as exc:
+            self._interruptible = False
+            log.error(
+                "the control plane refused this agent's credentials (%s: %s); keeping them and "
+                "retrying every %.0f s.  If the server lost its store, stop the agent, delete "
+                "%s and start it with a new --token",
+                self.agent_id,
+                exc,
+                UNAUTHORIZED_RETRY,
+                credentials_path(self.runner.state_dir),
+            )
+            self._sleep(UNAUTHORIZED_RETRY)
+            return
+        except ProtocolError as exc:
+            self._interruptible = False
+            log.error("control plane: %s", exc)
+            self._wait_retry(exc, quiet=True)
+            return
+        finally:
+            self._interruptible = False
+        self._heard(batch.heartbeat_seconds)
+        for command in batch.commands:
+            if self.stopping:
+                break
+            self.handle(command)
+        if batch.commands:
+            self.repost_unacked()
+
+    def _heard(self, heartbeat_seconds: float) -> None:
+        if self._unavailable:
+            log.info("control plane reachable again")
+        self._unavailable = False
+        self.backoff.reset()
+        if heartbeat_seconds > 0:
+            self.heartbeat_seconds = heartbeat_seconds
+
+    def _wait_retry(self, exc: Exception, *, quiet: bool = False) -> None:
+        delay = self.backoff.next()
+        if not self._unavailable and not quiet:
+            log.warning("control plane unavailable: %s; retrying with backoff", exc)
+        else:
+            log.debug("control plane still unavailable: %s; retrying in %.1f s", exc, delay)
+        self._unavailable = True
+        self._sleep(delay)
+
+    def _sleep(self, seconds: float) -> None:
+        assert self.wait is not None
+        self.wait(seconds)
+
+    # ------------------------------------------------------------ one command
+
+    def handle(self, command: Command) -> str:
+        """Carry out ``command`` unless it is running, done or expired.  What happened:
+        ``ran``, ``running``, ``done``, ``expired`` or ``abandoned``."""
+        with self._lock:
+            if command.id in self._running:
+                return "running"
+        entry = self.journal.get(command.id)
+        if entry is not None and entry.status == "done":
+            if not entry.acked:
+                self._post(entry)  # the server still lists it: our result did not arrive
+            return "done"
+        if command.deadline <= self.now():
+            if command.id not in self._expired_seen:
+                self._expired_seen.add(command.id)
+                log.warning(
+                    "command %s %s %s: deadline %s passed; not started",
+                    command.id,
+                    command.kind,
+                    command.action.deployment,
+                    command.deadline.isoformat(),
+                )
+            return "expired"
+        if entry is not None and entry.status == "running":
+            log.info(
+                "command %s %s %s: interrupted earlier (attempt %d); redoing it",
+                command.id,
+                command.kind,
+                command.action.deployment,
+                entry.attempts,
+            )
+        self.journal.start(command)
+        with self._lock:
+            self._running.add(command.id)
+        log.info(
+            "command %s %s %s: started%s",
+            command.id,
+            command.kind,
+            command.action.deployment,
+            f" ({command.action.reason})" if command.action.reason else "",
+        )
+        try:
+            result = self.runner.run(command)
+        except Unavailable as exc:
+            log.warning(
+                "command %s %s %s: abandoned (%s); it is redone when the control plane "
+                "hands it out again",
+                command.id,
+                command.kind,
+                command.action.deployment,
+                exc,
+            )
+            return "abandoned"
+        finally:
+            with self._lock:
+                self._running.discard(command.id)
+        self.executed.append(command.id)
+        done = self.journal.finish(command.id, result)
+        log.info(
+            "command %s %s %s: %s %s (%.1f s)%s",
+            command.id,
+            command.kind,
+            command.action.deployment,
+            "ok" if result.ok else "FAILED",
+            result.message,
+            result.seconds,
+            "; rolled back" if result.rolled_back and "restored" not in result.message else "",
+        )
+        if not result.ok and result.logs:
+            for line in result.logs.strip().splitlines()[-10:]:
+                log.info("  %s | %s", command.action.deployment, line)
+        self._post(done)
+        self.send_report()
+        return "ran"
+
+    def _post(self, entry: JournalEntry) -> bool:
+        """Post a journaled result; True once the server has it (or refused it for good)."""
+        assert entry.result is not None
+        try:
+            ack = self.client.post_result(entry.id, entry.result)
+        except (Unavailable, Unauthorized) as exc:
+            log.warning("result of %s not delivered yet (%s); will retry", entry.id, exc)
+            return False
+        except ProtocolError as exc:
+            # 404/409/422: the server no longer wants it (expired, forgotten); stop trying.
+            log.warning("result of %s refused by the control plane (%s); dropped", entry.id, exc)
+            self.journal.ack(entry.id)
+            return True
+        self.journal.ack(entry.id)
+        if ack.duplicate:
+            log.debug("result of %s was already recorded", entry.id)
+        return True
+
+    def repost_unacked(self) -> bool:
+        """Deliver the results a previous run (or a failed post) left unconfirmed."""
+        ok = True
+        for entry in self.journal.unacked():
+            if self.stopping and not ok:
+                break
+            log.info("command %s: posting the result the control plane never confirmed", entry.id)
+            ok = self._post(entry) and ok
+        return ok
+
+    def _prune(self) -> None:
+        if time.monotonic() - self._last_prune < 3600 and self._last_prune:
+            return
+        self._last_prune = time.monotonic()
+        try:
+            removed = self.journal.prune()
+        except OSError as exc:
+            log.warning("journal prune failed: %s", exc)
+            return
+        if removed:
+            log.debug("journal: pruned %d acknowledged entries", removed)
+
+    # ------------------------------------------------------------ heartbeat
+
+    def send_report(self) -> bool:
+        try:
+            state = self.observe()
+        except Exception as exc:  # observe reports an unreachable Docker as offline itself
+            log.warning("observing the host failed: %s", exc)
+            return False
+        report = AgentReport(
+            state=state, running=self.running(), version=self.version, hostname=self.hostname
+        )
+        try:
+            ack = self.client.report(report)
+        except AgentClientError as exc:
+            log.debug("heartbeat not delivered: %s", exc)
+            return False
+        if ack.heartbeat_seconds > 0:
+            self.heartbeat_seconds = ack.heartbeat_seconds
+        return True
+
+    def _heartbeat_loop(self) -> None:
+        failures = Backoff(base=1.0, cap=30.0, rng=self.backoff._rng)
+        while not self.stopping:
+            ok = self.send_report()
+            if ok:
+                failures.reset()
+                delay = self.heartbeat_seconds
+            else:
+                delay = min(self.heartbeat_seconds, max(failures.next(), 0.5))
+            self._heartbeat_wake.wait(delay)
+            self._heartbeat_wake.clear()
+
+
+# --------------------------------------------------------------------- the command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ
+    p = argparse.ArgumentParser(
+        prog="reconcile-agent",
+        description="The compose-reconciler host agent: long-polls the control plane "
+        "(`reconcile serve`) and applies its commands on this Docker host.",
+    )
+    p.add_argument(
+        "--server",
+        default=env.get("RECONCILE_SERVER"),
+        help="control plane URL, e.g. http://10.0.0.1:8000 (env RECONCILE_SERVER); "
+        "optional once credentials exist",
+    )
+    p.add_argument(
+        "--token",
+        default=env.get("RECONCILE_AGENT_TOKEN"),
+        help="one-time bootstrap token (env RECONCILE_AGENT_TOKEN); used only while "
+        "no credentials exist",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=pathlib.Path,
+        default=None,
+        help="state dir (env RECONCILE_STATE_DIR; default /var/lib/reconciler as root, "
+        "else $XDG_STATE_HOME/reconciler)",
+    )
+    p.add_argument("--poll-wait", type=float, default=30.0, help="long-poll seconds (default 30)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds a deployment must stay stable, unless the command says (default 3)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="process the pending commands, report, and exit (0 when every result was delivered)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+class _UTCFormatter(logging.Formatter):
+    @staticmethod
+    def converter(seconds: float | None = None) -> time.struct_time:
+        return time.gmtime(seconds)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _UTCFormatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("httpx", "httpcore", "urllib3", "docker", "python_on_whales"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _on_step(event: StepEvent) -> None:
+    log.info("  %s: %s %s", event.deployment, event.step, event.detail)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from agent.statedir import default_state_dir
+
+    state_dir: pathlib.Path = args.state_dir or default_state_dir()
+    hostname = socket.gethostname()
+    version = _version()
+    stop = threading.Event()
+    agent: Agent | None = None
+
+    def early_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+        if agent is not None:
+            agent.on_signal(signum, _frame)
+
+    signal.signal(signal.SIGTERM, early_signal)
+    signal.signal(signal.SIGINT, early_signal)
+    try:
+        creds = ensure_credentials(
+            state_dir,
+            args.server,
+            args.token,
+            hostname=hostname,
+            stop=stop,
+            retry=not args.once,
+        )
+    except SetupError as exc:
+        if stop.is_set():
+            raise SystemExit(0) from None
+        log.error("%s", exc)
+        raise SystemExit(EXIT_SETUP) from None
+    except (Unavailable, ValueError) as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
+    client = AgentClient(creds.server, creds, user_agent=f"reconcile-agent/{version}")
+
+    def observe() -> AgentState:
+        from agent.observe import observe_local
+
+        return observe_local(state_dir=state_dir, agent=creds.agent_id)
+
+    def fetch_bundle(command_id: str, target: pathlib.Path) -> None:
+        client.download_bundle(command_id, target)
+
+    agent = Agent(
+        client=client,
+        journal=Journal(state_dir),
+        runner=CommandRunner(
+            state_dir, fetch_bundle, default_settle=args.settle, on_event=_on_step
+        ),
+        observe=observe,
+        agent_id=creds.agent_id,
+        poll_wait=args.poll_wait,
+        hostname=hostname,
+        version=version,
+        stop_event=stop,
+    )
+    log.info(
+        "agent %s (reconcile-agent %s) on %s: control plane %s, state dir %s",
+        creds.agent_id,
+        version,
+        hostname,
+        creds.server,
+        state_dir,
+    )
+    try:
+        code = agent.run(once=args.once)
+    finally:
+        client.close()
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

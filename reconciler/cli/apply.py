@@ -139,8 +139,8 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
     from agent.observe import observe_local
     from agent.proxy import CaddyProxy, ProxySettings
     from agent.watch import DockerWatch
-    from reconciler.load.desired import load_desired
     from reconciler.cli.validate import print_problems
+    from reconciler.load.desired import load_desired
     from reconciler.model.errors import ReconcilerError
     from reconciler.model.state import ActualState
     from reconciler.plan import PlanOptions, plan, report

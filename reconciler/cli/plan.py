@@ -61,8 +61,8 @@ def plan_command(
 ) -> None:
     """Show what apply would do: install, update, uninstall, repair, noop, blocked."""
     from reconciler.cli.against import load_actual
-    from reconciler.load.desired import load_desired
     from reconciler.cli.validate import print_problems
+    from reconciler.load.desired import load_desired
     from reconciler.model.errors import ReconcilerError
     from reconciler.plan import PlanOptions, plan, report
     from reconciler.render import RenderContext, render_all

@@ -1,0 +1,197 @@
+"""One control-plane command, carried out on this host: bundle -> executor -> result.
+
+The command carries everything the local pipeline (``reconcile apply``) would have
+computed itself: the plan action, the rendered deployment, the repository's proxy
+settings and the files the action needs (the bundle).  So the agent runs exactly the same
+:meth:`Executor.apply_action` as a local apply; only where the inputs come from differs.
+
+The real parts (Compose, Caddy, Docker) come in through ``make_executor``, so the
+runner's logic is unit-tested with the fakes the executor's own tests use.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from agent.bundle import BundleError, extract_bundle
+from agent.client import ProtocolError
+from agent.statedir import atomic_write
+from reconciler.model.agentapi import Command, CommandResult
+from reconciler.model.deployment import ProxyConfig
+from reconciler.render.model import RenderedDeployment
+
+if TYPE_CHECKING:
+    from agent.executor import Executor, ExecutorSettings, StepEvent
+    from agent.proxy import CaddyProxy, ProxySettings
+
+__all__ = ["MAX_LOG_CHARS", "CommandRunner", "ExecutorFactory", "RealExecutorFactory"]
+
+log = logging.getLogger(__name__)
+
+MAX_LOG_CHARS = 8000
+
+# (proxy settings, executor settings, step callback) -> an Executor for one command.
+ExecutorFactory = Callable[
+    ["ProxySettings", "ExecutorSettings", Callable[["StepEvent"], None]], "Executor"
+]
+# (command id, file to write the tar to) -> None; raises agent.client errors.
+BundleFetcher = Callable[[str, pathlib.Path], object]
+
+
+class RealExecutorFactory:
+    """Docker Compose, the Caddy proxy container and the Docker Engine, as on a local apply.
+
+    The proxy object is kept while the settings stay the same: its Docker client and
+    its warm check of the proxy container are reused from one command to the next.
+    """
+
+    def __init__(self, state_dir: pathlib.Path) -> None:
+        self.state_dir = state_dir
+        self._proxy: tuple[ProxySettings, CaddyProxy] | None = None
+
+    def __call__(
+        self,
+        proxy_settings: ProxySettings,
+        settings: ExecutorSettings,
+        on_event: Callable[[StepEvent], None],
+    ) -> Executor:
+        from agent.compose import WhalesComposeDriver
+        from agent.executor import Executor
+        from agent.proxy import CaddyProxy
+        from agent.watch import DockerWatch
+
+        if self._proxy is None or self._proxy[0] != proxy_settings:
+            if self._proxy is not None:
+                self._proxy[1].close()
+            self._proxy = (proxy_settings, CaddyProxy(proxy_settings))
+        return Executor(
+            state_dir=self.state_dir,
+            driver=WhalesComposeDriver(),
+            proxy=self._proxy[1],
+            watch=DockerWatch(),
+            settings=settings,
+            on_event=on_event,
+        )
+
+
+class CommandRunner:
+    def __init__(
+        self,
+        state_dir: pathlib.Path,
+        fetch_bundle: BundleFetcher,
+        make_executor: ExecutorFactory | None = None,
+        *,
+        default_settle: float = 3.0,
+        on_event: Callable[[StepEvent], None] | None = None,
+    ) -> None:
+        self.state_dir = pathlib.Path(state_dir)
+        self.fetch_bundle = fetch_bundle
+        self.make_executor: ExecutorFactory = make_executor or RealExecutorFactory(self.state_dir)
+        self.default_settle = default_settle
+        self.on_event = on_event or (lambda _e: None)
+
+    @property
+    def proxy_file(self) -> pathlib.Path:
+        return self.state_dir / "agent" / "proxy.json"
+
+    def proxy_settings(self, command: Command) -> ProxySettings:
+        """The command's proxy settings; else the last ones a command brought (an uninstall
+        must not recreate the proxy on default ports); else the defaults."""
+        from agent.proxy import ProxySettings
+
+        config = command.proxy
+        if config is not None:
+            try:
+                atomic_write(self.proxy_file, config.model_dump_json().encode(), 0o600)
+            except OSError as exc:  # pragma: no cover - the state dir is ours
+                log.warning("cannot remember the proxy settings: %s", exc)
+        else:
+            try:
+                config = ProxyConfig.model_validate_json(self.proxy_file.read_bytes())
+            except (OSError, ValidationError):
+                config = ProxyConfig()
+        return ProxySettings(
+            state_dir=self.state_dir,
+            network=config.network,
+            http_port=config.http_port,
+            https_port=config.https_port,
+            tls=config.tls,
+        )
+
+    def clean_scratch(self) -> None:
+        """Remove scratch repos a killed agent left behind (only this agent writes there)."""
+        shutil.rmtree(self.state_dir / "agent" / "work", ignore_errors=True)
+
+    def run(self, command: Command) -> CommandResult:
+        """Carry out ``command``; a failure of the action is a result with ``ok=False``.
+
+        Raises only :class:`agent.client.Unavailable` (the bundle could not be fetched:
+        the command is abandoned and redone when the server hands it out again).
+        """
+        from agent.executor import ExecutorSettings
+
+        start = time.monotonic()
+
+        def failed(message: str) -> CommandResult:
+            return CommandResult(ok=False, message=message, seconds=time.monotonic() - start)
+
+        action = command.action
+        want: RenderedDeployment | None = None
+        if action.action not in ("install", "update", "repair", "uninstall"):
+            return failed(f"unsupported action {action.action!r}")
+        if action.action != "uninstall":
+            if command.deployment is None:
+                return failed(f"the {action.action} command carries no deployment")
+            try:
+                want = RenderedDeployment.model_validate(command.deployment)
+            except ValidationError as exc:
+                return failed(f"the command's deployment is not valid: {exc}")
+            if want.id != action.id:
+                return failed(f"the deployment {want.id} does not match the action's {action.id}")
+        settings = ExecutorSettings(
+            settle_seconds=(
+                command.settle_seconds
+                if command.settle_seconds is not None
+                else self.default_settle
+            ),
+            purge=command.purge,
+        )
+        work = self.state_dir / "agent" / "work"
+        work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"{command.id}-", dir=work))
+        try:
+            repo_root = scratch / "repo"
+            repo_root.mkdir()
+            if command.has_bundle:
+                archive = scratch / "bundle.tar"
+                try:
+                    self.fetch_bundle(command.id, archive)
+                    extract_bundle(archive, repo_root)
+                except (BundleError, ProtocolError) as exc:
+                    return failed(f"bundle: {exc}")
+                finally:
+                    archive.unlink(missing_ok=True)
+            try:
+                executor = self.make_executor(self.proxy_settings(command), settings, self.on_event)
+                outcome = executor.apply_action(action, want, repo_root)
+            except Exception as exc:  # the executor types its own failures; this is a bug
+                log.exception("command %s: the executor raised", command.id)
+                return failed(f"agent error: {type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return CommandResult(
+            ok=outcome.ok,
+            message=outcome.message,
+            rolled_back=outcome.rolled_back,
+            seconds=outcome.seconds,
+            url=outcome.url,
+            logs=outcome.logs[-MAX_LOG_CHARS:],
+        )
