@@ -15,12 +15,12 @@ import sys
 # every command's start-up); this CLI uses none.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from reconciler.cli import apply, catalog, plan, status, validate  # noqa: F401  (registers the commands)
+from reconciler.cli import apply, catalog, plan, serve, status, validate  # noqa: F401  (registers the commands)
 from reconciler.cli.app import app
 
 __all__ = ["app", "main", "rewrite_argv"]
 
-COMMANDS = frozenset({"validate", "plan", "catalog", "status", "apply", "serve", "agent"})
+COMMANDS = frozenset({"validate", "plan", "catalog", "status", "apply", "serve", "agent", "hook"})
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:

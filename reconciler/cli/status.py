@@ -35,8 +35,21 @@ def status_command(
         StatusFormat,
         typer.Option("--format", "-f", help="text: a table; json: an actual-state snapshot."),
     ] = StatusFormat.text,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Ask a control plane (GET /v1/deployments, RECONCILE_ADMIN_TOKEN) instead.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Show the deployments on this host: status, container health, URL, spec hash."""
+    if server is not None:
+        from reconciler.cli.serve import remote_status
+
+        remote_status(server, fmt is StatusFormat.json)
+        return
     from agent.observe import docker_available, observe_local
     from agent.statedir import default_state_dir, list_records
     from reconciler.model.ids import LOCAL_AGENT

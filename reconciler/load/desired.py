@@ -8,6 +8,7 @@ that cannot be resolved is not guessed at: that deployment's action is ``blocked
 
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass, field
 
 from reconciler.load.catalog import Catalog
@@ -34,11 +35,16 @@ def load_desired(
     subpath: str | None = None,
     catalog: Catalog | None = None,
     resolve_git: bool = True,
+    cache_dir: pathlib.Path | None = None,
 ) -> Desired:
-    """Raises ReconcilerError when the source itself cannot be opened."""
+    """Raises ReconcilerError when the source itself cannot be opened.
+
+    ``cache_dir``: where git sources are fetched (default: the user's cache dir); the
+    server keeps its own under its data dir.
+    """
     from reconciler.load.sources import open_source
 
-    checkout = open_source(path, ref=ref, subpath=subpath)
+    checkout = open_source(path, ref=ref, subpath=subpath, cache_dir=cache_dir)
     state = load_repository(checkout.path, catalog=catalog)
     desired = Desired(state, checkout.revision, checkout.source)
     if state.ok and resolve_git:

@@ -1,0 +1,311 @@
+"""``reconcile serve`` (the control plane) and its helpers: ``reconcile agent token``,
+``reconcile hook create``, and ``reconcile status --server URL``.
+
+Secrets come only from the environment (``RECONCILE_ADMIN_TOKEN``,
+``RECONCILE_WEBHOOK_SECRET``, ``RECONCILE_GITLAB_TOKEN``): flags and files end up in
+shell history, process lists and backups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from reconciler.cli.app import CatalogOption, _console, app
+
+__all__ = ["agent_token_command", "hook_create_command", "remote_status", "serve_command"]
+
+agent_app = typer.Typer(help="Agents of the control plane.", no_args_is_help=True)
+hook_app = typer.Typer(help="Deploy hooks of the control plane.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+app.add_typer(hook_app, name="hook")
+
+DataDirOption = Annotated[
+    pathlib.Path | None,
+    typer.Option(
+        "--data-dir",
+        help="The server's data dir (default: $RECONCILE_DATA_DIR, else ./reconcile-data).",
+        show_default=False,
+    ),
+]
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="A running control plane's URL (uses RECONCILE_ADMIN_TOKEN).",
+        show_default=False,
+    ),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    _console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command("serve")
+def serve_command(
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source", help="Desired-state repository: git URL or directory.", show_default=False
+        ),
+    ] = None,
+    branch: Annotated[
+        str | None,
+        typer.Option(
+            "--branch",
+            help="Branch to deploy (default main; a local git repo: the branch its HEAD names).",
+            show_default=False,
+        ),
+    ] = None,
+    path: Annotated[
+        str | None,
+        typer.Option("--path", help="The repository's directory inside it.", show_default=False),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default 8800).")] = None,
+    data_dir: DataDirOption = None,
+    poll_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--poll-interval", help="Seconds between timed reconciles, +-10% (0: no timer)."
+        ),
+    ] = None,
+    heartbeat: Annotated[
+        float | None,
+        typer.Option("--heartbeat", help="Agent heartbeat seconds; offline after 3 missed."),
+    ] = None,
+    config: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--config", help="server.yaml with the same keys (flags win).", show_default=False
+        ),
+    ] = None,
+    catalog: CatalogOption = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+) -> None:
+    """Run the control plane: reconcile a repository onto agents, on webhooks and a timer."""
+    from reconciler.model.errors import ReconcilerError
+    from reconciler.server.config import ServerSecrets, load_server_config
+
+    overrides = {
+        "source": source,
+        "branch": branch,
+        "path": path,
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "poll_interval": poll_interval,
+        "heartbeat": heartbeat,
+        "catalog": catalog,
+    }
+    try:
+        settings = load_server_config(config, overrides)
+    except ReconcilerError as exc:
+        raise _fail(str(exc), 2) from None
+    secrets = ServerSecrets.from_env()
+
+    import logging
+
+    import uvicorn
+
+    from reconciler.server.app import build_control_plane
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        plane = build_control_plane(settings, secrets)
+        spec, ref = plane.reconciler.source_spec()
+    except ReconcilerError as exc:
+        raise _fail(str(exc)) from None
+    err = _console(stderr=True)
+    err.print(
+        f"reconcile serve: {spec}" + (f" @ {ref}" if ref else "")
+        + (f" path={settings.path}" if settings.path else "")
+        + f", data dir {settings.data_dir}, http://{settings.host}:{settings.port}",
+        highlight=False,
+    )  # fmt: skip
+    if not secrets.admin_token:
+        err.print(
+            "[yellow]warning:[/] RECONCILE_ADMIN_TOKEN is not set: the status and admin API "
+            "answers 401 to everyone",
+            highlight=False,
+        )
+    plane.worker.start()
+    try:
+        uvicorn.run(
+            plane.app,
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level.lower(),
+            access_log=log_level.lower() == "debug",
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        plane.worker.stop(timeout=10)
+        plane.store.close()
+
+
+# ------------------------------------------------------------- tokens and hooks
+
+
+def _local_store(data_dir: pathlib.Path | None) -> Any:
+    from reconciler.server.config import default_data_dir
+    from reconciler.server.store import DB_NAME, SchemaError, Store
+
+    directory = data_dir if data_dir is not None else default_data_dir()
+    if not (directory / DB_NAME).is_file():
+        raise _fail(
+            f"no control-plane database in {directory} (start `reconcile serve --data-dir "
+            f"{directory}` once, or pass --data-dir / --server)",
+            2,
+        )
+    try:
+        return Store.in_dir(directory)
+    except SchemaError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _admin_post(server: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    import httpx
+
+    token = os.environ.get("RECONCILE_ADMIN_TOKEN")
+    if not token:
+        raise _fail("--server needs RECONCILE_ADMIN_TOKEN in the environment", 2)
+    url = server.rstrip("/") + path
+    try:
+        response = httpx.post(
+            url, json=body or {}, headers={"Authorization": f"Bearer {token}"}, timeout=15.0
+        )
+    except httpx.HTTPError as exc:
+        raise _fail(f"{url}: {exc}") from None
+    return _answer(url, response)
+
+
+def _answer(url: str, response: Any) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        data = {}
+    if response.status_code >= 300:
+        message = data.get("error") if isinstance(data, dict) else None
+        raise _fail(f"{url}: HTTP {response.status_code}: {message or response.text[:200]}")
+    if not isinstance(data, dict):
+        raise _fail(f"{url}: unexpected answer")
+    return data
+
+
+@agent_app.command("token")
+def agent_token_command(data_dir: DataDirOption = None, server: ServerOption = None) -> None:
+    """Print a one-time agent bootstrap token (valid 10 minutes, usable once)."""
+    if data_dir is not None and server is not None:
+        raise _fail("give --data-dir or --server, not both", 2)
+    if server is not None:
+        token = str(_admin_post(server, "/v1/agent-tokens")["token"])
+    else:
+        store = _local_store(data_dir)
+        try:
+            token = store.create_bootstrap_token()
+            store.record_event("agent.token", {"by": "cli"})
+        finally:
+            store.close()
+    sys.stdout.write(token + "\n")
+    _console(stderr=True).print(
+        "One-time agent bootstrap token (expires in 10 minutes): "
+        "reconcile-agent --server URL --token TOKEN",
+        highlight=False,
+    )
+
+
+@hook_app.command("create")
+def hook_create_command(
+    name: Annotated[str, typer.Argument(help="The hook's name (rotates its token if it exists).")],
+    data_dir: DataDirOption = None,
+    server: ServerOption = None,
+) -> None:
+    """Create (or rotate) a deploy hook: prints its token and URL path, shown only once."""
+    from reconciler.model.ids import NAME_RE
+
+    if data_dir is not None and server is not None:
+        raise _fail("give --data-dir or --server, not both", 2)
+    if not NAME_RE.match(name):
+        raise _fail(f"hook name {name!r} must match {NAME_RE.pattern}", 2)
+    if server is not None:
+        token = str(_admin_post(server, "/v1/deploy-hooks", {"name": name})["token"])
+        where = server.rstrip("/")
+    else:
+        store = _local_store(data_dir)
+        try:
+            token = store.create_deploy_hook(name)
+            store.record_event("deploy_hook.created", {"name": name})
+        finally:
+            store.close()
+        where = ""
+    sys.stdout.write(f"{token}\n{where}/hooks/deploy/{token}\n")
+    _console(stderr=True).print(
+        f"Deploy hook {name!r}: POST to that path to trigger a reconcile (the token is "
+        "shown only this once; run this again to rotate it).",
+        highlight=False,
+    )
+
+
+# ------------------------------------------------------------------- status
+
+
+def remote_status(server: str, as_json: bool) -> None:
+    """``reconcile status --server URL``: the control plane's view of every deployment."""
+    import httpx
+
+    token = os.environ.get("RECONCILE_ADMIN_TOKEN")
+    if not token:
+        raise _fail("--server needs RECONCILE_ADMIN_TOKEN in the environment", 2)
+    url = server.rstrip("/") + "/v1/deployments"
+    try:
+        response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=15.0)
+    except httpx.HTTPError as exc:
+        raise _fail(f"{url}: {exc}") from None
+    data = _answer(url, response)
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    out = _console()
+    rows = data.get("deployments", [])
+    rev = (data.get("revision") or "")[:12] or "-"
+    title = f"Control plane {server} (revision {rev})"
+    if not rows:
+        out.print(Text(f"{title}: no deployments.", style="bold"))
+        return
+    table = Table(title=title, title_justify="left", title_style="bold")
+    for column in ("name", "agent", "status", "in sync", "last command", "url"):
+        table.add_column(column, overflow="fold")
+    for d in rows:
+        last = d.get("last_command") or {}
+        result = last.get("result") or {}
+        verdict = (
+            f"{last.get('kind')} {last.get('state')}"
+            + (f": {result.get('message')}" if result.get("message") else "")
+            if last
+            else "-"
+        )
+        agent = d["agent"] + ("" if d.get("agent_online") else " (offline)")
+        table.add_row(
+            d["name"],
+            Text(agent, "" if d.get("agent_online") else "red"),
+            d.get("status") or "-",
+            Text("yes" if d.get("in_sync") else "no", "green" if d.get("in_sync") else "yellow"),
+            verdict,
+            d.get("url") or "-",
+        )
+    out.print(table)

@@ -1,0 +1,455 @@
+"""The control plane's HTTP API (FastAPI): agents, status/admin, webhooks, ops.
+
+Agent endpoints follow :mod:`reconciler.model.agentapi` exactly.  The status and admin
+endpoints take ``Authorization: Bearer $RECONCILE_ADMIN_TOKEN``; with no token set they
+refuse (401) rather than guess who may ask.  Every error body is ``{"error": "..."}``;
+a body that is not valid JSON (or not the expected shape) is a 400.
+
+Build one with :func:`build_control_plane` (store + worker + app from a
+:class:`ServerConfig`), or wire the parts yourself with :func:`create_app`.
+"""
+
+import asyncio
+import hmac
+import importlib
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from reconciler.model.agentapi import (
+    AgentReport,
+    BootstrapRequest,
+    BootstrapResponse,
+    Command,
+    CommandBatch,
+    CommandResult,
+    ReportAck,
+    ResultAck,
+)
+from reconciler.model.errors import ReconcilerError
+from reconciler.model.ids import NAME_RE
+from reconciler.server.config import ServerConfig, ServerSecrets
+from reconciler.server.metrics import Metrics
+from reconciler.server.notify import Notifier
+from reconciler.server.store import Store
+from reconciler.server.worker import Reconciler, Worker, iso
+
+__all__ = ["ControlPlane", "build_control_plane", "create_app"]
+
+log = logging.getLogger("reconciler.server")
+
+
+@dataclass
+class ControlPlane:
+    config: ServerConfig
+    secrets: ServerSecrets
+    store: Store
+    reconciler: Reconciler
+    worker: Worker
+    notifier: Notifier
+    metrics: Metrics
+    app: FastAPI = field(repr=False)
+
+
+def build_control_plane(
+    config: ServerConfig, secrets: ServerSecrets | None = None, *, store: Store | None = None
+) -> ControlPlane:
+    """Every part wired together; the worker is *not* started (``plane.worker.start()``)."""
+    secrets = secrets or ServerSecrets()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = store or Store.in_dir(config.data_dir)
+    notifier = Notifier()
+    metrics = Metrics()
+    reconciler = Reconciler(config, store, notifier=notifier, metrics=metrics)
+    worker = Worker(reconciler.reconcile, poll_interval=config.poll_interval)
+    app = create_app(
+        config,
+        store,
+        worker,
+        reconciler=reconciler,
+        secrets=secrets,
+        metrics=metrics,
+        notifier=notifier,
+    )
+    return ControlPlane(config, secrets, store, reconciler, worker, notifier, metrics, app)
+
+
+class _Error(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class DeployHookRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(pattern=NAME_RE.pattern)]
+
+
+def create_app(
+    config: ServerConfig,
+    store: Store,
+    worker: Worker,
+    *,
+    reconciler: Reconciler,
+    secrets: ServerSecrets,
+    metrics: Metrics,
+    notifier: Notifier,
+) -> FastAPI:
+    app = FastAPI(
+        title="compose-reconciler control plane",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    # ------------------------------------------------------------------ errors
+
+    @app.exception_handler(_Error)
+    async def _on_error(request: Request, exc: _Error) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors()[:5]:
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=400)
+
+    # -------------------------------------------------------------------- auth
+
+    def agent_auth(
+        x_agent_id: Annotated[str | None, Header()] = None,
+        x_agent_secret: Annotated[str | None, Header()] = None,
+    ) -> str:
+        if not x_agent_id or not x_agent_secret:
+            raise _Error(401, "X-Agent-Id and X-Agent-Secret are required")
+        if not store.check_agent(x_agent_id, x_agent_secret):
+            raise _Error(401, "unknown agent or wrong secret")
+        return x_agent_id
+
+    def admin_auth(authorization: Annotated[str | None, Header()] = None) -> None:
+        expected = secrets.admin_token
+        if not expected:
+            raise _Error(
+                401,
+                "the status and admin API is disabled: set RECONCILE_ADMIN_TOKEN in the "
+                "server's environment and send it as `Authorization: Bearer <token>`",
+            )
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), expected.encode()
+        ):
+            raise _Error(
+                401,
+                "missing or wrong bearer token (Authorization: Bearer $RECONCILE_ADMIN_TOKEN)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    Agent = Annotated[str, Depends(agent_auth)]
+    admin = [Depends(admin_auth)]
+
+    # ------------------------------------------------------------ agent: wire
+
+    @app.post("/v1/agent/bootstrap", status_code=201)
+    def bootstrap(body: BootstrapRequest) -> BootstrapResponse:
+        created = store.bootstrap_agent(body.token, body.hostname)
+        if created is None:
+            raise _Error(401, "bootstrap token unknown, already used or expired")
+        agent_id, secret = created
+        store.record_event("agent.bootstrap", {"agent": agent_id, "hostname": body.hostname})
+        return BootstrapResponse(
+            agent_id=agent_id, secret=secret, heartbeat_seconds=config.heartbeat
+        )
+
+    def batch(agent: str) -> CommandBatch:
+        commands = [Command.model_validate(c.payload) for c in store.pending_commands(agent)]
+        return CommandBatch(commands=commands, heartbeat_seconds=config.heartbeat)
+
+    @app.get("/v1/agent/commands")
+    async def commands(agent: Agent, wait: float = 0.0) -> CommandBatch:
+        wait = max(0.0, min(wait, config.long_poll_max))
+        deadline = time.monotonic() + wait
+        with notifier.waiting(agent) as wake:
+            while True:
+                # Registered before reading: a command created after this read wakes us.
+                wake.clear()
+                found = await run_in_threadpool(batch, agent)
+                left = deadline - time.monotonic()
+                if found.commands or left <= 0:
+                    return found
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=left)
+                except TimeoutError:
+                    return await run_in_threadpool(batch, agent)
+
+    @app.get("/v1/agent/commands/{command_id}/bundle")
+    def bundle(command_id: str, agent: Agent) -> FileResponse:
+        row = store.command(command_id)
+        if row is None or row.agent != agent:
+            raise _Error(404, f"no command {command_id} for this agent")
+        path = reconciler.bundle_path(command_id)
+        if not row.payload.get("has_bundle") or not path.is_file():
+            raise _Error(404, f"command {command_id} has no bundle (or it is finished)")
+        return FileResponse(path, media_type="application/x-tar", filename=f"{command_id}.tar")
+
+    @app.post("/v1/agent/commands/{command_id}/result")
+    def result(command_id: str, body: CommandResult, agent: Agent) -> ResultAck:
+        row, duplicate = store.finish_command(command_id, agent, body.model_dump(mode="json"))
+        if row is None:
+            raise _Error(404, f"no command {command_id} for this agent")
+        if duplicate:
+            return ResultAck(accepted=True, duplicate=True)
+        metrics.actions.labels(kind=row.kind, result="ok" if body.ok else "failed").inc()
+        store.record_event(
+            "command.result",
+            {
+                "command": command_id,
+                "agent": agent,
+                "deployment": row.deployment,
+                "kind": row.kind,
+                "ok": body.ok,
+                "message": body.message[:2000],
+                "rolled_back": body.rolled_back,
+                "seconds": body.seconds,
+                "url": body.url,
+            },
+        )
+        return ResultAck(accepted=True, duplicate=False)
+
+    @app.post("/v1/agent/report")
+    def report(body: AgentReport, agent: Agent) -> ReportAck:
+        now = reconciler.clock()
+        state = body.state.model_copy(update={"agent": agent, "online": True, "reason": None})
+        stored = body.model_copy(update={"state": state}).model_dump(mode="json")
+        previous = store.record_report(
+            agent, stored, hostname=body.hostname, version=body.version, now=now
+        )
+        if previous is None or now - previous > config.offline_after:
+            store.record_event("agent.online", {"agent": agent, "hostname": body.hostname})
+            worker.trigger(f"agent: {agent} online")
+        else:
+            reasons = reconciler.drift_in_report(agent, state)
+            if reasons:
+                store.record_event("drift", {"agent": agent, "reasons": reasons[:20]})
+                worker.trigger(f"drift: {agent}: {reasons[0]}")
+        return ReportAck(heartbeat_seconds=config.heartbeat)
+
+    # ----------------------------------------------------------- status/admin
+
+    def agent_view(row: Any, now: float) -> dict[str, Any]:
+        state = reconciler.agent_state(row, row.id, now)
+        running = (row.report or {}).get("running", [])
+        return {
+            "id": row.id,
+            "hostname": row.hostname,
+            "version": row.version,
+            "online": state.online,
+            "reason": state.reason,
+            "created": iso(row.created),
+            "last_seen": iso(row.last_seen),
+            "deployments": len(state.deployments),
+            "running": running,
+        }
+
+    def deployment_views() -> list[dict[str, Any]]:
+        now = reconciler.clock()
+        agents = {a.id: a for a in store.agents()}
+        states = {a: reconciler.agent_state(row, a, now) for a, row in agents.items()}
+        out = []
+        for row in store.deployments():
+            agent_state = states.get(row.agent) or reconciler.agent_state(None, row.agent, now)
+            have = agent_state.deployments.get(row.id)
+            last = store.last_command(row.id)
+            out.append(
+                {
+                    "name": row.name,
+                    "id": row.id,
+                    "agent": row.agent,
+                    "agent_online": agent_state.online,
+                    "agent_reason": agent_state.reason,
+                    "desired_spec_hash": row.spec_hash,
+                    "actual_spec_hash": have.spec_hash if have else None,
+                    "status": have.status if have else "not installed",
+                    "in_sync": bool(have and have.spec_hash == row.spec_hash),
+                    "containers": [c.model_dump(mode="json") for c in have.containers]
+                    if have
+                    else [],
+                    "plan_action": row.last_action,
+                    "plan_reason": row.last_reason,
+                    "last_command": None
+                    if last is None
+                    else {
+                        "id": last.id,
+                        "kind": last.kind,
+                        "state": last.state,
+                        "created": iso(last.created),
+                        "finished": iso(last.finished),
+                        "result": last.result,
+                    },
+                    "url": row.url,
+                    "updated": iso(row.updated),
+                }
+            )
+        return out
+
+    @app.get("/v1/deployments", dependencies=admin)
+    def list_deployments() -> dict[str, Any]:
+        found = store.last_plan()
+        return {
+            "revision": found[1] if found else None,
+            "planned": iso(found[2]) if found else None,
+            "deployments": deployment_views(),
+        }
+
+    @app.get("/v1/deployments/{key}", dependencies=admin)
+    def one_deployment(key: str) -> dict[str, Any]:
+        for view in deployment_views():
+            if key in (view["id"], view["name"]):
+                return view
+        raise _Error(404, f"no deployment {key!r} (by id or name)")
+
+    @app.get("/v1/plan", dependencies=admin)
+    def last_plan() -> Response:
+        found = store.last_plan()
+        if found is None:
+            raise _Error(404, "no plan yet: the first reconcile has not finished")
+        from reconciler.plan import Plan
+        from reconciler.plan.report import json_plan
+
+        return Response(
+            json_plan(Plan.model_validate(found[0])) + "\n",
+            media_type="application/json",
+            headers={
+                "X-Reconcile-Revision": found[1] or "",
+                "X-Reconcile-Planned": iso(found[2]) or "",
+            },
+        )
+
+    @app.get("/v1/actual-state", dependencies=admin)
+    def actual_state() -> Response:
+        return Response(
+            reconciler.actual_state().model_dump_json(indent=2), media_type="application/json"
+        )
+
+    @app.get("/v1/events", dependencies=admin)
+    def events(after: int = 0, limit: int = 100) -> dict[str, Any]:
+        rows = store.events(after=after, limit=max(1, min(limit, 1000)))
+        return {
+            "events": [
+                {"id": e.id, "time": iso(e.time), "kind": e.kind, "fields": e.fields} for e in rows
+            ],
+            "last": rows[-1].id if rows else after,
+        }
+
+    @app.get("/v1/agents", dependencies=admin)
+    def agents() -> dict[str, Any]:
+        now = reconciler.clock()
+        return {"agents": [agent_view(a, now) for a in store.agents()]}
+
+    @app.post("/v1/reconcile", dependencies=admin, status_code=202)
+    def trigger() -> dict[str, Any]:
+        worker.trigger("api: POST /v1/reconcile")
+        return {"queued": True}
+
+    @app.post("/v1/agent-tokens", dependencies=admin, status_code=201)
+    def agent_token() -> dict[str, Any]:
+        token = store.create_bootstrap_token()
+        store.record_event("agent.token", {"by": "api"})
+        return {"token": token, "expires_in": 600}
+
+    @app.post("/v1/deploy-hooks", dependencies=admin, status_code=201)
+    def deploy_hook(body: DeployHookRequest) -> dict[str, Any]:
+        token = store.create_deploy_hook(body.name)
+        store.record_event("deploy_hook.created", {"name": body.name})
+        return {"name": body.name, "token": token, "path": f"/hooks/deploy/{token}"}
+
+    # --------------------------------------------------------------------- ops
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        failing: list[str] = []
+        if not store.ping():
+            failing.append("store: the database does not answer")
+        if not worker.alive:
+            failing.append("worker: the reconcile thread is not running")
+        elif not worker.started_first:
+            failing.append("worker: the first reconcile has not started")
+        if failing:
+            return JSONResponse({"status": "not ready", "error": "; ".join(failing)}, 503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> PlainTextResponse:
+        now = reconciler.clock()
+        metrics.agents_online.set(sum(1 for a in store.agents() if reconciler.online(a, now)))
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    _include_hooks(app, config, store, worker, reconciler, secrets, metrics)
+    return app
+
+
+def _include_hooks(
+    app: FastAPI,
+    config: ServerConfig,
+    store: Store,
+    worker: Worker,
+    reconciler: Reconciler,
+    secrets: ServerSecrets,
+    metrics: Metrics,
+) -> None:
+    """The webhook receivers (``reconciler.server.hooks``), when that module exists."""
+    if importlib.util.find_spec("reconciler.server.hooks") is None:
+        log.warning("reconciler.server.hooks is missing: no webhook receivers")
+        return
+    hooks: Any = importlib.import_module("reconciler.server.hooks")
+
+    def trigger(reason: str) -> None:
+        worker.trigger(reason if reason.startswith("webhook") else f"webhook: {reason}")
+
+    def record_event(kind: str, fields: dict[str, object]) -> None:
+        store.record_event(kind, dict(fields))
+
+    try:
+        branch = reconciler.source_spec()[1] or config.branch or "main"
+    except ReconcilerError:
+        branch = config.branch or "main"
+    settings = hooks.HookSettings(
+        branch=branch,
+        webhook_secret=secrets.webhook_secret,
+        gitlab_token=secrets.gitlab_token,
+    )
+    deps = hooks.HookDeps(
+        settings=settings,
+        deliveries=store,
+        deploy_hooks=store,
+        trigger=trigger,
+        record_event=record_event,
+        observe=metrics.observe_webhook,
+    )
+    app.include_router(hooks.webhook_router(deps))

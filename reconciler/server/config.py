@@ -1,0 +1,115 @@
+"""The server's settings: ``server.yaml`` (optional), overridden by command-line flags.
+
+Secrets never come from a file or a flag (both end up in shell history, process lists
+and backups): only from the environment, see :class:`ServerSecrets`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from reconciler.model.errors import InvalidSpec
+
+__all__ = [
+    "DEFAULT_PORT",
+    "ServerConfig",
+    "ServerSecrets",
+    "default_data_dir",
+    "load_server_config",
+]
+
+DEFAULT_PORT = 8800
+
+
+def default_data_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("RECONCILE_DATA_DIR") or "reconcile-data")
+
+
+class ServerConfig(BaseModel):
+    """Every key of ``server.yaml``; the command-line flags have the same names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Annotated[str, Field(min_length=1)]
+    branch: str | None = None  # None: main for git; a plain directory has no branch
+    path: str | None = None
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_PORT
+    data_dir: pathlib.Path = Field(default_factory=default_data_dir)
+    poll_interval: Annotated[float, Field(ge=0)] = 60.0  # 0: no timer
+    heartbeat: Annotated[float, Field(gt=0)] = 10.0
+    catalog: pathlib.Path | None = None
+    command_ttl: Annotated[float, Field(gt=0)] = 15 * 60.0
+    long_poll_max: Annotated[float, Field(gt=0)] = 60.0
+    allow_mass_prune: bool = False
+
+    @property
+    def offline_after(self) -> float:
+        """An agent is offline once three heartbeats are missed."""
+        return 3 * self.heartbeat
+
+
+@dataclass(frozen=True)
+class ServerSecrets:
+    admin_token: str | None = None  # RECONCILE_ADMIN_TOKEN
+    webhook_secret: bytes | None = None  # RECONCILE_WEBHOOK_SECRET
+    gitlab_token: str | None = None  # RECONCILE_GITLAB_TOKEN
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSecrets:
+        env = os.environ if env is None else env
+        secret = env.get("RECONCILE_WEBHOOK_SECRET") or None
+        return cls(
+            admin_token=env.get("RECONCILE_ADMIN_TOKEN") or None,
+            webhook_secret=secret.encode() if secret else None,
+            gitlab_token=env.get("RECONCILE_GITLAB_TOKEN") or None,
+        )
+
+
+def load_server_config(file: pathlib.Path | None, overrides: Mapping[str, Any]) -> ServerConfig:
+    """``server.yaml`` (when given) with the flags that were set laid over it.
+
+    Raises InvalidSpec with every problem, naming the key (and the file).
+    """
+    data: dict[str, Any] = {}
+    where = "command line"
+    if file is not None:
+        where = str(file)
+        data = _read_yaml(file)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if "source" not in data:
+        raise InvalidSpec(
+            "no source: pass --source (a git URL or a directory) or set it in --config"
+        )
+    try:
+        return ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise InvalidSpec(f"server settings ({where}): " + "; ".join(lines)) from None
+
+
+def _read_yaml(file: pathlib.Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidSpec(f"{file}: {exc.strerror or exc}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidSpec(f"{file}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise InvalidSpec(f"{file}: expected a mapping of settings")
+    # YAML spells keys with dashes or underscores; the flags use dashes.
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}

@@ -1,0 +1,684 @@
+"""The control plane's durable state: one SQLite file in WAL mode.
+
+Everything the server needs to carry on after a crash or a restart lives here (agents
+and their secrets' hashes, one-time tokens, commands and their results, webhook delivery
+ids, the last plan, the event log); nothing of it lives only in memory.  Every write is
+committed before the method returns, so an HTTP answer given after a store call never
+claims something the disk does not hold.
+
+Connection choice: one connection per :class:`Store`, shared by all threads behind a
+lock.  SQLite serialises writers anyway, the queries here are point lookups of a few
+microseconds, and one connection keeps transactions simple (``BEGIN IMMEDIATE`` ...
+``COMMIT`` under the lock, never a half-visible write).  Other *processes* (``reconcile
+agent token --data-dir``) open their own connection; WAL lets them write while the
+server runs, and ``busy_timeout`` makes a short wait instead of an error.
+
+``synchronous=FULL``: in WAL mode that fsyncs the log on every commit, so a committed
+token, result or delivery id survives a power cut too, not only a process crash.
+
+Secrets (agent secrets, bootstrap tokens, deploy-hook tokens) are stored as SHA-256
+digests and compared with :func:`hmac.compare_digest`.  They are 32 random bytes each:
+with 256 bits of entropy nobody can guess one whatever the hash speed, so a slow KDF
+(which protects *low*-entropy passwords) would only make every agent request slower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import pathlib
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.model.errors import ReconcilerError
+
+__all__ = [
+    "DB_NAME",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "AgentRow",
+    "CommandRow",
+    "DeploymentRow",
+    "EventRow",
+    "SchemaError",
+    "Store",
+    "hash_secret",
+    "new_agent_id",
+]
+
+DB_NAME = "reconcile.db"
+TOKEN_TTL = 600.0  # bootstrap tokens: 10 minutes
+DELIVERY_RETENTION = 30 * 86400.0
+EVENT_RETENTION = 10_000  # events kept (the newest)
+
+# Ordered; entry N-1 takes the schema from version N-1 to N.  Never edit a shipped
+# entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema
+    """
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        hostname TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        last_seen REAL,
+        report TEXT
+    );
+    CREATE TABLE bootstrap_tokens (
+        hash TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        used_at REAL
+    );
+    CREATE TABLE deploy_hooks (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL
+    );
+    CREATE TABLE deliveries (
+        provider TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        received REAL NOT NULL,
+        PRIMARY KEY (provider, delivery_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE commands (
+        id TEXT PRIMARY KEY,
+        agent TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        spec_hash TEXT,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        created REAL NOT NULL,
+        deadline REAL NOT NULL,
+        result TEXT,
+        finished REAL
+    );
+    CREATE INDEX commands_agent_state ON commands (agent, state);
+    CREATE INDEX commands_deployment ON commands (deployment, agent, state);
+    CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        spec_hash TEXT,
+        last_action TEXT,
+        last_reason TEXT,
+        last_command TEXT,
+        last_result TEXT,
+        url TEXT,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE plans (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        plan TEXT NOT NULL,
+        revision TEXT,
+        created REAL NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        kind TEXT NOT NULL,
+        fields TEXT NOT NULL
+    );
+    """,
+    # 2: what the agent says about itself; whether a deployment is still desired
+    """
+    ALTER TABLE agents ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE deployments ADD COLUMN desired INTEGER NOT NULL DEFAULT 1;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaError(ReconcilerError):
+    """The database was written by a newer version of the server, or is not ours."""
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_agent_id() -> str:
+    return f"agt_{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    id: str
+    hostname: str
+    created: float
+    last_seen: float | None
+    report: dict[str, Any] | None
+    version: str
+
+
+@dataclass(frozen=True)
+class CommandRow:
+    id: str
+    agent: str
+    deployment: str
+    kind: str
+    spec_hash: str | None
+    payload: dict[str, Any]
+    state: str
+    created: float
+    deadline: float
+    result: dict[str, Any] | None
+    finished: float | None
+
+
+@dataclass(frozen=True)
+class DeploymentRow:
+    id: str
+    name: str
+    agent: str
+    spec_hash: str | None
+    last_action: str | None
+    last_reason: str | None
+    last_command: str | None
+    last_result: dict[str, Any] | None
+    url: str | None
+    updated: float
+    desired: bool
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    time: float
+    kind: str
+    fields: dict[str, Any]
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Store:
+    """The server's SQLite database.  Thread-safe; every write commits before returning."""
+
+    def __init__(self, path: pathlib.Path | str, *, synchronous: str = "FULL") -> None:
+        self.path = pathlib.Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # pragma: no cover - e.g. a network filesystem
+            raise SchemaError(f"{self.path}: SQLite refused WAL mode (got {mode})")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(synchronous)
+        self._db.execute(f"PRAGMA synchronous = {synchronous}")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    @classmethod
+    def in_dir(cls, data_dir: pathlib.Path | str) -> Store:
+        return cls(pathlib.Path(data_dir) / DB_NAME)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, taken up front (IMMEDIATE) so it never fails half-way on a
+        lock upgrade; committed (durably) when the block ends."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.path} has schema version {version}, newer than this server's "
+                    f"{SCHEMA_VERSION}: it was written by a newer compose-reconciler; "
+                    "upgrade this one (or use a fresh --data-dir)"
+                )
+            if (
+                version == 0
+                and db.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                ).fetchone()[0]
+            ):
+                raise SchemaError(f"{self.path} is an SQLite database, but not ours")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target - 1].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {target}")
+
+    def schema_version(self) -> int:
+        return int(self._query("PRAGMA user_version")[0][0])
+
+    def ping(self) -> bool:
+        """Whether the database answers a query (``/readyz``)."""
+        try:
+            self._query("SELECT 1 FROM plans LIMIT 1")
+        except sqlite3.Error:
+            return False
+        return True
+
+    # ----------------------------------------------------------- bootstrap tokens
+
+    def create_bootstrap_token(self, ttl: float = TOKEN_TTL, *, now: float | None = None) -> str:
+        token = f"rbt_{secrets.token_urlsafe(32)}"
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO bootstrap_tokens (hash, created, expires) VALUES (?, ?, ?)",
+                (hash_secret(token), now, now + ttl),
+            )
+        return token
+
+    def consume_bootstrap_token(self, token: str, *, now: float | None = None) -> bool:
+        """True exactly once per valid token, however many callers race for it.
+
+        One conditional UPDATE: SQLite applies it atomically, so of all concurrent
+        callers (threads or processes) only one sees a changed row.
+        """
+        with self._tx() as db:
+            return self._consume(db, token, time.time() if now is None else now)
+
+    @staticmethod
+    def _consume(db: sqlite3.Connection, token: str, now: float) -> bool:
+        cur = db.execute(
+            "UPDATE bootstrap_tokens SET used_at = ? "
+            "WHERE hash = ? AND used_at IS NULL AND expires > ?",
+            (now, hash_secret(token), now),
+        )
+        return cur.rowcount == 1
+
+    # -------------------------------------------------------------------- agents
+
+    def bootstrap_agent(
+        self, token: str, hostname: str = "", *, now: float | None = None
+    ) -> tuple[str, str] | None:
+        """Consume ``token`` and register a new agent in one transaction: ``(id, secret)``,
+        or None when the token is unknown, used or expired."""
+        now = time.time() if now is None else now
+        agent_id = new_agent_id()
+        secret = f"ras_{secrets.token_urlsafe(32)}"
+        with self._tx() as db:
+            if not self._consume(db, token, now):
+                return None
+            db.execute(
+                "INSERT INTO agents (id, secret_hash, hostname, created) VALUES (?, ?, ?, ?)",
+                (agent_id, hash_secret(secret), hostname[:255], now),
+            )
+        return agent_id, secret
+
+    _DUMMY_HASH = hash_secret("no such agent")
+
+    def check_agent(self, agent_id: str, secret: str) -> bool:
+        rows = self._query("SELECT secret_hash FROM agents WHERE id = ?", (agent_id,))
+        stored = rows[0][0] if rows else self._DUMMY_HASH
+        # Compare even for an unknown id: the answer takes the same time either way.
+        ok = hmac.compare_digest(stored, hash_secret(secret))
+        return ok and bool(rows)
+
+    def record_report(
+        self,
+        agent_id: str,
+        report: dict[str, Any],
+        *,
+        hostname: str = "",
+        version: str = "",
+        now: float | None = None,
+    ) -> float | None:
+        """Store the heartbeat; returns the previous ``last_seen`` (None: first report)."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute("SELECT last_seen FROM agents WHERE id = ?", (agent_id,)).fetchone()
+            previous = None if row is None else row[0]
+            db.execute(
+                "UPDATE agents SET last_seen = ?, report = ?, version = ?, "
+                "hostname = CASE WHEN ? != '' THEN ? ELSE hostname END WHERE id = ?",
+                (now, json.dumps(report), version[:100], hostname, hostname[:255], agent_id),
+            )
+        return None if previous is None else float(previous)
+
+    def agents(self) -> list[AgentRow]:
+        return [self._agent(r) for r in self._query("SELECT * FROM agents ORDER BY id")]
+
+    def agent(self, agent_id: str) -> AgentRow | None:
+        rows = self._query("SELECT * FROM agents WHERE id = ?", (agent_id,))
+        return self._agent(rows[0]) if rows else None
+
+    @staticmethod
+    def _agent(r: sqlite3.Row) -> AgentRow:
+        return AgentRow(
+            r["id"], r["hostname"], r["created"], r["last_seen"], _loads(r["report"]), r["version"]
+        )
+
+    # --------------------------------------------------------------- deploy hooks
+
+    def create_deploy_hook(self, name: str, *, now: float | None = None) -> str:
+        """A new token for hook ``name`` (replacing its old one: that is how to rotate)."""
+        token = secrets.token_urlsafe(32)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO deploy_hooks (name, token_hash, created) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash, "
+                "created = excluded.created",
+                (name, hash_secret(token), time.time() if now is None else now),
+            )
+        return token
+
+    def check_deploy_hook(self, token: str) -> str | None:
+        # Looked up by digest: an index probe on a value an attacker cannot steer.
+        rows = self._query(
+            "SELECT name, token_hash FROM deploy_hooks WHERE token_hash = ?", (hash_secret(token),)
+        )
+        if rows and hmac.compare_digest(rows[0][1], hash_secret(token)):
+            return str(rows[0][0])
+        return None
+
+    # ----------------------------------------------------------------- deliveries
+
+    def remember_delivery(
+        self, provider: str, delivery_id: str, *, now: float | None = None
+    ) -> bool:
+        """True when this delivery is new (and now durably remembered), False on a replay."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO deliveries (provider, delivery_id, received) "
+                "VALUES (?, ?, ?)",
+                (provider, delivery_id[:200], time.time() if now is None else now),
+            )
+            return cur.rowcount == 1
+
+    # ------------------------------------------------------------------- commands
+
+    def create_command(
+        self,
+        *,
+        command_id: str,
+        agent: str,
+        deployment: str,
+        kind: str,
+        spec_hash: str | None,
+        payload: dict[str, Any],
+        created: float,
+        deadline: float,
+        supersede: bool = True,
+    ) -> list[str]:
+        """Insert a pending command; older pending commands for the same deployment on the
+        same agent are marked superseded (returned)."""
+        with self._tx() as db:
+            superseded: list[str] = []
+            if supersede:
+                superseded = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM commands WHERE deployment = ? AND agent = ? "
+                        "AND state = 'pending'",
+                        (deployment, agent),
+                    )
+                ]
+                db.execute(
+                    "UPDATE commands SET state = 'superseded', finished = ? "
+                    "WHERE deployment = ? AND agent = ? AND state = 'pending'",
+                    (created, deployment, agent),
+                )
+            db.execute(
+                "INSERT INTO commands (id, agent, deployment, kind, spec_hash, payload, state, "
+                "created, deadline) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (
+                    command_id,
+                    agent,
+                    deployment,
+                    kind,
+                    spec_hash,
+                    json.dumps(payload),
+                    created,
+                    deadline,
+                ),
+            )
+        return superseded
+
+    def pending_commands(self, agent: str, *, now: float | None = None) -> list[CommandRow]:
+        now = time.time() if now is None else now
+        rows = self._query(
+            "SELECT * FROM commands WHERE agent = ? AND state = 'pending' AND deadline > ? "
+            "ORDER BY created, id",
+            (agent, now),
+        )
+        return [self._command(r) for r in rows]
+
+    def has_pending(self, agent: str, *, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return bool(
+            self._query(
+                "SELECT 1 FROM commands WHERE agent = ? AND state = 'pending' AND deadline > ? "
+                "LIMIT 1",
+                (agent, now),
+            )
+        )
+
+    def in_flight(
+        self, deployment: str, agent: str, spec_hash: str | None, kind: str, *, since: float
+    ) -> CommandRow | None:
+        """An equivalent command still on its way: pending, or done after ``since`` (the
+        agent's last report, which therefore cannot show its effect yet)."""
+        rows = self._query(
+            "SELECT * FROM commands WHERE deployment = ? AND agent = ? AND kind = ? "
+            "AND spec_hash IS ? AND (state = 'pending' OR (state = 'done' AND finished > ?)) "
+            "ORDER BY created DESC LIMIT 1",
+            (deployment, agent, kind, spec_hash, since),
+        )
+        return self._command(rows[0]) if rows else None
+
+    def pending_deployments(self, agent: str) -> set[str]:
+        rows = self._query(
+            "SELECT DISTINCT deployment FROM commands WHERE agent = ? AND state = 'pending'",
+            (agent,),
+        )
+        return {r[0] for r in rows}
+
+    def command(self, command_id: str) -> CommandRow | None:
+        rows = self._query("SELECT * FROM commands WHERE id = ?", (command_id,))
+        return self._command(rows[0]) if rows else None
+
+    def commands(self, *, limit: int = 100) -> list[CommandRow]:
+        rows = self._query("SELECT * FROM commands ORDER BY created DESC, id LIMIT ?", (limit,))
+        return [self._command(r) for r in rows]
+
+    def last_command(self, deployment: str) -> CommandRow | None:
+        rows = self._query(
+            "SELECT * FROM commands WHERE deployment = ? ORDER BY created DESC, id LIMIT 1",
+            (deployment,),
+        )
+        return self._command(rows[0]) if rows else None
+
+    def finish_command(
+        self, command_id: str, agent: str, result: dict[str, Any], *, now: float | None = None
+    ) -> tuple[CommandRow | None, bool]:
+        """Record the agent's result: ``(command, duplicate)``; ``(None, False)`` when the
+        agent has no such command.  The first result wins; later ones change nothing.
+
+        A result for a superseded or expired command is still recorded (the agent did
+        act), so the deployment's last result says what really happened.
+        """
+        now = time.time() if now is None else now
+        state = "done" if result.get("ok") else "failed"
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM commands WHERE id = ? AND agent = ?", (command_id, agent)
+            ).fetchone()
+            if row is None:
+                return None, False
+            if row["result"] is not None:
+                return self._command(row), True
+            db.execute(
+                "UPDATE commands SET state = CASE WHEN state = 'pending' THEN ? ELSE state END, "
+                "result = ?, finished = ? WHERE id = ?",
+                (state, json.dumps(result), now, command_id),
+            )
+            db.execute(
+                "UPDATE deployments SET last_command = ?, last_result = ?, "
+                "url = COALESCE(?, url), updated = ? WHERE id = ?",
+                (command_id, json.dumps(result), result.get("url"), now, row["deployment"]),
+            )
+            fresh = db.execute("SELECT * FROM commands WHERE id = ?", (command_id,)).fetchone()
+        return self._command(fresh), False
+
+    def expire_commands(self, *, now: float | None = None) -> list[CommandRow]:
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM commands WHERE state = 'pending' AND deadline <= ?", (now,)
+            ).fetchall()
+            db.execute(
+                "UPDATE commands SET state = 'expired', finished = ? "
+                "WHERE state = 'pending' AND deadline <= ?",
+                (now, now),
+            )
+        return [self._command(r) for r in rows]
+
+    def active_command_ids(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT id FROM commands WHERE state = 'pending'")}
+
+    @staticmethod
+    def _command(r: sqlite3.Row) -> CommandRow:
+        return CommandRow(
+            id=r["id"],
+            agent=r["agent"],
+            deployment=r["deployment"],
+            kind=r["kind"],
+            spec_hash=r["spec_hash"],
+            payload=json.loads(r["payload"]),
+            state=r["state"],
+            created=r["created"],
+            deadline=r["deadline"],
+            result=_loads(r["result"]),
+            finished=r["finished"],
+        )
+
+    # ---------------------------------------------------------------- deployments
+
+    def save_plan(
+        self,
+        plan: dict[str, Any],
+        *,
+        revision: str | None,
+        desired: Sequence[tuple[str, str, str, str | None, str | None]],
+        now: float | None = None,
+    ) -> None:
+        """Store the plan and each action's deployment row.
+
+        ``desired``: ``(id, name, agent, spec_hash, url)`` of every desired deployment;
+        rows of deployments no longer desired stay (their last result is history) but
+        are flagged ``desired = 0``.
+        """
+        now = time.time() if now is None else now
+        actions = {a["id"]: a for a in plan.get("actions", []) if a.get("action") != "uninstall"}
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO plans (id, plan, revision, created) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET plan = excluded.plan, "
+                "revision = excluded.revision, created = excluded.created",
+                (json.dumps(plan), revision, now),
+            )
+            db.execute("UPDATE deployments SET desired = 0")
+            for dpl_id, name, agent, spec_hash, url in desired:
+                action = actions.get(dpl_id, {})
+                db.execute(
+                    "INSERT INTO deployments (id, name, agent, spec_hash, last_action, "
+                    "last_reason, url, updated, desired) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) "
+                    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                    "agent = excluded.agent, spec_hash = excluded.spec_hash, "
+                    "last_action = excluded.last_action, last_reason = excluded.last_reason, "
+                    "url = COALESCE(excluded.url, deployments.url), updated = excluded.updated, "
+                    "desired = 1",
+                    (
+                        dpl_id,
+                        name,
+                        agent,
+                        spec_hash,
+                        action.get("action"),
+                        action.get("reason"),
+                        url,
+                        now,
+                    ),
+                )
+
+    def last_plan(self) -> tuple[dict[str, Any], str | None, float] | None:
+        rows = self._query("SELECT plan, revision, created FROM plans WHERE id = 1")
+        if not rows:
+            return None
+        return json.loads(rows[0][0]), rows[0][1], float(rows[0][2])
+
+    def deployments(self, *, desired_only: bool = True) -> list[DeploymentRow]:
+        sql = "SELECT * FROM deployments"
+        if desired_only:
+            sql += " WHERE desired = 1"
+        return [self._deployment(r) for r in self._query(sql + " ORDER BY name, id")]
+
+    @staticmethod
+    def _deployment(r: sqlite3.Row) -> DeploymentRow:
+        return DeploymentRow(
+            id=r["id"],
+            name=r["name"],
+            agent=r["agent"],
+            spec_hash=r["spec_hash"],
+            last_action=r["last_action"],
+            last_reason=r["last_reason"],
+            last_command=r["last_command"],
+            last_result=_loads(r["last_result"]),
+            url=r["url"],
+            updated=r["updated"],
+            desired=bool(r["desired"]),
+        )
+
+    # --------------------------------------------------------------------- events
+
+    def record_event(self, kind: str, fields: dict[str, Any], *, now: float | None = None) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO events (time, kind, fields) VALUES (?, ?, ?)",
+                (time.time() if now is None else now, kind, json.dumps(fields, default=str)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def events(self, *, after: int = 0, limit: int = 100) -> list[EventRow]:
+        rows = self._query(
+            "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, max(1, limit))
+        )
+        return [EventRow(r["id"], r["time"], r["kind"], json.loads(r["fields"])) for r in rows]
+
+    # ------------------------------------------------------------------ retention
+
+    def prune_history(self, *, now: float | None = None) -> None:
+        """Forget what no longer matters: old delivery ids, the oldest events."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute("DELETE FROM deliveries WHERE received < ?", (now - DELIVERY_RETENTION,))
+            db.execute(
+                "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
+                (EVENT_RETENTION,),
+            )
+            db.execute("DELETE FROM bootstrap_tokens WHERE expires < ?", (now - 86400,))

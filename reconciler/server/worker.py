@@ -1,0 +1,627 @@
+"""The reconcile loop of the control plane: one worker per source, and what one run does.
+
+:class:`Worker` is the scheduling: single-flight and coalescing.  Any number of triggers
+(webhooks, the timer, ``POST /v1/reconcile``, drift seen in an agent's report) collapse
+into at most one running and one queued reconcile: the loop is level-triggered, so a
+queued run always starts from the newest commit and two queued runs would do the same
+work twice.
+
+:class:`Reconciler` is one run, mirroring ``reconcile apply``'s pipeline with the store
+in place of the local host: fetch the source -> load (an invalid repository changes
+nothing: no commands, no prune, the last good plan stays) -> render -> actual state from
+the agents' reports -> plan -> commands for the agents (deduplicated against what is
+already on its way) -> wake the agents' long polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import random
+import secrets
+import stat
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.load.catalog import Catalog
+from reconciler.load.files import inside
+from reconciler.model.agentapi import Command
+from reconciler.model.errors import InvalidSpec, ReconcilerError
+from reconciler.model.ids import LOCAL_AGENT
+from reconciler.model.state import ActualState, AgentState
+from reconciler.plan import PlanOptions, plan
+from reconciler.plan.planner import drift
+from reconciler.render import RenderContext, RenderedDeployment, render_all
+from reconciler.server.config import ServerConfig
+from reconciler.server.metrics import Metrics
+from reconciler.server.notify import Notifier
+from reconciler.server.store import AgentRow, Store
+
+__all__ = [
+    "ACTIONABLE",
+    "LOCAL_REASON",
+    "Outcome",
+    "Reconciler",
+    "Worker",
+    "build_bundle",
+    "iso",
+    "trigger_kind",
+]
+
+log = logging.getLogger("reconciler.server")
+
+ACTIONABLE = ("install", "update", "repair", "uninstall")
+LOCAL_REASON = (
+    "not served by the control plane (`local` is the host `reconcile apply` runs on); "
+    "name an agt_ id, or an alias under `agents:` in reconcile.yaml"
+)
+#: After a failed command, drift reported for the same deployment waits this long before
+#: it triggers a reconcile again (the timer still retries): no retry storm per heartbeat.
+FAILURE_BACKOFF = 60.0
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def trigger_kind(reason: str) -> str:
+    """The metric label of a trigger reason (``"webhook: github push"`` -> ``webhook``)."""
+    return reason.split(":", 1)[0].strip() or "unknown"
+
+
+# ---------------------------------------------------------------------------- worker
+
+
+class Worker:
+    """Single-flight, coalescing reconcile scheduler on one thread.
+
+    ``trigger`` is thread-safe and returns at once.  While a run is in progress, every
+    trigger lands in the one queued slot (its reasons are kept for the log); the timer
+    (``poll_interval`` +-10% jitter, so a fleet of servers does not poll in lockstep)
+    counts from the end of the last run.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[str], object],
+        *,
+        poll_interval: float = 60.0,
+        jitter: float = 0.1,
+        name: str = "reconcile-worker",
+    ) -> None:
+        self._run = run
+        self._poll = poll_interval
+        self._jitter = jitter
+        self._name = name
+        self._cond = threading.Condition()
+        self._queued: list[str] = []
+        self._running = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._next_timer: float | None = None
+        self.runs = 0
+        self.started_first = False  # the first run began
+        self.last_error: str | None = None
+
+    def start(self, *, initial: str | None = "startup") -> None:
+        if initial:
+            self.trigger(initial)
+        self._schedule_timer()
+        self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return self._running or bool(self._queued)
+
+    def trigger(self, reason: str) -> None:
+        with self._cond:
+            if reason not in self._queued and len(self._queued) < 20:
+                self._queued.append(reason)
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until nothing runs or is queued (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._running or self._queued:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def _schedule_timer(self) -> None:
+        if self._poll <= 0:
+            self._next_timer = None
+            return
+        spread = self._poll * self._jitter
+        self._next_timer = time.monotonic() + self._poll + random.uniform(-spread, spread)  # noqa: S311
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queued and not self._stop:
+                    if self._next_timer is not None:
+                        left = self._next_timer - time.monotonic()
+                        if left <= 0:
+                            self._queued.append("timer")
+                            break
+                        self._cond.wait(left)
+                    else:
+                        self._cond.wait()
+                if self._stop:
+                    return
+                reasons, self._queued = self._queued, []
+                self._running = True
+                self.started_first = True
+            try:
+                self._run(", ".join(reasons))
+                self.last_error = None
+            except Exception as exc:  # the loop must outlive any one bad run
+                log.exception("reconcile failed")
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                with self._cond:
+                    self._running = False
+                    self.runs += 1
+                    self._schedule_timer()
+                    self._cond.notify_all()
+
+
+# ------------------------------------------------------------------------ reconciler
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did (also the ``reconcile.finished`` event)."""
+
+    ok: bool
+    reason: str
+    revision: str | None = None
+    summary: dict[str, int] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+    error: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        *,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+        catalog: Catalog | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.notifier = notifier or Notifier()
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self._catalog = catalog
+        self._lock = threading.Lock()  # one run at a time, whoever calls
+        self._rendered: dict[str, RenderedDeployment] = {}
+        self.data_dir = config.data_dir
+        self.bundle_dir = config.data_dir / "bundles"
+        self.cache_dir = config.data_dir / "cache"
+
+    # ------------------------------------------------------------------ sources
+
+    def source_spec(self) -> tuple[str, str | None]:
+        """What to hand to ``open_source``: a git URL and branch, or a plain directory.
+
+        A local directory that is a git repository (bare or not) is read as git, at
+        ``branch`` (default: the branch its HEAD names), so the server deploys commits,
+        never half-edited files; a plain directory is read as it is on disk.
+        """
+        source = self.config.source
+        if "://" in source:
+            return source, self.config.branch or "main"
+        path = pathlib.Path(source).expanduser()
+        if _is_git_repo(path):
+            branch = self.config.branch or _head_branch(path) or "main"
+            return path.resolve().as_uri(), branch
+        if self.config.branch:
+            raise InvalidSpec(
+                f"--branch {self.config.branch!r} given, but {source} is a plain directory "
+                "(not a git repository): it has no branches"
+            )
+        return str(path), None
+
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            path = self.config.catalog
+            self._catalog = (
+                Catalog(path.resolve(), display_root=str(path)) if path else Catalog.builtin()
+            )
+        return self._catalog
+
+    # ------------------------------------------------------------ actual state
+
+    def agent_state(self, row: AgentRow | None, agent_id: str, now: float) -> AgentState:
+        if agent_id == LOCAL_AGENT:
+            return AgentState(agent=agent_id, online=False, reason=LOCAL_REASON)
+        if row is None:
+            return AgentState(agent=agent_id, online=False, reason="offline (never connected)")
+        deployments: dict[str, Any] = {}
+        if row.report is not None:
+            with contextlib.suppress(Exception):
+                state = AgentState.model_validate(row.report.get("state", {}))
+                deployments = dict(state.deployments)
+        if row.last_seen is None:
+            return AgentState(
+                agent=agent_id, online=False, reason="offline (bootstrapped, never reported)"
+            )
+        if now - row.last_seen > self.config.offline_after:
+            return AgentState(
+                agent=agent_id,
+                online=False,
+                reason=f"offline (missed 3 heartbeats; last seen {iso(row.last_seen)})",
+                deployments=deployments,
+            )
+        return AgentState(agent=agent_id, online=True, deployments=deployments)
+
+    def actual_state(self, referenced: Iterable[str] = (), now: float | None = None) -> ActualState:
+        """Every registered agent, plus every agent the desired state names."""
+        now = self.clock() if now is None else now
+        rows = {a.id: a for a in self.store.agents()}
+        names = set(rows) | set(referenced) | {d.agent for d in self._rendered.values()}
+        agents = {a: self.agent_state(rows.get(a), a, now) for a in sorted(names)}
+        return ActualState(source="control-plane", agents=agents)
+
+    def online(self, row: AgentRow, now: float | None = None) -> bool:
+        now = self.clock() if now is None else now
+        return row.last_seen is not None and now - row.last_seen <= self.config.offline_after
+
+    # -------------------------------------------------------------------- drift
+
+    def drift_in_report(self, agent_id: str, state: AgentState) -> list[str]:
+        """Why this report calls for a reconcile: desired deployments of this agent that are
+        missing, drifted or at another spec than asked, with no command on its way."""
+        now = self.clock()
+        pending = self.store.pending_deployments(agent_id)
+        reasons: list[str] = []
+        for row in self.store.deployments():
+            if row.agent != agent_id or row.id in pending or row.last_action == "blocked":
+                continue
+            last = self.store.last_command(row.id)
+            if (
+                last is not None
+                and last.state == "failed"
+                and (last.finished or 0) > now - FAILURE_BACKOFF
+            ):
+                continue
+            have = state.deployments.get(row.id)
+            if have is None or have.status == "uninstalled":
+                reasons.append(f"{row.name}: not installed")
+            elif have.spec_hash != row.spec_hash:
+                reasons.append(f"{row.name}: spec {have.spec_hash[:12]} is not the desired one")
+            elif have.status == "failed":
+                reasons.append(f"{row.name}: the last apply failed")
+            else:
+                want = self._rendered.get(row.id)
+                problems = drift(want, have) if want is not None else []
+                if problems:
+                    reasons.append(f"{row.name}: {'; '.join(problems)}")
+        return reasons
+
+    # -------------------------------------------------------------------- a run
+
+    def reconcile(self, reason: str = "manual") -> Outcome:
+        with self._lock:
+            started = time.monotonic()
+            self.metrics.reconcile_runs.labels(trigger=trigger_kind(reason)).inc()
+            try:
+                return self._reconcile(reason)
+            finally:
+                self.metrics.reconcile_duration.observe(time.monotonic() - started)
+
+    def _reconcile(self, reason: str) -> Outcome:
+        from reconciler.load.desired import load_desired
+
+        now = self.clock()
+        for gone in self.store.expire_commands(now=now):
+            self.metrics.actions.labels(kind=gone.kind, result="expired").inc()
+            self.store.record_event(
+                "command.expired",
+                {"command": gone.id, "agent": gone.agent, "deployment": gone.deployment},
+            )
+        self.store.record_event("reconcile.started", {"reason": reason})
+        try:
+            spec, ref = self.source_spec()
+            desired = load_desired(
+                spec,
+                ref=ref,
+                subpath=self.config.path,
+                catalog=self.catalog(),
+                cache_dir=self.cache_dir,
+            )
+        except ReconcilerError as exc:
+            out = Outcome(ok=False, reason=reason, error=str(exc))
+            self.store.record_event("reconcile.failed", {"reason": reason, "error": str(exc)})
+            return out
+        state = desired.state
+        if not state.ok:
+            problems = [p.render() for p in state.errors]
+            self.store.record_event(
+                "reconcile.invalid",
+                {
+                    "reason": reason,
+                    "revision": desired.revision,
+                    "errors": len(problems),
+                    "problems": problems[:50],
+                    "note": "nothing planned, nothing pruned; the last good plan stays",
+                },
+            )
+            return Outcome(ok=False, reason=reason, revision=desired.revision, problems=problems)
+        config = state.config
+        rendered = render_all(
+            state,
+            RenderContext(
+                config=config,
+                source_revision=desired.revision,
+                git_revisions=desired.git_revisions,
+            ),
+        )
+        self._rendered = {d.id: d for d in rendered}
+        actual = self.actual_state({d.agent for d in rendered}, now)
+        result = plan(
+            rendered,
+            actual,
+            namespace=config.namespace,
+            options=PlanOptions(
+                prune=config.prune,
+                allow_mass_prune=self.config.allow_mass_prune,
+                max_prune_share=config.max_prune_share,
+            ),
+            unresolved=desired.unresolved,
+        )
+        self.store.save_plan(
+            result.model_dump(mode="json"),
+            revision=desired.revision,
+            desired=[(d.id, d.name, d.agent, d.spec_hash, d.url) for d in rendered],
+            now=now,
+        )
+        outcome = Outcome(
+            ok=True, reason=reason, revision=desired.revision, summary=dict(result.summary)
+        )
+        rows = {a.id: a for a in self.store.agents()}
+        woken: set[str] = set()
+        for action in result.actions:
+            if action.action == "blocked":
+                self.metrics.actions.labels(kind="blocked", result="blocked").inc()
+                continue
+            if action.action not in ACTIONABLE:
+                continue
+            want = self._rendered.get(action.id) if action.action != "uninstall" else None
+            row = rows.get(action.agent)
+            since = (row.last_seen or 0.0) if row is not None else 0.0
+            if self.store.in_flight(
+                action.id, action.agent, action.spec_hash, action.action, since=since
+            ):
+                continue
+            try:
+                command_id, superseded = self._issue(
+                    action, want, state.root, config, desired.revision, now
+                )
+            except InvalidSpec as exc:
+                self.store.record_event(
+                    "command.refused",
+                    {"deployment": action.deployment, "agent": action.agent, "error": str(exc)},
+                )
+                self.metrics.actions.labels(kind=action.action, result="refused").inc()
+                continue
+            outcome.commands.append(command_id)
+            outcome.superseded.extend(superseded)
+            woken.add(action.agent)
+        for agent in sorted(woken):
+            self.notifier.notify(agent)
+        self._clean_bundles()
+        self.store.prune_history(now=now)
+        self.store.record_event(
+            "reconcile.finished",
+            {
+                "reason": reason,
+                "revision": desired.revision,
+                "summary": outcome.summary,
+                "commands": outcome.commands,
+                "superseded": outcome.superseded,
+            },
+        )
+        return outcome
+
+    def _issue(
+        self,
+        action: Any,
+        want: RenderedDeployment | None,
+        root: pathlib.Path,
+        config: Any,
+        revision: str | None,
+        now: float,
+    ) -> tuple[str, list[str]]:
+        command_id = f"cmd_{secrets.token_hex(8)}"
+        dirs = bundle_dirs(want) if want is not None else []
+        if dirs:
+            build_bundle(root, dirs, self.bundle_dir / f"{command_id}.tar")
+        command = Command(
+            id=command_id,
+            kind=action.action,
+            action=action,
+            deployment=want.model_dump(mode="json") if want is not None else None,
+            has_bundle=bool(dirs),
+            proxy=config.proxy,
+            revision=revision,
+            created=datetime.fromtimestamp(now, UTC),
+            deadline=datetime.fromtimestamp(now + self.config.command_ttl, UTC),
+        )
+        superseded = self.store.create_command(
+            command_id=command_id,
+            agent=action.agent,
+            deployment=action.id,
+            kind=action.action,
+            spec_hash=action.spec_hash,
+            payload=command.model_dump(mode="json"),
+            created=now,
+            deadline=now + self.config.command_ttl,
+        )
+        self.metrics.actions.labels(kind=action.action, result="issued").inc()
+        self.store.record_event(
+            "command.created",
+            {
+                "command": command_id,
+                "kind": action.action,
+                "deployment": action.deployment,
+                "deployment_id": action.id,
+                "agent": action.agent,
+                "reason": action.reason,
+                "superseded": superseded,
+            },
+        )
+        for old in superseded:
+            self.metrics.actions.labels(kind=action.action, result="superseded").inc()
+            self._drop_bundle(old)
+        return command_id, superseded
+
+    def bundle_path(self, command_id: str) -> pathlib.Path:
+        return self.bundle_dir / f"{command_id}.tar"
+
+    def _drop_bundle(self, command_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.bundle_path(command_id).unlink()
+
+    def _clean_bundles(self) -> None:
+        """Bundles are needed only while their command is pending."""
+        if not self.bundle_dir.is_dir():
+            return
+        active = self.store.active_command_ids()
+        for item in self.bundle_dir.iterdir():
+            if item.suffix == ".tar" and item.stem not in active:
+                with contextlib.suppress(FileNotFoundError):
+                    item.unlink()
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def bundle_dirs(want: RenderedDeployment) -> list[str]:
+    """The repository directories an agent needs for this deployment."""
+    dirs: list[str] = []
+    if want.bundle:
+        dirs.append(want.bundle)
+    if want.build is not None and want.build.kind == "repo" and want.build.path:
+        dirs.append(want.build.path)
+    return sorted(set(dirs))
+
+
+def build_bundle(root: pathlib.Path, dirs: Iterable[str], dest: pathlib.Path) -> None:
+    """A tar of ``dirs`` (repo-relative), written atomically to ``dest``.
+
+    Regular files and directories only, paths relative to the repository root, owners
+    and times normalised.  A symlink to a file inside the repository is stored as that
+    file's content; one that leaves the repository, or points at a directory, is refused
+    (the agent would otherwise unpack a link to somewhere on *its* host).
+    """
+    root = root.resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+    seen: set[str] = set()
+
+    def norm(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
+        return info
+
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for rel in dirs:
+                base = (root / rel).resolve()
+                if not inside(base, root) or not base.is_dir():
+                    raise InvalidSpec(f"bundle directory {rel!r} is not a directory in the repo")
+                for dirpath, dirnames, filenames in os.walk(base):
+                    here = pathlib.Path(dirpath)
+                    arc_dir = here.relative_to(root).as_posix()
+                    if arc_dir not in seen:
+                        seen.add(arc_dir)
+                        tar.addfile(norm(tar.gettarinfo(str(here), arcname=arc_dir)))
+                    dirnames.sort()
+                    for name in [*sorted(filenames), *list(dirnames)]:
+                        path = here / name
+                        arc = f"{arc_dir}/{name}"
+                        mode = os.lstat(path).st_mode
+                        if stat.S_ISDIR(mode):
+                            continue  # walked next
+                        if stat.S_ISLNK(mode):
+                            target = path.resolve()
+                            if not inside(target, root) or not target.is_file():
+                                raise InvalidSpec(
+                                    f"{arc}: symlink to {os.readlink(path)!r} refused: only "
+                                    "links to files inside the repository can be shipped"
+                                )
+                            if name in dirnames:
+                                dirnames.remove(name)
+                            source = target
+                        elif stat.S_ISREG(mode):
+                            source = path
+                        else:
+                            raise InvalidSpec(f"{arc}: not a regular file or directory")
+                        if arc in seen:
+                            continue
+                        seen.add(arc)
+                        info = norm(tar.gettarinfo(str(source), arcname=arc))
+                        with open(source, "rb") as fh:
+                            tar.addfile(info, fh)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+# ------------------------------------------------------------------------------- git
+
+
+def _is_git_repo(path: pathlib.Path) -> bool:
+    if (path / ".git").exists():
+        return True
+    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
+
+
+def _head_branch(path: pathlib.Path) -> str | None:
+    """The branch a local repository's HEAD names, read from the file (no git process:
+    a repository's own config can make git run commands)."""
+    for head in (path / ".git" / "HEAD", path / "HEAD"):
+        try:
+            text = head.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            continue
+        if text.startswith("ref: refs/heads/"):
+            return text.removeprefix("ref: refs/heads/") or None
+        return None
+    return None
