@@ -11,8 +11,6 @@ Build one with :func:`build_control_plane` (store + worker + app from a
 
 import asyncio
 import hmac
-import importlib
-import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -423,11 +421,8 @@ def _include_hooks(
     secrets: ServerSecrets,
     metrics: Metrics,
 ) -> None:
-    """The webhook receivers (``reconciler.server.hooks``), when that module exists."""
-    if importlib.util.find_spec("reconciler.server.hooks") is None:
-        log.warning("reconciler.server.hooks is missing: no webhook receivers")
-        return
-    hooks: Any = importlib.import_module("reconciler.server.hooks")
+    """The webhook receivers (``reconciler.server.hooks``), fed by this store and worker."""
+    from reconciler.server import hooks
 
     def trigger(reason: str) -> None:
         worker.trigger(reason if reason.startswith("webhook") else f"webhook: {reason}")

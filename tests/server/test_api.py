@@ -344,3 +344,47 @@ def _until(predicate: Any, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+class TestWebhooksWired:
+    def test_deploy_hook_triggers_a_reconcile_and_replays_are_noops(
+        self, client: TestClient, plane: ControlPlane
+    ) -> None:
+        token = plane.store.create_deploy_hook("ci-main")
+        runs = plane.worker.runs
+        r = client.post(f"/hooks/deploy/{token}")
+        assert r.status_code == 202
+        assert _until(lambda: plane.worker.runs > runs)
+        assert client.post("/hooks/deploy/wrong-token").status_code == 401
+        assert 'webhook_deliveries_total{provider="deploy"' in client.get("/metrics").text
+        assert any(e.kind == "webhook" for e in plane.store.events(limit=1000))
+
+    def test_github_delivery_is_deduplicated_in_the_store(
+        self, remote: Remote, tmp_path: Any
+    ) -> None:
+        import hashlib
+        import hmac
+        import json
+
+        from conftest import make_config
+
+        from reconciler.server.app import build_control_plane
+        from reconciler.server.config import ServerSecrets
+
+        other = build_control_plane(
+            make_config(remote, tmp_path / "d3"), ServerSecrets(webhook_secret=b"s3cret")
+        )
+        body = json.dumps({"ref": "refs/heads/main", "after": "a" * 40}).encode()
+        sig = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        headers = {
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": "delivery-1",
+            "X-Hub-Signature-256": sig,
+            "Content-Type": "application/json",
+        }
+        with TestClient(other.app) as c:
+            assert c.post("/hooks/github", content=body, headers=headers).status_code == 202
+            assert c.post("/hooks/github", content=body, headers=headers).status_code == 200
+        assert not other.store.remember_delivery("github", "delivery-1")
+        assert other.worker.busy  # queued (the worker was not started here)
+        other.store.close()
