@@ -8,6 +8,8 @@ the side effects (triggers, remembered deliveries, events, metrics).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -115,9 +117,6 @@ class TestGitHub:
     async def test_sha1_only_is_unauthorized(
         self, client: httpx.AsyncClient, recorder: Recorder
     ) -> None:
-        import hashlib
-        import hmac
-
         body = body_of(github_push())
         headers = github_headers(body)
         del headers["x-hub-signature-256"]
@@ -128,6 +127,17 @@ class TestGitHub:
         assert_nothing_enqueued(recorder)
         assert recorder.deliveries.seen == set()
         assert_recorded(recorder, "github", "unauthorized", "d-1")
+
+    async def test_a_valid_sha1_beside_a_wrong_sha256_is_unauthorized(
+        self, client: httpx.AsyncClient, recorder: Recorder
+    ) -> None:
+        body = body_of(github_push())
+        headers = github_headers(body)
+        headers["x-hub-signature"] = "sha1=" + hmac.new(SECRET, body, hashlib.sha1).hexdigest()
+        headers["x-hub-signature-256"] = sign256(body, secret=b"wrong")
+        r = await client.post("/hooks/github", content=body, headers=headers)
+        assert r.status_code == 401
+        assert_nothing_enqueued(recorder)
 
     @pytest.mark.parametrize(
         "signature",
