@@ -5,16 +5,24 @@ pipeline of small steps, and whatever happens the app's record in the state dir 
 how it ended.  The steps for install/update::
 
     lock -> keep the running release -> write files atomically -> proxy ready
-    -> compose config -> build (buildable only) -> up -d -> routes
+    -> compose config -> build (buildable only) -> up -d -> routes -> onion
     -> settle gate -> install hook -> health through the proxy -> record
 
 A failed update puts the previous release back (its files, and its images pinned by
 id) and reports the failure with the last log lines.  Uninstall stops the stack and
 removes routes; the app's ``data/`` (and secrets) stay as a tombstone unless purged.
 
-The real parts come in through three small seams -- :class:`ComposeDriver`, a
-:class:`ProxyPort` and a :class:`ContainerWatch` -- so the ordering and verdict logic is
-unit-tested against fakes, and the Docker tests run it for real.
+Onion services (``onion: true``): the deployment's key is made (or read back) in
+``apps/<id>/onion`` when its files are written, so an onion-only deployment boots with
+``DOMAIN=<addr>.onion`` / ``DOMAIN_URL=http://<addr>.onion``; the proxy gets a plain-HTTP
+route for the ``.onion`` host, and the Tor sidecar is told the full set of onion
+deployments (from the records) after every change.  Turning onion off or uninstalling
+removes the hidden service; the key stays until a purge removes the app dir.
+
+The real parts come in through small seams -- :class:`ComposeDriver`, a
+:class:`ProxyPort`, an optional :class:`OnionPort` and a :class:`ContainerWatch` -- so
+the ordering and verdict logic is unit-tested against fakes, and the Docker tests run it
+for real.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Any, Protocol
 import yaml
 
 from agent.compose import ComposeDriver, ComposeError, ComposeProject
+from agent.onion import KEY_DIR, OnionKeyError, ensure_identity, read_identity
 from agent.secrets import env_file_text, resolve_secrets
 from agent.statedir import AppRecord, AppStatus, atomic_write, read_record, write_record
 from reconciler.model.errors import InvalidSpec, ReconcilerError
@@ -46,6 +55,7 @@ __all__ = [
     "ContainerWatch",
     "Executor",
     "ExecutorSettings",
+    "OnionPort",
     "ProxyPort",
     "StepEvent",
 ]
@@ -63,6 +73,11 @@ class ProxyPort(Protocol):
     def sync(self, routes: Mapping[str, str]) -> object: ...
 
     def probe(self, domain: str, *, path: str = "/", timeout: float = 5) -> int: ...
+
+
+class OnionPort(Protocol):
+    def sync(self, keys: Mapping[str, pathlib.Path]) -> object:
+        """Publish exactly these hidden services: ``{dpl_id: its key dir}``."""
 
 
 class ContainerWatch(Protocol):
@@ -117,6 +132,7 @@ class Executor:
     proxy: ProxyPort
     watch: ContainerWatch
     settings: ExecutorSettings = field(default_factory=ExecutorSettings)
+    onion: OnionPort | None = None  # None: keys and DOMAIN still made, no Tor sidecar
     on_event: Callable[[StepEvent], None] = lambda _e: None
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     sleep: Callable[[float], None] = time.sleep
@@ -159,20 +175,17 @@ class Executor:
                     message = self._uninstall(action)
                     return ActionResult(action, True, message, self.clock() - start)
                 assert want is not None, action
-                url = want.url
                 if action.action == "update":
                     return self._update(action, want, repo_root, start)
                 self._deploy(action, want, repo_root, install=action.action == "install")
                 done = {"install": "installed", "repair": "repaired"}[action.action]
-                return ActionResult(action, True, done, self.clock() - start, url)
+                return ActionResult(action, True, done, self.clock() - start, self._url(want))
         except _Failed as exc:
             logs = self._logs(action.id) if exc.step not in ("files", "config") else ""
             if want is not None:
                 self._mark_failed(want, exc)
             message = f"{exc.step}: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "")
-            return ActionResult(
-                action, False, message, self.clock() - start, want.url if want else None, logs
-            )
+            return ActionResult(action, False, message, self.clock() - start, self._url(want), logs)
         except ReconcilerError as exc:
             return ActionResult(action, False, str(exc), self.clock() - start)
 
@@ -186,9 +199,33 @@ class Executor:
                 continue
             for r in rec.record.routes:
                 routes[r.domain] = r.upstream
+            if rec.record.onion and rec.onion_address and rec.onion_upstream:
+                routes[rec.onion_address] = rec.onion_upstream
         routes.update(extra or {})
         self.proxy.ensure()
         self.proxy.sync(routes)
+
+    def sync_onion(
+        self, extra: Mapping[str, pathlib.Path] | None = None, without: str | None = None
+    ) -> None:
+        """Tell the Tor sidecar the host's onion deployments (from the records).
+
+        Without a sidecar (``onion`` None), or with no onion deployment and none published
+        before, nothing happens (and Docker is not touched).
+        """
+        if self.onion is None:
+            return
+        keys: dict[str, pathlib.Path] = {}
+        for rec in self._records():
+            if rec.status == "uninstalled" or rec.id == without or rec.record is None:
+                continue
+            directory = self.app_dir(rec.id) / KEY_DIR
+            if rec.record.onion and (directory / "hs_ed25519_secret_key").exists():
+                keys[rec.id] = directory
+        keys.update(extra or {})
+        if not keys and not (self.state_dir / "tor").exists():
+            return
+        self.onion.sync(keys)
 
     # ------------------------------------------------------------------ steps
 
@@ -212,6 +249,30 @@ class Executor:
     def _project(self, dpl_id: str) -> ComposeProject:
         return ComposeProject(dpl_id, self.app_dir(dpl_id))
 
+    def _onion_address(self, want: RenderedDeployment) -> str | None:
+        """The deployment's ``.onion`` host when onion is on and its key exists."""
+        if not want.onion:
+            return None
+        try:
+            identity = read_identity(self.app_dir(want.id) / KEY_DIR)
+        except (OSError, OnionKeyError):
+            return None
+        return identity.address if identity is not None else None
+
+    def _urls(self, want: RenderedDeployment) -> list[str]:
+        """Every URL the app answers on: DOMAIN_URL, then ``http://<onion>``."""
+        onion = self._onion_address(want)
+        return [u for u in (want.url, f"http://{onion}" if onion else None) if u]
+
+    def _url(self, want: RenderedDeployment | None) -> str | None:
+        if want is None:
+            return None
+        return next(iter(self._urls(want)), None)
+
+    def _onion_route(self, want: RenderedDeployment) -> dict[str, str]:
+        onion = self._onion_address(want)
+        return {onion: want.onion_upstream} if onion and want.onion_upstream else {}
+
     def _write_files(self, want: RenderedDeployment, repo_root: pathlib.Path) -> None:
         directory = self.app_dir(want.id)
         (directory / "data").mkdir(parents=True, exist_ok=True)
@@ -221,6 +282,12 @@ class Executor:
                 directory / "secrets.json", json.dumps(keep, sort_keys=True).encode(), 0o600
             )
         env = {**want.env, **values}
+        if want.onion:
+            # made before the first `up`, so an onion-only app boots with its address
+            address = ensure_identity(directory / KEY_DIR).address
+            if not want.domain:
+                env["DOMAIN"] = address
+                env["DOMAIN_URL"] = f"http://{address}"
         atomic_write(directory / ".env", env_file_text(env).encode(), 0o600)
         if want.bundle and want.build is None:
             _copy_bundle(repo_root / want.bundle, directory)
@@ -255,11 +322,11 @@ class Executor:
         self._emit(name, "files", "writing compose.yaml and .env")
         try:
             self._write_files(want, repo_root)
-        except InvalidSpec as exc:
+        except (InvalidSpec, OnionKeyError) as exc:
             raise _Failed("files", str(exc)) from None
         except OSError as exc:
             raise _Failed("files", f"cannot write the app dir: {exc}") from None
-        if want.routes or "impreza-proxy" in want.compose_yaml:
+        if want.routes or want.onion or "impreza-proxy" in want.compose_yaml:
             self._emit(name, "proxy", "network and proxy container")
             self.proxy.ensure()
         self._compose(name, "config", lambda: self.driver.check(project))
@@ -269,7 +336,11 @@ class Executor:
         self._emit(name, "up", "docker compose up -d")
         self._compose(name, "up", lambda: self.driver.up(project))
         self._emit(name, "routes", ", ".join(r.domain for r in want.routes) or "none")
-        self.sync_routes({r.domain: r.upstream for r in want.routes}, without=want.id)
+        self.sync_routes(
+            {r.domain: r.upstream for r in want.routes} | self._onion_route(want),
+            without=want.id,
+        )
+        self._sync_onion_step(want)
         self._settle(want)
         if install and "install" in want.hooks:
             self._hook(want, "install")
@@ -280,6 +351,17 @@ class Executor:
         self._emit(name, "record", "state.json")
         self._save_release(want)
         self._write_record(want, "running")
+
+    def _sync_onion_step(self, want: RenderedDeployment) -> None:
+        onion = self._onion_address(want)
+        if self.onion is None or (onion is None and not (self.state_dir / "tor").exists()):
+            return
+        self._emit(want.name, "onion", onion or "hidden service removed")
+        keys = {want.id: self.app_dir(want.id) / KEY_DIR} if onion else {}
+        try:
+            self.sync_onion(keys, without=want.id)
+        except ReconcilerError as exc:
+            raise _Failed("onion", str(exc), "see the reconciler-tor container's logs") from None
 
     def _compose(self, name: str, step: str, fn: Callable[[], None]) -> None:
         try:
@@ -382,10 +464,10 @@ class Executor:
                     )
             self.driver.up(project)
             rec = AppRecord.model_validate_json((release / "state.json").read_text())
-            self.sync_routes(
-                {r.domain: r.upstream for r in (rec.record.routes if rec.record else [])},
-                without=want.id,
-            )
+            routes = {r.domain: r.upstream for r in (rec.record.routes if rec.record else [])}
+            if rec.record and rec.record.onion and rec.onion_address and rec.onion_upstream:
+                routes[rec.onion_address] = rec.onion_upstream
+            self.sync_routes(routes, without=want.id)
             rec = rec.model_copy(
                 update={
                     "status": "running",
@@ -394,6 +476,7 @@ class Executor:
                 }
             )
             write_record(self.state_dir, rec)
+            self.sync_onion()
             return True
         except (ComposeError, OSError, ValueError, ReconcilerError):
             return False
@@ -410,6 +493,12 @@ class Executor:
                 raise _Failed("down", exc.output) from None
         self._emit(action.deployment, "routes", "removing")
         self.sync_routes(without=action.id)
+        if self.onion is not None and (self.state_dir / "tor").exists():
+            self._emit(action.deployment, "onion", "hidden service removed; key kept until purge")
+            try:
+                self.sync_onion(without=action.id)
+            except ReconcilerError as exc:
+                raise _Failed("onion", str(exc)) from None
         if self.settings.purge:
             shutil.rmtree(directory, ignore_errors=True)
             return "uninstalled; data purged"
@@ -427,10 +516,24 @@ class Executor:
 
         return list_records(self.state_dir)
 
+    def _record(
+        self, want: RenderedDeployment, status: AppStatus, error: str | None = None
+    ) -> AppRecord:
+        onion = self._onion_address(want)
+        urls = self._urls(want)
+        return _app_record(want, status, error).model_copy(
+            update={
+                "onion_address": onion,
+                "onion_upstream": want.onion_upstream if onion else None,
+                "urls": urls,
+                "url": urls[0] if urls else None,
+            }
+        )
+
     def _write_record(
         self, want: RenderedDeployment, status: AppStatus, error: str | None = None
     ) -> None:
-        write_record(self.state_dir, _app_record(want, status, error))
+        write_record(self.state_dir, self._record(want, status, error))
 
     def _mark_failed(self, want: RenderedDeployment, exc: _Failed) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -450,7 +553,7 @@ class Executor:
         (tmp / "compose.yaml").write_text(pinned)
         shutil.copy2(directory / ".env", tmp / ".env")
         os.chmod(tmp / ".env", 0o600)
-        rec = _app_record(want, "running")
+        rec = self._record(want, "running")
         (tmp / "state.json").write_text(rec.model_dump_json(indent=2))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)

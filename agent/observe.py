@@ -222,6 +222,8 @@ def merge(
                 services=list(record.services),
                 containers=containers,
                 record=record.record,
+                onion_address=record.onion_address,
+                urls=list(record.urls),
             )
             continue
         first: Mapping[str, str] = items[0].get("Labels") or {}

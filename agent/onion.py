@@ -518,8 +518,7 @@ class TorSidecar:
         """
         with self._lock:
             if not keys:
-                changed = self.remove()
-                return changed
+                return self.remove()
             s = self.settings
             target = self.proxy_target()
             self._mirror(keys)
@@ -622,7 +621,8 @@ class TorSidecar:
             return ""
 
     def remove(self) -> bool:
-        """Remove the container and the mirrored keys (the apps' own keys stay)."""
+        """Remove the container and ``<state>/tor`` (mirror, torrc, Tor's cache); the apps'
+        own keys stay.  With no ``<state>/tor`` left, later syncs cost no Docker call."""
         import docker.errors
 
         with self._lock:
@@ -633,7 +633,5 @@ class TorSidecar:
                     contextlib.suppress(docker.errors.NotFound),
                 ):
                     container.remove(force=True)
-            shutil.rmtree(self.settings.hs_dir, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                self.settings.torrc.unlink()
+            shutil.rmtree(self.settings.tor_dir, ignore_errors=True)
             return container is not None

@@ -220,15 +220,24 @@ def desired_config(
             }
         }
     else:
+        # ``.onion`` hosts stay plain HTTP on :80 (Tor encrypts; no CA issues for them):
+        # a server that listens only on the HTTP port gets no certificates or redirects.
+        onion = [r for r in host_routes if r["match"][0]["host"][0].endswith(".onion")]
+        clear = [r for r in host_routes if r not in onion]
         servers = {
-            "http": {"listen": [":80"], "routes": [_not_found()]},
-            "https": {"listen": [":443"], "routes": [*host_routes, _not_found()]},
+            "http": {"listen": [":80"], "routes": [*onion, _not_found()]},
+            "https": {"listen": [":443"], "routes": [*clear, _not_found()]},
         }
     apps: dict[str, Any] = {"http": {"servers": servers}}
-    if tls == "internal" and clean:
+    if tls == "internal" and any(not d.endswith(".onion") for d in clean):
         apps["tls"] = {
             "automation": {
-                "policies": [{"subjects": sorted(clean), "issuers": [{"module": "internal"}]}]
+                "policies": [
+                    {
+                        "subjects": sorted(d for d in clean if not d.endswith(".onion")),
+                        "issuers": [{"module": "internal"}],
+                    }
+                ]
             }
         }
     return {

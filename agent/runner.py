@@ -65,6 +65,7 @@ class RealExecutorFactory:
     ) -> Executor:
         from agent.compose import WhalesComposeDriver
         from agent.executor import Executor
+        from agent.onion import TorSettings, TorSidecar
         from agent.proxy import CaddyProxy
         from agent.watch import DockerWatch
 
@@ -78,6 +79,7 @@ class RealExecutorFactory:
             proxy=self._proxy[1],
             watch=DockerWatch(),
             settings=settings,
+            onion=TorSidecar(TorSettings.from_env(self.state_dir, network=proxy_settings.network)),
             on_event=on_event,
         )
 

@@ -93,6 +93,11 @@ class AppRecord(BaseModel):
     record: SpecRecord
     domain: str | None = None
     url: str | None = None
+    # The onion service (agent.onion): its address, the upstream its proxy route goes to,
+    # and every URL the app answers on (DOMAIN_URL, then http://<onion>).
+    onion_address: str | None = None
+    onion_upstream: str | None = None
+    urls: list[str] = Field(default_factory=list)
     updated_at: str = Field(default_factory=now_iso)
     last_error: str | None = None  # the failed step and its message (never env values)
 

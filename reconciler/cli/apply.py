@@ -137,6 +137,7 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
     from agent.compose import WhalesComposeDriver
     from agent.executor import Executor, ExecutorSettings, StepEvent
     from agent.observe import observe_local
+    from agent.onion import TorSettings, TorSidecar
     from agent.proxy import CaddyProxy, ProxySettings
     from agent.watch import DockerWatch
     from reconciler.cli.validate import print_problems
@@ -213,6 +214,7 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
         proxy=proxy,
         watch=DockerWatch(),
         settings=settings,
+        onion=TorSidecar(TorSettings.from_env(opts.state_dir, network=config.proxy.network)),
         on_event=on_event,
     )
     to_do = [a for a in result.actions if a.action in ("install", "update", "repair", "uninstall")]
@@ -227,9 +229,11 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
     started = time.monotonic()
     if to_do:
         results = executor.run(result, rendered, state.root)
-    if any(d.routes for d in rendered) or to_do:
+    if any(d.routes or d.onion for d in rendered) or to_do:
         # Routes are repaired on every reconcile: a hand-edited or recreated proxy heals.
         executor.sync_routes()
+        # so is the Tor sidecar (nothing to do, and no Docker call, without onion apps)
+        executor.sync_onion()
     blocked = [a for a in result.actions if a.action == "blocked"]
     ok = all(r.ok or r.skipped for r in results) and not blocked
     if machine:

@@ -73,6 +73,10 @@ class DeployedApp(_Frozen):
     services: list[str] = Field(default_factory=list)  # services the spec expects
     containers: list[ContainerState] = Field(default_factory=list)
     record: SpecRecord | None = None  # None when only labels were seen
+    # Where it answers: ``<56 base32>.onion`` when its onion service is on, and every URL
+    # (DOMAIN_URL, then ``http://<onion>``).  Optional: snapshots from before have neither.
+    onion_address: str | None = None
+    urls: list[str] = Field(default_factory=list)
 
 
 class AgentState(_Frozen):

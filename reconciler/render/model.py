@@ -87,6 +87,9 @@ class RenderedDeployment(_Frozen):
     routes: tuple[RenderedRoute, ...] = ()
     domain: str | None = None
     onion: bool = False
+    # Where the proxy sends ``<addr>.onion`` (the routed upstream, also for onion-only
+    # deployments, which have no clearnet route); None when onion is off or nothing is routed.
+    onion_upstream: str | None = None
     resources: dict[str, float | int | None] = Field(default_factory=dict)
     build: BuildSource | None = None
     bundle: str | None = None  # repo-relative directory copied into the app dir

@@ -188,6 +188,7 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
     routes: list[RenderedRoute] = []
     resources: dict[str, float | int | None] = {}
     build: BuildSource | None = None
+    onion_upstream: str | None = None
 
     def put_var(key: str, value: Any, secret: bool) -> None:
         if isinstance(value, FromEnv):
@@ -215,6 +216,8 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
             var_spec = manifest.var(key)
             put_var(key, value, bool(var_spec and var_spec.secret))
         for route in manifest.routes:
+            if route.match_var == "domain" and onion_upstream is None:
+                onion_upstream = route.upstream.replace("{deployment_id}", dpl_id)
             host = domain if route.match_var == "domain" else env.get(route.match_var.upper())
             if not host:
                 continue
@@ -252,6 +255,7 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
             network,
         )
         resources = {"cpus": spec.cpus, "memory_mb": spec.memory_mb}
+        onion_upstream = f"{dpl_id}-{APP_SERVICE}:{spec.target_port}"
         if domain:
             routes.append(
                 RenderedRoute(domain=domain, upstream=f"{dpl_id}-{APP_SERVICE}:{spec.target_port}")
@@ -275,7 +279,11 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
         canonical(env),
         canonical({k: v.model_dump() for k, v in sorted(secrets.items())}),
         canonical([r.model_dump() for r in routes]),
-        canonical({"onion": spec.onion, "resources": resources}),
+        # the onion's upstream only when onion is on, so no other deployment's hash moves
+        canonical(
+            {"onion": spec.onion, "resources": resources}
+            | ({"onion_upstream": onion_upstream} if spec.onion else {})
+        ),
         canonical(build.model_dump() if build else None),
         bundle_digest or "",
     )
@@ -298,6 +306,7 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
         routes=tuple(routes),
         domain=domain,
         onion=spec.onion,
+        onion_upstream=onion_upstream if spec.onion else None,
         resources=resources,
         build=build,
         bundle=item.bundle,
