@@ -165,14 +165,16 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
         )
         return False
     config = state.config
+    actual = ActualState(
+        source="local", agents={"local": observe_local(state_dir=opts.state_dir, agent="local")}
+    )
+    # Rendered against the actual state: an auto domain someone else serves moves on.
     rendered = render_all(
         state,
         RenderContext(
             config=config, source_revision=desired.revision, git_revisions=desired.git_revisions
         ),
-    )
-    actual = ActualState(
-        source="local", agents={"local": observe_local(state_dir=opts.state_dir, agent="local")}
+        actual=actual,
     )
     options = PlanOptions(
         prune=config.prune if opts.prune is None else opts.prune,

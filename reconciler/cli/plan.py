@@ -65,7 +65,7 @@ def plan_command(
     from reconciler.load.desired import load_desired
     from reconciler.model.errors import ReconcilerError
     from reconciler.plan import PlanOptions, plan, report
-    from reconciler.render import RenderContext, render_all
+    from reconciler.render import RenderContext, agents_of, render_all
 
     err = _console(stderr=True)
     try:
@@ -78,6 +78,12 @@ def plan_command(
         print_problems(state, err)
         err.print("[bold red]No plan: the desired state is invalid (nothing was touched).[/]")
         raise typer.Exit(1)
+    try:
+        actual, where = load_actual(against, agents=agents_of(state), state_dir=state_dir)
+    except ReconcilerError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    # Rendered against the actual state: an auto domain someone else serves moves on.
     rendered = render_all(
         state,
         RenderContext(
@@ -85,13 +91,8 @@ def plan_command(
             source_revision=desired.revision,
             git_revisions=desired.git_revisions,
         ),
+        actual=actual,
     )
-    agents = sorted({d.agent for d in rendered} | {"local"})
-    try:
-        actual, where = load_actual(against, agents=agents, state_dir=state_dir)
-    except ReconcilerError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-        raise typer.Exit(1) from None
     options = PlanOptions(
         prune=state.config.prune if prune is None else prune,
         allow_mass_prune=allow_mass_prune,

@@ -20,7 +20,7 @@ from reconciler.cli.app import StateDirOption, _console, app
 if TYPE_CHECKING:
     from reconciler.model.state import DeployedApp
 
-__all__ = ["StatusFormat", "health_summary", "status_command"]
+__all__ = ["StatusFormat", "app_urls", "health_summary", "status_command"]
 
 
 class StatusFormat(enum.StrEnum):
@@ -85,7 +85,7 @@ def status_command(
         out.print(Text(f"{title}: no deployments.", style="bold"))
         return
     table = Table(title=title, title_justify="left", title_style="bold", show_lines=False)
-    for column in ("name", "namespace", "id", "status", "health", "url", "spec"):
+    for column in ("name", "namespace", "id", "status", "health", "urls", "spec"):
         table.add_column(column, overflow="fold")
     for a in apps:
         rec = records.get(a.id)
@@ -97,7 +97,7 @@ def status_command(
             a.id,
             Text(a.status + ("" if a.record is not None else " (labels only)"), status_style),
             Text(health, "green" if ok else "yellow" if a.status == "uninstalled" else "red"),
-            (rec.url if rec else None) or "-",
+            "\n".join(app_urls(a, rec.url if rec else None)) or "-",
             a.spec_hash[:12] or "-",
         )
     out.print(table)
@@ -111,6 +111,21 @@ def status_command(
             style="bold",
         )
     )
+
+
+def app_urls(app_state: DeployedApp, record_url: str | None = None) -> list[str]:
+    """Where an app answers: ``DeployedApp.urls`` (its ``DOMAIN_URL`` -- ``https://domain``,
+    or ``http://domain:port`` with ``tls: off`` -- then ``http://<address>.onion``), else
+    what the record knows.  Nothing for an uninstalled app: its routes are gone."""
+    if app_state.status == "uninstalled":
+        return []
+    urls = [str(u) for u in getattr(app_state, "urls", None) or []]
+    if not urls and record_url:
+        urls.append(record_url)
+    onion = getattr(app_state, "onion_address", None)
+    if onion and not any(".onion" in u for u in urls):
+        urls.append(f"http://{onion}")
+    return urls
 
 
 def health_summary(app_state: DeployedApp, one_shot: Sequence[str] = ()) -> tuple[str, bool]:

@@ -697,7 +697,13 @@ def _load_sibling(
 
 
 def _check_unique(run: _Run, loaded: list[LoadedDeployment]) -> set[str]:
-    """Flag the second user of a name or domain; return the files that lost."""
+    """Flag the second user of a name (an error: that file is dropped) or of a domain.
+
+    A shared domain is only a warning: which deployment keeps it depends on what already
+    runs (the one deployed first keeps serving), which only the planner knows; it blocks
+    the other one, with a reason, until the conflict goes.  Without anything deployed the
+    first file by path keeps it, and that is the one this warning leaves alone.
+    """
     losers: set[str] = set()
     names: dict[str, LoadedDeployment] = {}
     domains: dict[str, LoadedDeployment] = {}
@@ -713,18 +719,21 @@ def _check_unique(run: _Run, loaded: list[LoadedDeployment]) -> set[str]:
             "give each deployment its own name",
         ):
             losers.add(item.file)
+            continue
         domain = item.spec.domain
-        if domain is not None and not _claim(
-            run,
-            domains,
-            item,
-            "domain",
-            domain,
-            "domain-duplicate",
-            "domain",
-            "each domain can route to one deployment only",
-        ):
-            losers.add(item.file)
+        if domain is not None:
+            _claim(
+                run,
+                domains,
+                item,
+                "domain",
+                domain,
+                "domain-duplicate",
+                "domain",
+                "give each deployment its own domain: the proxy routes a domain to one "
+                "deployment only, so the planner blocks this one while the other holds it",
+                severity=Severity.WARNING,
+            )
     return losers
 
 
@@ -737,6 +746,8 @@ def _claim(
     rule: str,
     what: str,
     fix: str,
+    *,
+    severity: Severity = Severity.ERROR,
 ) -> bool:
     """Give ``value`` to ``item`` unless an earlier file holds it; then report both places."""
     owner = owners.get(value)
@@ -751,6 +762,7 @@ def _claim(
             f"{what} {value!r} is also used by {owner.file}:{line}",
             fix,
             key=False,
+            severity=severity,
         )
     )
     return False

@@ -52,6 +52,9 @@ class SpecRecord(_Frozen):
     onion: bool = False
     resources: dict[str, float | int | None] = Field(default_factory=dict)
     source_revision: str | None = None
+    # Files shipped beside a compose file (bind-mounted): a change there needs a restart
+    # even when the compose file is the same.  None in records written before it existed.
+    bundle_digest: str | None = None
 
 
 class ContainerState(_Frozen):

@@ -22,8 +22,9 @@ from reconciler.model.state import (
 )
 from reconciler.plan.model import ACTION_KINDS, Action, Change, Plan
 from reconciler.render import RenderedDeployment, spec_record
+from reconciler.render.domains import held_domains, wanted_domains
 
-__all__ = ["PlanOptions", "diff_records", "drift", "plan"]
+__all__ = ["PlanOptions", "diff_records", "domain_conflicts", "drift", "plan"]
 
 
 class PlanOptions:
@@ -48,11 +49,53 @@ def plan(
     unresolved: Mapping[str, str] | None = None,
 ) -> Plan:
     """``unresolved``: deployments that cannot be planned (by name, with the reason, e.g.
-    a ``git_ref`` that could not be resolved); they are ``blocked``, never guessed at."""
+    a ``git_ref`` that could not be resolved); they are ``blocked``, never guessed at.
+
+    A deployment that wants a domain another one serves on its agent (or that an earlier
+    file wants) is ``blocked`` too, the holder untouched (see :func:`domain_conflicts`).
+    Blocking one can keep a moved deployment's old copy running where it is, and so
+    keep its domains held there: hence the loop, until the blocked set stops growing
+    (it only grows, so at most one round per deployment; normally one).
+    """
     opts = options or PlanOptions()
+    conflicts: dict[str, str] = {}
+    while True:
+        actions = _plan_once(desired, actual, namespace, opts, unresolved, conflicts)
+        found = domain_conflicts(desired, actual, actions)
+        if found.keys() <= conflicts.keys():
+            break
+        conflicts = {**found, **conflicts}
+    actions.sort(key=lambda a: (a.deployment, a.agent, ACTION_KINDS.index(a.action)))
+    summary = dict.fromkeys(ACTION_KINDS, 0)
+    for a in actions:
+        summary[a.action] += 1
+    return Plan(namespace=namespace, against=actual.source, actions=actions, summary=summary)
+
+
+def _plan_once(
+    desired: Sequence[RenderedDeployment],
+    actual: ActualState,
+    namespace: str,
+    opts: PlanOptions,
+    unresolved: Mapping[str, str] | None,
+    conflicts: Mapping[str, str],
+) -> list[Action]:
     actions: list[Action] = []
     desired_ids = {d.id for d in desired}
     for want in sorted(desired, key=lambda d: (d.name, d.id)):
+        if want.id in conflicts:
+            actions.append(
+                Action(
+                    action="blocked",
+                    deployment=want.name,
+                    id=want.id,
+                    agent=want.agent,
+                    reason=conflicts[want.id],
+                    spec_hash=want.spec_hash,
+                    url=want.url,
+                )
+            )
+            continue
         if unresolved and want.name in unresolved:
             actions.append(
                 Action(
@@ -139,11 +182,58 @@ def plan(
         prunes = [a for a in prunes if a not in pure_prunes] + refused
     actions.extend(prunes)
     actions.extend(kept)
-    actions.sort(key=lambda a: (a.deployment, a.agent, ACTION_KINDS.index(a.action)))
-    summary = dict.fromkeys(ACTION_KINDS, 0)
-    for a in actions:
-        summary[a.action] += 1
-    return Plan(namespace=namespace, against=actual.source, actions=actions, summary=summary)
+    return actions
+
+
+def domain_conflicts(
+    desired: Sequence[RenderedDeployment], actual: ActualState, actions: Sequence[Action]
+) -> dict[str, str]:
+    """Desired deployment id -> why it is blocked: a domain it routes is someone else's.
+
+    Per online agent (one proxy each), a domain belongs first to whatever serves it
+    there now -- any namespace, per the apps' records -- unless this plan uninstalls
+    that app; then to the first desired deployment by file path.  A deployment that
+    already serves a domain is never blocked for it.  The reason is neutral and names
+    no deployment of another namespace.
+    """
+    releasing = {(a.agent, a.id) for a in actions if a.action == "uninstall"}
+    blocked = {(a.agent, a.id) for a in actions if a.action == "blocked"}
+    out: dict[str, str] = {}
+    for agent_name in sorted(actual.agents):
+        agent = actual.agents[agent_name]
+        if not agent.online:
+            continue
+        holders: dict[str, set[str]] = {}
+        names: dict[str, DeployedApp] = {}
+        for app in agent.deployments.values():
+            if (agent_name, app.id) in releasing:
+                continue
+            names[app.id] = app
+            for domain in held_domains(app):
+                holders.setdefault(domain, set()).add(app.id)
+        granted: dict[str, RenderedDeployment] = {}
+        here = [d for d in desired if d.agent == agent_name and (d.agent, d.id) not in blocked]
+        for want in sorted(here, key=lambda d: (d.file, d.name, d.id)):
+            reason = None
+            for domain in sorted(wanted_domains(want)):
+                held = holders.get(domain, set())
+                if want.id in held:
+                    continue
+                if held:
+                    owner = names[min(held)]
+                    by = f" by {owner.name}" if owner.namespace == want.namespace else ""
+                elif domain in granted and granted[domain].id != want.id:
+                    by = f" by {granted[domain].name}"
+                else:
+                    continue
+                reason = f"domain {domain} is already in use{by}; waiting until it is free"
+                break
+            if reason is not None:
+                out[want.id] = reason
+                continue
+            for domain in wanted_domains(want):
+                granted.setdefault(domain, want)
+    return out
 
 
 def _blocked(action: Action, agent: AgentState) -> Action:

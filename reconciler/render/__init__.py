@@ -16,7 +16,7 @@ from reconciler.render.model import (
     spec_record,
     value_digest,
 )
-from reconciler.render.rendering import RenderContext, render, render_all
+from reconciler.render.rendering import RenderContext, agents_of, render, render_all
 
 __all__ = [
     "LABEL_DEPLOYMENT",
@@ -28,6 +28,7 @@ __all__ = [
     "RenderedDeployment",
     "RenderedRoute",
     "SecretRef",
+    "agents_of",
     "render",
     "render_all",
     "spec_record",

@@ -14,7 +14,7 @@ every app.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -31,6 +31,8 @@ from reconciler.model.deployment import (
 )
 from reconciler.model.ids import auto_domain, deployment_id
 from reconciler.model.manifest import Manifest
+from reconciler.model.state import ActualState
+from reconciler.render.domains import AutoDomain, choose_attempts
 from reconciler.render.model import (
     APP_SERVICE,
     LABEL_DEPLOYMENT,
@@ -47,7 +49,7 @@ from reconciler.render.model import (
     label_services,
 )
 
-__all__ = ["RenderContext", "render", "render_all"]
+__all__ = ["RenderContext", "agents_of", "render", "render_all"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class RenderContext:
     config: RepoConfig = field(default_factory=RepoConfig)
     source_revision: str | None = None
     git_revisions: Mapping[str, str] = field(default_factory=dict)  # deployment name -> sha
+    # deployment name -> auto-domain attempt (absent: 0); chosen by render_all on a clash
+    domain_attempts: Mapping[str, int] = field(default_factory=dict)
 
 
 def _base_url(config: RepoConfig, domain: str) -> str:
@@ -177,7 +181,8 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
     elif spec.onion:
         domain = None  # onion-only: DOMAIN is back-filled with the .onion on the host
     else:
-        domain = auto_domain(namespace, spec.name, config.base_domain)
+        attempt = ctx.domain_attempts.get(spec.name, 0)
+        domain = auto_domain(namespace, spec.name, config.base_domain, attempt)
     env: dict[str, str] = {
         "DEPLOYMENT_ID": dpl_id,
         "DOMAIN": domain or "",
@@ -310,6 +315,8 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
         resources=resources,
         build=build,
         bundle=item.bundle,
+        bundle_digest=item.bundle_digest,
+        file=item.file,
         source_revision=ctx.source_revision,
         services=tuple(sorted(services)),
         one_shot=one_shot,
@@ -345,10 +352,54 @@ def _hooks(
     return out
 
 
-def render_all(state: DesiredState, ctx: RenderContext | None = None) -> list[RenderedDeployment]:
-    """Render a valid desired state, in name order."""
+def agents_of(state: DesiredState) -> list[str]:
+    """The agents the desired state names (aliases resolved), plus ``local``: what to read
+    the actual state of before rendering with it."""
+    return sorted({_agent(d.spec.agent, state.config) for d in state.deployments} | {"local"})
+
+
+def render_all(
+    state: DesiredState,
+    ctx: RenderContext | None = None,
+    *,
+    actual: ActualState | None = None,
+) -> list[RenderedDeployment]:
+    """Render a valid desired state, in name order.
+
+    With ``actual``, an auto domain that another deployment already routes on its agent
+    (any namespace), or that another desired deployment names explicitly, moves to fresh
+    hex (:mod:`reconciler.render.domains`); only those few are rendered twice.  Without
+    it, every auto domain is attempt 0 unless ``ctx.domain_attempts`` says otherwise.
+    """
     state.require_valid()
     ctx = ctx or RenderContext(config=state.config)
     if ctx.config is not state.config:
-        ctx = RenderContext(state.config, ctx.source_revision, ctx.git_revisions)
-    return [render(item, ctx) for item in state.deployments]
+        ctx = replace(ctx, config=state.config)
+    out = [render(item, ctx) for item in state.deployments]
+    if actual is None:
+        return out
+    config = state.config
+    autos = {
+        item.name: AutoDomain(
+            id=d.id,
+            name=d.name,
+            namespace=config.namespace,
+            agent=d.agent,
+            base_domain=config.base_domain,
+            file=item.file,
+        )
+        for item, d in zip(state.deployments, out, strict=True)
+        if item.spec.domain is None and d.domain is not None and d.routes
+    }
+    others = [d for d in out if d.name not in autos]
+    chosen = choose_attempts(list(autos.values()), others, actual)
+    attempts = {
+        n: chosen.get(n, 0) for n in autos if chosen.get(n, 0) != ctx.domain_attempts.get(n, 0)
+    }
+    if not attempts:
+        return out
+    again = replace(ctx, domain_attempts={**ctx.domain_attempts, **attempts})
+    return [
+        render(item, again) if item.name in attempts else d
+        for item, d in zip(state.deployments, out, strict=True)
+    ]

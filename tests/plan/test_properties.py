@@ -61,26 +61,48 @@ def _touches_foreign(s: Scenario, p: Plan) -> bool:
 @settings(FAST, max_examples=120)
 @given(s=scenarios(), prune=st.booleans())
 def test_plan_apply_plan_converges_to_noop(s: Scenario, prune: bool) -> None:
-    """All agents online: applying the plan on a fake host and planning again is all noop."""
+    """All agents online: applying the plan on a fake host and planning again is all noop,
+    apart from deployments blocked by a domain another one serves (another namespace's
+    app here): those stay blocked, with the same reason, and nothing else moves."""
     first = _plan(s, prune=prune, allow_mass_prune=True)
     after = fakehost.apply(first, s.desired, s.actual)
     second = _plan(s, after, prune=prune, allow_mass_prune=True)
 
-    assert [a for a in second.actions if a.action != "noop"] == [], _show(second)
+    # Blocked by a domain in use (and a moved one's old copy, kept where it runs).
+    held = {(a.id, a.agent): a.reason for a in first.actions if "is already in use" in a.reason}
+    in_use = {i: r for (i, _), r in held.items() if r.startswith("domain ")}
+    assert all(a.action == "blocked" for a in first.actions if (a.id, a.agent) in held)
+    rest = [a for a in second.actions if a.action != "noop"]
+    assert {(a.id, a.agent): a.reason for a in rest} == held, _show(second)
+    assert all(a.action == "blocked" for a in rest), _show(second)
     assert sorted(a.id for a in second.actions if a.spec_hash) == sorted(d.id for d in s.desired)
-    assert not second.has_changes
-    # Idempotent from here on: applying an all-noop plan changes nothing.
+    assert second.has_changes == bool(in_use)
+    # Idempotent from here on: applying the second plan changes nothing.
     assert fakehost.apply(second, s.desired, after) == after
+    # The holders keep serving: every blocked domain is still routed by someone running.
+    for d in s.desired:
+        if d.id in in_use:
+            domain = in_use[d.id].split()[1]
+            routed = {
+                r.domain
+                for app in after.agents[d.agent].deployments.values()
+                if app.status != "uninstalled" and app.record and app.id != d.id
+                for r in app.record.routes
+            }
+            assert domain in routed, in_use[d.id]
 
     # Every desired deployment runs where it is wanted, with the wanted spec.
     for d in s.desired:
+        if d.id in in_use:
+            continue
         app = after.agents[d.agent].deployments[d.id]
         assert (app.status, app.spec_hash) == ("running", d.spec_hash)
     # With prune on, nothing of ours runs that is not desired there.
     wanted = {(d.agent, d.id) for d in s.desired}
     leftovers = {k for k, status in _ours(s, after).items() if status != "uninstalled"} - wanted
     if prune:
-        assert leftovers == set(), _show(first)
+        # A move blocked by a domain in use keeps its old copy running where it is.
+        assert leftovers - {(agent, i) for i, agent in held} == set(), _show(first)
     else:
         assert {(a.agent, a.id) for a in second.actions if a.spec_hash is None} == leftovers
 

@@ -11,7 +11,7 @@ import pytest
 from reconciler.load.catalog import Catalog
 from reconciler.load.repo import MAX_BUILD_CONTEXT_BYTES, load_repository
 from reconciler.model.deployment import DeploymentKind
-from reconciler.model.errors import InvalidSpec
+from reconciler.model.errors import InvalidSpec, Severity
 from tests.conftest import RepoFactory
 
 NOTES_MANIFEST = """\
@@ -271,7 +271,16 @@ def test_duplicate_names_and_domains(make_repo: RepoFactory) -> None:
         ("deployments/c.yaml", 3, "domain-duplicate"),
     ]
     assert "deployments/a.yaml:1" in state.problems[0].message
-    assert [d.file for d in state.deployments] == ["deployments/a.yaml"]
+    assert [p.severity for p in state.problems] == [Severity.ERROR, Severity.WARNING]
+    assert "deployments/a.yaml:3" in state.problems[1].message
+    # A name clash drops the second file; a domain clash only warns: the planner decides
+    # who serves the domain (the one already running it, else the first file) and blocks
+    # the other, so both stay in the desired state.
+    assert state.ok
+    assert sorted(d.file for d in state.deployments) == [
+        "deployments/a.yaml",
+        "deployments/c.yaml",
+    ]
 
 
 def test_agent_aliases_and_ids(make_repo: RepoFactory) -> None:
