@@ -352,10 +352,11 @@ def _hooks(
     return out
 
 
-def agents_of(state: DesiredState) -> list[str]:
-    """The agents the desired state names (aliases resolved), plus ``local``: what to read
-    the actual state of before rendering with it."""
-    return sorted({_agent(d.spec.agent, state.config) for d in state.deployments} | {"local"})
+def agents_of(state: DesiredState, *, local: bool = True) -> list[str]:
+    """The agents the desired state names (aliases resolved), plus ``local`` unless told
+    not to: what to read the actual state of before rendering with it."""
+    named = {_agent(d.spec.agent, state.config) for d in state.deployments}
+    return sorted(named | {"local"} if local else named)
 
 
 def render_all(

@@ -38,7 +38,7 @@ from reconciler.model.ids import LOCAL_AGENT
 from reconciler.model.state import ActualState, AgentState
 from reconciler.plan import PlanOptions, plan
 from reconciler.plan.planner import drift
-from reconciler.render import RenderContext, RenderedDeployment, render_all
+from reconciler.render import RenderContext, RenderedDeployment, agents_of, render_all
 from reconciler.server.config import ServerConfig
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
@@ -380,6 +380,8 @@ class Reconciler:
             )
             return Outcome(ok=False, reason=reason, revision=desired.revision, problems=problems)
         config = state.config
+        actual = self.actual_state(set(agents_of(state, local=False)), now)
+        # Rendered against the actual state: an auto domain another app serves moves on.
         rendered = render_all(
             state,
             RenderContext(
@@ -387,9 +389,9 @@ class Reconciler:
                 source_revision=desired.revision,
                 git_revisions=desired.git_revisions,
             ),
+            actual=actual,
         )
         self._rendered = {d.id: d for d in rendered}
-        actual = self.actual_state({d.agent for d in rendered}, now)
         result = plan(
             rendered,
             actual,
