@@ -71,6 +71,7 @@ log = logging.getLogger("reconcile-agent")
 
 EXIT_SETUP = 2  # a refused token, or nothing to start with: no point in restarting
 UNAUTHORIZED_RETRY = 60.0  # seconds between tries while the server refuses our secret
+MIN_EMPTY_POLL = 1.0  # an empty long poll is never repeated faster than this
 ClientFactory = Callable[[str, Credentials | None], AgentClient]
 
 
@@ -206,6 +207,7 @@ class Agent:
         self._heartbeat_wake = threading.Event()
         self._interruptible = False
         self._signals = 0
+        self._abandoned: list[str] = []
         self._unavailable = False
         self._last_prune = 0.0
         self.executed: list[str] = []  # command ids carried out by this process, in order
@@ -237,6 +239,7 @@ class Agent:
                     ", ".join(busy),
                 )
             return
+        self._abandoned = self.running()
         log.info("%s again: abandoning the command in progress", name)
         raise _Interrupted
 
@@ -262,7 +265,11 @@ class Agent:
                 self._prune()
             return 0
         except _Interrupted:
-            log.info("stopped; an unfinished command is redone when the agent is back")
+            if self._abandoned:
+                log.info(
+                    "command %s abandoned: it is redone when the agent is back",
+                    ", ".join(self._abandoned),
+                )
             return 0
         finally:
             self.stop()
@@ -293,6 +300,7 @@ class Agent:
     def poll_once(self, wait: float) -> None:
         """One long poll and the commands it brings; failures wait before returning."""
         self._interruptible = True
+        started = time.monotonic()
         try:
             if self.stopping:
                 return
@@ -322,12 +330,21 @@ class Agent:
         finally:
             self._interruptible = False
         self._heard(batch.heartbeat_seconds)
+        outcomes = []
         for command in batch.commands:
             if self.stopping:
                 break
-            self.handle(command)
+            outcomes.append(self.handle(command))
+            if outcomes[-1] == "abandoned":  # the server went away mid-command
+                self._wait_retry(Unavailable("the bundle download failed"), quiet=True)
+                return
         if batch.commands:
             self.repost_unacked()
+        if "ran" not in outcomes and wait >= 1 and time.monotonic() - started < MIN_EMPTY_POLL:
+            # Nothing new, at once: a server (or a proxy in front of it) that does not hold the
+            # poll, or keeps listing what we skip (clock skew on a deadline), must not turn the
+            # loop into a busy one.
+            self._sleep(MIN_EMPTY_POLL)
 
     def _heard(self, heartbeat_seconds: float) -> None:
         if self._unavailable:

@@ -151,28 +151,37 @@ class FakeWatch:
 
 # ------------------------------------------------------------------ commands
 
-REPO = {
-    "reconcile.yaml": f"namespace: t\nagents: {{host1: {AGENT_ID}}}\n"
-    "proxy: {tls: off, http_port: 18080}\n",
-    "deployments/web.yaml": "name: web\nagent: host1\nimage: busybox:1.36\n",
-    "deployments/blog/deployment.yaml": (
-        "name: blog\nagent: host1\ncompose: ./compose.yaml\n"
-        "routes:\n  - upstream: '{deployment_id}-app:80'\n    match_var: domain\n"
-    ),
-    "deployments/blog/compose.yaml": (
-        "services:\n"
-        "  app:\n"
-        "    image: busybox:1.36\n"
-        "    container_name: ${DEPLOYMENT_ID}-app\n"
-        "    command: [httpd, -f, -p, '80', -h, /seed]\n"
-        "    volumes: ['./public:/seed:ro']\n"
-        "    healthcheck: {test: [CMD, 'true'], interval: 2s}\n"
-        "    networks: [default, impreza-proxy]\n"
-        "networks:\n"
-        "  impreza-proxy: {external: true}\n"
-    ),
-    "deployments/blog/public/index.html": "<h1>hello from the bundle</h1>\n",
-}
+
+def repo_files(namespace: str = "t", http_port: int = 18080) -> dict[str, str]:
+    """A desired-state repo with two deployments on AGENT_ID: an image, and a compose
+    manifest whose files (``public/``) travel in the command's bundle."""
+    return {
+        "reconcile.yaml": f"namespace: {namespace}\nagents: {{host1: {AGENT_ID}}}\n"
+        f"proxy: {{tls: off, http_port: {http_port}}}\n",
+        "deployments/web.yaml": "name: web\nagent: host1\nimage: busybox:1.36\n",
+        "deployments/blog/deployment.yaml": (
+            "name: blog\nagent: host1\ncompose: ./compose.yaml\n"
+            "routes:\n  - upstream: '{deployment_id}-app:80'\n    match_var: domain\n"
+        ),
+        "deployments/blog/compose.yaml": (
+            "services:\n"
+            "  app:\n"
+            "    image: busybox:1.36\n"
+            "    container_name: ${DEPLOYMENT_ID}-app\n"
+            "    init: true\n"
+            "    restart: unless-stopped\n"
+            "    command: [httpd, -f, -p, '80', -h, /seed]\n"
+            "    volumes: ['./public:/seed:ro']\n"
+            "    healthcheck: {test: [CMD, 'true'], interval: 2s}\n"
+            "    networks: [default, impreza-proxy]\n"
+            "networks:\n"
+            "  impreza-proxy: {external: true}\n"
+        ),
+        "deployments/blog/public/index.html": "<h1>hello from the bundle</h1>\n",
+    }
+
+
+REPO = repo_files()
 
 
 def rendered_repo(root: pathlib.Path) -> list[RenderedDeployment]:
@@ -190,6 +199,7 @@ def make_command(
     deadline: dt.datetime | None = None,
     settle: float | None = 0.0,
     purge: bool = False,
+    proxy: ProxyConfig | None = None,
 ) -> Command:
     """A command as the control plane would send it for ``rendered``."""
     empty = ActualState(source="empty", agents={AGENT_ID: AgentState(agent=AGENT_ID)})
@@ -205,7 +215,7 @@ def make_command(
         deployment=None if kind == "uninstall" else rendered.model_dump(mode="json"),
         has_bundle=bundle,
         purge=purge,
-        proxy=ProxyConfig(http_port=18080, tls="off"),
+        proxy=proxy or ProxyConfig(http_port=18080, tls="off"),
         settle_seconds=settle,
         created=now,
         deadline=deadline or now + dt.timedelta(minutes=30),

@@ -448,3 +448,47 @@ def test_journal_files_hold_no_secret_values(tmp_path: pathlib.Path, repo: pathl
     text = (h.state_dir / "agent" / "commands" / "cmd_s.json").read_text()
     assert set(json.loads(text)) >= {"id", "status", "result", "acked"}
     assert "compose_yaml" not in text and "env" not in json.loads(text)
+
+
+def test_a_bundle_download_cut_off_abandons_the_command_until_the_next_poll(
+    tmp_path: pathlib.Path, repo: pathlib.Path
+) -> None:
+    server = FakeControlPlane(fail={"/v1/agent/commands/cmd_b/bundle": ["connect"]})
+    h = Harness(tmp_path, server)
+    blog = by_name(repo, "blog")
+    h.server.add(make_command(blog, cid="cmd_b", bundle=True), tar_of(repo, "deployments/blog"))
+    agent = h.agent()
+    agent.poll_once(0)
+    entry = agent.journal.get("cmd_b")
+    assert entry is not None and entry.status == "running"  # abandoned, not failed
+    assert h.server.result_posts == [] and h.waits == [0.5]  # backed off
+    agent.poll_once(0)
+    assert h.server.results["cmd_b"].ok, h.server.results["cmd_b"].message
+    entry = agent.journal.get("cmd_b")
+    assert entry is not None and entry.attempts == 2 and entry.acked
+
+
+def test_a_stop_during_a_command_finishes_it_posts_and_exits_0(
+    tmp_path: pathlib.Path, repo: pathlib.Path
+) -> None:
+    h = Harness(tmp_path)
+    started, release = threading.Event(), threading.Event()
+
+    class SlowRunner(CommandRunner):
+        def run(self, command: Command) -> CommandResult:
+            started.set()
+            release.wait(10)
+            return CommandResult(ok=True, message="installed")
+
+    agent = h.agent(runner=SlowRunner(h.state_dir, lambda *_a: None), wait=None)
+    h.server.add(make_command(by_name(repo, "web"), cid="cmd_term"))
+    codes: list[int] = []
+    loop = threading.Thread(target=lambda: codes.append(agent.run()))
+    loop.start()
+    assert started.wait(10)
+    agent.on_signal(signal.SIGTERM, None)  # mid-command: not interrupted
+    release.set()
+    loop.join(10)
+    assert codes == [0]
+    assert h.server.results["cmd_term"].ok  # finished and delivered before exiting
+    assert agent.executed == ["cmd_term"]
