@@ -398,7 +398,24 @@ def create_app(
             failing.append("worker: the first reconcile has not started")
         if failing:
             return JSONResponse({"status": "not ready", "error": "; ".join(failing)}, 503)
-        return JSONResponse({"status": "ready"})
+        # Ready even when the last reconcile failed (an unreachable remote is retried;
+        # restarting the server would not help): it is reported, not gated on.
+        last = reconciler.last_outcome
+        return JSONResponse(
+            {
+                "status": "ready",
+                "reconciles": worker.runs,
+                "last_reconcile": None
+                if last is None
+                else {
+                    "ok": last.ok,
+                    "revision": last.revision,
+                    "error": last.error
+                    or worker.last_error
+                    or (f"{len(last.problems)} validation errors" if last.problems else None),
+                },
+            }
+        )
 
     @app.get("/metrics")
     def metrics_endpoint() -> PlainTextResponse:

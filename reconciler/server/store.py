@@ -492,6 +492,24 @@ class Store:
         )
         return self._command(rows[0]) if rows else None
 
+    def failures(
+        self, deployment: str, agent: str, spec_hash: str | None, kind: str
+    ) -> tuple[int, float]:
+        """Consecutive failed results of this very command (same spec, same kind) since
+        the last success or change, and when the latest one came: for retry backoff."""
+        rows = self._query(
+            "SELECT kind, spec_hash, result, finished FROM commands WHERE deployment = ? "
+            "AND agent = ? AND result IS NOT NULL ORDER BY finished DESC LIMIT 50",
+            (deployment, agent),
+        )
+        count, last = 0, 0.0
+        for r in rows:
+            if r["kind"] != kind or r["spec_hash"] != spec_hash or json.loads(r["result"])["ok"]:
+                break
+            count += 1
+            last = max(last, float(r["finished"]))
+        return count, last
+
     def pending_deployments(self, agent: str) -> set[str]:
         rows = self._query(
             "SELECT DISTINCT deployment FROM commands WHERE agent = ? AND state = 'pending'",

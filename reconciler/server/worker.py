@@ -52,6 +52,7 @@ __all__ = [
     "Worker",
     "build_bundle",
     "iso",
+    "retry_delay",
     "trigger_kind",
 ]
 
@@ -65,6 +66,16 @@ LOCAL_REASON = (
 #: After a failed command, drift reported for the same deployment waits this long before
 #: it triggers a reconcile again (the timer still retries): no retry storm per heartbeat.
 FAILURE_BACKOFF = 60.0
+#: A command that failed is issued again only after 30 s, then 1, 2, 4, 8 and at most
+#: 15 minutes (per deployment, spec and kind; a new spec is issued at once).
+RETRY_BASE = 30.0
+RETRY_MAX = 15 * 60.0
+
+
+def retry_delay(failures: int) -> float:
+    if failures <= 0:
+        return 0.0
+    return float(min(RETRY_MAX, RETRY_BASE * 2 ** (failures - 1)))
 
 
 def iso(ts: float | None) -> str | None:
@@ -203,6 +214,7 @@ class Outcome:
     summary: dict[str, int] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)
+    backoff: list[str] = field(default_factory=list)  # failed recently: retried later
     error: str | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -226,6 +238,7 @@ class Reconciler:
         self._catalog = catalog
         self._lock = threading.Lock()  # one run at a time, whoever calls
         self._rendered: dict[str, RenderedDeployment] = {}
+        self.last_outcome: Outcome | None = None
         self.data_dir = config.data_dir
         self.bundle_dir = config.data_dir / "bundles"
         self.cache_dir = config.data_dir / "cache"
@@ -337,7 +350,8 @@ class Reconciler:
             started = time.monotonic()
             self.metrics.reconcile_runs.labels(trigger=trigger_kind(reason)).inc()
             try:
-                return self._reconcile(reason)
+                self.last_outcome = self._reconcile(reason)
+                return self.last_outcome
             finally:
                 self.metrics.reconcile_duration.observe(time.monotonic() - started)
 
@@ -427,6 +441,12 @@ class Reconciler:
                 action.id, action.agent, action.spec_hash, action.action, since=since
             ):
                 continue
+            failed, last_failure = self.store.failures(
+                action.id, action.agent, action.spec_hash, action.action
+            )
+            if failed and now < last_failure + retry_delay(failed):
+                outcome.backoff.append(action.deployment)
+                continue
             try:
                 command_id, superseded = self._issue(
                     action, want, state.root, config, desired.revision, now
@@ -453,6 +473,7 @@ class Reconciler:
                 "summary": outcome.summary,
                 "commands": outcome.commands,
                 "superseded": outcome.superseded,
+                "backoff": outcome.backoff,
             },
         )
         return outcome

@@ -69,7 +69,7 @@ class Remote:
         self.write(files or {})
         git(self.work, "add", "-A")
         git(self.work, "commit", "--quiet", "--allow-empty", "-m", message)
-        git(self.work, "push", "--quiet", "origin", "main")
+        git(self.work, "push", "--quiet", "origin", "HEAD")
         return git(self.work, "rev-parse", "HEAD")
 
 

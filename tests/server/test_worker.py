@@ -10,11 +10,13 @@ import threading
 import time
 
 import pytest
-from conftest import Remote, examples_for
+from conftest import Remote, copy_examples, examples_for, git
 
 from reconciler.model.errors import InvalidSpec
 from reconciler.server.app import ControlPlane
-from reconciler.server.worker import LOCAL_REASON, Worker, build_bundle
+from reconciler.server.config import ServerConfig
+from reconciler.server.store import Store
+from reconciler.server.worker import LOCAL_REASON, Reconciler, Worker, build_bundle
 
 
 def _until(predicate: object, timeout: float = 30.0) -> bool:
@@ -246,6 +248,35 @@ class TestReconcile:
         assert cmd.kind == "uninstall" and cmd.payload["action"]["deployment"] == "api"
         assert cmd.payload["deployment"] is None
 
+    def test_a_failed_command_is_retried_with_backoff(
+        self, plane: ControlPlane, remote: Remote
+    ) -> None:
+        agent = _bootstrap(plane)
+        files = examples_for(agent)
+        remote.commit({k: v for k, v in files.items() if "api" in k or k == "reconcile.yaml"})
+        _run(plane)
+        [first] = plane.store.pending_commands(agent)
+        plane.store.finish_command(first.id, agent, {"ok": False, "message": "pull failed"})
+        plane.store.record_report(agent, {"state": {"agent": agent}})
+        _run(plane)
+        assert plane.store.pending_commands(agent) == []
+        assert _events(plane, "reconcile.finished")[-1]["backoff"] == ["api"]
+        start = time.time()
+
+        def later(seconds: float) -> None:
+            plane.reconciler.clock = lambda: start + seconds
+            plane.store.record_report(agent, {"state": {"agent": agent}}, now=start + seconds)
+            _run(plane)
+
+        later(31)  # past the first delay (30 s)
+        [second] = plane.store.pending_commands(agent)
+        assert second.id != first.id and second.kind == "install"
+        plane.store.finish_command(second.id, agent, {"ok": False}, now=start + 32)
+        later(62)  # the second delay is 60 s
+        assert plane.store.pending_commands(agent) == []
+        later(93)
+        assert len(plane.store.pending_commands(agent)) == 1
+
     def test_unreachable_source_is_an_event_not_a_crash(
         self, plane: ControlPlane, remote: Remote
     ) -> None:
@@ -254,7 +285,9 @@ class TestReconcile:
         shutil.rmtree(remote.bare)
         _run(plane)
         assert plane.worker.alive
-        assert _events(plane, "reconcile.failed")
+        [failed] = _events(plane, "reconcile.failed")
+        last = plane.reconciler.last_outcome
+        assert last is not None and not last.ok and last.error == failed["error"]
 
 
 class TestBundles:
@@ -302,3 +335,35 @@ class TestBundles:
         build_bundle(root, ["d"], tmp_path / "b.tar")
         with tarfile.open(fileobj=io.BytesIO((tmp_path / "b.tar").read_bytes())) as tar:
             assert tar.getnames() == ["d", "d/f"]
+
+
+class TestSources:
+    def _reconciler(self, tmp_path: pathlib.Path, source: str, **extra: object) -> Reconciler:
+        config = ServerConfig.model_validate(
+            {"source": source, "data_dir": tmp_path / "data", "poll_interval": 0, **extra}
+        )
+        return Reconciler(config, Store.in_dir(config.data_dir))
+
+    def test_plain_directory_is_read_as_it_is(self, tmp_path: pathlib.Path) -> None:
+        repo = copy_examples(tmp_path / "examples")
+        reconciler = self._reconciler(tmp_path, str(repo))
+        assert reconciler.source_spec() == (str(repo), None)
+        outcome = reconciler.reconcile("api: test")
+        assert outcome.ok and outcome.revision is None
+        # Its deployments name `local`: blocked with the reason, no commands.
+        assert outcome.summary["blocked"] == 5 and outcome.commands == []
+        with pytest.raises(InvalidSpec, match="no branches"):
+            self._reconciler(tmp_path, str(repo), branch="main").source_spec()
+
+    def test_a_local_work_tree_is_read_as_git_at_its_head_branch(
+        self, tmp_path: pathlib.Path
+    ) -> None:
+        remote = Remote(tmp_path)
+        git(remote.work, "checkout", "--quiet", "-b", "prod")
+        rev = remote.commit({"reconcile.yaml": "namespace: srv\n", "deployments/.keep": ""})
+        (remote.work / "deployments/uncommitted.yaml").write_text("name: [\n")
+        reconciler = self._reconciler(tmp_path, str(remote.work))
+        spec, ref = reconciler.source_spec()
+        assert spec.startswith("file://") and ref == "prod"
+        outcome = reconciler.reconcile("api: test")
+        assert outcome.ok and outcome.revision == rev  # the commit, not the edited files
