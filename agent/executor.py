@@ -77,7 +77,8 @@ class ProxyPort(Protocol):
 
 class OnionPort(Protocol):
     def sync(self, keys: Mapping[str, pathlib.Path]) -> object:
-        """Publish exactly these hidden services: ``{dpl_id: its key dir}``."""
+        """Publish exactly these hidden services: ``{dpl_id: its key dir}``; an empty set
+        when nothing was published is a cheap no-op."""
 
 
 class ContainerWatch(Protocol):
@@ -210,8 +211,8 @@ class Executor:
     ) -> None:
         """Tell the Tor sidecar the host's onion deployments (from the records).
 
-        Without a sidecar (``onion`` None), or with no onion deployment and none published
-        before, nothing happens (and Docker is not touched).
+        Without a sidecar (``onion`` None) nothing happens; the port itself makes an empty
+        set cheap when nothing was published before (no Docker call).
         """
         if self.onion is None:
             return
@@ -223,8 +224,6 @@ class Executor:
             if rec.record.onion and (directory / "hs_ed25519_secret_key").exists():
                 keys[rec.id] = directory
         keys.update(extra or {})
-        if not keys and not (self.state_dir / "tor").exists():
-            return
         self.onion.sync(keys)
 
     # ------------------------------------------------------------------ steps
@@ -354,9 +353,10 @@ class Executor:
 
     def _sync_onion_step(self, want: RenderedDeployment) -> None:
         onion = self._onion_address(want)
-        if self.onion is None or (onion is None and not (self.state_dir / "tor").exists()):
+        if self.onion is None:
             return
-        self._emit(want.name, "onion", onion or "hidden service removed")
+        if onion is not None:
+            self._emit(want.name, "onion", f"hidden service {onion}")
         keys = {want.id: self.app_dir(want.id) / KEY_DIR} if onion else {}
         try:
             self.sync_onion(keys, without=want.id)
@@ -493,8 +493,9 @@ class Executor:
                 raise _Failed("down", exc.output) from None
         self._emit(action.deployment, "routes", "removing")
         self.sync_routes(without=action.id)
-        if self.onion is not None and (self.state_dir / "tor").exists():
-            self._emit(action.deployment, "onion", "hidden service removed; key kept until purge")
+        if self.onion is not None:
+            if rec is not None and rec.onion_address:
+                self._emit(action.deployment, "onion", "hidden service removed")
             try:
                 self.sync_onion(without=action.id)
             except ReconcilerError as exc:

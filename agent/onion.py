@@ -518,7 +518,8 @@ class TorSidecar:
         """
         with self._lock:
             if not keys:
-                return self.remove()
+                # nothing published before: no Docker call (every no-op reconcile gets here)
+                return self.remove() if self.settings.tor_dir.exists() else False
             s = self.settings
             target = self.proxy_target()
             self._mirror(keys)

@@ -92,7 +92,9 @@ class OnionHost:
         return proc
 
     def apply(self, *extra: str) -> dict[str, Any]:
-        out = self.reconcile("apply", str(self.repo), "--yes", "-f", "json", *extra).stdout
+        out = self.reconcile(
+            "apply", str(self.repo), "--yes", "-f", "json", "--settle", "1", *extra
+        ).stdout
         result: dict[str, Any] = json.loads(out)
         assert all(r["ok"] for r in result["results"]), result["results"]
         return result
@@ -172,6 +174,31 @@ def test_sidecar_publishes_our_address_from_our_key(host: OnionHost) -> None:
     again = host.apply()
     assert again["results"] == []
     assert host.tor_container().id == tor.id
+
+
+def test_a_second_onion_app_is_added_and_removed_by_reload(host: OnionHost) -> None:
+    tor = host.tor_container()
+    second = deployment_id(host.namespace, "both")
+    (host.repo / "deployments" / "both.yaml").write_text(
+        "name: both\nimage: busybox:1.36\ndomain: both.example.test\nonion: true\n"
+    )
+    host.apply()
+    assert host.tor_container().id == tor.id  # SIGHUP, not a new container
+    torrc = host.exec("reconciler-tor", "cat", "/etc/reconciler-tor/torrc")
+    assert hidden_service_ids(torrc) == sorted([host.id, second])
+    identity = read_identity(host.state / "apps" / second / "onion")
+    assert identity is not None
+    published = host.exec("reconciler-tor", "cat", f"/var/lib/tor/hs/{second}/{HOSTNAME}")
+    assert published.strip() == identity.address
+    env = host.exec(f"{second}-app", "env")
+    assert f"DOMAIN_URL=http://both.example.test:{host.port}\n" in env  # clearnet stays
+    record = json.loads((host.state / "apps" / second / "state.json").read_text())
+    assert record["urls"] == [f"http://both.example.test:{host.port}", f"http://{identity.address}"]
+    (host.repo / "deployments" / "both.yaml").unlink()
+    host.apply("--allow-mass-prune")
+    assert host.tor_container().id == tor.id
+    torrc = host.exec("reconciler-tor", "cat", "/etc/reconciler-tor/torrc")
+    assert hidden_service_ids(torrc) == [host.id]
 
 
 def test_onion_off_removes_the_hidden_service_and_keeps_the_key(host: OnionHost) -> None:
