@@ -89,6 +89,11 @@ class _Error(Exception):
         self.headers = headers
 
 
+class ReconcileRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    allow_mass_prune: bool = False
+
+
 class DeployHookRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(pattern=NAME_RE.pattern)]
@@ -365,9 +370,14 @@ def create_app(
         return {"agents": [agent_view(a, now) for a in store.agents()]}
 
     @app.post("/v1/reconcile", dependencies=admin, status_code=202)
-    def trigger() -> dict[str, Any]:
+    def trigger(body: ReconcileRequest | None = None) -> dict[str, Any]:
+        if body is not None and body.allow_mass_prune:
+            # One run's approval, like `reconcile apply --allow-mass-prune`: the guard is
+            # back for the run after.
+            reconciler.allow_mass_prune_once()
+            store.record_event("mass_prune.allowed", {"by": "api"})
         worker.trigger("api: POST /v1/reconcile")
-        return {"queued": True}
+        return {"queued": True, "allow_mass_prune": bool(body and body.allow_mass_prune)}
 
     @app.post("/v1/agent-tokens", dependencies=admin, status_code=201)
     def agent_token() -> dict[str, Any]:

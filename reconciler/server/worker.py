@@ -239,6 +239,7 @@ class Reconciler:
         self._lock = threading.Lock()  # one run at a time, whoever calls
         self._rendered: dict[str, RenderedDeployment] = {}
         self.last_outcome: Outcome | None = None
+        self._mass_prune_once = False
         self.data_dir = config.data_dir
         self.bundle_dir = config.data_dir / "bundles"
         self.cache_dir = config.data_dir / "cache"
@@ -343,6 +344,10 @@ class Reconciler:
                     reasons.append(f"{row.name}: {'; '.join(problems)}")
         return reasons
 
+    def allow_mass_prune_once(self) -> None:
+        """Let the next run that gets as far as planning prune past the guard."""
+        self._mass_prune_once = True
+
     # -------------------------------------------------------------------- a run
 
     def reconcile(self, reason: str = "manual") -> Outcome:
@@ -394,6 +399,7 @@ class Reconciler:
             )
             return Outcome(ok=False, reason=reason, revision=desired.revision, problems=problems)
         config = state.config
+        mass_prune, self._mass_prune_once = self._mass_prune_once, False
         actual = self.actual_state(set(agents_of(state, local=False)), now)
         # Rendered against the actual state: an auto domain another app serves moves on.
         rendered = render_all(
@@ -412,7 +418,7 @@ class Reconciler:
             namespace=config.namespace,
             options=PlanOptions(
                 prune=config.prune,
-                allow_mass_prune=self.config.allow_mass_prune,
+                allow_mass_prune=self.config.allow_mass_prune or mass_prune,
                 max_prune_share=config.max_prune_share,
             ),
             unresolved=desired.unresolved,

@@ -200,18 +200,7 @@ class TestReports:
         headers = _agent(client, plane)
         agent = headers["X-Agent-Id"]
         _deploy_examples(plane, remote, agent)
-        apps = {}
-        for c in plane.store.pending_commands(agent):
-            client.post(f"/v1/agent/commands/{c.id}/result", json={"ok": True}, headers=headers)
-            services = c.payload["deployment"]["services"]
-            apps[c.deployment] = {
-                "id": c.deployment,
-                "name": c.payload["action"]["deployment"],
-                "namespace": "srv",
-                "spec_hash": c.spec_hash,
-                "services": services,
-                "containers": [{"service": s, "status": "running"} for s in services],
-            }
+        apps = _install_all(client, plane, headers)
         state = {"agent": agent, "deployments": apps}
         client.post("/v1/agent/report", json={"state": state}, headers=headers)
         assert plane.worker.wait_idle(60)
@@ -229,6 +218,56 @@ class TestReports:
         [repair] = plane.store.pending_commands(agent)
         assert repair.kind == "repair" and repair.deployment == api_id
         assert "exited" in repair.payload["action"]["reason"]
+
+
+def _install_all(
+    client: TestClient, plane: ControlPlane, headers: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Play the agent: every pending command succeeds; returns the apps to report."""
+    apps: dict[str, dict[str, Any]] = {}
+    for c in plane.store.pending_commands(headers["X-Agent-Id"]):
+        client.post(f"/v1/agent/commands/{c.id}/result", json={"ok": True}, headers=headers)
+        services = c.payload["deployment"]["services"]
+        apps[c.deployment] = {
+            "id": c.deployment,
+            "name": c.payload["action"]["deployment"],
+            "namespace": "srv",
+            "spec_hash": c.spec_hash,
+            "services": services,
+            "containers": [{"service": s, "status": "running"} for s in services],
+        }
+    return apps
+
+
+class TestMassPrune:
+    def test_refused_until_one_run_is_allowed(
+        self, client: TestClient, plane: ControlPlane, remote: Remote
+    ) -> None:
+        headers = _agent(client, plane)
+        agent = headers["X-Agent-Id"]
+        _deploy_examples(plane, remote, agent)
+        apps = _install_all(client, plane, headers)
+        client.post(
+            "/v1/agent/report",
+            json={"state": {"agent": agent, "deployments": apps}},
+            headers=headers,
+        )
+        assert plane.worker.wait_idle(60)
+        remote.commit({f: None for f in examples_for(agent) if f.startswith("deployments/")})
+        plane.worker.trigger("api: test")
+        assert plane.worker.wait_idle(60)
+        plan = client.get("/v1/plan", headers=ADMIN_HEADERS).json()
+        assert plan["summary"]["blocked"] == 5 and "mass prune" in plan["actions"][0]["reason"]
+        assert plane.store.pending_commands(agent) == []
+        r = client.post("/v1/reconcile", json={"allow_mass_prune": True}, headers=ADMIN_HEADERS)
+        assert r.status_code == 202
+        assert _until(lambda: len(plane.store.pending_commands(agent)) == 5)
+        assert {c.kind for c in plane.store.pending_commands(agent)} == {"uninstall"}
+        # The approval was for one run: the next plan is guarded again.
+        plane.worker.trigger("api: again")
+        assert plane.worker.wait_idle(60)
+        plan = client.get("/v1/plan", headers=ADMIN_HEADERS).json()
+        assert plan["summary"]["blocked"] == 5
 
 
 class TestAdmin:
