@@ -208,6 +208,7 @@ class Agent:
         self._interruptible = False
         self._signals = 0
         self._abandoned: list[str] = []
+        self._undelivered = False  # a result post failed: retry after the next good poll
         self._unavailable = False
         self._last_prune = 0.0
         self.executed: list[str] = []  # command ids carried out by this process, in order
@@ -338,7 +339,7 @@ class Agent:
             if outcomes[-1] == "abandoned":  # the server went away mid-command
                 self._wait_retry(Unavailable("the bundle download failed"), quiet=True)
                 return
-        if batch.commands:
+        if batch.commands or self._undelivered:
             self.repost_unacked()
         if "ran" not in outcomes and wait >= 1 and time.monotonic() - started < MIN_EMPTY_POLL:
             # Nothing new, at once: a server (or a proxy in front of it) that does not hold the
@@ -450,6 +451,7 @@ class Agent:
             ack = self.client.post_result(entry.id, entry.result)
         except (Unavailable, Unauthorized) as exc:
             log.warning("result of %s not delivered yet (%s); will retry", entry.id, exc)
+            self._undelivered = True
             return False
         except ProtocolError as exc:
             # 404/409/422: the server no longer wants it (expired, forgotten); stop trying.
@@ -464,6 +466,7 @@ class Agent:
     def repost_unacked(self) -> bool:
         """Deliver the results a previous run (or a failed post) left unconfirmed."""
         ok = True
+        self._undelivered = False
         for entry in self.journal.unacked():
             if self.stopping and not ok:
                 break

@@ -130,12 +130,17 @@ class Journal:
         return sorted(done, key=lambda e: e.finished_at or e.started_at)
 
     def prune(self, older_than: dt.timedelta = KEEP_ACKED) -> int:
-        """Delete acknowledged entries finished more than ``older_than`` ago."""
+        """Delete acknowledged entries finished more than ``older_than`` ago, and
+        interrupted ones whose deadline passed that long ago (the server gave up on them
+        and will not hand them out again)."""
         cutoff = self._now() - older_than
         removed = 0
         for entry in self.entries():
             finished = entry.finished_at or entry.started_at
-            if entry.acked and finished < cutoff:
+            abandoned = (
+                entry.status == "running" and entry.deadline is not None and entry.deadline < cutoff
+            )
+            if (entry.acked and finished < cutoff) or abandoned:
                 with contextlib.suppress(FileNotFoundError):
                     self._path(entry.id).unlink()
                     removed += 1

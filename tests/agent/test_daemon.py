@@ -300,13 +300,15 @@ def test_journal_prunes_acknowledged_entries_older_than_a_day(
     journal = Journal(tmp_path, now=lambda: now[0])
     for cid in ("cmd_old", "cmd_unacked", "cmd_running"):
         journal.start(make_command(web, cid=cid))
+    # Interrupted, and the server gave up on it (its deadline passed): never handed out again.
+    journal.start(make_command(web, cid="cmd_gaveup", deadline=now[0] - dt.timedelta(hours=1)))
     for cid in ("cmd_old", "cmd_unacked"):
         journal.finish(cid, CommandResult(ok=True))
     journal.ack("cmd_old")
     now[0] += dt.timedelta(hours=23)
     assert journal.prune() == 0
     now[0] += dt.timedelta(hours=2)
-    assert journal.prune() == 1
+    assert journal.prune() == 2
     assert sorted(e.id for e in journal.entries()) == ["cmd_running", "cmd_unacked"]
     path = tmp_path / "agent" / "commands" / "cmd_unacked.json"
     assert JournalEntry.model_validate_json(path.read_text()).status == "done"
@@ -363,8 +365,9 @@ def test_a_result_that_cannot_be_posted_is_kept_and_delivered_later(
     agent.poll_once(0)
     assert Journal(h.state_dir).unacked()[0].id == "cmd_a"
     server.commands.clear()  # e.g. the server restarted and forgot to re-list it
-    assert agent.repost_unacked()
+    agent.poll_once(0)  # an empty poll: the server is back, so the result goes now
     assert h.server.results["cmd_a"].ok and Journal(h.state_dir).unacked() == []
+    assert h.parts.applied == ["web"]
 
 
 def test_once_exits_1_when_the_control_plane_is_unreachable(tmp_path: pathlib.Path) -> None:
