@@ -21,7 +21,10 @@ workers sharing one httpx connection pool; after 100 warm-up deliveries.  Target
 Floor, measured in the same run with the same client and bodies: uvicorn serving one
 endpoint that reads the body and answers 202 with no verification, no store, no worker.
 Prints req/s and p50/p95/p99 latency per target (medians over ``--runs``), the ratios
-to the floor, and how many reconciles the deliveries coalesced into (``/metrics``).
+to the floor, the server process's CPU per delivery (from ``/proc``, all threads, the
+worker's reconciles included: it holds up on a busy machine where wall-clock rates do
+not) and the rate one idle core would sustain at that cost, and how many reconciles
+the deliveries coalesced into (``/metrics``).
 Goal (issue 6): >= 500 req/s with p99 < 50 ms on a 2-core machine.
 """
 
@@ -182,7 +185,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(argv: list[str], port: int, env: dict[str, str], ready: str) -> Iterator[str]:
+def server(
+    argv: list[str], port: int, env: dict[str, str], ready: str
+) -> Iterator[tuple[str, int]]:
     import httpx
 
     base = f"http://127.0.0.1:{port}"
@@ -207,7 +212,7 @@ def server(argv: list[str], port: int, env: dict[str, str], ready: str) -> Itera
             if time.monotonic() > deadline:
                 raise SystemExit("server did not come up in 60 s")
             time.sleep(0.05)
-        yield base
+        yield base, proc.pid
     finally:
         proc.terminate()
         try:
@@ -215,6 +220,12 @@ def server(argv: list[str], port: int, env: dict[str, str], ready: str) -> Itera
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all its threads): robust to a busy machine."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def uvicorn_argv(factory: str, port: int) -> list[str]:
@@ -310,6 +321,7 @@ class Load:
     seconds: float
     latencies: list[float]
     statuses: dict[int, int]
+    cpu: float = 0.0  # the server process's CPU seconds during the timed load
 
     @property
     def rate(self) -> float:
@@ -430,12 +442,15 @@ def main() -> None:
                         "BENCH_DB": str(tmp / f"standin{run}.sqlite"),
                         "BENCH_SYNCHRONOUS": args.standin_synchronous,
                     }
-                with server(argv, port, extra, ready) as base:
+                with server(argv, port, extra, ready) as (base, pid):
                     drive(base, warm, args.concurrency, args.seconds)
+                    cpu0 = cpu_seconds(pid)
                     load = drive(base, timed, args.concurrency, args.seconds)
-                    results[label].append(load)
                     if label != "floor":
                         time.sleep(0.5)  # let the queued reconcile end before counting runs
+                    load.cpu = cpu_seconds(pid) - cpu0
+                    results[label].append(load)
+                    if label != "floor":
                         runs, accepted = scrape(base)
                         coalesced[label].append((runs, accepted, load.statuses.get(202, 0)))
     finally:
@@ -447,7 +462,10 @@ def main() -> None:
         f"median of {args.runs} runs; loopback, {os.cpu_count()} CPUs; data dir on "
         f"{tmp.parent}, load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'target':38} {'req/s':>8} {'p50':>8} {'p95':>8} {'p99':>8}  statuses")
+    print(
+        f"{'target':38} {'req/s':>6} {'p50':>8} {'p95':>8} {'p99':>8} {'CPU/req':>9} "
+        f"{'1 core':>6}  statuses"
+    )
     names = {
         "floor": "floor: bare 202 (no verification)",
         "standin": f"router + SQLite stand-in ({args.standin_synchronous})",
@@ -460,6 +478,7 @@ def main() -> None:
             "p50": statistics.median(x.pct(0.50) for x in loads) * 1000,
             "p95": statistics.median(x.pct(0.95) for x in loads) * 1000,
             "p99": statistics.median(x.pct(0.99) for x in loads) * 1000,
+            "cpu": statistics.median(x.cpu / x.sent for x in loads) * 1000,
         }
         med[label] = m
         statuses: dict[int, int] = {}
@@ -467,15 +486,16 @@ def main() -> None:
             for k, v in x.statuses.items():
                 statuses[k] = statuses.get(k, 0) + v
         print(
-            f"{names[label]:38} {m['rate']:8.0f} {m['p50']:6.1f}ms {m['p95']:6.1f}ms "
-            f"{m['p99']:6.1f}ms  {dict(sorted(statuses.items()))}"
+            f"{names[label]:38} {m['rate']:6.0f} {m['p50']:6.1f}ms {m['p95']:6.1f}ms "
+            f"{m['p99']:6.1f}ms {m['cpu']:7.2f}ms {1000 / m['cpu']:6.0f}  "
+            f"{dict(sorted(statuses.items()))}"
         )
     f = med["floor"]
     for label in targets:
         t = med[label]
         print(
             f"ratio {label} / floor: throughput {t['rate'] / f['rate']:.2f}x, "
-            f"p99 {t['p99'] / f['p99']:.2f}x"
+            f"p99 {t['p99'] / f['p99']:.2f}x, server CPU per delivery {t['cpu'] / f['cpu']:.2f}x"
         )
     for label in targets:
         for i, (runs, accepted, ok) in enumerate(coalesced[label]):
