@@ -318,6 +318,8 @@ class Executor:
     ) -> None:
         name = want.name
         project = self._project(want.id)
+        # An update may only move routes (see _routes_only): what ran before decides.
+        before = read_record(self.state_dir, want.id) if action.action == "update" else None
         self._emit(name, "files", "writing compose.yaml and .env")
         try:
             self._write_files(want, repo_root)
@@ -328,6 +330,9 @@ class Executor:
         if want.routes or want.onion or "impreza-proxy" in want.compose_yaml:
             self._emit(name, "proxy", "network and proxy container")
             self.proxy.ensure()
+        if before is not None and self._routes_only(want, before):
+            self._move_routes(want, before)
+            return
         self._compose(name, "config", lambda: self.driver.check(project))
         if want.build is not None or "build:" in want.compose_yaml:
             self._emit(name, "build", "docker compose build")
@@ -350,6 +355,57 @@ class Executor:
         self._emit(name, "record", "state.json")
         self._save_release(want)
         self._write_record(want, "running")
+
+    def _routes_only(self, want: RenderedDeployment, before: AppRecord) -> bool:
+        """Whether this update changes nothing the containers see, so ``up`` is skipped.
+
+        ``docker compose up -d`` recreates a container whenever its config hash changes,
+        and our spec-hash label is part of that config: every update would restart the
+        app.  But a domain change alters only the routes plus ``DOMAIN``/``DOMAIN_URL`` in
+        ``.env``, which reach a container only if its compose file interpolates them.  So
+        when the images, the compose file (our labels aside), resources, build revision,
+        onion setting and shipped files are all as before, every env key that changed is
+        referenced nowhere in the compose file, no service reads ``.env`` whole
+        (``env_file``), and the app is running healthily, the containers are left alone:
+        the routes move, the record is rewritten.  Otherwise it is a normal update.
+        """
+        old, new = before.record, spec_record(want)
+        if before.status != "running" or before.spec_hash == want.spec_hash:
+            return False
+        same = (
+            old.images == new.images
+            and old.compose_digest == new.compose_digest
+            and old.resources == new.resources
+            and old.source_revision == new.source_revision
+            and old.bundle_digest == new.bundle_digest
+            and old.onion == new.onion
+        )
+        if not same or "env_file" in want.compose_yaml:
+            return False
+        changed = {k for k in old.env.keys() | new.env.keys() if old.env.get(k) != new.env.get(k)}
+        if any(_references(want.compose_yaml, key) for key in changed):
+            return False
+        verdict = _verdict(want, self.watch.containers(want.id), {}, 0.0)
+        return verdict.ready and verdict.failure is None
+
+    def _move_routes(self, want: RenderedDeployment, before: AppRecord) -> None:
+        name = want.name
+        self._emit(name, "up", "skipped: only routes changed; the containers keep running")
+        self._emit(name, "routes", ", ".join(r.domain for r in want.routes) or "none")
+        self.sync_routes(
+            {r.domain: r.upstream for r in want.routes} | self._onion_route(want),
+            without=want.id,
+        )
+        self._sync_onion_step(want)
+        if "health" in want.hooks:
+            self._hook(want, "health")
+        if self.settings.probe:
+            self._probe(want)
+        self._emit(name, "record", "state.json")
+        self._save_release(want)
+        labels = before.labels_spec_hash or before.spec_hash
+        rec = self._record(want, "running").model_copy(update={"labels_spec_hash": labels})
+        write_record(self.state_dir, rec)
 
     def _sync_onion_step(self, want: RenderedDeployment) -> None:
         onion = self._onion_address(want)
@@ -641,6 +697,14 @@ def _app_record(want: RenderedDeployment, status: AppStatus, error: str | None =
         updated_at=_now(),
         last_error=error,
     )
+
+
+def _references(compose_yaml: str, key: str) -> bool:
+    """Whether the compose text interpolates ``key`` (``$KEY``, ``${KEY}``, ``${KEY:-x}``...).
+    Textual on purpose: a false positive only costs a restart."""
+    import re
+
+    return re.search(rf"\$\{{?{re.escape(key)}(?![A-Za-z0-9_])", compose_yaml) is not None
 
 
 def _pin_images(compose_yaml: str, image_ids: Mapping[str, str]) -> str:

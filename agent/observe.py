@@ -204,7 +204,9 @@ def merge(
         )
         if record is not None:
             spec_hash = record.spec_hash
-            stale = [h for h in label_hashes if h != record.spec_hash]
+            # A route-only update leaves the containers (and their labels) as they were.
+            accepted = {record.spec_hash, record.labels_spec_hash}
+            stale = [h for h in label_hashes if h not in accepted]
             if stale and record.status != "uninstalled":
                 log.info(
                     "%s: containers run spec %s, the record says %s",

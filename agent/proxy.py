@@ -32,8 +32,12 @@ Decisions where this module goes beyond, or away from, the design brief:
   then inserts its HTTP->HTTPS redirects for the routed domains ahead of that 404.  One
   server listening on both ports (the brief's shape) would serve every routed site in
   plain HTTP on :80, because our host routes come before Caddy's redirect routes.
-  (Redirects point at port 443 of the domain; a non-default ``https_port`` is only
-  reachable by naming the port.)  443 is published for TCP and UDP (HTTP/3).
+  With a non-default ``https_port`` Caddy's redirects (to :443) are turned off and ours
+  redirect to the published port instead (see :func:`desired_config`).  443 is
+  published for TCP and UDP (HTTP/3).
+* **``tls: auto`` never orders what cannot be issued.**  ``*.localhost``, ``.local``,
+  ``.internal``, ``.test``, IP addresses and single labels get Caddy's local CA through an
+  explicit automation policy, public names Caddy's ACME issuers.
 * **The probe follows the public scheme.**  With TLS on, :80 only answers 308 for a routed
   domain, which says nothing about the upstream; so :meth:`CaddyProxy.probe` then asks
   ``https://127.0.0.1:{https_port}`` with SNI and ``Host`` set to the domain, without
@@ -91,6 +95,7 @@ __all__ = [
     "ProxySettings",
     "RouteDiff",
     "desired_config",
+    "publicly_certifiable",
     "routes_from_config",
 ]
 
@@ -190,16 +195,83 @@ def _not_found() -> dict[str, Any]:
     return {"handle": [{"handler": "static_response", "status_code": 404, "body": NOT_FOUND_BODY}]}
 
 
+# Names no public CA will ever certify: special-use (RFC 6761/6762, RFC 8375, ICANN's
+# .internal) and the customary private ones.  ``tls: auto`` gives them Caddy's local CA
+# instead of an ACME order that can only fail (and count against rate limits).
+_PRIVATE_SUFFIXES = (
+    "localhost",
+    "local",
+    "internal",
+    "home.arpa",
+    "test",
+    "example",
+    "invalid",
+    "lan",
+    "localdomain",
+)
+
+
+def publicly_certifiable(domain: str) -> bool:
+    """Whether an ACME CA (Let's Encrypt, ZeroSSL) could issue for ``domain``: a dotted
+    name under a public suffix, not an IP address, not a special-use name."""
+    import ipaddress
+
+    host = domain.lower().rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return False
+    if "." not in host.lstrip("*."):
+        return False
+    return not any(host == s or host.endswith("." + s) for s in _PRIVATE_SUFFIXES)
+
+
+def _redirect(domains: list[str], https_port: int) -> dict[str, Any]:
+    """HTTP -> HTTPS for ``domains``, keeping a non-default HTTPS port in the URL."""
+    port = "" if https_port == 443 else f":{https_port}"
+    return {
+        "match": [{"host": domains}],
+        "handle": [
+            {
+                "handler": "static_response",
+                "status_code": 308,
+                "headers": {
+                    "Location": [f"https://{{http.request.host}}{port}{{http.request.uri}}"]
+                },
+            }
+        ],
+        "terminal": True,
+    }
+
+
 def desired_config(
-    routes: Mapping[str, str], tls: Literal["auto", "internal", "off"] = "off"
+    routes: Mapping[str, str],
+    tls: Literal["auto", "internal", "off"] = "off",
+    *,
+    https_port: int = 443,
 ) -> dict[str, Any]:
     """The full Caddy JSON config for ``{domain: upstream}``: pure and deterministic.
 
     Routes are sorted by domain, each ``host`` match -> ``reverse_proxy``, then a catch-all
-    404.  ``tls: off`` is one plain HTTP server on :80; otherwise the routes are served on
-    :443 and :80 keeps only the 404 (Caddy adds its redirects before it); ``internal``
-    issues the routed domains' certificates from Caddy's local CA, ``auto`` uses Caddy's
-    default ACME issuers.
+    404.  ``tls: off`` is one plain HTTP server on :80.  Otherwise the routes are served on
+    :443 and :80 answers them with a 308 to HTTPS (``.onion`` hosts excepted: plain HTTP,
+    Tor encrypts):
+
+    * with the standard ``https_port`` 443, Caddy's own automatic redirects do that (and
+      they sit where the ACME HTTP-01 challenge is answered);
+    * with another ``https_port`` (a test or a shared host), Caddy's redirects would
+      point at :443, which is not where the host publishes HTTPS; so they are turned
+      off and explicit redirects to ``https://<host>:<https_port>/...`` take their place
+      (a public certificate needs 80 and 443 anyway).
+
+    Certificates: ``internal`` issues every routed domain's from Caddy's local CA;
+    ``auto`` leaves public names to Caddy's default ACME issuers (Let's Encrypt, then
+    ZeroSSL: HTTP-01 on :80, TLS-ALPN-01 on :443) and gives the names no public CA
+    certifies (``*.localhost``, ``.local``, ``.internal``, ``.test``, IP addresses, single
+    labels; :func:`publicly_certifiable`) to the local CA, explicitly.  Caddy is told
+    not to try installing its root into the container's trust store (it cannot).
     """
     clean = _check_routes(routes)
     host_routes: list[dict[str, Any]] = [
@@ -210,36 +282,50 @@ def desired_config(
         }
         for domain in sorted(clean)
     ]
-    servers: dict[str, Any]
+    apps: dict[str, Any]
     if tls == "off":
-        servers = {
+        apps = {
             "http": {
-                "listen": [":80"],
-                "routes": [*host_routes, _not_found()],
-                "automatic_https": {"disable": True},
-            }
-        }
-    else:
-        # ``.onion`` hosts stay plain HTTP on :80 (Tor encrypts; no CA issues for them):
-        # a server that listens only on the HTTP port gets no certificates or redirects.
-        onion = [r for r in host_routes if r["match"][0]["host"][0].endswith(".onion")]
-        clear = [r for r in host_routes if r not in onion]
-        servers = {
-            "http": {"listen": [":80"], "routes": [*onion, _not_found()]},
-            "https": {"listen": [":443"], "routes": [*clear, _not_found()]},
-        }
-    apps: dict[str, Any] = {"http": {"servers": servers}}
-    if tls == "internal" and any(not d.endswith(".onion") for d in clean):
-        apps["tls"] = {
-            "automation": {
-                "policies": [
-                    {
-                        "subjects": sorted(d for d in clean if not d.endswith(".onion")),
-                        "issuers": [{"module": "internal"}],
+                "servers": {
+                    "http": {
+                        "listen": [":80"],
+                        "routes": [*host_routes, _not_found()],
+                        "automatic_https": {"disable": True},
                     }
-                ]
+                }
             }
         }
+        return _with_admin(apps)
+    # ``.onion`` hosts stay plain HTTP on :80 (Tor encrypts; no CA issues for them):
+    # a server that listens only on the HTTP port gets no certificates or redirects.
+    onion = [r for r in host_routes if r["match"][0]["host"][0].endswith(".onion")]
+    clear = [r for r in host_routes if r not in onion]
+    clear_names = sorted(d for d in clean if not d.endswith(".onion"))
+    http_routes: list[dict[str, Any]] = [*onion]
+    https: dict[str, Any] = {"listen": [":443"], "routes": [*clear, _not_found()]}
+    if https_port != 443 and clear_names:
+        http_routes.append(_redirect(clear_names, https_port))
+        https["automatic_https"] = {"disable_redirects": True}
+    servers = {
+        "http": {"listen": [":80"], "routes": [*http_routes, _not_found()]},
+        "https": https,
+    }
+    apps = {"http": {"servers": servers}}
+    local = (
+        clear_names
+        if tls == "internal"
+        else [d for d in clear_names if not publicly_certifiable(d)]
+    )
+    if local:
+        apps["tls"] = {
+            "automation": {"policies": [{"subjects": local, "issuers": [{"module": "internal"}]}]}
+        }
+    if clear_names:
+        apps["pki"] = {"certificate_authorities": {"local": {"install_trust": False}}}
+    return _with_admin(apps)
+
+
+def _with_admin(apps: dict[str, Any]) -> dict[str, Any]:
     return {
         "admin": {"listen": f"unix/{ADMIN_SOCKET}|0660", "config": {"persist": False}},
         "apps": apps,
@@ -570,9 +656,11 @@ class CaddyProxy:
         with contextlib.suppress(OSError, ValueError):
             routes = routes_from_config(json.loads(s.config_file.read_text()))
         try:
-            data = _encode(desired_config(routes, s.tls))
+            data = _encode(desired_config(routes, s.tls, https_port=s.https_port))
         except InvalidSpec:
-            data = _encode(desired_config({}, s.tls))  # a file we cannot trust: start empty
+            data = _encode(
+                desired_config({}, s.tls, https_port=s.https_port)
+            )  # a file we cannot trust: start empty
         if not s.config_file.exists() or s.config_file.read_bytes() != data:
             _atomic_write(s.config_file, data)
 
@@ -721,7 +809,7 @@ class CaddyProxy:
             )
 
     def desired_config(self, routes: Mapping[str, str]) -> dict[str, Any]:
-        return desired_config(routes, self.settings.tls)
+        return desired_config(routes, self.settings.tls, https_port=self.settings.https_port)
 
     def current_routes(self) -> dict[str, str]:
         """The routes Caddy serves now (from its live config)."""

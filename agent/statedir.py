@@ -98,6 +98,9 @@ class AppRecord(BaseModel):
     onion_address: str | None = None
     onion_upstream: str | None = None
     urls: list[str] = Field(default_factory=list)
+    # The spec hash on the running containers' labels when an update changed only what the
+    # proxy sees (domain, routes) and left them running (agent.executor); None: spec_hash.
+    labels_spec_hash: str | None = None
     updated_at: str = Field(default_factory=now_iso)
     last_error: str | None = None  # the failed step and its message (never env values)
 

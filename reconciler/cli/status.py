@@ -119,11 +119,11 @@ def app_urls(app_state: DeployedApp, record_url: str | None = None) -> list[str]
     what the record knows.  Nothing for an uninstalled app: its routes are gone."""
     if app_state.status == "uninstalled":
         return []
-    urls = [str(u) for u in getattr(app_state, "urls", None) or []]
+    urls = list(app_state.urls)
     if not urls and record_url:
-        urls.append(record_url)
-    onion = getattr(app_state, "onion_address", None)
-    if onion and not any(".onion" in u for u in urls):
+        urls.append(record_url)  # a record written before ``urls`` existed
+    onion = app_state.onion_address
+    if onion and f"http://{onion}" not in urls:
         urls.append(f"http://{onion}")
     return urls
 

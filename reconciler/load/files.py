@@ -7,7 +7,15 @@ import pathlib
 
 from reconciler.load.yamlsafe import MAX_BYTES
 
-__all__ = ["PathEscape", "inside", "read_limited", "resolve_inside", "tree_digest"]
+__all__ = [
+    "DEPLOYMENT_FILES",
+    "PathEscape",
+    "inside",
+    "read_limited",
+    "resolve_inside",
+    "tree_digest",
+    "tree_digests",
+]
 
 
 class PathEscape(ValueError):
@@ -48,9 +56,24 @@ def tree_digest(root: pathlib.Path) -> str:
     A change to any file of a build context or a compose bundle changes the spec hash,
     so an edited ``index.html`` is an update, and an untouched one is not.
     """
+    return tree_digests(root)[0]
+
+
+# The deployment file itself sits in its bundle directory but is never shipped to the app.
+DEPLOYMENT_FILES = frozenset({"deployment.yaml", "deployment.yml"})
+
+
+def tree_digests(root: pathlib.Path) -> tuple[str, str]:
+    """(:func:`tree_digest`, the same without the top-level deployment file) in one walk.
+
+    The second says whether the files an app sees changed: editing only ``domain:`` in
+    ``deployment.yaml`` must not count as new files for the app (the executor then moves
+    the route without restarting it).
+    """
     import hashlib
 
     outer = hashlib.sha256()
+    shipped = hashlib.sha256()
     entries: list[tuple[str, pathlib.Path]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != ".git")
@@ -59,12 +82,15 @@ def tree_digest(root: pathlib.Path) -> str:
             entries.append((path.relative_to(root).as_posix(), path))
     for rel, path in sorted(entries):
         if path.is_symlink():
-            outer.update(f"L {rel} {os.readlink(path)}\n".encode())
-            continue
-        inner = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 16), b""):
-                inner.update(chunk)
-        mode = "x" if os.access(path, os.X_OK) else "-"
-        outer.update(f"F {rel} {mode} {inner.hexdigest()}\n".encode())
-    return outer.hexdigest()
+            line = f"L {rel} {os.readlink(path)}\n".encode()
+        else:
+            inner = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 16), b""):
+                    inner.update(chunk)
+            mode = "x" if os.access(path, os.X_OK) else "-"
+            line = f"F {rel} {mode} {inner.hexdigest()}\n".encode()
+        outer.update(line)
+        if rel not in DEPLOYMENT_FILES:
+            shipped.update(line)
+    return outer.hexdigest(), shipped.hexdigest()

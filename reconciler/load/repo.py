@@ -22,7 +22,14 @@ from functools import partial
 from urllib.parse import urlsplit
 
 from reconciler.load.catalog import Catalog
-from reconciler.load.files import PathEscape, inside, read_limited, resolve_inside, tree_digest
+from reconciler.load.files import (
+    PathEscape,
+    inside,
+    read_limited,
+    resolve_inside,
+    tree_digest,
+    tree_digests,
+)
 from reconciler.load.manifests import (
     CheckedManifest,
     check_compose,
@@ -76,6 +83,8 @@ class LoadedDeployment:
     # file's relative paths resolve against; copied to the host, hashed into the spec.
     bundle: str | None = None  # repo-relative, posix
     bundle_digest: str | None = None
+    # The same without the deployment file: whether the files the app sees changed.
+    shipped_digest: str | None = None
 
     @property
     def name(self) -> str:
@@ -613,6 +622,7 @@ def _manifest(
         if not _check_interpolated(run, spec, checked.manifest, checked.compose, base):
             return None
     bundle = _bundle_dir(run, doc, spec, directory)
+    digests = tree_digests(bundle) if bundle else (None, None)
     return LoadedDeployment(
         doc.name,
         directory,
@@ -621,7 +631,8 @@ def _manifest(
         checked.manifest,
         checked.compose,
         bundle=run.rel(bundle) if bundle else None,
-        bundle_digest=tree_digest(bundle) if bundle else None,
+        bundle_digest=digests[0],
+        shipped_digest=digests[1],
     )
 
 

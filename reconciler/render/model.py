@@ -93,7 +93,9 @@ class RenderedDeployment(_Frozen):
     resources: dict[str, float | int | None] = Field(default_factory=dict)
     build: BuildSource | None = None
     bundle: str | None = None  # repo-relative directory copied into the app dir
-    bundle_digest: str | None = None  # its content digest (already in the spec hash)
+    # Digest of the files shipped with it, the deployment file aside (for the record: a
+    # change needs a restart); the spec hash covers the whole directory.
+    bundle_digest: str | None = None
     file: str = ""  # the deployment file, repo-relative: "first by file path" on a clash
     source_revision: str | None = None  # the repository commit, for the record only
     services: tuple[str, ...] = ()
@@ -183,5 +185,5 @@ def spec_record(rendered: RenderedDeployment) -> SpecRecord:
         onion=rendered.onion,
         resources=dict(rendered.resources),
         source_revision=rendered.build.revision if rendered.build else None,
-        bundle_digest=rendered.bundle_digest if rendered.build is None else None,
+        bundle_digest=rendered.bundle_digest,
     )

@@ -315,7 +315,7 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
         resources=resources,
         build=build,
         bundle=item.bundle,
-        bundle_digest=item.bundle_digest,
+        bundle_digest=item.shipped_digest if build is None else None,
         file=item.file,
         source_revision=ctx.source_revision,
         services=tuple(sorted(services)),

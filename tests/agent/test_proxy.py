@@ -101,8 +101,9 @@ def test_tls_internal_serves_routes_on_443_with_the_internal_issuer() -> None:
     ]
 
 
-def test_tls_auto_leaves_issuers_to_caddy() -> None:
-    config = desired_config(ROUTES, "auto")
+def test_tls_auto_leaves_public_names_to_caddy() -> None:
+    public = {"a.example.com": "dpl_1-app:80", "b.example.org": "dpl_2-app:80"}
+    config = desired_config(public, "auto")
     assert "tls" not in config["apps"]
     assert set(_servers(config)) == {"http", "https"}
     assert "automatic_https" not in json.dumps(config)

@@ -24,3 +24,21 @@ def test_no_url_without_a_record_url() -> None:
 
 def test_an_uninstalled_app_has_no_url() -> None:
     assert app_urls(_app(status="uninstalled"), "https://api.example.com") == []
+
+
+def test_urls_and_onion_address_from_the_agent() -> None:
+    onion = "a" * 56 + ".onion"
+    both = _app(urls=["https://api.example.com", f"http://{onion}"], onion_address=onion)
+    assert app_urls(both, "https://ignored.example.com") == [
+        "https://api.example.com",
+        f"http://{onion}",
+    ]
+    only_onion = _app(onion_address=onion)
+    assert app_urls(only_onion, None) == [f"http://{onion}"]
+
+
+def test_json_snapshot_carries_urls_and_onion_address() -> None:
+    onion = "b" * 56 + ".onion"
+    dumped = _app(urls=[f"http://{onion}"], onion_address=onion).model_dump(mode="json")
+    assert dumped["urls"] == [f"http://{onion}"]
+    assert dumped["onion_address"] == onion
