@@ -569,7 +569,7 @@ def test_tls_internal_serves_https_and_redirects_http(env: Env) -> None:
         assert status == 200
         r = _get(tls.settings.http_port, "one.test")
         assert r.status_code == 308
-        assert r.headers["location"] == "https://one.test/"
+        assert r.headers["location"] == f"https://one.test:{tls.settings.https_port}/"
         assert _get(tls.settings.http_port, "nobody.test").status_code == 404
         # Verified this time: the certificate is for two.test, from Caddy's internal CA,
         # whose root sits in the state dir (data/ is mounted, so it survives a recreate).
