@@ -99,6 +99,13 @@ class Worker:
     trigger lands in the one queued slot (its reasons are kept for the log); the timer
     (``poll_interval`` +-10% jitter, so a fleet of servers does not poll in lockstep)
     counts from the end of the last run.
+
+    Leading edge now, trailing edge debounced: a trigger on an idle worker runs at once
+    (a lone push is not delayed), but triggers that pile up during a run, or right after
+    one, wait until they have been ``quiet`` for that long (at most ``max_delay`` after
+    the first of them).  Single flight alone is not enough: a reconcile takes ~0.1 s, so
+    100 webhooks spread over one second would still give ~10 runs; with the debounce
+    they give two (the first, and one for everything after it).
     """
 
     def __init__(
@@ -107,9 +114,16 @@ class Worker:
         *,
         poll_interval: float = 60.0,
         jitter: float = 0.1,
+        quiet: float = 0.5,
+        max_delay: float = 5.0,
         name: str = "reconcile-worker",
     ) -> None:
         self._run = run
+        self._quiet = quiet
+        self._max_delay = max_delay
+        self._last_end: float | None = None  # when the last run ended (monotonic)
+        self._last_trigger = 0.0
+        self._first_queued = 0.0
         self._poll = poll_interval
         self._jitter = jitter
         self._name = name
@@ -148,9 +162,19 @@ class Worker:
 
     def trigger(self, reason: str) -> None:
         with self._cond:
+            now = time.monotonic()
+            if not self._queued:
+                self._first_queued = now
+            self._last_trigger = now
             if reason not in self._queued and len(self._queued) < 20:
                 self._queued.append(reason)
             self._cond.notify_all()
+
+    def _ready_at(self) -> float:
+        """When the queued triggers may run (call with the lock held)."""
+        if self._last_end is None or self._first_queued - self._last_end >= self._quiet:
+            return self._first_queued  # idle before this burst began: the leading edge
+        return min(self._last_trigger + self._quiet, self._first_queued + self._max_delay)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until nothing runs or is queued (tests, shutdown)."""
@@ -173,12 +197,18 @@ class Worker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queued and not self._stop:
-                    if self._next_timer is not None:
-                        left = self._next_timer - time.monotonic()
+                while not self._stop:
+                    now = time.monotonic()
+                    if self._queued:
+                        left = self._ready_at() - now
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    elif self._next_timer is not None:
+                        left = self._next_timer - now
                         if left <= 0:
                             self._queued.append("timer")
-                            break
+                            break  # the timer itself never waits for quiet
                         self._cond.wait(left)
                     else:
                         self._cond.wait()
@@ -196,6 +226,7 @@ class Worker:
             finally:
                 with self._cond:
                     self._running = False
+                    self._last_end = time.monotonic()
                     self.runs += 1
                     self._schedule_timer()
                     self._cond.notify_all()

@@ -52,6 +52,39 @@ class TestCoalescing:
         assert reasons[0] == "webhook: first"
         assert set(reasons[1].split(", ")) == {f"webhook: push {i}" for i in range(3)}
 
+    def test_a_burst_spread_over_a_second_gives_two_runs_not_one_per_gap(self) -> None:
+        # Fast runs: single flight alone would start a new run in every gap of the burst.
+        reasons: list[str] = []
+        worker = Worker(reasons.append, poll_interval=0, quiet=1.0, max_delay=10)
+        worker.start(initial=None)
+        for i in range(100):
+            worker.trigger(f"webhook: {i}")
+            time.sleep(0.01)
+        assert worker.wait_idle(30)
+        worker.stop()
+        assert worker.runs == 2
+        assert reasons[0] == "webhook: 0"
+        assert len(reasons[1].split(", ")) == 20  # the queued slot keeps up to 20 reasons
+
+    def test_a_lone_trigger_on_an_idle_worker_is_not_debounced(self) -> None:
+        ran = threading.Event()
+        worker = Worker(lambda _r: ran.set(), poll_interval=0, quiet=60, max_delay=60)
+        worker.start(initial=None)
+        worker.trigger("webhook: lone push")
+        assert ran.wait(10)  # would wait the 60 s quiet window if debounced
+        worker.stop()
+
+    def test_max_delay_bounds_a_never_ending_burst(self) -> None:
+        runs: list[str] = []
+        worker = Worker(runs.append, poll_interval=0, quiet=60, max_delay=0.3)
+        worker.start(initial=None)
+        deadline = time.monotonic() + 10
+        while len(runs) < 3 and time.monotonic() < deadline:
+            worker.trigger("webhook: again")
+            time.sleep(0.02)
+        worker.stop()
+        assert len(runs) >= 3  # quiet never comes; max_delay still lets runs through
+
     def test_triggers_from_many_threads_never_overlap_runs(self) -> None:
         active = 0
         overlap = False
