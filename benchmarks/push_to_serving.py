@@ -155,12 +155,12 @@ def main() -> None:
         cluster.teardown()
         shutil.rmtree(base, ignore_errors=True)
     m, f = statistics.median(mine), statistics.median(bare)
-    print(
-        f"push -> new content served   ours  median {m:.2f} s  (min {min(mine):.2f}, max {max(mine):.2f})"
-    )  # noqa: E501
-    print(
-        f"bare docker compose up -d    floor median {f:.2f} s  (min {min(bare):.2f}, max {max(bare):.2f})"
-    )  # noqa: E501
+
+    def spread(xs: list[float]) -> str:
+        return f"(min {min(xs):.2f}, max {max(xs):.2f})"
+
+    print(f"push -> new content served   ours  median {m:.2f} s  {spread(mine)}")
+    print(f"bare docker compose up -d    floor median {f:.2f} s  {spread(bare)}")
     print(f"webhook answered in          median {statistics.median(hook_ms):.1f} ms")
     print(f"overhead {m - f:+.2f} s (goal <= 2 s), ratio {m / f:.2f}x")
 
