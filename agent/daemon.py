@@ -522,6 +522,13 @@ class Agent:
 # --------------------------------------------------------------------- the command line
 
 
+def _at_least_one(text: str) -> float:
+    value = float(text)
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 second, not {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     env = os.environ
     p = argparse.ArgumentParser(
@@ -548,7 +555,12 @@ def _parser() -> argparse.ArgumentParser:
         help="state dir (env RECONCILE_STATE_DIR; default /var/lib/reconciler as root, "
         "else $XDG_STATE_HOME/reconciler)",
     )
-    p.add_argument("--poll-wait", type=float, default=30.0, help="long-poll seconds (default 30)")
+    p.add_argument(
+        "--poll-wait",
+        type=_at_least_one,
+        default=30.0,
+        help="long-poll seconds, at least 1 (default 30; the server may cap it)",
+    )
     p.add_argument(
         "--settle",
         type=float,
@@ -618,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(0) from None
         log.error("%s", exc)
         raise SystemExit(EXIT_SETUP) from None
-    except (Unavailable, ValueError) as exc:
+    except (Unavailable, ValueError, OSError) as exc:
         log.error("%s", exc)
         raise SystemExit(1) from None
     client = AgentClient(creds.server, creds, user_agent=f"reconcile-agent/{version}")

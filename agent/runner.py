@@ -26,11 +26,11 @@ from agent.client import ProtocolError
 from agent.statedir import atomic_write
 from reconciler.model.agentapi import Command, CommandResult
 from reconciler.model.deployment import ProxyConfig
-from reconciler.render.model import RenderedDeployment
 
 if TYPE_CHECKING:
     from agent.executor import Executor, ExecutorSettings, StepEvent
     from agent.proxy import CaddyProxy, ProxySettings
+    from reconciler.render.model import RenderedDeployment
 
 __all__ = ["MAX_LOG_CHARS", "CommandRunner", "ExecutorFactory", "RealExecutorFactory"]
 
@@ -138,7 +138,9 @@ class CommandRunner:
         Raises only :class:`agent.client.Unavailable` (the bundle could not be fetched:
         the command is abandoned and redone when the server hands it out again).
         """
+        # Imported here: ``reconciler.render`` costs ~150 ms the daemon need not pay to start.
         from agent.executor import ExecutorSettings
+        from reconciler.render.model import RenderedDeployment
 
         start = time.monotonic()
 
