@@ -599,23 +599,39 @@ def _on_step(event: StepEvent) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The console script.  Exits 0 when stopped by a signal (or ``--once`` went well), 1
+    on an error worth retrying later, 2 when it cannot start as configured."""
     args = _parser().parse_args(argv)
+    root = logging.getLogger()
+    saved_logging = (list(root.handlers), root.level)
     _setup_logging(args.verbose)
+    stop = threading.Event()
+    holder: list[Agent] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        if holder:
+            holder[0].on_signal(signum, frame)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = _serve(args, stop, holder)
+    finally:
+        # Leave the process as we found it (main() also runs inside tests).
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        handlers, level = saved_logging
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    raise SystemExit(code)
+
+
+def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent]) -> int:
     from agent.statedir import default_state_dir
 
     state_dir: pathlib.Path = args.state_dir or default_state_dir()
     hostname = socket.gethostname()
     version = _version()
-    stop = threading.Event()
-    agent: Agent | None = None
-
-    def early_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-        if agent is not None:
-            agent.on_signal(signum, _frame)
-
-    signal.signal(signal.SIGTERM, early_signal)
-    signal.signal(signal.SIGINT, early_signal)
     try:
         creds = ensure_credentials(
             state_dir,
@@ -627,12 +643,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except SetupError as exc:
         if stop.is_set():
-            raise SystemExit(0) from None
+            return 0
         log.error("%s", exc)
-        raise SystemExit(EXIT_SETUP) from None
+        return EXIT_SETUP
     except (Unavailable, ValueError, OSError) as exc:
         log.error("%s", exc)
-        raise SystemExit(1) from None
+        return 1
+
     client = AgentClient(creds.server, creds, user_agent=f"reconcile-agent/{version}")
 
     def observe() -> AgentState:
@@ -656,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         version=version,
         stop_event=stop,
     )
+    holder.append(agent)
     log.info(
         "agent %s (reconcile-agent %s) on %s: control plane %s, state dir %s",
         creds.agent_id,
@@ -665,10 +683,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         state_dir,
     )
     try:
-        code = agent.run(once=args.once)
+        return agent.run(once=args.once)
     finally:
         client.close()
-    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -201,3 +201,40 @@ def test_backoff_with_real_jitter_stays_within_bounds_and_varies() -> None:
     samples = [b.next() for _ in range(50)]
     assert all(0 <= s <= 30 for s in samples)
     assert len(set(samples)) > 40  # jittered, not a fixed schedule
+
+
+def test_a_poll_wait_under_one_second_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # wait=0 would turn the long poll into a busy loop against the server.
+    with pytest.raises(SystemExit) as exc:
+        daemon.main(["--poll-wait", "0", "--server", SERVER])
+    assert exc.value.code == 2
+    assert "at least 1 second" in capsys.readouterr().err
+
+
+def test_an_unwritable_state_dir_is_a_clean_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = FakeControlPlane(tokens={"tok-1"})
+    monkeypatch.setattr(daemon, "AgentClient", factory(server))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SystemExit) as exc:
+        daemon.main(["--server", SERVER, "--token", "tok-1", "--state-dir", str(blocker)])
+    assert exc.value.code == 1
+    assert "Not a directory" in capsys.readouterr().err
+
+
+def test_main_leaves_signal_handlers_and_logging_as_it_found_them(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+    import signal
+
+    server = FakeControlPlane(tokens=set())
+    monkeypatch.setattr(daemon, "AgentClient", factory(server))
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    handlers = list(logging.getLogger().handlers)
+    with pytest.raises(SystemExit):
+        daemon.main(["--server", SERVER, "--token", "x", "--state-dir", str(tmp_path)])
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert logging.getLogger().handlers == handlers
