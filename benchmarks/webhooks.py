@@ -5,8 +5,14 @@ Run: ``.venv/bin/python benchmarks/webhooks.py [--deliveries 3000] [--seconds 20
 
 Loopback only.  Each run sends ``--deliveries`` (at most ``--seconds``) push events to
 ``POST /hooks/github``, each with its own ``X-GitHub-Delivery`` and a valid
-``X-Hub-Signature-256`` (signed before the clock starts), from ``--concurrency`` asyncio
-workers sharing one httpx connection pool; after 100 warm-up deliveries.  Targets:
+``X-Hub-Signature-256`` (signed before the clock starts), after 100 warm-up deliveries.
+The load comes from ``wrk`` (Debian's ``wrk``; ``scripts/setup.sh --dev`` installs it)
+with ``--concurrency`` connections on one thread, for ``--seconds``, each request with a
+fresh delivery id (a Lua counter) over one signed body; a C client leaves the second
+core to the server.  ``--client httpx`` (or no ``wrk`` on PATH) drives ``--deliveries``
+from asyncio workers sharing one httpx pool instead: on two cores that Python client
+costs about as much CPU as the server, so its figures are the client's as much as the
+server's.  Targets:
 
 * ``standin`` (always, to attribute the cost): uvicorn serving only ``webhook_router``
   with an SQLite stand-in of the store (same pragmas: WAL, ``synchronous=FULL`` unless
@@ -322,12 +328,15 @@ class Load:
     latencies: list[float]
     statuses: dict[int, int]
     cpu: float = 0.0  # the server process's CPU seconds during the timed load
+    pcts: dict[float, float] | None = None  # from wrk, which keeps no per-request list
 
     @property
     def rate(self) -> float:
         return self.sent / self.seconds
 
     def pct(self, q: float) -> float:
+        if self.pcts is not None:
+            return self.pcts[q]
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -364,6 +373,70 @@ def drive(base: str, requests: list[tuple[bytes, dict[str, str]]], c: int, s: fl
     return asyncio.run(_drive(base, requests, c, s))
 
 
+WRK_SCRIPT = """
+local body = %(body)s
+local sig = %(sig)s
+local tag = %(tag)s
+local counter = 0
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) codes = {} end
+function request()
+  counter = counter + 1
+  return wrk.format("POST", "/hooks/github", {
+    ["Content-Type"] = "application/json",
+    ["X-GitHub-Event"] = "push",
+    ["X-GitHub-Delivery"] = tag .. "-" .. counter,
+    ["X-Hub-Signature-256"] = sig,
+  }, body)
+end
+function response(status, headers, body)
+  codes[status] = (codes[status] or 0) + 1
+end
+function done(summary, latency, requests)
+  io.write(string.format("RESULT %%d %%f %%f %%f %%f\\n", summary.requests,
+    summary.duration / 1e6, latency:percentile(50) / 1e6, latency:percentile(95) / 1e6,
+    latency:percentile(99) / 1e6))
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("codes")) do io.write(string.format("CODE %%d %%d\\n", k, v)) end
+  end
+end
+"""
+
+
+def _lua(text: str) -> str:
+    return "[==[" + text + "]==]"
+
+
+def drive_wrk(base: str, body: bytes, tag: str, concurrency: int, seconds: float) -> Load:
+    """One ``wrk`` run; its Lua ``done`` prints the totals, percentiles and status codes."""
+    sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_SCRIPT % {"body": _lua(body.decode()), "sig": _lua(sig), "tag": _lua(tag)})
+        script = fh.name
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-s", script, base],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        os.unlink(script)
+    statuses: dict[int, int] = {}
+    load: Load | None = None
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:1] == ["RESULT"]:
+            n, secs, p50, p95, p99 = int(parts[1]), *map(float, parts[2:])
+            load = Load(n, secs, [], statuses, pcts={0.50: p50, 0.95: p95, 0.99: p99})
+        elif parts[:1] == ["CODE"]:
+            statuses[int(parts[1])] = int(parts[2])
+    if load is None:
+        raise SystemExit(f"wrk printed no result:\n{out}")
+    return load
+
+
 def scrape(base: str) -> tuple[float, float]:
     """(reconcile runs, accepted github deliveries) from ``/metrics``."""
     import httpx
@@ -393,6 +466,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--target", choices=["auto", "serve", "standin"], default="auto")
     parser.add_argument(
+        "--client",
+        choices=["auto", "wrk", "httpx"],
+        default="auto",
+        help="load generator (auto: wrk when on PATH)",
+    )
+    parser.add_argument(
         "--standin-synchronous",
         choices=["FULL", "NORMAL", "OFF"],
         default="FULL",
@@ -407,6 +486,9 @@ def main() -> None:
     args = parser.parse_args()
     args.deliveries = min(args.deliveries, 20_000)
     args.seconds = min(args.seconds, 60.0)
+    use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
+    if use_wrk and args.seconds >= 20.0:
+        args.seconds = 10.0  # wrk runs for a time, not a count: 10 s is thousands of requests
 
     has_serve = importlib.util.find_spec("reconciler.server.app") is not None
     if args.target == "auto":
@@ -445,7 +527,12 @@ def main() -> None:
                 with server(argv, port, extra, ready) as (base, pid):
                     drive(base, warm, args.concurrency, args.seconds)
                     cpu0 = cpu_seconds(pid)
-                    load = drive(base, timed, args.concurrency, args.seconds)
+                    if use_wrk:
+                        load = drive_wrk(
+                            base, timed[0][0], f"w{run}", args.concurrency, args.seconds
+                        )
+                    else:
+                        load = drive(base, timed, args.concurrency, args.seconds)
                     if label != "floor":
                         time.sleep(0.5)  # let the queued reconcile end before counting runs
                     load.cpu = cpu_seconds(pid) - cpu0
@@ -456,9 +543,13 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    amount = (
+        f"wrk for {args.seconds:.0f} s"
+        if use_wrk
+        else f"httpx, {args.deliveries} per run (max {args.seconds:.0f} s)"
+    )
     print(
-        f"signed GitHub push deliveries (unique ids), {args.deliveries} per run "
-        f"(max {args.seconds:.0f} s), {args.concurrency} concurrent clients, "
+        f"signed GitHub push deliveries (unique ids), {amount}, {args.concurrency} connections, "
         f"median of {args.runs} runs; loopback, {os.cpu_count()} CPUs; data dir on "
         f"{tmp.parent}, load average {os.getloadavg()[0]:.1f}"
     )
