@@ -288,7 +288,7 @@ def remote_status(server: str, as_json: bool) -> None:
         out.print(Text(f"{title}: no deployments.", style="bold"))
         return
     table = Table(title=title, title_justify="left", title_style="bold")
-    for column in ("name", "agent", "status", "in sync", "last command", "url"):
+    for column in ("name", "agent", "status", "in sync", "last command", "urls"):
         table.add_column(column, overflow="fold")
     for d in rows:
         last = d.get("last_command") or {}
@@ -306,6 +306,6 @@ def remote_status(server: str, as_json: bool) -> None:
             d.get("status") or "-",
             Text("yes" if d.get("in_sync") else "no", "green" if d.get("in_sync") else "yellow"),
             verdict,
-            d.get("url") or "-",
+            "\n".join(d.get("urls") or [u for u in [d.get("url")] if u]) or "-",
         )
     out.print(table)

@@ -310,6 +310,10 @@ def create_app(
                         "result": last.result,
                     },
                     "url": row.url,
+                    # what the agent reports first (its record knows the .onion address),
+                    # else the URL the plan or the last result gave
+                    "urls": list(have.urls) if have and have.urls else [u for u in [row.url] if u],
+                    "onion_address": have.onion_address if have else None,
                     "updated": iso(row.updated),
                 }
             )

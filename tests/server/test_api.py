@@ -219,6 +219,26 @@ class TestReports:
         assert repair.kind == "repair" and repair.deployment == api_id
         assert "exited" in repair.payload["action"]["reason"]
 
+    def test_status_shows_the_urls_the_agent_reports(
+        self, client: TestClient, plane: ControlPlane, remote: Remote
+    ) -> None:
+        headers = _agent(client, plane)
+        agent = headers["X-Agent-Id"]
+        _deploy_examples(plane, remote, agent)
+        apps = _install_all(client, plane, headers)
+        api_id = next(i for i, a in apps.items() if a["name"] == "api")
+        onion = "a" * 56 + ".onion"
+        apps[api_id]["onion_address"] = onion
+        apps[api_id]["urls"] = ["http://api.localhost:18080", f"http://{onion}"]
+        state = {"agent": agent, "deployments": apps}
+        client.post("/v1/agent/report", json={"state": state}, headers=headers)
+        view = client.get("/v1/deployments/api", headers=ADMIN_HEADERS).json()
+        assert view["urls"] == ["http://api.localhost:18080", f"http://{onion}"]
+        assert view["onion_address"] == onion
+        blog = client.get("/v1/deployments/blog", headers=ADMIN_HEADERS).json()
+        assert blog["onion_address"] is None
+        assert blog["urls"] == ([blog["url"]] if blog["url"] else [])
+
 
 def _install_all(
     client: TestClient, plane: ControlPlane, headers: dict[str, str]
