@@ -213,6 +213,30 @@ def test_serve_end_to_end_and_restart(
         assert [e["id"] for e in events][: len(events_before)] == events_before
         api = httpx.get(url + "/v1/deployments/api", headers=ADMIN_HEADERS).json()
         assert api["agent"] == agent
+        # The agent reports api as installed: `--dry-run --against URL` plans against that.
+        api = next(c for c in commands if c["action"]["deployment"] == "api")
+        installed = {
+            "id": api["action"]["id"],
+            "name": "api",
+            "namespace": "srv",
+            "spec_hash": api["action"]["spec_hash"],
+            "services": ["app"],
+            "containers": [{"service": "app", "name": f"{api['action']['id']}-app"}],
+        }
+        state = {"agent": agent, "deployments": {api["action"]["id"]: installed}}
+        assert httpx.post(
+            url + "/v1/agent/report", json={"state": state}, headers=headers
+        ).is_success
+        planned = cli("--dry-run", str(remote.work), "--against", url, "-f", "json")
+        assert planned.returncode == 0, planned.stderr
+        actions = {a["deployment"]: a["action"] for a in json.loads(planned.stdout)["actions"]}
+        assert actions == {
+            "api": "noop",
+            "blog": "install",
+            "hello": "install",
+            "site": "install",
+            "status": "install",
+        }
         assert again.stop()
     finally:
         if again.proc.poll() is None:
