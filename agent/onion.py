@@ -70,11 +70,12 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from agent.dockersdk import docker_errors, sdk_client
 from reconciler.model.errors import HostError, TemporaryError
 
 if TYPE_CHECKING:
@@ -380,25 +381,11 @@ class TorSidecar:
 
     def _client(self) -> DockerClient:
         if self._docker is None:
-            import docker
-
-            try:
-                self._docker = docker.from_env(timeout=30)
-            except docker.errors.DockerException as exc:
-                raise TemporaryError(f"the Docker Engine is not reachable: {exc}") from exc
+            self._docker = sdk_client()
         return self._docker
 
-    @contextlib.contextmanager
-    def _docker_errors(self, doing: str) -> Iterator[None]:
-        import docker.errors
-        import requests.exceptions
-
-        try:
-            yield
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise TemporaryError(f"{doing}: the Docker Engine is not reachable: {exc}") from exc
-        except docker.errors.DockerException as exc:
-            raise TemporaryError(f"{doing}: {exc}") from exc
+    def _docker_errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return docker_errors(doing)
 
     @functools.cached_property
     def image(self) -> str:

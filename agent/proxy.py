@@ -72,12 +72,13 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from agent.dockersdk import docker_errors, sdk_client
 from reconciler.model.errors import HostError, InvalidSpec, TemporaryError
 
 if TYPE_CHECKING:
@@ -455,36 +456,23 @@ class CaddyProxy:
 
     def _client(self) -> DockerClient:
         if self._docker is None:
-            import docker
-
-            try:
-                self._docker = docker.from_env(timeout=30)
-            except docker.errors.DockerException as exc:
-                raise TemporaryError(f"the Docker Engine is not reachable: {exc}") from exc
+            self._docker = sdk_client()
         return self._docker
 
-    @contextlib.contextmanager
-    def _docker_errors(self, doing: str) -> Iterator[None]:
-        """Docker SDK failures -> our typed errors."""
-        import docker.errors
-        import requests.exceptions
+    def _docker_errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        """Docker SDK failures -> our typed errors; a taken port names the setting."""
+        s = self.settings
 
-        try:
-            yield
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise TemporaryError(f"{doing}: the Docker Engine is not reachable: {exc}") from exc
-        except docker.errors.APIError as exc:
-            text = str(exc.explanation or exc)
+        def port_taken(text: str) -> HostError | None:
             if "port is already allocated" in text or "address already in use" in text:
-                raise HostError(
+                return HostError(
                     f"{doing}: a published port of the proxy is taken on "
-                    f"{self.settings.bind} (http {self.settings.http_port}, https "
-                    f"{self.settings.https_port}); free it or set proxy.http_port / "
-                    f"proxy.https_port in reconcile.yaml: {text}"
-                ) from exc
-            raise TemporaryError(f"{doing}: {text}") from exc
-        except docker.errors.DockerException as exc:
-            raise TemporaryError(f"{doing}: {exc}") from exc
+                    f"{s.bind} (http {s.http_port}, https {s.https_port}); free it or set "
+                    f"proxy.http_port / proxy.https_port in reconcile.yaml: {text}"
+                )
+            return None
+
+        return docker_errors(doing, api_error=port_taken)
 
     def _find_container(self) -> Container | None:
         import docker.errors
