@@ -14,6 +14,10 @@ Needs the Docker Engine with ``busybox:1.36`` and ``caddy:2`` (``bash scripts/se
   command, healthcheck; a published port instead of the proxy) and ``docker compose up
   -d``, polled the same way from the moment ``up`` starts.
 
+Between runs it waits until the agent has finished the previous deploy (settle gate,
+health hook, probe) and reported it, so each push lands on an idle host: pushes come
+minutes apart, and an agent runs one command at a time.
+
 Prints the medians, the overhead (ours - floor; goal <= 2 s) and the ratio; also the
 server-side split (webhook answer time).  Everything it makes carries the namespace
 ``bench-push`` or lives in a temp dir, and is removed at the end.  The proxy container's
@@ -81,6 +85,21 @@ def poll(url: str, text: str, host: str | None = None, timeout: float = 120) -> 
     raise SystemExit(f"timed out waiting for {text!r} at {url}")
 
 
+def settled(cluster: Cluster) -> None:
+    """Wait until the agent has finished the deploy (settle gate, health hook, probe) and
+    reported it: each push is measured on an idle host, as pushes minutes apart are.
+    Without this the next push queues behind the previous command's settle window."""
+
+    def done() -> bool:
+        rows = cluster.admin("/v1/deployments")["deployments"]
+        hello = next(d for d in rows if d["name"] == "hello")
+        last = hello.get("last_command") or {}
+        return bool(hello["in_sync"]) and last.get("state") == "done"
+
+    wait_for(done, 120, "the deploy to finish and be reported", step=0.1)
+    time.sleep(1.0)
+
+
 def ours(cluster: Cluster, runs: int) -> tuple[list[float], list[float]]:
     totals: list[float] = []
     hook_ms: list[float] = []
@@ -95,6 +114,7 @@ def ours(cluster: Cluster, runs: int) -> tuple[list[float], list[float]]:
         assert r.status_code == 202, r.text
         poll(f"http://127.0.0.1:{cluster.proxy_port}/", greeting, host=cluster.domain)
         totals.append(time.monotonic() - start)
+        settled(cluster)
     return totals, hook_ms
 
 
@@ -146,6 +166,7 @@ def main() -> None:
         sha = cluster.commit_and_push("warm-up")
         cluster.github_push(sha)
         wait_for(lambda: cluster.serves("warm-up"), 120, "the first deploy")
+        settled(cluster)
         mine, hook_ms = ours(cluster, args.runs)
         bare = floor(base, args.runs)
     except BaseException:

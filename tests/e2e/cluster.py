@@ -88,6 +88,7 @@ class Cluster:
     server_port: int = field(default_factory=free_port)
     proxy_port: int = field(default_factory=free_port)
     heartbeat: float = 1.0
+    http: httpx.Client = field(default_factory=httpx.Client)  # one pool: no per-call set-up
     server: subprocess.Popen[bytes] | None = None
     agent: subprocess.Popen[bytes] | None = None
     agent_id: str = ""
@@ -233,7 +234,7 @@ class Cluster:
             }
         ).encode()
         sig = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-        return httpx.post(
+        return self.http.post(
             self.url + "/hooks/github",
             content=body,
             headers={
@@ -248,7 +249,7 @@ class Cluster:
     def gitea_push(self, sha: str) -> httpx.Response:
         body = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": sha}).encode()
         sig = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-        return httpx.post(
+        return self.http.post(
             self.url + "/hooks/gitea",
             content=body,
             headers={
@@ -264,7 +265,7 @@ class Cluster:
         body = json.dumps(
             {"object_kind": "push", "ref": "refs/heads/main", "before": "0" * 40, "after": sha}
         ).encode()
-        return httpx.post(
+        return self.http.post(
             self.url + "/hooks/gitlab",
             content=body,
             headers={
@@ -290,7 +291,7 @@ class Cluster:
             }
         ).encode()
         sig = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-        return httpx.post(
+        return self.http.post(
             self.url + "/hooks/bitbucket",
             content=body,
             headers={
@@ -337,6 +338,7 @@ class Cluster:
         return "\n".join(parts)
 
     def teardown(self) -> None:
+        self.http.close()
         self._stop(self.agent, signal.SIGTERM)
         self._stop(self.server, signal.SIGTERM)
         with contextlib.suppress(Exception):
