@@ -9,8 +9,10 @@ shell history, process lists and backups.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
+import re
 import sys
 from typing import Annotated, Any
 
@@ -113,8 +115,6 @@ def serve_command(
         raise _fail(str(exc), 2) from None
     secrets = ServerSecrets.from_env()
 
-    import logging
-
     import uvicorn
 
     from reconciler.server.app import build_control_plane
@@ -140,6 +140,7 @@ def serve_command(
             "answers 401 to everyone",
             highlight=False,
         )
+    logging.getLogger("uvicorn.access").addFilter(redact_deploy_tokens)
     plane.worker.start()
     try:
         uvicorn.run(
@@ -153,6 +154,19 @@ def serve_command(
     finally:
         plane.worker.stop(timeout=10)
         plane.store.close()
+
+
+def redact_deploy_tokens(record: logging.LogRecord) -> bool:
+    """A deploy hook's URL *is* its secret: keep it out of the access log (``-v debug``)."""
+    if isinstance(record.args, tuple) and "/hooks/deploy/" in str(record.args):
+        record.args = tuple(
+            _DEPLOY_TOKEN.sub("/hooks/deploy/<redacted>", a) if isinstance(a, str) else a
+            for a in record.args
+        )
+    return True
+
+
+_DEPLOY_TOKEN = re.compile(r"/hooks/deploy/[^/?\s\"]+")
 
 
 # ------------------------------------------------------------- tokens and hooks

@@ -288,3 +288,24 @@ class TestCli:
     def test_status_server_errors(self) -> None:
         refused = cli("status", "--server", f"http://127.0.0.1:{free_port()}")
         assert refused.returncode == 1 and "error" in refused.stderr
+
+
+def test_the_access_log_never_shows_a_deploy_hook_token() -> None:
+    import logging
+
+    from reconciler.cli.serve import redact_deploy_tokens
+
+    # uvicorn's access-log record: '%s - "%s %s HTTP/%s" %d' with the path as an arg
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "POST", "/hooks/deploy/s3cr3t-token?x=1", "1.1", 202),
+        None,
+    )
+    assert redact_deploy_tokens(record) is True
+    message = record.getMessage()
+    assert "s3cr3t-token" not in message
+    assert "/hooks/deploy/<redacted>?x=1" in message
