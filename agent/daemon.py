@@ -192,6 +192,7 @@ class Agent:
     hostname: str = ""
     version: str = ""
     heartbeat_seconds: float = 10.0
+    repair_seconds: float = 30.0  # proxy/Tor housekeeping between commands; 0: never
     backoff: Backoff = field(default_factory=Backoff)
     now: Callable[[], dt.datetime] = _now
     stop_event: threading.Event = field(default_factory=threading.Event)
@@ -211,6 +212,7 @@ class Agent:
         self._undelivered = False  # a result post failed: retry after the next good poll
         self._unavailable = False
         self._last_prune = 0.0
+        self._last_repair = time.monotonic()  # the first command sets the host up anyway
         self.executed: list[str] = []  # command ids carried out by this process, in order
 
     # ------------------------------------------------------------ control
@@ -506,9 +508,20 @@ class Agent:
             self.heartbeat_seconds = ack.heartbeat_seconds
         return True
 
+    def housekeeping(self) -> None:
+        """Every ``repair_seconds``: the proxy and Tor sidecar repaired as on a local apply."""
+        if self.repair_seconds <= 0 or time.monotonic() - self._last_repair < self.repair_seconds:
+            return
+        self._last_repair = time.monotonic()
+        try:
+            self.runner.housekeeping()
+        except Exception:  # the heartbeat must outlive any one bad repair
+            log.exception("housekeeping failed")
+
     def _heartbeat_loop(self) -> None:
         failures = Backoff(base=1.0, cap=30.0, rng=self.backoff._rng)
         while not self.stopping:
+            self.housekeeping()
             ok = self.send_report()
             if ok:
                 failures.reset()
@@ -566,6 +579,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=3.0,
         help="seconds a deployment must stay stable, unless the command says (default 3)",
+    )
+    p.add_argument(
+        "--repair-interval",
+        type=float,
+        default=30.0,
+        help="seconds between repairs of the proxy and Tor sidecar while idle (default 30; "
+        "0: only when a command runs)",
     )
     p.add_argument(
         "--once",
@@ -669,6 +689,7 @@ def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent])
         observe=observe,
         agent_id=creds.agent_id,
         poll_wait=args.poll_wait,
+        repair_seconds=args.repair_interval,
         hostname=hostname,
         version=version,
         stop_event=stop,

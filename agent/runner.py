@@ -15,6 +15,7 @@ import logging
 import pathlib
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from agent.client import ProtocolError
 from agent.statedir import atomic_write
 from reconciler.model.agentapi import Command, CommandResult
 from reconciler.model.deployment import ProxyConfig
+from reconciler.model.errors import ReconcilerError
 
 if TYPE_CHECKING:
     from agent.executor import Executor, ExecutorSettings, StepEvent
@@ -99,6 +101,9 @@ class CommandRunner:
         self.make_executor: ExecutorFactory = make_executor or RealExecutorFactory(self.state_dir)
         self.default_settle = default_settle
         self.on_event = on_event or (lambda _e: None)
+        # Held while a command runs: housekeeping must not push a route set that lacks
+        # the routes of a deployment being installed right now (its record comes last).
+        self._busy = threading.Lock()
 
     @property
     def proxy_file(self) -> pathlib.Path:
@@ -107,19 +112,57 @@ class CommandRunner:
     def proxy_settings(self, command: Command) -> ProxySettings:
         """The command's proxy settings; else the last ones a command brought (an uninstall
         must not recreate the proxy on default ports); else the defaults."""
+        if command.proxy is None:
+            return self.proxy_settings_saved()
+        try:
+            atomic_write(self.proxy_file, command.proxy.model_dump_json().encode(), 0o600)
+        except OSError as exc:  # pragma: no cover - the state dir is ours
+            log.warning("cannot remember the proxy settings: %s", exc)
+        return self._settings(command.proxy)
+
+    def housekeeping(self) -> bool:
+        """Repair the host's shared parts between commands, as every `reconcile apply` does:
+        the proxy (recreated with all routes if removed, routes re-pushed if edited) and
+        the Tor sidecar.  The control plane cannot see either (agents report apps, not the
+        proxy), so without this a removed proxy stayed down until the next command.
+
+        Skipped while a command runs, and until a command has brought proxy settings (a
+        host that never ran anything gets no proxy).  True when it ran and succeeded.
+        """
+        from agent.executor import ExecutorSettings
+        from agent.statedir import list_records
+
+        if not self.proxy_file.exists():
+            return False
+        records = [r for r in list_records(self.state_dir) if r.status != "uninstalled"]
+        if not any(r.record and (r.record.routes or r.record.onion) for r in records):
+            return False
+        if not self._busy.acquire(blocking=False):
+            return False
+        try:
+            executor = self.make_executor(
+                self.proxy_settings_saved(), ExecutorSettings(), self.on_event
+            )
+            executor.sync_routes()
+            executor.sync_onion()
+            return True
+        except ReconcilerError as exc:
+            log.warning("housekeeping: %s", exc)
+            return False
+        finally:
+            self._busy.release()
+
+    def proxy_settings_saved(self) -> ProxySettings:
+        """The proxy settings the last command brought (housekeeping has no command)."""
+        try:
+            config = ProxyConfig.model_validate_json(self.proxy_file.read_bytes())
+        except (OSError, ValidationError):
+            config = ProxyConfig()
+        return self._settings(config)
+
+    def _settings(self, config: ProxyConfig) -> ProxySettings:
         from agent.proxy import ProxySettings
 
-        config = command.proxy
-        if config is not None:
-            try:
-                atomic_write(self.proxy_file, config.model_dump_json().encode(), 0o600)
-            except OSError as exc:  # pragma: no cover - the state dir is ours
-                log.warning("cannot remember the proxy settings: %s", exc)
-        else:
-            try:
-                config = ProxyConfig.model_validate_json(self.proxy_file.read_bytes())
-            except (OSError, ValidationError):
-                config = ProxyConfig()
         return ProxySettings(
             state_dir=self.state_dir,
             network=config.network,
@@ -184,8 +227,11 @@ class CommandRunner:
                 finally:
                     archive.unlink(missing_ok=True)
             try:
-                executor = self.make_executor(self.proxy_settings(command), settings, self.on_event)
-                outcome = executor.apply_action(action, want, repo_root)
+                with self._busy:
+                    executor = self.make_executor(
+                        self.proxy_settings(command), settings, self.on_event
+                    )
+                    outcome = executor.apply_action(action, want, repo_root)
             except Exception as exc:  # the executor types its own failures; this is a bug
                 log.exception("command %s: the executor raised", command.id)
                 return failed(f"agent error: {type(exc).__name__}: {exc}")

@@ -495,3 +495,53 @@ def test_a_stop_during_a_command_finishes_it_posts_and_exits_0(
     assert codes == [0]
     assert h.server.results["cmd_term"].ok  # finished and delivered before exiting
     assert agent.executed == ["cmd_term"]
+
+
+# ------------------------------------------------------------------ housekeeping
+
+
+def test_housekeeping_repairs_the_proxy_routes_between_commands(
+    tmp_path: pathlib.Path, repo: pathlib.Path
+) -> None:
+    h = Harness(tmp_path)
+    web = by_name(repo, "web")
+    h.server.add(make_command(web))
+    agent = h.agent(repair_seconds=0.001)
+    agent.run(once=True)
+    h.parts.proxy.routes = {}  # someone edited the proxy, or it was recreated empty
+    ensured = h.parts.proxy.ensured
+    agent._last_repair -= 1  # the interval passed
+    agent.housekeeping()
+    assert h.parts.proxy.routes == {web.domain: f"{web.id}-app:80"}
+    assert h.parts.proxy.ensured == ensured + 1
+    # with the settings the last command brought, not the defaults
+    assert h.parts.proxy_settings[-1].http_port == 18080
+
+
+def test_housekeeping_waits_for_its_interval_and_can_be_off(
+    tmp_path: pathlib.Path, repo: pathlib.Path
+) -> None:
+    h = Harness(tmp_path)
+    h.server.add(make_command(by_name(repo, "web")))
+    agent = h.agent(repair_seconds=3600)
+    agent.run(once=True)
+    calls = len(h.parts.proxy_settings)
+    agent.housekeeping()  # the interval has not passed
+    off = h.agent(repair_seconds=0)
+    off._last_repair -= 10_000
+    off.housekeeping()
+    assert len(h.parts.proxy_settings) == calls
+
+
+def test_housekeeping_needs_a_command_first_and_skips_while_one_runs(
+    tmp_path: pathlib.Path, repo: pathlib.Path
+) -> None:
+    h = Harness(tmp_path)
+    runner = CommandRunner(h.state_dir, lambda *_: None, h.parts)
+    assert runner.housekeeping() is False  # nothing ran here: no proxy to set up
+    h.server.add(make_command(by_name(repo, "web")))
+    h.agent().run(once=True)
+    runner = CommandRunner(h.state_dir, lambda *_: None, h.parts)
+    with runner._busy:  # a command in progress
+        assert runner.housekeeping() is False
+    assert runner.housekeeping() is True

@@ -156,7 +156,9 @@ class Cluster:
         ).stdout
         return out.strip().splitlines()[-1].strip()
 
-    def start_agent(self, token: str | None = None, settle: float = 1.0) -> None:
+    def start_agent(
+        self, token: str | None = None, settle: float = 1.0, repair_interval: float = 2.0
+    ) -> None:
         log = open(self.logs / "agent.log", "ab")  # noqa: SIM115 - lives as long as the process
         cmd = [
             sys.executable, "-m", "agent.daemon",
@@ -164,6 +166,7 @@ class Cluster:
             "--state-dir", str(self.state_dir),
             "--poll-wait", "10",
             "--settle", str(settle),
+            "--repair-interval", str(repair_interval),
         ]  # fmt: skip
         if token:
             cmd += ["--token", token]

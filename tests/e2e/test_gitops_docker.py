@@ -188,3 +188,21 @@ def test_server_restart_keeps_agents_state_and_dedup_records(cluster: Cluster) -
     n_after = len(after["events"] if isinstance(after, dict) else after)
     assert n_after >= n_before
     assert cluster.serves("after-agent-crash")
+
+
+def test_an_idle_agent_recreates_a_removed_proxy(cluster: Cluster) -> None:
+    # No push, no command: the agent's housekeeping (every 2 s here) repairs the proxy.
+    client = docker_client()
+    try:
+        proxies = client.containers.list(all=True, filters={"label": "io.reconciler.role=proxy"})
+        assert len(proxies) == 1
+        old = proxies[0].id
+        proxies[0].remove(force=True)
+
+        def recreated() -> bool:
+            now = client.containers.list(filters={"label": "io.reconciler.role=proxy"})
+            return bool(now) and now[0].id != old and cluster.serves("after-agent-crash")
+
+        wait_for(recreated, 60, "a new proxy serving the app's route")
+    finally:
+        client.close()
