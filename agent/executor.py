@@ -60,8 +60,20 @@ __all__ = [
     "StepEvent",
 ]
 
+BUNDLE_LIST = ".bundle-files.json"  # the top-level entries the bundle put in the app dir
 RESERVED = frozenset(
-    {"compose.yaml", ".env", "state.json", "secrets.json", "data", "releases", "build", ".lock"}
+    {
+        "compose.yaml",
+        ".env",
+        "state.json",
+        "secrets.json",
+        "data",
+        "releases",
+        "build",
+        ".lock",
+        "onion",
+        BUNDLE_LIST,
+    }
 )
 KEEP_RELEASES = 5
 GATEWAY_ERRORS = frozenset({502, 503, 504})
@@ -289,7 +301,7 @@ class Executor:
                 env["DOMAIN_URL"] = f"http://{address}"
         atomic_write(directory / ".env", env_file_text(env).encode(), 0o600)
         if want.bundle and want.build is None:
-            _copy_bundle(repo_root / want.bundle, directory)
+            _place_bundle(repo_root / want.bundle, directory)
         if want.build is not None:
             self._prepare_build(want, repo_root, directory / "build")
         atomic_write(directory / "compose.yaml", want.compose_yaml.encode(), 0o644)
@@ -518,6 +530,7 @@ class Executor:
                     atomic_write(
                         directory / name, src.read_bytes(), 0o600 if name == ".env" else 0o644
                     )
+            _restore_bundle(release, directory)
             self.driver.up(project)
             rec = AppRecord.model_validate_json((release / "state.json").read_text())
             routes = {r.domain: r.upstream for r in (rec.record.routes if rec.record else [])}
@@ -610,6 +623,7 @@ class Executor:
         (tmp / "compose.yaml").write_text(pinned)
         shutil.copy2(directory / ".env", tmp / ".env")
         os.chmod(tmp / ".env", 0o600)
+        _save_bundle(directory, tmp)
         rec = self._record(want, "running")
         (tmp / "state.json").write_text(rec.model_dump_json(indent=2))
         shutil.rmtree(target, ignore_errors=True)
@@ -718,9 +732,11 @@ def _pin_images(compose_yaml: str, image_ids: Mapping[str, str]) -> str:
     return yaml.safe_dump(data, sort_keys=False, width=1 << 16)
 
 
-def _copy_bundle(source: pathlib.Path, target: pathlib.Path) -> None:
-    """Files shipped with a manifest (e.g. ``./public``) beside the compose file."""
-    for entry in source.iterdir():
+def _copy_bundle(source: pathlib.Path, target: pathlib.Path) -> list[str]:
+    """Files shipped with a manifest (e.g. ``./public``) beside the compose file; returns
+    the top-level names it placed."""
+    placed = []
+    for entry in sorted(source.iterdir()):
         if entry.name in RESERVED or entry.name in ("deployment.yaml", "deployment.yml"):
             continue
         dest = target / entry.name
@@ -728,6 +744,68 @@ def _copy_bundle(source: pathlib.Path, target: pathlib.Path) -> None:
             shutil.copytree(entry, dest, symlinks=True, dirs_exist_ok=True)
         else:
             shutil.copy2(entry, dest, follow_symlinks=False)
+        placed.append(entry.name)
+    return placed
+
+
+def _bundle_entries(directory: pathlib.Path) -> list[str]:
+    """The names the last bundle placed in ``directory`` (never a reserved one)."""
+    try:
+        names = json.loads((directory / BUNDLE_LIST).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and n not in RESERVED and "/" not in n]
+
+
+def _remove_entry(path: pathlib.Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _place_bundle(source: pathlib.Path, directory: pathlib.Path) -> None:
+    """Copy the bundle in, and take out what the previous bundle placed that this one no
+    longer ships (a file deleted from the repository is deleted here too).  The list of
+    placed names is what a release saves and a rollback puts back."""
+    before = set(_bundle_entries(directory))
+    placed = _copy_bundle(source, directory)
+    for stale in sorted(before - set(placed)):
+        _remove_entry(directory / stale)
+    atomic_write(directory / BUNDLE_LIST, json.dumps(placed).encode(), 0o644)
+
+
+def _save_bundle(directory: pathlib.Path, release: pathlib.Path) -> None:
+    names = _bundle_entries(directory)
+    if not (directory / BUNDLE_LIST).exists():
+        return  # not a bundle deployment
+    target = release / "bundle"
+    target.mkdir()
+    for name in names:
+        entry = directory / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target / name, symlinks=True)
+        elif entry.exists() or entry.is_symlink():
+            shutil.copy2(entry, target / name, follow_symlinks=False)
+    (release / BUNDLE_LIST).write_text(json.dumps(names))
+
+
+def _restore_bundle(release: pathlib.Path, directory: pathlib.Path) -> None:
+    """Put the release's bundle files back, replacing the failed update's."""
+    if not (release / "bundle").is_dir():
+        return  # saved before releases kept bundles, or not a bundle deployment
+    for name in _bundle_entries(directory):
+        _remove_entry(directory / name)
+    names = _bundle_entries(release)
+    for name in names:
+        entry = release / "bundle" / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, directory / name, symlinks=True)
+        elif entry.exists() or entry.is_symlink():
+            shutil.copy2(entry, directory / name, follow_symlinks=False)
+    atomic_write(directory / BUNDLE_LIST, json.dumps(names).encode(), 0o644)
 
 
 def _hint(step: str, output: str) -> str | None:

@@ -86,17 +86,9 @@ def poll(url: str, text: str, host: str | None = None, timeout: float = 120) -> 
 
 
 def settled(cluster: Cluster) -> None:
-    """Wait until the agent has finished the deploy (settle gate, health hook, probe) and
-    reported it: each push is measured on an idle host, as pushes minutes apart are.
-    Without this the next push queues behind the previous command's settle window."""
-
-    def done() -> bool:
-        rows = cluster.admin("/v1/deployments")["deployments"]
-        hello = next(d for d in rows if d["name"] == "hello")
-        last = hello.get("last_command") or {}
-        return bool(hello["in_sync"]) and last.get("state") == "done"
-
-    wait_for(done, 120, "the deploy to finish and be reported", step=0.1)
+    """Each push is measured on an idle host, as pushes minutes apart are: without this
+    the next push queues behind the previous command's settle window."""
+    cluster.settled()
     time.sleep(1.0)
 
 

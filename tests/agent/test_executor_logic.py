@@ -378,3 +378,59 @@ def test_lock_file_is_private(make_repo: RepoFactory, tmp_path) -> None:
     ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
     app_dir = ex.state_dir / "apps" / rendered[0].id
     assert oct(os.stat(app_dir).st_mode & 0o777) == "0o700"
+
+
+BUNDLE_REPO = {
+    "reconcile.yaml": "namespace: t\nproxy: {tls: off, http_port: 8080}\n",
+    "deployments/blog/deployment.yaml": (
+        "name: blog\ncompose: ./compose.yaml\n"
+        "routes:\n  - upstream: '{deployment_id}-app:80'\n    match_var: domain\n"
+    ),
+    "deployments/blog/compose.yaml": (
+        "services:\n  app:\n    image: busybox:1.36\n    container_name: ${DEPLOYMENT_ID}-app\n"
+        "    command: [httpd, -f, -p, '80', -h, /seed]\n    volumes: ['./public:/seed:ro']\n"
+        "    healthcheck: {test: [CMD, 'true'], interval: 2s}\n"
+        "    networks: [default, impreza-proxy]\n"
+        "networks:\n  impreza-proxy: {external: true}\n"
+    ),
+    "deployments/blog/public/index.html": "v1\n",
+    "deployments/blog/notes.txt": "only in v1\n",
+}
+
+
+def _bundle_update(root: pathlib.Path) -> None:
+    (root / "deployments/blog/public/index.html").write_text("v2\n")
+    (root / "deployments/blog/notes.txt").unlink()
+    (root / "deployments/blog/added.txt").write_text("only in v2\n")
+
+
+def test_an_update_replaces_the_bundle_and_drops_files_it_no_longer_ships(
+    make_repo: RepoFactory, tmp_path
+) -> None:
+    ex, _driver, _proxy, _watch, _c, root, rendered = setup(make_repo, tmp_path, BUNDLE_REPO)
+    ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    app_dir = ex.state_dir / "apps" / rendered[0].id
+    (app_dir / "data" / "kept.db").write_text("user data")
+    _bundle_update(root)
+    new = render_all(load_repository(root))
+    (result,) = ex.run(plan(new, actual_from(ex), namespace="t"), new, root)
+    assert result.ok, result.message
+    assert (app_dir / "public" / "index.html").read_text() == "v2\n"
+    assert (app_dir / "added.txt").exists() and not (app_dir / "notes.txt").exists()
+    assert (app_dir / "data" / "kept.db").read_text() == "user data"  # never a bundle entry
+
+
+def test_a_failed_update_restores_the_bundle_files_of_the_release_that_worked(
+    make_repo: RepoFactory, tmp_path
+) -> None:
+    ex, _driver, _proxy, watch, _c, root, rendered = setup(make_repo, tmp_path, BUNDLE_REPO)
+    ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    app_dir = ex.state_dir / "apps" / rendered[0].id
+    _bundle_update(root)
+    new = render_all(load_repository(root))
+    watch.script = [[ContainerState(service="app", name="c1", status="exited", exit_code=2)]]
+    (result,) = ex.run(plan(new, actual_from(ex), namespace="t"), new, root)
+    assert not result.ok and result.rolled_back
+    assert (app_dir / "public" / "index.html").read_text() == "v1\n"
+    assert (app_dir / "notes.txt").read_text() == "only in v1\n"
+    assert not (app_dir / "added.txt").exists()

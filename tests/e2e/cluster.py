@@ -315,6 +315,18 @@ class Cluster:
         r.raise_for_status()
         return r.json()
 
+    def settled(self, name: str = "hello", timeout: float = 120) -> None:
+        """Wait until the agent has finished the deployment's last command (settle gate,
+        health hook, probe) and reported the result: serving starts before that."""
+
+        def done() -> bool:
+            rows = self.admin("/v1/deployments")["deployments"]
+            row = next((d for d in rows if d["name"] == name), None)
+            last = (row or {}).get("last_command") or {}
+            return bool(row and row["in_sync"] and last.get("state") == "done")
+
+        wait_for(done, timeout, f"{name}'s deploy to finish and be reported", step=0.1)
+
     def serves(self, text: str, domain: str | None = None) -> bool:
         r = httpx.get(
             f"http://127.0.0.1:{self.proxy_port}/",

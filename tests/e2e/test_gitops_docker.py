@@ -160,6 +160,7 @@ def test_agent_killed_mid_deploy_converges_after_restart(cluster: Cluster) -> No
     cluster.kill_agent()
     cluster.start_agent()  # credentials kept: no token needed the second time
     wait_for(lambda: cluster.serves("after-agent-crash"), DEPLOY_TIMEOUT, "convergence")
+    cluster.settled()  # the redone command ran to its end (probe, record) and was reported
 
 
 def test_server_restart_keeps_agents_state_and_dedup_records(cluster: Cluster) -> None:
@@ -192,6 +193,7 @@ def test_server_restart_keeps_agents_state_and_dedup_records(cluster: Cluster) -
 
 def test_an_idle_agent_recreates_a_removed_proxy(cluster: Cluster) -> None:
     # No push, no command: the agent's housekeeping (every 2 s here) repairs the proxy.
+    cluster.settled()  # idle: no command in flight whose probe the removal would fail
     client = docker_client()
     try:
         proxies = client.containers.list(all=True, filters={"label": "io.reconciler.role=proxy"})
