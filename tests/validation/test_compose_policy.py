@@ -888,3 +888,72 @@ def test_never_raises(data: dict[str, Any], services: Any, tmp_path_factory: Any
             doc, base_dir=base_dir, allow_host_ports=False, routed_services=frozenset({"app"})
         )
         assert all(isinstance(p, Problem) and p.fix for p in problems)
+
+
+# --------------------------------------------------------------------------- nested files
+
+
+def _nested(tmp_path: pathlib.Path, files: dict[str, str]) -> list[Problem]:
+    for rel, text in files.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    doc = load_yaml((tmp_path / "compose.yaml").read_text(), "deployments/x/compose.yaml")
+    return check_compose_policy(doc, base_dir=tmp_path)
+
+
+def test_an_included_file_is_held_to_the_same_policy(tmp_path: pathlib.Path) -> None:
+    problems = _nested(
+        tmp_path,
+        {
+            "compose.yaml": "include:\n  - ./parts/db.yaml\nservices:\n  app:\n    image: a:1\n",
+            "parts/db.yaml": (
+                "services:\n  db:\n    image: b:1\n    privileged: true\n"
+                "    volumes: ['/var/run/docker.sock:/sock']\n"
+            ),
+        },
+    )
+    nested = [p for p in problems if p.file == "deployments/x/parts/db.yaml" and p.is_error]
+    assert {p.rule for p in nested} == {"compose-privileged", "compose-host-mount"}
+    assert {(p.line, p.rule) for p in nested} == {
+        (4, "compose-privileged"),
+        (5, "compose-host-mount"),
+    }
+
+
+def test_an_extended_file_is_held_to_the_same_policy(tmp_path: pathlib.Path) -> None:
+    problems = _nested(
+        tmp_path,
+        {
+            "compose.yaml": (
+                "services:\n  app:\n    image: a:1\n"
+                "    extends: {file: ./base.yaml, service: base}\n"
+            ),
+            "base.yaml": "services:\n  base:\n    image: a:1\n    network_mode: host\n",
+        },
+    )
+    (found,) = [p for p in problems if p.is_error]
+    assert found.file == "deployments/x/base.yaml" and found.rule == "compose-host-namespace"
+
+
+def test_nested_includes_cycles_and_missing_files(tmp_path: pathlib.Path) -> None:
+    problems = _nested(
+        tmp_path,
+        {
+            "compose.yaml": "include: [./a.yaml, ./missing.yaml]\nservices: {}\n",
+            "a.yaml": "include: [./b.yaml]\nservices: {}\n",
+            "b.yaml": "include: [./a.yaml]\nservices:\n  x:\n    image: c:1\n    pid: host\n",
+        },
+    )
+    errors = [(p.file, p.rule) for p in problems if p.is_error]
+    assert errors == [("deployments/x/b.yaml", "compose-host-namespace")]  # once, no loop
+
+
+def test_a_broken_included_file_is_reported_where_it_is(tmp_path: pathlib.Path) -> None:
+    problems = _nested(
+        tmp_path,
+        {"compose.yaml": "include: [./bad.yaml]\nservices: {}\n", "bad.yaml": "a: [1,\n"},
+    )
+    assert [(p.file, p.rule) for p in problems if p.is_error] == [
+        ("deployments/x/bad.yaml", "yaml-syntax")
+    ]

@@ -20,8 +20,9 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
-from reconciler.load.yamlsafe import Document
-from reconciler.model.errors import Problem, Severity
+from reconciler.load.files import read_limited
+from reconciler.load.yamlsafe import Document, load_yaml
+from reconciler.model.errors import InvalidSpec, Problem, Severity
 
 __all__ = ["check_compose_policy"]
 
@@ -118,9 +119,70 @@ def check_compose_policy(
     (a mail server, say); ``routed_services`` decides which services need a
     healthcheck for the deploy's health gate to mean anything.
     """
+    found = _check_tree(compose, base_dir, allow_host_ports, routed_services, set(), 0)
+    unique = {(p.file, p.line, p.col, p.rule, p.message): p for p in found}  # a cycle repeats
+    return sorted(unique.values(), key=lambda p: (p.file != compose.name, p.file, p.line, p.col))
+
+
+# How deep ``include``/``extends`` chains are followed; Compose itself has no limit, but a
+# deployment that nests compose files deeper than this is refused rather than half-checked.
+MAX_NESTED_COMPOSE = 8
+
+
+def _check_tree(
+    compose: Document,
+    base_dir: pathlib.Path | None,
+    allow_host_ports: bool,
+    routed_services: frozenset[str],
+    seen: set[pathlib.Path],
+    depth: int,
+) -> list[Problem]:
+    """The policy on ``compose`` and on every compose file it includes or extends.
+
+    Without this a deployment could keep its main file clean and put ``privileged:
+    true`` or a Docker socket bind in an ``include:``d file, which ``docker compose``
+    merges in at deploy time.  Nested files are judged against their own directory
+    (Compose resolves their relative paths there), which must itself be inside the
+    deployment directory (the reference was checked before it is followed).
+    """
     checker = _Checker(compose, base_dir, allow_host_ports, routed_services)
     checker.run()
-    return sorted(checker.problems, key=lambda p: (p.line, p.col))
+    problems = list(checker.problems)
+    if base_dir is None:
+        return problems
+    for where, value in checker.compose_refs:
+        if "$" in value:
+            continue  # decided at deploy time; the interpolated pass sees the literal
+        target = _safe_resolve(base_dir / value)
+        if target is None or target in seen or not target.is_file():
+            continue  # missing: Compose fails loudly at deploy; a cycle: already checked
+        name = posixpath.normpath(posixpath.join(posixpath.dirname(compose.name), value))
+        if depth >= MAX_NESTED_COMPOSE:
+            problems.append(
+                compose.problem(
+                    where,
+                    "compose-invalid",
+                    f"'{value}' nests compose files more than {MAX_NESTED_COMPOSE} deep",
+                    "flatten the include/extends chain",
+                )
+            )
+            continue
+        try:
+            nested = load_yaml(read_limited(target), name)
+        except InvalidSpec as exc:
+            problems.extend(exc.problems)
+            continue
+        problems.extend(
+            _check_tree(
+                nested,
+                target.parent,
+                allow_host_ports,
+                frozenset(),
+                seen | {target},
+                depth + 1,
+            )
+        )
+    return problems
 
 
 # --------------------------------------------------------------------------- helpers
@@ -253,6 +315,9 @@ class _Checker:
         self.allow_host_ports = allow_host_ports
         self.routed_services = routed_services
         self.problems: list[Problem] = []
+        # compose files this one pulls in (``include``, ``extends.file``) that stay inside
+        # the deployment directory: the caller checks them with the same policy
+        self.compose_refs: list[tuple[_Where, str]] = []
 
     # -- reporting
 
@@ -590,13 +655,14 @@ class _Checker:
         extends = svc.get("extends")
         if isinstance(extends, dict) and isinstance(extends.get("file"), str):
             value = extends["file"]
-            self.check_file_ref(
+            if self.check_file_ref(
                 (*where, "extends", "file"),
                 value,
                 f"service '{name}': extends.file '{value}'",
                 f"copy the file into the deployment directory and use "
                 f"`file: ./{_basename(value, 'compose.yaml')}`",
-            )
+            ):
+                self.compose_refs.append(((*where, "extends", "file"), value))
 
     # -- service: warnings
 
@@ -704,7 +770,8 @@ class _Checker:
                     "deployment directory"
                 )
                 label = f"include {key or 'project_directory'} '{value}'"
-                self.check_file_ref(ref_at, value, label, fix)
+                if self.check_file_ref(ref_at, value, label, fix) and key == "path":
+                    self.compose_refs.append((ref_at, value))
 
     def check_volume_defs(self, volumes: Any) -> None:
         if not isinstance(volumes, dict):
@@ -751,8 +818,9 @@ class _Checker:
 
     # -- paths
 
-    def check_file_ref(self, where: _Where, value: str, label: str, fix: str) -> None:
-        """A reference to another compose/env file: a URL is as foreign as ``../``."""
+    def check_file_ref(self, where: _Where, value: str, label: str, fix: str) -> bool:
+        """A reference to another compose/env file: a URL is as foreign as ``../``.
+        True when it stays inside the deployment directory."""
         if _is_remote(value):
             self.error(
                 where,
@@ -760,8 +828,8 @@ class _Checker:
                 f"{label} is remote; remote files are not allowed",
                 f"put it in the repository: {fix}",
             )
-            return
-        self.check_path(where, value, label, fix)
+            return False
+        return self.check_path(where, value, label, fix)
 
     def check_path(self, where: _Where, value: str, label: str, fix: str) -> bool:
         """Report ``value`` if it leaves the deployment directory; True when it does not."""
