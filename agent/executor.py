@@ -44,6 +44,7 @@ from agent.compose import ComposeDriver, ComposeError, ComposeProject
 from agent.onion import KEY_DIR, OnionKeyError, ensure_identity, read_identity
 from agent.secrets import env_file_text, resolve_secrets
 from agent.statedir import AppRecord, AppStatus, atomic_write, read_record, write_record
+from reconciler.model.digests import value_digest
 from reconciler.model.errors import InvalidSpec, ReconcilerError
 from reconciler.model.ids import LOCAL_AGENT
 from reconciler.model.plan import Action, Plan
@@ -597,6 +598,11 @@ class Executor:
                 "onion_upstream": want.onion_upstream if onion else None,
                 "urls": urls,
                 "url": urls[0] if urls else None,
+                "from_env": {
+                    key: (ref.spec, value_digest(want.id, key, self.environ[ref.spec]))
+                    for key, ref in sorted(want.secrets.items())
+                    if ref.source == "env" and ref.spec in self.environ
+                },
             }
         )
 

@@ -27,11 +27,13 @@ with the stdlib (importing the SDK alone costs ~130 ms).
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from reconciler.model.digests import value_digest
 from reconciler.model.ids import (
     DEPLOYMENT_ID_RE,
     LABEL_DEPLOYMENT,
@@ -169,8 +171,13 @@ def merge(
     listed: Iterable[Mapping[str, Any]],
     records: Iterable[AppRecord],
     restarts: Mapping[str, int] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> AgentState:
-    """The agent's state from container list entries and state-dir records.  Pure."""
+    """The agent's state from container list entries and state-dir records.  Pure.
+
+    ``environ`` is the environment deployments read ``from_env`` vars from (this
+    process's, for ``reconcile apply`` and the agent daemon); None skips that check.
+    """
     restarts = restarts or {}
     by_dpl: dict[str, list[Mapping[str, Any]]] = {}
     for item in listed:
@@ -226,6 +233,7 @@ def merge(
                 record=record.record,
                 onion_address=record.onion_address,
                 urls=list(record.urls),
+                stale_env=_stale_env(record, environ),
             )
             continue
         first: Mapping[str, str] = items[0].get("Labels") or {}
@@ -280,7 +288,19 @@ def observe_local(
                 client.close()
             except Exception:  # pragma: no cover
                 log.debug("closing the Docker client failed", exc_info=True)
-    return merge(agent, listed, list_records(directory), restarts)
+    return merge(agent, listed, list_records(directory), restarts, os.environ)
+
+
+def _stale_env(record: AppRecord, environ: Mapping[str, str] | None) -> list[str]:
+    """Keys whose ``from_env`` variable now holds another value than the one deployed
+    (or is unset): compared by salted digest, the value itself is never kept."""
+    if environ is None or record.status == "uninstalled":
+        return []
+    return sorted(
+        key
+        for key, (var, deployed) in record.from_env.items()
+        if var not in environ or value_digest(record.id, key, environ[var]) != deployed
+    )
 
 
 def _client() -> docker.DockerClient | LocalEngine:

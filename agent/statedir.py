@@ -101,8 +101,20 @@ class AppRecord(BaseModel):
     # The spec hash on the running containers' labels when an update changed only what the
     # proxy sees (domain, routes) and left them running (agent.executor); None: spec_hash.
     labels_spec_hash: str | None = None
+    # Vars read from the applying host's environment: key -> (variable, digest of the value
+    # written to .env).  The observer compares the environment now against the digest, so
+    # a rotated value is seen as drift and repaired (the spec hash cannot know it).
+    from_env: dict[str, tuple[str, str]] = Field(default_factory=dict)
     updated_at: str = Field(default_factory=now_iso)
     last_error: str | None = None  # the failed step and its message (never env values)
+
+    @field_validator("from_env")
+    @classmethod
+    def _from_env_is_digests(cls, value: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+        bad = sorted(k for k, (_var, d) in value.items() if not _DIGEST_RE.match(d))
+        if bad:
+            raise ValueError(f"from_env values must be digests, not values: {', '.join(bad)}")
+        return value
 
     @field_validator("record")
     @classmethod

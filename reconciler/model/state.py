@@ -76,6 +76,8 @@ class DeployedApp(_Frozen):
     services: list[str] = Field(default_factory=list)  # services the spec expects
     containers: list[ContainerState] = Field(default_factory=list)
     record: SpecRecord | None = None  # None when only labels were seen
+    # vars whose value in the applying host's environment is no longer the one deployed
+    stale_env: list[str] = Field(default_factory=list)
     # Where it answers: ``<56 base32>.onion`` when its onion service is on, and every URL
     # (DOMAIN_URL, then ``http://<onion>``).  Optional: snapshots from before have neither.
     onion_address: str | None = None

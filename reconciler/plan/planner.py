@@ -311,6 +311,10 @@ def drift(want: RenderedDeployment, have: DeployedApp) -> list[str]:
                 out.append(f"service {service}: restarting ({c.restarts} restarts)")
             elif c.health == "unhealthy":
                 out.append(f"service {service}: unhealthy")
+    out.extend(
+        f"var {key}: its value in the host's environment changed since the deploy"
+        for key in have.stale_env
+    )
     return out
 
 

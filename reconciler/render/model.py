@@ -7,7 +7,6 @@ DESIGN.md let ``agent.*`` see ``reconciler.model`` and this, nothing else.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.model.deployment import DeploymentKind
+from reconciler.model.digests import digest, value_digest
 from reconciler.model.ids import LABEL_DEPLOYMENT, LABEL_NAME, LABEL_NAMESPACE, LABEL_SPEC_HASH
 from reconciler.model.state import RouteRecord, SpecRecord
 
@@ -117,14 +117,6 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def digest(*parts: str) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 def label_services(compose: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
     """A copy of ``compose`` with ``labels`` on every service (list or mapping form)."""
     out = dict(compose)
@@ -146,11 +138,6 @@ def label_services(compose: Mapping[str, Any], labels: Mapping[str, str]) -> dic
         services[name] = spec
     out["services"] = services
     return out
-
-
-def value_digest(dpl_id: str, key: str, value: str) -> str:
-    """Digest of one env value, salted by deployment and key: comparable, not guessable."""
-    return digest("env", dpl_id, key, value)[:16]
 
 
 def spec_record(rendered: RenderedDeployment) -> SpecRecord:

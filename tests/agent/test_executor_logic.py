@@ -434,3 +434,55 @@ def test_a_failed_update_restores_the_bundle_files_of_the_release_that_worked(
     assert (app_dir / "public" / "index.html").read_text() == "v1\n"
     assert (app_dir / "notes.txt").read_text() == "only in v1\n"
     assert not (app_dir / "added.txt").exists()
+
+
+def test_a_rotated_from_env_value_is_drift_and_the_repair_writes_it(
+    make_repo: RepoFactory, tmp_path
+) -> None:
+    from agent.observe import merge
+    from agent.statedir import list_records
+
+    files = {
+        **REPO,
+        "deployments/web.yaml": "name: web\nimage: busybox:1.36\n"
+        "vars: {TOKEN: {from_env: WEB_TOKEN}}\n",
+    }
+    ex, _driver, _p, _w, _c, root, rendered = setup(make_repo, tmp_path, files)
+    ex.environ = {"WEB_TOKEN": "first"}
+    ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    web = rendered[0]
+    record = read_record(ex.state_dir, web.id)
+    assert record is not None and set(record.from_env) == {"TOKEN"}
+    assert record.from_env["TOKEN"][0] == "WEB_TOKEN"
+    assert "first" not in (ex.state_dir / "apps" / web.id / "state.json").read_text()
+
+    def observed(environ: dict[str, str]) -> ActualState:
+        running = [
+            {
+                "Id": "c1",
+                "State": "running",
+                "Labels": {
+                    "io.reconciler.deployment": web.id,
+                    "io.reconciler.spec-hash": web.spec_hash,
+                    "com.docker.compose.service": "app",
+                },
+            }
+        ]
+        agent = merge("local", running, list_records(ex.state_dir), environ=environ)
+        return ActualState(source="fake", agents={"local": agent})
+
+    same = plan(rendered, observed({"WEB_TOKEN": "first"}), namespace="t")
+    assert [a.action for a in same.actions] == ["noop"]
+    rotated = plan(rendered, observed({"WEB_TOKEN": "second"}), namespace="t")
+    (action,) = rotated.actions
+    assert action.action == "repair" and "var TOKEN" in action.reason
+    assert "second" not in action.model_dump_json()
+    unset = plan(rendered, observed({}), namespace="t")
+    assert [a.action for a in unset.actions] == ["repair"]
+
+    ex.environ = {"WEB_TOKEN": "second"}
+    (result,) = ex.run(rotated, rendered, root)
+    assert result.ok, result.message
+    assert "TOKEN='second'" in (ex.state_dir / "apps" / web.id / ".env").read_text()
+    after = plan(rendered, observed({"WEB_TOKEN": "second"}), namespace="t")
+    assert [a.action for a in after.actions] == ["noop"]
