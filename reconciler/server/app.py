@@ -36,6 +36,7 @@ from reconciler.model.agentapi import (
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import NAME_RE
 from reconciler.server.config import ServerConfig, ServerSecrets
+from reconciler.server.limits import BodyLimit
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
 from reconciler.server.store import Store
@@ -115,6 +116,7 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
+    app.add_middleware(BodyLimit)
 
     # ------------------------------------------------------------------ errors
 

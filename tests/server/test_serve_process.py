@@ -309,3 +309,34 @@ def test_the_access_log_never_shows_a_deploy_hook_token() -> None:
     message = record.getMessage()
     assert "s3cr3t-token" not in message
     assert "/hooks/deploy/<redacted>?x=1" in message
+
+
+def test_a_huge_body_is_refused_without_being_read_whole(server: Server) -> None:
+    """Unauthenticated bootstrap with a declared 2 GB body, and with 64 MB streamed
+    chunked (no Content-Length): 413 both, and the server carries on."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/agent/bootstrap HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2147483648\r\n\r\n{"
+        )
+        head = sock.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 413"), head
+
+    def chunks() -> Iterator[bytes]:
+        block = b" " * (1 << 20)
+        for _ in range(64):
+            yield block
+
+    r = httpx.post(
+        server.url + "/v1/agent/bootstrap",
+        content=chunks(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 413 and "over" in r.json()["error"]
+    # still serving, and a normal refusal still looks normal
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    bad = httpx.post(server.url + "/v1/agent/bootstrap", json={"token": "nope"})
+    assert bad.status_code == 401

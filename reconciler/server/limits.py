@@ -1,0 +1,62 @@
+"""A cap on request bodies for every endpoint but the webhook receivers (they cap their
+own, at 25 MB, and answer in their own words).
+
+Without it FastAPI reads a body whole before the handler runs: one unauthenticated
+``POST /v1/agent/bootstrap`` with a 2 GB body would take 2 GB of the server's memory.
+Agents' reports are the largest legitimate bodies (a few KB per deployment), far below
+the cap.  A declared ``Content-Length`` over the cap is refused before anything is read;
+a body without one (chunked) is counted as it arrives and cut off at the cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+__all__ = ["MAX_API_BODY", "BodyLimit"]
+
+MAX_API_BODY = 16 * 1024 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, limit: int = MAX_API_BODY, exempt: str = "/hooks/") -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse(
+                {"error": f"request body over {self.limit} bytes"},
+                status_code=413,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # FastAPI lets an HTTPException from body reading through to the
+                    # app's handler: the same {"error": …} body as every other refusal.
+                    raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
