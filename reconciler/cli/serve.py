@@ -169,6 +169,16 @@ def redact_deploy_tokens(record: logging.LogRecord) -> bool:
 _DEPLOY_TOKEN = re.compile(r"/hooks/deploy/[^/?\s\"]+")
 
 
+def _sync_cell(d: dict[str, Any]) -> Any:
+    """ "applying" while the agent still works on a command: its containers may already
+    run the new spec (serving starts before the settle gate and probe end)."""
+    from rich.text import Text
+
+    if (d.get("last_command") or {}).get("state") == "pending":
+        return Text("applying", "cyan")
+    return Text("yes", "green") if d.get("in_sync") else Text("no", "yellow")
+
+
 # ------------------------------------------------------------- tokens and hooks
 
 
@@ -318,7 +328,7 @@ def remote_status(server: str, as_json: bool) -> None:
             d["name"],
             Text(agent, "" if d.get("agent_online") else "red"),
             d.get("status") or "-",
-            Text("yes" if d.get("in_sync") else "no", "green" if d.get("in_sync") else "yellow"),
+            _sync_cell(d),
             verdict,
             "\n".join(d.get("urls") or [u for u in [d.get("url")] if u]) or "-",
         )

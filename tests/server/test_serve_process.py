@@ -174,7 +174,10 @@ def test_serve_end_to_end_and_restart(
     assert status.returncode == 0, status.stderr
     rows = {d["name"]: d for d in json.loads(status.stdout)["deployments"]}
     assert set(rows) == {"api", "blog", "hello", "site", "status"}
-    assert cli("status", "--server", url).returncode == 0
+    table = cli("status", "--server", url)
+    assert table.returncode == 0, table.stderr
+    # one command done, four still with the agent: those read "applying", not "yes"/"no"
+    assert table.stdout.count("applying") == 4, table.stdout
 
     hook = cli("hook", "create", "ci-main", "--server", url)
     assert hook.returncode == 0, hook.stderr
