@@ -622,7 +622,10 @@ def _worktree(
     base.mkdir(parents=True, exist_ok=True)
     final = base / (sha + ("+submodules" if allow_submodules else ""))
     if final.is_dir():
+        with contextlib.suppress(OSError):
+            os.utime(final)  # in use: the pruning below goes by this time
         return final
+    _prune_worktrees(base)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=base))
     try:
         _extract(cached.repo, sha, tmp)
@@ -641,6 +644,31 @@ def _worktree(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+# Every push leaves a worktree behind; a server reconciling for months would fill the disk.
+KEEP_WORKTREES = 5  # the newest ones, whatever their age
+PRUNE_AFTER = 3600.0  # seconds unused before an older worktree (or a crashed build) goes
+
+
+def _prune_worktrees(base: pathlib.Path, *, now: float | None = None) -> list[str]:
+    """Remove worktrees beyond the newest :data:`KEEP_WORKTREES` that nobody used for
+    :data:`PRUNE_AFTER` seconds (a reconcile still reading one keeps touching it), and
+    temporary builds a killed process left.  Returns the names removed."""
+    now = time.time() if now is None else now
+    entries = []
+    for entry in base.iterdir():
+        with contextlib.suppress(OSError):
+            entries.append((entry.stat().st_mtime, entry))
+    entries.sort(key=lambda item: item[0], reverse=True)
+    removed = []
+    finished = [(m, e) for m, e in entries if not e.name.startswith(".")]
+    stale = [(m, e) for m, e in entries if e.name.startswith(".")]
+    for mtime, entry in [*finished[KEEP_WORKTREES:], *stale]:
+        if now - mtime >= PRUNE_AFTER:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def _extract(repo: Repo, sha: str, dest: pathlib.Path) -> None:

@@ -205,6 +205,40 @@ class TestCache:
         assert packs_before <= set((repo / "objects" / "pack").glob("*.pack"))
         assert repo.name == __import__("hashlib").sha256(remote.url.encode()).hexdigest()[:16]
 
+    def test_old_worktrees_are_pruned_recent_and_newest_ones_kept(
+        self, remote: Remote, cache: pathlib.Path
+    ) -> None:
+        import os
+        import time
+
+        from reconciler.load import sources
+
+        first = open_source(remote.url, cache_dir=cache).path
+        opened = [first]
+        for _ in range(sources.KEEP_WORKTREES + 1):
+            remote.commit()
+            remote.push("main")
+            opened.append(open_source(remote.url, cache_dir=cache).path)
+        base = cache / "worktrees"
+        assert len(list(base.iterdir())) == len(opened)  # all recent: nothing pruned yet
+        # Age them all; keep one old worktree "in use" (opened again: touched).
+        past = time.time() - sources.PRUNE_AFTER - 10
+        for i, path in enumerate(opened):
+            os.utime(path, (past - i, past + i))  # distinct ages, newest last
+        crashed = base / ".deadbeef-crashed-build"
+        crashed.mkdir()
+        os.utime(crashed, (past, past))
+        assert open_source(f"{remote.url}", ref=first.name, cache_dir=cache).path == first
+        remote.commit()
+        remote.push("main")
+        newest = open_source(remote.url, cache_dir=cache).path
+        left = {p.name for p in base.iterdir()}
+        assert newest.name in left and first.name in left  # new, and old but just used
+        assert not crashed.exists()
+        # the newest KEEP_WORKTREES by time stay, whatever their age
+        assert len(left) == sources.KEEP_WORKTREES + 1
+        assert {p.name for p in opened[-(sources.KEEP_WORKTREES - 1) :]} <= left
+
     def test_force_push_is_followed(self, remote: Remote, cache: pathlib.Path) -> None:
         remote.commit()
         remote.push("main")
