@@ -199,7 +199,9 @@ def _local_store(data_dir: pathlib.Path | None) -> Any:
         raise _fail(str(exc)) from None
 
 
-def _admin_post(server: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def _admin_post(
+    server: str, path: str, body: dict[str, Any] | None = None, *, method: str = "POST"
+) -> dict[str, Any]:
     import httpx
 
     token = os.environ.get("RECONCILE_ADMIN_TOKEN")
@@ -207,8 +209,12 @@ def _admin_post(server: str, path: str, body: dict[str, Any] | None = None) -> d
         raise _fail("--server needs RECONCILE_ADMIN_TOKEN in the environment", 2)
     url = server.rstrip("/") + path
     try:
-        response = httpx.post(
-            url, json=body or {}, headers={"Authorization": f"Bearer {token}"}, timeout=15.0
+        response = httpx.request(
+            method,
+            url,
+            json=body if method == "POST" else None,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=15.0,
         )
     except httpx.HTTPError as exc:
         raise _fail(f"{url}: {exc}") from None
@@ -246,6 +252,37 @@ def agent_token_command(data_dir: DataDirOption = None, server: ServerOption = N
     _console(stderr=True).print(
         "One-time agent bootstrap token (expires in 10 minutes): "
         "reconcile-agent --server URL --token TOKEN",
+        highlight=False,
+    )
+
+
+@agent_app.command("remove")
+def agent_remove_command(
+    agent_id: Annotated[str, typer.Argument(help="The agt_ id to forget.")],
+    data_dir: DataDirOption = None,
+    server: ServerOption = None,
+) -> None:
+    """Forget an agent (host gone, or its secret leaked): its credentials stop working and
+    its unfinished commands are cancelled.  Register the host again with a new token."""
+    from reconciler.model.ids import AGENT_ID_RE
+
+    if data_dir is not None and server is not None:
+        raise _fail("give --data-dir or --server, not both", 2)
+    if not AGENT_ID_RE.match(agent_id):
+        raise _fail(f"{agent_id!r} is not an agent id (agt_ and 16 hex digits)", 2)
+    if server is not None:
+        _admin_post(server, f"/v1/agents/{agent_id}", method="DELETE")
+    else:
+        store = _local_store(data_dir)
+        try:
+            if not store.remove_agent(agent_id):
+                raise _fail(f"no agent {agent_id} in {store.path}")
+            store.record_event("agent.removed", {"agent": agent_id, "by": "cli"})
+        finally:
+            store.close()
+    _console(stderr=True).print(
+        f"agent {agent_id} removed; its deployments are blocked until `agents:` in "
+        "reconcile.yaml names a registered agent",
         highlight=False,
     )
 

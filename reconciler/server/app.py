@@ -375,6 +375,14 @@ def create_app(
         now = reconciler.clock()
         return {"agents": [agent_view(a, now) for a in store.agents()]}
 
+    @app.delete("/v1/agents/{agent_id}", dependencies=admin)
+    def remove_agent(agent_id: str) -> dict[str, Any]:
+        if not store.remove_agent(agent_id):
+            raise _Error(404, f"no agent {agent_id!r}")
+        store.record_event("agent.removed", {"agent": agent_id, "by": "api"})
+        worker.trigger(f"api: agent {agent_id} removed")
+        return {"removed": agent_id}
+
     @app.post("/v1/reconcile", dependencies=admin, status_code=202)
     def trigger(body: ReconcileRequest | None = None) -> dict[str, Any]:
         if body is not None and body.allow_mass_prune:

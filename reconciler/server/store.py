@@ -378,6 +378,22 @@ class Store:
             )
         return None if previous is None else float(previous)
 
+    def remove_agent(self, agent_id: str, *, now: float | None = None) -> bool:
+        """Forget an agent (a host decommissioned, or its secret leaked): its credentials
+        stop working at once and its unfinished commands are cancelled, in one
+        transaction.  Its deployments are left to the next plan (blocked: unknown agent).
+        False when there was no such agent."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            gone = db.execute("DELETE FROM agents WHERE id = ?", (agent_id,)).rowcount
+            if gone:
+                db.execute(
+                    "UPDATE commands SET state = 'superseded', finished = ? "
+                    "WHERE agent = ? AND state = 'pending'",
+                    (now, agent_id),
+                )
+        return bool(gone)
+
     def agents(self) -> list[AgentRow]:
         return [self._agent(r) for r in self._query("SELECT * FROM agents ORDER BY id")]
 

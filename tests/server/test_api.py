@@ -369,6 +369,28 @@ class TestAdmin:
         assert bad.status_code == 400
 
 
+class TestAgentRemoval:
+    def test_removing_an_agent_revokes_it_and_cancels_its_commands(
+        self, client: TestClient, plane: ControlPlane, remote: Remote
+    ) -> None:
+        headers = _agent(client, plane)
+        agent = headers["X-Agent-Id"]
+        _deploy_examples(plane, remote, agent)
+        assert len(plane.store.pending_commands(agent)) == 5
+        assert client.delete(f"/v1/agents/{agent}").status_code == 401  # admin only
+        gone = client.delete(f"/v1/agents/{agent}", headers=ADMIN_HEADERS)
+        assert gone.status_code == 200 and gone.json() == {"removed": agent}
+        assert plane.store.pending_commands(agent) == []
+        assert client.get("/v1/agent/commands", headers=headers).status_code == 401
+        listed = client.get("/v1/agents", headers=ADMIN_HEADERS).json()["agents"]
+        assert agent not in {a["id"] for a in listed}
+        assert plane.worker.wait_idle(60)  # the removal triggered a reconcile
+        plan = client.get("/v1/plan", headers=ADMIN_HEADERS).json()
+        assert {a["action"] for a in plan["actions"]} == {"blocked"}
+        again = client.delete(f"/v1/agents/{agent}", headers=ADMIN_HEADERS)
+        assert again.status_code == 404 and "error" in again.json()
+
+
 class TestOps:
     def test_healthz_readyz_metrics(self, client: TestClient, plane: ControlPlane) -> None:
         assert client.get("/healthz").json() == {"status": "ok"}

@@ -240,6 +240,10 @@ def test_serve_end_to_end_and_restart(
             "site": "install",
             "status": "install",
         }
+        removed = cli("agent", "remove", agent, "--server", url)
+        assert removed.returncode == 0, removed.stderr
+        left = httpx.get(url + "/v1/agents", headers=ADMIN_HEADERS).json()["agents"]
+        assert left == []
         assert again.stop()
     finally:
         if again.proc.poll() is None:
@@ -247,6 +251,25 @@ def test_serve_end_to_end_and_restart(
 
 
 class TestCli:
+    def test_agent_remove_from_the_data_dir(self, tmp_path: pathlib.Path) -> None:
+        store = Store.in_dir(tmp_path)
+        token = store.create_bootstrap_token()
+        registered = store.bootstrap_agent(token, "h1")
+        assert registered is not None
+        agent, secret = registered
+        store.close()
+        done = cli("agent", "remove", agent, "--data-dir", str(tmp_path))
+        assert done.returncode == 0, done.stderr
+        store = Store.in_dir(tmp_path)
+        try:
+            assert store.agent(agent) is None and not store.check_agent(agent, secret)
+        finally:
+            store.close()
+        unknown = cli("agent", "remove", agent, "--data-dir", str(tmp_path))
+        assert unknown.returncode == 1 and "no agent" in unknown.stderr
+        bad = cli("agent", "remove", "host1", "--data-dir", str(tmp_path))
+        assert bad.returncode == 2 and "not an agent id" in bad.stderr
+
     def test_serve_without_a_source_is_a_usage_error(self, tmp_path: pathlib.Path) -> None:
         done = cli("serve", "--data-dir", str(tmp_path / "d"))
         assert done.returncode == 2 and "--source" in done.stderr
