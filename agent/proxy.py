@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from agent.dockersdk import docker_errors, sdk_client
+from reconciler.model.deployment import ProxyConfig
 from reconciler.model.errors import HostError, InvalidSpec, TemporaryError
 
 if TYPE_CHECKING:
@@ -132,6 +133,18 @@ class ProxySettings(BaseModel):
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # ``tls: off`` unquoted is YAML false
+
+    @classmethod
+    def from_config(cls, config: ProxyConfig, state_dir: pathlib.Path) -> ProxySettings:
+        """The repository's ``proxy:`` settings on this host (``reconcile apply`` and the
+        agent's commands alike)."""
+        return cls(
+            state_dir=state_dir,
+            network=config.network,
+            http_port=config.http_port,
+            https_port=config.https_port,
+            tls=config.tls,
+        )
 
     @property
     def proxy_dir(self) -> pathlib.Path:

@@ -112,13 +112,15 @@ class CommandRunner:
     def proxy_settings(self, command: Command) -> ProxySettings:
         """The command's proxy settings; else the last ones a command brought (an uninstall
         must not recreate the proxy on default ports); else the defaults."""
+        from agent.proxy import ProxySettings
+
         if command.proxy is None:
             return self.proxy_settings_saved()
         try:
             atomic_write(self.proxy_file, command.proxy.model_dump_json().encode(), 0o600)
         except OSError as exc:  # pragma: no cover - the state dir is ours
             log.warning("cannot remember the proxy settings: %s", exc)
-        return self._settings(command.proxy)
+        return ProxySettings.from_config(command.proxy, self.state_dir)
 
     def housekeeping(self) -> bool:
         """Repair the host's shared parts between commands, as every `reconcile apply` does:
@@ -154,22 +156,13 @@ class CommandRunner:
 
     def proxy_settings_saved(self) -> ProxySettings:
         """The proxy settings the last command brought (housekeeping has no command)."""
+        from agent.proxy import ProxySettings
+
         try:
             config = ProxyConfig.model_validate_json(self.proxy_file.read_bytes())
         except (OSError, ValidationError):
             config = ProxyConfig()
-        return self._settings(config)
-
-    def _settings(self, config: ProxyConfig) -> ProxySettings:
-        from agent.proxy import ProxySettings
-
-        return ProxySettings(
-            state_dir=self.state_dir,
-            network=config.network,
-            http_port=config.http_port,
-            https_port=config.https_port,
-            tls=config.tls,
-        )
+        return ProxySettings.from_config(config, self.state_dir)
 
     def clean_scratch(self) -> None:
         """Remove scratch repos a killed agent left behind (only this agent writes there)."""

@@ -195,15 +195,7 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
             out.print(Text(line, style=style))
         out.print(Text(report.summary_line(result), style="bold"))
 
-    proxy = CaddyProxy(
-        ProxySettings(
-            network=config.proxy.network,
-            http_port=config.proxy.http_port,
-            https_port=config.proxy.https_port,
-            tls=config.proxy.tls,
-            state_dir=opts.state_dir,
-        )
-    )
+    proxy = CaddyProxy(ProxySettings.from_config(config.proxy, opts.state_dir))
     settings = ExecutorSettings(settle_seconds=opts.settle, purge=opts.purge)
 
     def on_event(event: StepEvent) -> None:
