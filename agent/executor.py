@@ -352,19 +352,11 @@ class Executor:
             self._compose(name, "build", lambda: self.driver.build(project))
         self._emit(name, "up", "docker compose up -d")
         self._compose(name, "up", lambda: self.driver.up(project))
-        self._emit(name, "routes", ", ".join(r.domain for r in want.routes) or "none")
-        self.sync_routes(
-            {r.domain: r.upstream for r in want.routes} | self._onion_route(want),
-            without=want.id,
-        )
-        self._sync_onion_step(want)
+        self._publish(want)
         self._settle(want)
         if install and "install" in want.hooks:
             self._hook(want, "install")
-        if "health" in want.hooks:
-            self._hook(want, "health")
-        if self.settings.probe:
-            self._probe(want)
+        self._check_health(want)
         self._emit(name, "record", "state.json")
         self._save_release(want)
         self._write_record(want, "running")
@@ -404,21 +396,30 @@ class Executor:
     def _move_routes(self, want: RenderedDeployment, before: AppRecord) -> None:
         name = want.name
         self._emit(name, "up", "skipped: only routes changed; the containers keep running")
-        self._emit(name, "routes", ", ".join(r.domain for r in want.routes) or "none")
-        self.sync_routes(
-            {r.domain: r.upstream for r in want.routes} | self._onion_route(want),
-            without=want.id,
-        )
-        self._sync_onion_step(want)
-        if "health" in want.hooks:
-            self._hook(want, "health")
-        if self.settings.probe:
-            self._probe(want)
+        self._publish(want)
+        self._check_health(want)
         self._emit(name, "record", "state.json")
         self._save_release(want)
         labels = before.labels_spec_hash or before.spec_hash
         rec = self._record(want, "running").model_copy(update={"labels_spec_hash": labels})
         write_record(self.state_dir, rec)
+
+    def _publish(self, want: RenderedDeployment) -> None:
+        """Routes (its .onion host included) and the hidden service, as soon as the
+        containers run: serving starts before the settle gate, not after."""
+        self._emit(want.name, "routes", ", ".join(r.domain for r in want.routes) or "none")
+        self.sync_routes(
+            {r.domain: r.upstream for r in want.routes} | self._onion_route(want),
+            without=want.id,
+        )
+        self._sync_onion_step(want)
+
+    def _check_health(self, want: RenderedDeployment) -> None:
+        """The app's own health hook, then a request through the proxy."""
+        if "health" in want.hooks:
+            self._hook(want, "health")
+        if self.settings.probe:
+            self._probe(want)
 
     def _sync_onion_step(self, want: RenderedDeployment) -> None:
         onion = self._onion_address(want)
