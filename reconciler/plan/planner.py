@@ -84,29 +84,11 @@ def _plan_once(
     desired_ids = {d.id for d in desired}
     for want in sorted(desired, key=lambda d: (d.name, d.id)):
         if want.id in conflicts:
-            actions.append(
-                Action(
-                    action="blocked",
-                    deployment=want.name,
-                    id=want.id,
-                    agent=want.agent,
-                    reason=conflicts[want.id],
-                    spec_hash=want.spec_hash,
-                    url=want.url,
-                )
-            )
+            actions.append(_blocked_by(want, conflicts[want.id], spec_hash=want.spec_hash))
             continue
         if unresolved and want.name in unresolved:
-            actions.append(
-                Action(
-                    action="blocked",
-                    deployment=want.name,
-                    id=want.id,
-                    agent=want.agent,
-                    reason=unresolved[want.name],
-                    url=want.url,
-                )
-            )
+            # no spec hash: with its git ref unresolved, what would run is not known
+            actions.append(_blocked_by(want, unresolved[want.name]))
             continue
         agent = actual.agents.get(want.agent)
         actions.extend(_for_desired(want, agent, actual))
@@ -234,6 +216,18 @@ def domain_conflicts(
             for domain in wanted_domains(want):
                 granted.setdefault(domain, want)
     return out
+
+
+def _blocked_by(want: RenderedDeployment, reason: str, *, spec_hash: str | None = None) -> Action:
+    return Action(
+        action="blocked",
+        deployment=want.name,
+        id=want.id,
+        agent=want.agent,
+        reason=reason,
+        spec_hash=spec_hash,
+        url=want.url,
+    )
 
 
 def _blocked(action: Action, agent: AgentState) -> Action:
