@@ -182,6 +182,12 @@ def _sync_cell(d: dict[str, Any]) -> Any:
 # ------------------------------------------------------------- tokens and hooks
 
 
+def _one_target(data_dir: pathlib.Path | None, server: str | None) -> None:
+    """The admin commands work on the store directly or through a server, never both."""
+    if data_dir is not None and server is not None:
+        raise _fail("give --data-dir or --server, not both", 2)
+
+
 def _local_store(data_dir: pathlib.Path | None) -> Any:
     from reconciler.server.config import default_data_dir
     from reconciler.server.store import DB_NAME, SchemaError, Store
@@ -237,8 +243,7 @@ def _answer(url: str, response: Any) -> dict[str, Any]:
 @agent_app.command("token")
 def agent_token_command(data_dir: DataDirOption = None, server: ServerOption = None) -> None:
     """Print a one-time agent bootstrap token (valid 10 minutes, usable once)."""
-    if data_dir is not None and server is not None:
-        raise _fail("give --data-dir or --server, not both", 2)
+    _one_target(data_dir, server)
     if server is not None:
         token = str(_admin_post(server, "/v1/agent-tokens")["token"])
     else:
@@ -266,8 +271,7 @@ def agent_remove_command(
     its unfinished commands are cancelled.  Register the host again with a new token."""
     from reconciler.model.ids import AGENT_ID_RE
 
-    if data_dir is not None and server is not None:
-        raise _fail("give --data-dir or --server, not both", 2)
+    _one_target(data_dir, server)
     if not AGENT_ID_RE.match(agent_id):
         raise _fail(f"{agent_id!r} is not an agent id (agt_ and 16 hex digits)", 2)
     if server is not None:
@@ -296,8 +300,7 @@ def hook_create_command(
     """Create (or rotate) a deploy hook: prints its token and URL path, shown only once."""
     from reconciler.model.ids import NAME_RE
 
-    if data_dir is not None and server is not None:
-        raise _fail("give --data-dir or --server, not both", 2)
+    _one_target(data_dir, server)
     if not NAME_RE.match(name):
         raise _fail(f"hook name {name!r} must match {NAME_RE.pattern}", 2)
     if server is not None:
