@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import pathlib
+import socket
 import textwrap
 from collections.abc import Callable
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 right now (for a server or the proxy)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
 
 RepoFactory = Callable[[dict[str, str]], pathlib.Path]
 

@@ -12,7 +12,6 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -39,12 +38,6 @@ def _docker_client() -> Any:
             pytest.skip("RECONCILE_SKIP_DOCKER=1")
         pytest.fail(f"Docker Engine is not reachable ({exc}); run `bash scripts/setup.sh --docker`")
     return client
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Host:

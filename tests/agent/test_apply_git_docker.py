@@ -15,7 +15,8 @@ import subprocess
 import httpx
 import pytest
 
-from tests.agent.test_apply_docker import RECONCILE, _docker_client, free_port
+from tests.agent.test_apply_docker import RECONCILE, _docker_client
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.docker
 

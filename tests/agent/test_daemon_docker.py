@@ -13,7 +13,6 @@ import contextlib
 import json
 import pathlib
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,15 +31,9 @@ from tests.agent.agent_fakes import (
 )
 from tests.agent.docker_helpers import docker_client, unique_namespace, wait_until
 from tests.agent.stub_control_plane import agent_cmd, agent_env, stub_server
-from tests.conftest import RepoFactory
+from tests.conftest import RepoFactory, free_port
 
 pytestmark = pytest.mark.docker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class AgentProcess:

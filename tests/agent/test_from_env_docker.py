@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.agent.docker_helpers import docker_client, wait_until
-from tests.agent.test_apply_docker import free_port
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.docker
 

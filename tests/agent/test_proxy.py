@@ -35,6 +35,7 @@ from agent.proxy import (
     routes_from_config,
 )
 from reconciler.model.errors import HostError, InvalidSpec, TemporaryError
+from tests.conftest import free_port
 
 ROUTES = {"b.example.test": "dpl_x-b:80", "a.example.test": "dpl_x-a:8080"}
 
@@ -217,12 +218,6 @@ def _docker() -> Any:
     return client
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Env:
     client: Any
@@ -297,8 +292,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         state_dir=tmp_path_factory.mktemp("px"),
         network=f"rt-proxy-test-{tag}",
         container=f"rt-proxy-test-{tag}",
-        http_port=_free_port(),
-        https_port=_free_port(),
+        http_port=free_port(),
+        https_port=free_port(),
         tls="off",
         bind="127.0.0.1",
     )
@@ -545,7 +540,7 @@ def test_timings(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.docker
 def test_changed_port_recreates_the_container(env: Env) -> None:
     before = env.container()
-    moved = CaddyProxy(env.settings.model_copy(update={"http_port": _free_port()}), env.client)
+    moved = CaddyProxy(env.settings.model_copy(update={"http_port": free_port()}), env.client)
     try:
         assert moved.settings_hash != env.proxy.settings_hash
         moved.ensure()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import ssl
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 
 from reconciler.model.ids import deployment_id
 from tests.agent.docker_helpers import docker_client, unique_namespace
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -65,17 +64,11 @@ domain: {domain}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class DomainHost:
     def __init__(self, base: pathlib.Path) -> None:
         self.docker = docker_client()
         self.namespace = unique_namespace("dom")
-        self.http_port, self.https_port = _free_port(), _free_port()
+        self.http_port, self.https_port = free_port(), free_port()
         self.state = base / "state"
         self.repo = self.make_repo(base / "repo", self.namespace)
         site = self.repo / "deployments" / "site"

@@ -17,7 +17,6 @@ import os
 import pathlib
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,16 +27,12 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import free_port
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "adm-" + "0" * 8 + "e2e"
 WEBHOOK_SECRET = "It's a Secret to Everybody"
 GITLAB_TOKEN = "gl-e2e-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def git(cwd: pathlib.Path, *args: str) -> str:

@@ -17,7 +17,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,7 +28,7 @@ import httpx
 import pytest
 
 from tests.agent.docker_helpers import docker_client, unique_namespace
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -65,12 +64,6 @@ BLOG_COMPOSE = """\
     networks:
       impreza-proxy: {external: true}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, logs: Callable[[], str]) -> Any:

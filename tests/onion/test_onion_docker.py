@@ -23,7 +23,7 @@ import pytest
 from agent.onion import HOSTNAME, PUBLIC_KEY, SECRET_KEY, hidden_service_ids, read_identity
 from reconciler.model.ids import deployment_id
 from tests.agent.docker_helpers import docker_client, unique_namespace
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -35,14 +35,6 @@ onion: {onion}
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class OnionHost:
     def __init__(self, base: pathlib.Path) -> None:
         self.docker = docker_client()
@@ -51,7 +43,7 @@ class OnionHost:
         except IndexError:
             pytest.fail("no reconciler-tor image; `bash scripts/setup.sh --docker` builds it")
         self.namespace = unique_namespace("onion")
-        self.port = _free_port()
+        self.port = free_port()
         self.repo = base / "repo"
         self.state = base / "state"
         (self.repo / "deployments").mkdir(parents=True)

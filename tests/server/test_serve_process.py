@@ -21,15 +21,10 @@ import pytest
 from conftest import ADMIN, REPO_ROOT, Remote, examples_for
 
 from reconciler.server.store import Store
+from tests.conftest import free_port
 
 WEBHOOK_SECRET = "process-test-secret"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def env() -> dict[str, str]:
@@ -340,7 +335,6 @@ def test_the_access_log_never_shows_a_deploy_hook_token() -> None:
 def test_a_huge_body_is_refused_without_being_read_whole(server: Server) -> None:
     """Unauthenticated bootstrap with a declared 2 GB body, and with 64 MB streamed
     chunked (no Content-Length): 413 both, and the server carries on."""
-    import socket
 
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(
