@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from urllib.parse import urlsplit
 
+from reconciler.load.buildcontext import context_size
 from reconciler.load.catalog import Catalog
 from reconciler.load.files import (
     PathEscape,
@@ -514,8 +515,8 @@ def _check_build(
                 "add it, or set `build.dockerfile` to its path inside the context",
             )
         )
-    size, escapes = _context_size(context)
-    for link in escapes:
+    size = context_size(context, dockerfile, stop_above=MAX_BUILD_CONTEXT_BYTES)
+    for link in size.escapes:
         run.problems.append(
             doc.problem(
                 ("build", "context"),
@@ -525,38 +526,22 @@ def _check_build(
                 key=False,
             )
         )
-    if size > MAX_BUILD_CONTEXT_BYTES:
+    if size.total > MAX_BUILD_CONTEXT_BYTES:
+        largest = ", ".join(f"{rel} ({n // (1024 * 1024)} MB)" for rel, n in size.largest)
+        ignored = f"{size.ignore_file} applied" if size.ignore_file else "no .dockerignore"
         run.problems.append(
             doc.problem(
                 ("build", "context"),
                 "build-context-size",
-                f"build context is {size // (1024 * 1024)} MB, more than 100 MB",
-                "add a .dockerignore or move large files out of the repository",
+                f"build context sends {size.total // (1024 * 1024)} MB, more than 100 MB "
+                f"({ignored}; largest: {largest})",
+                "list what the build does not need in the context's .dockerignore, "
+                "or move large files out of the repository",
                 key=False,
             )
         )
         return None
-    return context if df.is_file() and not escapes else None
-
-
-def _context_size(context: pathlib.Path) -> tuple[int, list[pathlib.Path]]:
-    total = 0
-    escapes: list[pathlib.Path] = []
-    real = context.resolve()
-    for dirpath, dirnames, filenames in os.walk(context):
-        for name in [*filenames, *dirnames]:
-            p = pathlib.Path(dirpath, name)
-            if p.is_symlink() and not inside(p.resolve(), real):
-                escapes.append(p)
-                continue
-            if name in filenames:
-                try:
-                    total += p.lstat().st_size
-                except OSError:
-                    continue
-        if total > MAX_BUILD_CONTEXT_BYTES:
-            break
-    return total, escapes
+    return context if df.is_file() and not size.escapes else None
 
 
 def _check_git(run: _Run, doc: Document, spec: GitDeployment) -> None:
