@@ -314,10 +314,12 @@ class Reconciler:
         if row is None:
             return AgentState(agent=agent_id, online=False, reason="offline (never connected)")
         deployments: dict[str, Any] = {}
+        memory: int | None = None
         if row.report is not None:
             with contextlib.suppress(Exception):
                 state = AgentState.model_validate(row.report.get("state", {}))
                 deployments = dict(state.deployments)
+                memory = state.total_memory_mb
         if row.last_seen is None:
             return AgentState(
                 agent=agent_id, online=False, reason="offline (bootstrapped, never reported)"
@@ -329,7 +331,9 @@ class Reconciler:
                 reason=f"offline (missed 3 heartbeats; last seen {iso(row.last_seen)})",
                 deployments=deployments,
             )
-        return AgentState(agent=agent_id, online=True, deployments=deployments)
+        return AgentState(
+            agent=agent_id, online=True, deployments=deployments, total_memory_mb=memory
+        )
 
     def actual_state(self, referenced: Iterable[str] = (), now: float | None = None) -> ActualState:
         """Every registered agent, plus every agent the desired state names."""
