@@ -275,15 +275,17 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
     if isinstance(spec, ImageDeployment):
         _check_image(run, doc, spec)
     elif isinstance(spec, DockerfileDeployment):
-        context = _check_build(run, doc, spec, directory)
-        if context is not None:
+        usable = _check_build(run, doc, spec, directory)
+        if usable is not None:
+            context, sent = usable
             return LoadedDeployment(
                 display,
                 directory,
                 doc,
                 spec,
                 bundle=run.rel(context),
-                bundle_digest=tree_digest(context),
+                # what the build sends: an edit to an ignored file is no update
+                bundle_digest=tree_digest(context, only=frozenset(sent)),
             )
     elif isinstance(spec, GitDeployment):
         _check_git(run, doc, spec)
@@ -466,8 +468,8 @@ def _unpinned(image: str) -> bool:
 
 def _check_build(
     run: _Run, doc: Document, spec: DockerfileDeployment, directory: pathlib.Path
-) -> pathlib.Path | None:
-    """The build context, when it is usable."""
+) -> tuple[pathlib.Path, tuple[str, ...]] | None:
+    """The build context, when it is usable, and the entries a build sends from it."""
     try:
         context = resolve_inside(directory, spec.build.context, run.root)
     except PathEscape as exc:
@@ -541,7 +543,7 @@ def _check_build(
             )
         )
         return None
-    return context if df.is_file() and not size.escapes else None
+    return (context, size.sent) if df.is_file() and not size.escapes else None
 
 
 def _check_git(run: _Run, doc: Document, spec: GitDeployment) -> None:
