@@ -232,3 +232,23 @@ def test_json_strings_map_every_character(text: str, ascii_only: bool) -> None:
         folded = written in "\r\n\x85\u2028\u2029" and ch in " \n"  # a raw line break
         assert written == ch or written == "\\" or folded
     assert offsets == sorted(offsets)
+
+
+def test_policy_with_vars_filled_in_is_placed_in_a_json_string(make_repo: RepoFactory) -> None:
+    compose = 'services:\n  app:\n    image: busybox:1.36\n    volumes: ["${SOCK}:/sock"]\n'
+    body = {
+        "name": "sneaky",
+        "manifest": {
+            "vars": [{"name": "SOCK", "default": "./data/sock"}],
+            "runtime": {"type": "docker-compose", "compose_yaml": compose},
+        },
+        "vars": {"SOCK": "/var/run/docker.sock"},
+    }
+    text = json.dumps(body, indent=2)
+    root = make_repo({"deployments/sneaky.yaml": text})
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "compose_yaml" in ln)
+    (problem,) = load_repository(root).errors
+    assert problem.rule == "compose-host-mount"
+    assert problem.message.endswith("(with this deployment's vars filled in)")
+    # at the volume entry inside the string, not at the string's start
+    assert (problem.line, problem.col) == (line, column_of(text, line, '[\\"${SOCK}') + 1)
