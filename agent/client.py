@@ -206,7 +206,9 @@ class AgentClient:
         return self._parse(response, ResultAck)
 
     def report(self, report: AgentReport) -> ReportAck:
-        response = self._send("POST", "/v1/agent/report", json=report.model_dump(mode="json"))
+        # ``state.total_memory_mb`` travels as the report's own field (see AgentReport)
+        body = report.model_dump(mode="json", exclude={"state": {"total_memory_mb"}})
+        response = self._send("POST", "/v1/agent/report", json=body)
         return self._parse(response, ReportAck)
 
     def download_bundle(

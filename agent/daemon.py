@@ -497,7 +497,11 @@ class Agent:
             log.warning("observing the host failed: %s", exc)
             return False
         report = AgentReport(
-            state=state, running=self.running(), version=self.version, hostname=self.hostname
+            state=state,
+            running=self.running(),
+            version=self.version,
+            hostname=self.hostname,
+            total_memory_mb=state.total_memory_mb,
         )
         try:
             ack = self.client.report(report)

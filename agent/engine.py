@@ -123,6 +123,11 @@ class LocalEngine:
         result = self._json("/containers/json", params)
         return list(result) if isinstance(result, list) else []
 
+    def info(self) -> dict[str, Any]:
+        """``GET /info``: the daemon's host (``MemTotal``, ``NCPU``, ...)."""
+        result = self._json("/info")
+        return dict(result)
+
     def inspect_container(self, container: str) -> dict[str, Any]:
         result = self._json(f"/containers/{_quote(container)}/json")
         return dict(result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Collection
 
 from reconciler.load.yamlsafe import MAX_BYTES
 
@@ -50,20 +51,22 @@ def resolve_inside(
     return target
 
 
-def tree_digest(root: pathlib.Path) -> str:
+def tree_digest(root: pathlib.Path, only: Collection[str] | None = None) -> str:
     """sha256 over a directory's files (relative path, executable bit, content).
 
     A change to any file of a build context or a compose bundle changes the spec hash,
-    so an edited ``index.html`` is an update, and an untouched one is not.
+    so an edited ``index.html`` is an update, and an untouched one is not.  ``only``:
+    the files that count (root-relative, posix), e.g. those a build sends past its
+    ``.dockerignore``; a change to any other is no update.
     """
-    return tree_digests(root)[0]
+    return tree_digests(root, only)[0]
 
 
 # The deployment file itself sits in its bundle directory but is never shipped to the app.
 DEPLOYMENT_FILES = frozenset({"deployment.yaml", "deployment.yml"})
 
 
-def tree_digests(root: pathlib.Path) -> tuple[str, str]:
+def tree_digests(root: pathlib.Path, only: Collection[str] | None = None) -> tuple[str, str]:
     """(:func:`tree_digest`, the same without the top-level deployment file) in one walk.
 
     The second says whether the files an app sees changed: editing only ``domain:`` in
@@ -80,6 +83,9 @@ def tree_digests(root: pathlib.Path) -> tuple[str, str]:
         for name in filenames:
             path = pathlib.Path(dirpath, name)
             entries.append((path.relative_to(root).as_posix(), path))
+    if only is not None:
+        wanted = only if isinstance(only, set | frozenset) else set(only)
+        entries = [(rel, path) for rel, path in entries if rel in wanted]
     for rel, path in sorted(entries):
         if path.is_symlink():
             line = f"L {rel} {os.readlink(path)}\n".encode()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from urllib.parse import urlsplit
 
+from reconciler.load.buildcontext import context_size
 from reconciler.load.catalog import Catalog
 from reconciler.load.files import (
     PathEscape,
@@ -274,15 +275,17 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
     if isinstance(spec, ImageDeployment):
         _check_image(run, doc, spec)
     elif isinstance(spec, DockerfileDeployment):
-        context = _check_build(run, doc, spec, directory)
-        if context is not None:
+        usable = _check_build(run, doc, spec, directory)
+        if usable is not None:
+            context, sent = usable
             return LoadedDeployment(
                 display,
                 directory,
                 doc,
                 spec,
                 bundle=run.rel(context),
-                bundle_digest=tree_digest(context),
+                # what the build sends: an edit to an ignored file is no update
+                bundle_digest=tree_digest(context, only=frozenset(sent)),
             )
     elif isinstance(spec, GitDeployment):
         _check_git(run, doc, spec)
@@ -465,8 +468,8 @@ def _unpinned(image: str) -> bool:
 
 def _check_build(
     run: _Run, doc: Document, spec: DockerfileDeployment, directory: pathlib.Path
-) -> pathlib.Path | None:
-    """The build context, when it is usable."""
+) -> tuple[pathlib.Path, tuple[str, ...]] | None:
+    """The build context, when it is usable, and the entries a build sends from it."""
     try:
         context = resolve_inside(directory, spec.build.context, run.root)
     except PathEscape as exc:
@@ -514,8 +517,8 @@ def _check_build(
                 "add it, or set `build.dockerfile` to its path inside the context",
             )
         )
-    size, escapes = _context_size(context)
-    for link in escapes:
+    size = context_size(context, dockerfile, stop_above=MAX_BUILD_CONTEXT_BYTES)
+    for link in size.escapes:
         run.problems.append(
             doc.problem(
                 ("build", "context"),
@@ -525,38 +528,22 @@ def _check_build(
                 key=False,
             )
         )
-    if size > MAX_BUILD_CONTEXT_BYTES:
+    if size.total > MAX_BUILD_CONTEXT_BYTES:
+        largest = ", ".join(f"{rel} ({n // (1024 * 1024)} MB)" for rel, n in size.largest)
+        ignored = f"{size.ignore_file} applied" if size.ignore_file else "no .dockerignore"
         run.problems.append(
             doc.problem(
                 ("build", "context"),
                 "build-context-size",
-                f"build context is {size // (1024 * 1024)} MB, more than 100 MB",
-                "add a .dockerignore or move large files out of the repository",
+                f"build context sends {size.total // (1024 * 1024)} MB, more than 100 MB "
+                f"({ignored}; largest: {largest})",
+                "list what the build does not need in the context's .dockerignore, "
+                "or move large files out of the repository",
                 key=False,
             )
         )
         return None
-    return context if df.is_file() and not escapes else None
-
-
-def _context_size(context: pathlib.Path) -> tuple[int, list[pathlib.Path]]:
-    total = 0
-    escapes: list[pathlib.Path] = []
-    real = context.resolve()
-    for dirpath, dirnames, filenames in os.walk(context):
-        for name in [*filenames, *dirnames]:
-            p = pathlib.Path(dirpath, name)
-            if p.is_symlink() and not inside(p.resolve(), real):
-                escapes.append(p)
-                continue
-            if name in filenames:
-                try:
-                    total += p.lstat().st_size
-                except OSError:
-                    continue
-        if total > MAX_BUILD_CONTEXT_BYTES:
-            break
-    return total, escapes
+    return (context, size.sent) if df.is_file() and not size.escapes else None
 
 
 def _check_git(run: _Run, doc: Document, spec: GitDeployment) -> None:

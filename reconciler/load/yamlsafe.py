@@ -19,7 +19,7 @@ Scalars resolve as YAML 1.1 (``tls: off`` is ``false``), except that sexagesimal
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_EXPANDED_NODES",
     "Document",
+    "Locate",
     "Path",
     "load_yaml",
 ]
@@ -46,6 +47,11 @@ MAX_ALIASES = 256
 MAX_EXPANDED_NODES = 100_000
 
 Path = tuple[str | int, ...]
+
+#: Maps a ``line:col`` of the text being loaded onto the file the user edits: the identity
+#: for a file, a shift into the outer file for YAML embedded in a string (see
+#: :mod:`reconciler.load.embedded`).
+Locate = Callable[[int, int], tuple[int, int]]
 
 try:  # libyaml when present: an order of magnitude faster at producing events
     _Parser: type = yaml.CSafeLoader
@@ -184,8 +190,14 @@ class _Frame:
 _NOKEY = object()
 
 
-def _compose(events: Iterator[Any], doc: Document) -> Any:
-    """Build plain data from events with a bounded, explicit stack."""
+def _compose(
+    events: Iterator[Any], doc: Document, _pos: Callable[[Any], tuple[int, int]] = _pos
+) -> Any:
+    """Build plain data from events with a bounded, explicit stack.
+
+    ``_pos`` places a mark; the default (the module's own) keeps the hot path free of an
+    extra call when nothing needs moving.
+    """
     anchors: dict[str, tuple[Any, int]] = {}
     stack: list[_Frame] = []
     pending_anchor: list[tuple[str, _Frame]] = []
@@ -364,11 +376,18 @@ def _apply_merges(frame: _Frame) -> None:
             container[k] = v
 
 
-def load_yaml(content: bytes | str, name: str) -> Document:
+def load_yaml(content: bytes | str, name: str, *, locate: Locate | None = None) -> Document:
     """Load one YAML document; raise :class:`InvalidSpec` with a positioned problem.
 
-    An empty file loads as ``None``; callers decide whether that is allowed.
+    An empty file loads as ``None``; callers decide whether that is allowed.  ``locate``
+    moves every position (of values, keys, problems, and the lines problems quote in
+    their message) from ``content`` onto the file the user edits.
     """
+    place: Locate = locate or _same_place
+
+    def pos(mark: Any) -> tuple[int, int]:
+        return place(*_pos(mark))
+
     if isinstance(content, bytes):
         if len(content) > MAX_BYTES:
             raise InvalidSpec(
@@ -402,14 +421,15 @@ def load_yaml(content: bytes | str, name: str) -> Document:
     loader: Any = None
     try:
         loader = _Parser(text)  # the pure-Python reader already checks characters here
-        data = _compose(_events(loader), doc)
+        events = _events(loader)
+        data = _compose(events, doc) if locate is None else _compose(events, doc, pos)
     except _Refused as exc:
-        line, col = _pos(exc.mark) if exc.mark is not None else (1, 1)
+        line, col = pos(exc.mark) if exc.mark is not None else place(1, 1)
         raise InvalidSpec(Problem(name, line, col, exc.rule, exc.message, exc.fix)) from None
     except yaml.MarkedYAMLError as exc:
-        raise InvalidSpec(_syntax_problem(name, text, exc)) from None
+        raise InvalidSpec(_syntax_problem(name, text, exc, place)) from None
     except yaml.reader.ReaderError as exc:
-        line, col = _clamped(_lines(text), *_offset_pos(text, exc.position))
+        line, col = place(*_clamped(_lines(text), *_offset_pos(text, exc.position)))
         raise InvalidSpec(
             Problem(
                 name,
@@ -421,13 +441,18 @@ def load_yaml(content: bytes | str, name: str) -> Document:
             )
         ) from None
     except yaml.YAMLError as exc:
-        raise InvalidSpec(Problem(name, 1, 1, "yaml-syntax", f"invalid YAML: {exc}")) from None
+        line, col = place(1, 1)
+        raise InvalidSpec(Problem(name, line, col, "yaml-syntax", f"invalid YAML: {exc}")) from None
     finally:
         if loader is not None:
             loader.dispose()
     return Document(
         name=name, data=data, positions=doc.positions, key_positions=doc.key_positions, source=text
     )
+
+
+def _same_place(line: int, col: int) -> tuple[int, int]:
+    return (line, col)
 
 
 def _events(loader: Any) -> Iterator[Any]:
@@ -477,7 +502,9 @@ def _encoding_problem(name: str, exc: UnicodeDecodeError) -> Problem:
 _GENERIC_SYNTAX_FIX = "check the indentation and quoting around this line"
 
 
-def _syntax_problem(name: str, text: str, exc: yaml.MarkedYAMLError) -> Problem:
+def _syntax_problem(
+    name: str, text: str, exc: yaml.MarkedYAMLError, place: Locate = _same_place
+) -> Problem:
     """Place a PyYAML/libyaml syntax error where the user must edit, with a hint.
 
     A quote or bracket that is never closed is only noticed at the end of the stream,
@@ -498,7 +525,7 @@ def _syntax_problem(name: str, text: str, exc: yaml.MarkedYAMLError) -> Problem:
     unclosed = "quoted scalar" in (context or "") and "document indicator" in problem
     use_context = cmark is not None and (at_end or unclosed)
     mark = cmark if use_context else pmark
-    line, col = _clamped(lines, *_pos(mark)) if mark is not None else (1, 1)
+    line, col = place(*(_clamped(lines, *_pos(mark)) if mark is not None else (1, 1)))
     if "nesting depth" in problem:  # libyaml's own bound (1000) tripped before ours
         return Problem(
             name,
@@ -529,7 +556,7 @@ def _syntax_problem(name: str, text: str, exc: yaml.MarkedYAMLError) -> Problem:
         message += f" {ctx}"
         is_open = "quoted scalar" in ctx or "flow sequence" in ctx or "flow mapping" in ctx
         if is_open and cmark is not None and not use_context:
-            where = _clamped(lines, *_pos(cmark))
+            where = place(*_clamped(lines, *_pos(cmark)))
             if where != (line, col):
                 opened = f" at line {where[0]}, column {where[1]}"
                 message += f" (opened{opened})"

@@ -121,6 +121,10 @@ class AgentReport(_Wire):
     running: list[str] = Field(default_factory=list)  # command ids in progress
     version: str = ""
     hostname: str = ""
+    # The host's total memory in MB.  Here, not in ``state``: a server from before it
+    # ignores an unknown field here but refuses one in ``state``; an agent from before
+    # sends none, and the planner then blocks nothing for memory.
+    total_memory_mb: int | None = None
 
 
 class ReportAck(_Wire):

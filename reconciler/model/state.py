@@ -89,6 +89,9 @@ class AgentState(_Frozen):
     online: bool = True
     reason: str | None = None  # why it is offline, for the blocked action
     deployments: dict[str, DeployedApp] = Field(default_factory=dict)  # by deployment id
+    # The host's total memory (Docker's ``MemTotal``), for the planner to block what cannot
+    # fit; None when unknown (an older agent, a snapshot from before): nothing is blocked.
+    total_memory_mb: int | None = None
 
 
 class ActualState(_Frozen):

@@ -262,6 +262,11 @@ def _for_desired(
         )
         return
     have = agent.deployments.get(want.id)
+    applied = have is not None and have.status != "uninstalled" and have.spec_hash == want.spec_hash
+    too_big = None if applied else _memory_too_big(want, agent)
+    if too_big is not None:
+        yield Action(action="blocked", reason=too_big, **base)
+        return
     if have is None or have.status == "uninstalled":
         reason = "new deployment" if have is None else "reinstall (data kept from before)"
         yield Action(action="install", reason=reason, **base)
@@ -279,6 +284,23 @@ def _for_desired(
         yield Action(action="repair", reason="; ".join(problems), **base)
         return
     yield Action(action="noop", reason="up to date", **base)
+
+
+def _memory_too_big(want: RenderedDeployment, agent: AgentState) -> str | None:
+    """Why ``want`` cannot run on ``agent``: its memory limit is more than the host has.
+
+    Docker would start it (a limit above the total is no limit at all), so the plan says
+    so instead of deploying something that cannot get what it asks for.  What runs
+    already is left alone; an unknown total (an older agent) blocks nothing.
+    """
+    needed = want.resources.get("memory_mb")
+    total = agent.total_memory_mb
+    if total is None or not isinstance(needed, int | float) or needed <= total:
+        return None
+    return (
+        f"memory_mb {needed:g} is more than the {total} MB of memory agent {agent.agent} "
+        "has in total; lower memory_mb, or place it on a larger host"
+    )
 
 
 def drift(want: RenderedDeployment, have: DeployedApp) -> list[str]:

@@ -244,7 +244,14 @@ def create_app(
     @app.post("/v1/agent/report")
     def report(body: AgentReport, agent: Agent) -> ReportAck:
         now = reconciler.clock()
-        state = body.state.model_copy(update={"agent": agent, "online": True, "reason": None})
+        state = body.state.model_copy(
+            update={
+                "agent": agent,
+                "online": True,
+                "reason": None,
+                "total_memory_mb": body.total_memory_mb,
+            }
+        )
         stored = body.model_copy(update={"state": state}).model_dump(mode="json")
         previous = store.record_report(
             agent, stored, hostname=body.hostname, version=body.version, now=now

@@ -25,11 +25,12 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from reconciler.load.buildcontext import context_size
 from reconciler.load.catalog import Catalog
 from reconciler.load.files import inside
 from reconciler.model.agentapi import Command
@@ -314,10 +315,12 @@ class Reconciler:
         if row is None:
             return AgentState(agent=agent_id, online=False, reason="offline (never connected)")
         deployments: dict[str, Any] = {}
+        memory: int | None = None
         if row.report is not None:
             with contextlib.suppress(Exception):
                 state = AgentState.model_validate(row.report.get("state", {}))
                 deployments = dict(state.deployments)
+                memory = state.total_memory_mb
         if row.last_seen is None:
             return AgentState(
                 agent=agent_id, online=False, reason="offline (bootstrapped, never reported)"
@@ -329,7 +332,9 @@ class Reconciler:
                 reason=f"offline (missed 3 heartbeats; last seen {iso(row.last_seen)})",
                 deployments=deployments,
             )
-        return AgentState(agent=agent_id, online=True, deployments=deployments)
+        return AgentState(
+            agent=agent_id, online=True, deployments=deployments, total_memory_mb=memory
+        )
 
     def actual_state(self, referenced: Iterable[str] = (), now: float | None = None) -> ActualState:
         """Every registered agent, plus every agent the desired state names."""
@@ -527,7 +532,8 @@ class Reconciler:
         command_id = f"cmd_{secrets.token_hex(8)}"
         dirs = bundle_dirs(want) if want is not None else []
         if dirs:
-            build_bundle(root, dirs, self.bundle_dir / f"{command_id}.tar")
+            contexts = build_contexts(want) if want is not None else {}
+            build_bundle(root, dirs, self.bundle_dir / f"{command_id}.tar", contexts=contexts)
         command = Command(
             id=command_id,
             kind=action.action,
@@ -598,8 +604,25 @@ def bundle_dirs(want: RenderedDeployment) -> list[str]:
     return sorted(set(dirs))
 
 
-def build_bundle(root: pathlib.Path, dirs: Iterable[str], dest: pathlib.Path) -> None:
+def build_contexts(want: RenderedDeployment) -> dict[str, str]:
+    """Repo-relative build context -> its Dockerfile, for a build from the repository."""
+    if want.build is not None and want.build.kind == "repo" and want.build.path:
+        return {want.build.path: want.build.dockerfile}
+    return {}
+
+
+def build_bundle(
+    root: pathlib.Path,
+    dirs: Iterable[str],
+    dest: pathlib.Path,
+    *,
+    contexts: Mapping[str, str] | None = None,
+) -> None:
     """A tar of ``dirs`` (repo-relative), written atomically to ``dest``.
+
+    A dir in ``contexts`` (a build context -> its Dockerfile) ships only what ``docker
+    build`` would send from it: what its ``.dockerignore`` leaves out is never needed,
+    and is what the 100 MB limit did not count.
 
     Regular files and directories only, paths relative to the repository root, owners
     and times normalised.  A symlink to a file inside the repository is stored as that
@@ -623,6 +646,11 @@ def build_bundle(root: pathlib.Path, dirs: Iterable[str], dest: pathlib.Path) ->
                 base = (root / rel).resolve()
                 if not inside(base, root) or not base.is_dir():
                     raise InvalidSpec(f"bundle directory {rel!r} is not a directory in the repo")
+                sent = (
+                    frozenset(context_size(base, contexts[rel]).sent)
+                    if contexts and rel in contexts
+                    else None
+                )
                 for dirpath, dirnames, filenames in os.walk(base):
                     here = pathlib.Path(dirpath)
                     arc_dir = here.relative_to(root).as_posix()
@@ -636,6 +664,8 @@ def build_bundle(root: pathlib.Path, dirs: Iterable[str], dest: pathlib.Path) ->
                         mode = os.lstat(path).st_mode
                         if stat.S_ISDIR(mode):
                             continue  # walked next
+                        if sent is not None and path.relative_to(base).as_posix() not in sent:
+                            continue  # .dockerignore'd: the build would not send it
                         if stat.S_ISLNK(mode):
                             target = path.resolve()
                             if not inside(target, root) or not target.is_file():
