@@ -70,10 +70,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_plan(plan: Plan, *, title: str = "compose-reconciler plan") -> str:
-    out = [
-        f"### {title}",
-        "",
+def markdown_plan(
+    plan: Plan, *, title: str = "compose-reconciler plan", note: str | None = None
+) -> str:
+    """``note``: a caveat shown above the plan (e.g. that it ran against the CI machine)."""
+    out = [f"### {title}", ""]
+    if note:
+        out += [f"> **Note:** {_cell(note)}", ""]
+    out += [
         f"**{summary_line(plan)}** (namespace `{plan.namespace}`, against `{plan.against}`)",
         "",
     ]
