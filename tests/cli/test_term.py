@@ -37,6 +37,7 @@ def test_plain_one_line_escapes_newlines_and_tabs() -> None:
 def render(*objects: object) -> str:
     out = console()
     out.file = io.StringIO()
+    out.width = 200
     out.print(*objects)
     value = out.file.getvalue()
     assert isinstance(value, str)
@@ -69,3 +70,27 @@ def test_text_styled_and_error_escape_their_data() -> None:
     assert render(error("hook name must match ^[a-z0-9]$")) == (
         "error: hook name must match ^[a-z0-9]$\n"
     )
+
+
+def test_apply_summary_prints_host_messages_and_logs_as_text() -> None:
+    """``reconcile apply``'s result table and log tail: a container's log lines and the
+    executor's messages come from the host, with colours and markup in them."""
+    from agent.executor import ActionResult
+    from reconciler.cli.apply import _summary_table
+    from reconciler.plan import Action, Plan
+
+    action = Action(
+        action="install", deployment="api", id="dpl_00000000000000aa", agent="local", reason="new"
+    )
+    failed = ActionResult(
+        action, False, "up failed: [/oops] \x1b[8mhidden", logs="app | \x1b[31merror[/] boom\n"
+    )
+    out = console()
+    out.file = io.StringIO()
+    out.width = 200
+    _summary_table(out, Plan(actions=[action]), [failed])
+    shown = out.file.getvalue()
+    assert isinstance(shown, str)
+    assert "failed up failed: [/oops] \\x1b[8mhidden" in shown
+    assert "app | \\x1b[31merror[/] boom" in shown
+    assert "\x1b" not in shown
