@@ -104,12 +104,15 @@ def _escape_property(value: str) -> str:
     return _escape_data(value).replace(":", "%3A").replace(",", "%2C")
 
 
-def github_annotations(problems: Sequence[Problem], display: Callable[[str], str]) -> list[str]:
-    """``::error file=…,line=…,col=…,title=…::message`` workflow commands."""
+def github_annotations(
+    problems: Sequence[Problem], display: Callable[[str], str], *, strict: bool = False
+) -> list[str]:
+    """``::error file=…,line=…,col=…,title=…::message`` workflow commands; with
+    ``strict`` (warnings fail the run) every problem is an ``::error``."""
     lines = []
     for p in problems:
-        level = "error" if p.is_error else "warning"
-        props = [f"file={_escape_property(display(p.file))}"] if p.file else []
+        level = "error" if p.is_error or strict else "warning"
+        props = [f"file={_escape_property(plain(display(p.file)))}"] if p.file else []
         if p.file and p.line > 0:
             props += [f"line={p.line}", f"col={p.col}"]
         props.append(f"title={_escape_property(p.rule)}")

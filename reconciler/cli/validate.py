@@ -57,7 +57,7 @@ def validate(
             + "\n"
         )
     elif fmt is ReportFormat.github:
-        for line in report.github_annotations(problems, display):
+        for line in report.github_annotations(problems, display, strict=strict):
             sys.stdout.write(line + "\n")
         sys.stdout.write(summary + "\n")
     else:

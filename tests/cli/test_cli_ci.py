@@ -214,6 +214,8 @@ def test_strict_failure_never_says_valid(tmp_path: pathlib.Path) -> None:
         assert "✗ 0 errors, 1 warning in 1 deployment file (--strict: warnings are errors)" in (
             strict.stdout
         )
+        if fmt == "github":  # the annotation fails the check run too
+            assert strict.stdout.startswith("::error file=repo/deployments/api.yaml,line=2")
     doc = json.loads(run("validate", "repo", "--strict", "-f", "json", cwd=tmp_path).stdout)
     assert doc["valid"] is False
     assert json.loads(run("validate", "repo", "-f", "json", cwd=tmp_path).stdout)["valid"]
@@ -282,7 +284,7 @@ def test_host_text_in_a_plan_is_plain_and_escaped(tmp_path: pathlib.Path) -> Non
     sequences (an OSC 8 hyperlink, "hide text") reach the terminal only as ``\\x1b``."""
     write_repo(tmp_path / "repo", REMOTE_AGENT)
     name = "[/oops] \x1b]8;;https://evil.example\x1b\\click\x1b]8;;\x1b\\"
-    reason = "[link=https://evil.example]down[/link] \x1b[8mhidden"
+    reason = "[link=https://evil.example]down[/link] \x1b[8mhidden <img src=x><!--"
     snapshot = {
         "source": "snapshot",
         "agents": {
@@ -308,7 +310,13 @@ def test_host_text_in_a_plan_is_plain_and_escaped(tmp_path: pathlib.Path) -> Non
     assert gone.split()[:2] == ["✗", "[/oops]"]  # blocked by the mass-prune guard
     assert r"\x1b]8;;https://evil.example\x1b\click\x1b]8;;\x1b\ " in gone
     far = next(line for line in proc.stdout.splitlines() if " far " in line)
-    assert r"[link=https://evil.example]down[/link] \x1b[8mhidden" in far
+    assert r"[link=https://evil.example]down[/link] \x1b[8mhidden <img src=x><!--" in far
+    # A PR comment: no raw HTML (an image, a comment hiding the rest), no escape codes.
+    markdown = run(
+        "--dry-run", "repo", "-f", "markdown", "--against", "snapshot:snapshot.json", cwd=tmp_path
+    )
+    assert "\x1b" not in markdown.stdout and "<img" not in markdown.stdout
+    assert r"\x1b[8mhidden &lt;img src=x>&lt;!--" in markdown.stdout
 
 
 # ------------------------------------------------------ places that are not files
