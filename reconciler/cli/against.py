@@ -14,9 +14,17 @@ from reconciler.model.errors import HostError, InvalidSpec, TemporaryError
 from reconciler.model.ids import LOCAL_AGENT
 from reconciler.model.state import ActualState
 
-__all__ = ["MAX_SNAPSHOT_BYTES", "load_actual"]
+__all__ = ["DEFAULT_LOCAL_NOTE", "MAX_SNAPSHOT_BYTES", "load_actual"]
 
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+
+#: Said at the top of a plan that defaulted to this machine's Docker daemon: in CI that
+#: is a runner's daemon, which runs none of the fleet's apps and sees no remote agent.
+DEFAULT_LOCAL_NOTE = (
+    "no --against given and a Docker daemon answers here, so this plans against this "
+    "machine: every agent other than `local` is blocked. In CI use --against empty, "
+    "--against snapshot:FILE or the control plane's URL."
+)
 
 
 def load_actual(
@@ -28,7 +36,7 @@ def load_actual(
     """The actual state and a sentence saying where it came from."""
     if against is None:
         if _docker_answers():
-            return _local(agents, state_dir), "local Docker host (default: a daemon answered)"
+            return _local(agents, state_dir), f"local Docker host ({DEFAULT_LOCAL_NOTE})"
         return (
             ActualState.empty(agents),
             "empty (default: no Docker daemon answered; every deployment is an install)",

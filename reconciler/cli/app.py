@@ -101,9 +101,9 @@ StateDirOption = Annotated[
 
 
 def _console(stderr: bool = False) -> Console:
-    from rich.console import Console
+    from reconciler.cli.term import console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return console(stderr=stderr)
 
 
 def _catalog(path: pathlib.Path | None) -> Catalog:
@@ -112,6 +112,8 @@ def _catalog(path: pathlib.Path | None) -> Catalog:
     if path is None:
         return Catalog.builtin()
     if not path.is_dir():
-        _console(stderr=True).print(f"[red]error:[/] catalog {path} is not a directory")
+        from reconciler.cli.term import error
+
+        _console(stderr=True).print(error(f"catalog {path} is not a directory"))
         raise typer.Exit(1)
     return Catalog(path.resolve(), display_root=str(path))

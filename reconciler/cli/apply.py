@@ -31,6 +31,7 @@ from reconciler.cli.app import (
     _console,
     app,
 )
+from reconciler.cli.term import error, styled, text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -77,8 +78,10 @@ def apply_command(
     err = _LazyConsole(stderr=True)
     if not docker_available():
         err.print(
-            "[bold red]error:[/] no Docker daemon answers; start it "
-            "(`bash scripts/setup.sh --docker`) or use `reconcile --dry-run`"
+            error(
+                "no Docker daemon answers; start it "
+                "(`bash scripts/setup.sh --docker`) or use `reconcile --dry-run`"
+            )
         )
         raise typer.Exit(1)
     options = _Options(
@@ -155,14 +158,13 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
             opts.path, ref=opts.ref, subpath=opts.subpath, catalog=_catalog(opts.catalog)
         )
     except ReconcilerError as exc:
-        err.print(f"[bold red]error:[/] {exc}; nothing applied", highlight=False)
+        err.print(error(f"{exc}; nothing applied"))
         return False
     state = desired.state
     if not state.ok:
         print_problems(state, err.get())
-        err.print(
-            "[bold red]Nothing applied: the desired state is invalid; the host was not touched.[/]"
-        )
+        refused = "Nothing applied: the desired state is invalid; the host was not touched."
+        err.print(text(refused, "bold red"))
         return False
     config = state.config
     actual = ActualState(
@@ -189,18 +191,17 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
         unresolved=desired.unresolved,
     )
     if not machine:
-        from rich.text import Text
-
         for style, line in report.text_plan(result):
-            out.print(Text(line, style=style))
-        out.print(Text(report.summary_line(result), style="bold"))
+            out.print(text(line, style))
+        out.print(text(report.summary_line(result), "bold"))
 
     proxy = CaddyProxy(ProxySettings.from_config(config.proxy, opts.state_dir))
     settings = ExecutorSettings(settle_seconds=opts.settle, purge=opts.purge)
 
     def on_event(event: StepEvent) -> None:
         if not machine:
-            out.print(f"  [dim]{event.deployment}: {event.step}[/] {event.detail}", highlight=False)
+            step = (f"{event.deployment}: {event.step}", "dim")
+            out.print(styled("  ", step, f" {event.detail}"))
 
     executor = Executor(
         state_dir=opts.state_dir,
@@ -214,7 +215,7 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
     to_do = [a for a in result.actions if a.action in ("install", "update", "repair", "uninstall")]
     if to_do and interactive and not opts.yes:
         if not sys.stdin.isatty():
-            err.print("[bold red]error:[/] changes need confirmation: pass --yes")
+            err.print(error("changes need confirmation: pass --yes"))
             return False
         if not typer.confirm("Apply these changes?", default=False):
             err.print("Nothing applied.")
@@ -243,25 +244,27 @@ def _summary_table(out: Console, plan: Any, results: list[ActionResult]) -> None
     if not results:
         blocked = [a for a in plan.actions if a.action == "blocked"]
         for a in blocked:
-            out.print(f"[bold red]blocked[/] {a.deployment}: {a.reason}", highlight=False)
+            out.print(styled(("blocked", "bold red"), f" {a.deployment}: {a.reason}"))
         return
     table = Table(title="Result", title_justify="left")
     for col in ("deployment", "action", "result", "url", "time"):
         table.add_column(col)
     for r in results:
-        verdict = "[green]ok[/]" if r.ok else ("[dim]skipped[/]" if r.skipped else "[red]failed[/]")
+        verdict = (
+            ("ok", "green") if r.ok else ("skipped", "dim") if r.skipped else ("failed", "red")
+        )
         table.add_row(
             r.action.deployment,
             r.action.action,
-            verdict + " " + r.message,
+            styled(verdict, " ", r.message),
             r.url or "",
             f"{r.seconds:.1f}s",
         )
     out.print(table)
     for r in results:
         if not r.ok and r.logs:
-            out.print(f"[bold red]{r.action.deployment}[/] last log lines:")
-            out.print(r.logs, markup=False, highlight=False)
+            out.print(styled((r.action.deployment, "bold red"), " last log lines:"))
+            out.print(r.logs)
 
 
 def _json_summary(plan: Any, results: list[ActionResult], seconds: float) -> str:
@@ -337,7 +340,7 @@ def _watch(opts: _Options, interval: float) -> None:
             try:
                 reconcile_once(opts, interactive=False)
             except Exception as exc:
-                err.print(f"[bold red]reconcile failed:[/] {exc}", highlight=False)
+                err.print(error(exc, "reconcile failed:"))
             wake.wait(timeout=interval)
             time.sleep(0.2)  # let a burst of events land in one run
     except KeyboardInterrupt:

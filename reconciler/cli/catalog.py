@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from reconciler.cli.app import CatalogOption, ListFormat, _catalog, _console, catalog_app
+from reconciler.cli.term import error, styled
 
 __all__ = ["catalog_list", "catalog_show"]
 
@@ -51,9 +52,8 @@ def catalog_list(
         assert isinstance(versions, list)
         version = str(row["latest"]) + (f" (+{len(versions) - 1})" if len(versions) > 1 else "")
         desc = str(row["description"] or "")
-        if not row["valid"]:
-            desc = "[red]invalid manifest[/] " + desc
-        table.add_row(str(row["name"]), version, desc)
+        cell = styled(("invalid manifest ", "red"), desc) if not row["valid"] else desc
+        table.add_row(str(row["name"]), version, cell)
     _console().print(table)
 
 
@@ -74,20 +74,19 @@ def catalog_show(
     if name not in cat.index:
         close = cat.suggest_app(name)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        err.print(f"[red]error:[/] no app {name!r} in the catalog{hint}")
+        err.print(error(f"no app {name!r} in the catalog{hint}"))
         raise typer.Exit(1)
     entry = cat.entry(name, version)
     if entry is None:
         err.print(
-            f"[red]error:[/] {name} has no version {version!r}; "
-            f"available: {', '.join(cat.versions(name))}"
+            error(f"{name} has no version {version!r}; available: {', '.join(cat.versions(name))}")
         )
         raise typer.Exit(1)
     checked = cat.check(entry)
     m = checked.manifest
     if m is None or not checked.ok:
         for p in checked.problems:
-            err.print(p.render(), markup=False)
+            err.print(p.render())
         raise typer.Exit(1)
     images = _images(checked.compose.data if checked.compose else None)
     if fmt is ListFormat.json:
@@ -99,19 +98,18 @@ def catalog_show(
     from rich.table import Table
 
     out = _console()
-    out.print(f"[bold]{m.display_name or m.name}[/] {m.version}  ({entry.display})")
+    out.print(styled((m.display_name or m.name, "bold"), f" {m.version}  ({entry.display})"))
     if m.description:
-        out.print(m.description, markup=False)
+        out.print(m.description)
     if m.website:
-        out.print(f"website: {m.website}", markup=False)
-    out.print(f"versions: {', '.join(cat.versions(name))}", markup=False)
-    out.print(f"images: {', '.join(images)}", markup=False)
+        out.print(f"website: {m.website}")
+    out.print(f"versions: {', '.join(cat.versions(name))}")
+    out.print(f"images: {', '.join(images)}")
     for route in m.routes:
-        out.print(f"route: {route.match_var} -> {route.upstream}", markup=False)
+        out.print(f"route: {route.match_var} -> {route.upstream}")
     if m.requirements:
         out.print(
-            f"requirements: {m.requirements.memory_mb or '?'} MB, {m.requirements.cpus or '?'} CPU",
-            markup=False,
+            f"requirements: {m.requirements.memory_mb or '?'} MB, {m.requirements.cpus or '?'} CPU"
         )
     if m.vars:
         table = Table(title="vars", title_justify="left")

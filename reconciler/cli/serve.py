@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from reconciler.cli.app import CatalogOption, _console, app
+from reconciler.cli.term import error, text
 
 __all__ = ["agent_token_command", "hook_create_command", "remote_status", "serve_command"]
 
@@ -46,7 +47,7 @@ ServerOption = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    _console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    _console(stderr=True).print(error(message))
     return typer.Exit(code)
 
 
@@ -136,9 +137,12 @@ def serve_command(
     )  # fmt: skip
     if not secrets.admin_token:
         err.print(
-            "[yellow]warning:[/] RECONCILE_ADMIN_TOKEN is not set: the status and admin API "
-            "answers 401 to everyone",
-            highlight=False,
+            error(
+                "RECONCILE_ADMIN_TOKEN is not set: the status and admin API answers 401 to "
+                "everyone",
+                "warning:",
+                "yellow",
+            )
         )
     logging.getLogger("uvicorn.access").addFilter(redact_deploy_tokens)
     plane.worker.start()
@@ -342,14 +346,13 @@ def remote_status(server: str, as_json: bool) -> None:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     from rich.table import Table
-    from rich.text import Text
 
     out = _console()
     rows = data.get("deployments", [])
     rev = (data.get("revision") or "")[:12] or "-"
     title = f"Control plane {server} (revision {rev})"
     if not rows:
-        out.print(Text(f"{title}: no deployments.", style="bold"))
+        out.print(text(f"{title}: no deployments.", "bold"))
         return
     table = Table(title=title, title_justify="left", title_style="bold")
     for column in ("name", "agent", "status", "in sync", "last command", "urls"):
@@ -363,13 +366,15 @@ def remote_status(server: str, as_json: bool) -> None:
             if last
             else "-"
         )
-        agent = d["agent"] + ("" if d.get("agent_online") else " (offline)")
+        agent = f"{d.get('agent')}" + ("" if d.get("agent_online") else " (offline)")
+        # Everything in a row came from the server, most of it from hosts: plain text,
+        # one line per field (a message must not fake a row of its own).
         table.add_row(
-            d["name"],
-            Text(agent, "" if d.get("agent_online") else "red"),
-            d.get("status") or "-",
+            text(d["name"], newlines=False),
+            text(agent, "" if d.get("agent_online") else "red", newlines=False),
+            text(d.get("status") or "-", newlines=False),
             _sync_cell(d),
-            verdict,
+            text(verdict, newlines=False),
             "\n".join(d.get("urls") or [u for u in [d.get("url")] if u]) or "-",
         )
     out.print(table)

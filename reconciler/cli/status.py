@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from reconciler.cli.app import StateDirOption, _console, app
+from reconciler.cli.term import error
 
 if TYPE_CHECKING:
     from reconciler.model.state import DeployedApp
@@ -60,14 +61,15 @@ def status_command(
     if not docker_available():
         where = os.environ.get("DOCKER_HOST") or "the default socket"
         err.print(
-            f"[bold red]error:[/] no Docker daemon answers ({where}); start it "
-            "(`bash scripts/setup.sh --docker`) or plan with `--against snapshot:FILE`",
-            highlight=False,
+            error(
+                f"no Docker daemon answers ({where}); start it "
+                "(`bash scripts/setup.sh --docker`) or plan with `--against snapshot:FILE`"
+            )
         )
         raise typer.Exit(1)
     local = observe_local(state_dir=directory, agent=LOCAL_AGENT)
     if not local.online:
-        err.print(f"[bold red]error:[/] the local host is {local.reason}", highlight=False)
+        err.print(error(f"the local host is {local.reason}"))
         raise typer.Exit(1)
     if fmt is StatusFormat.json:
         snapshot = ActualState(source="local", agents={LOCAL_AGENT: local})

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from reconciler.load.repo import DesiredState
 
-__all__ = ["print_problems", "validate"]
+__all__ = ["display_for", "print_problems", "validate"]
 
 
 @app.command()
@@ -42,7 +42,8 @@ def validate(
     failed = bool(state.errors) or (strict and bool(problems))
     root = state.root
 
-    display = _display(root)
+    display = display_for(root)
+    summary = report.summary_line(problems, len(state.deployments), len(state.files), strict=strict)
 
     if fmt is ReportFormat.json:
         sys.stdout.write(
@@ -51,21 +52,17 @@ def validate(
                 root=str(root),
                 deployments=[d.name for d in state.deployments],
                 files=len(state.files),
+                strict=strict,
             )
             + "\n"
         )
     elif fmt is ReportFormat.github:
-        for line in report.github_annotations(problems, display):
+        for line in report.github_annotations(problems, display, strict=strict):
             sys.stdout.write(line + "\n")
-        sys.stdout.write(
-            report.summary_line(problems, len(state.deployments), len(state.files)) + "\n"
-        )
+        sys.stdout.write(summary + "\n")
     else:
         console = _console()
         print_problems(state, console, display)
-        summary = report.summary_line(problems, len(state.deployments), len(state.files))
-        if strict and problems and not state.errors:
-            summary += " — failing: --strict treats warnings as errors"
         from rich.text import Text
 
         console.print(Text(summary, style="bold red" if failed else "bold green"))
@@ -76,9 +73,8 @@ def print_problems(
     state: DesiredState, console: Console, display: Callable[[str], str] | None = None
 ) -> None:
     """Problems as compiler-style lines with the source line and a caret."""
-    from rich.text import Text
-
     from reconciler.cli import report
+    from reconciler.cli.term import text
 
     root = state.root
     cache: dict[str, list[str] | None] = {}
@@ -94,11 +90,12 @@ def print_problems(
             return None
         return lines[line - 1]
 
-    for style, text in report.text_report(state.problems, display or _display(root), source_line):
-        console.print(Text(text, style=style))
+    shown = display or display_for(root)
+    for style, line in report.text_report(state.problems, shown, source_line):
+        console.print(text(line, style))
 
 
-def _display(root: pathlib.Path) -> Callable[[str], str]:
+def display_for(root: pathlib.Path) -> Callable[[str], str]:
     cwd = pathlib.Path.cwd().resolve()
 
     def display(file: str) -> str:

@@ -157,7 +157,9 @@ def load_repository(path: str | os.PathLike[str], catalog: Catalog | None = None
     root = pathlib.Path(path).resolve()
     run = _Run(root=root, catalog=catalog or Catalog.builtin())
     if not root.is_dir():
-        problem = Problem(str(path), 0, 0, "repo-layout", f"{path} is not a directory")
+        # No file: the message names the path, and a file relative to a root that does not
+        # exist would be shown joined to it ("missing/missing").
+        problem = Problem("", 0, 0, "repo-layout", f"{path} is not a directory")
         return DesiredState(root, run.config, (), (problem,))
     _load_config(run)
     files = find_deployment_files(root)

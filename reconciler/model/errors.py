@@ -51,11 +51,18 @@ class Problem:
         return self.severity is Severity.ERROR
 
     def location(self) -> str:
+        """``file:line:col``, ``file`` alone without a line, and ``""`` without a file:
+        a made-up ``:0:0`` would send editors and CI annotations nowhere."""
+        if not self.file:
+            return ""
+        if self.line <= 0:
+            return self.file
         return f"{self.file}:{self.line}:{self.col}"
 
     def render(self) -> str:
         """``file:line:col: message: fix`` -- the compiler-style line editors can jump to."""
-        text = f"{self.location()}: {self.message}"
+        where = self.location()
+        text = f"{where}: {self.message}" if where else self.message
         if self.fix:
             text += f": {self.fix}"
         return text

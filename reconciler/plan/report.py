@@ -8,6 +8,7 @@ print one; the property tests check that across all three formats.
 from __future__ import annotations
 
 import json
+import re
 
 from reconciler.plan.model import Action, Plan
 
@@ -66,14 +67,26 @@ def text_plan(plan: Plan, *, verbose: bool = False) -> list[tuple[str, str]]:
     return lines
 
 
+# Control characters, and the bidi overrides that reorder what a reader sees.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """One line of Markdown from text a host or repository chose (a reason can quote an
+    agent): no raw HTML (``<img>``, ``<!--`` hiding the rest), no control characters."""
+    one_line = text.replace("\n", " ")
+    visible = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), one_line)
+    return visible.replace("<", "&lt;").replace("|", "\\|")
 
 
-def markdown_plan(plan: Plan, *, title: str = "compose-reconciler plan") -> str:
-    out = [
-        f"### {title}",
-        "",
+def markdown_plan(
+    plan: Plan, *, title: str = "compose-reconciler plan", note: str | None = None
+) -> str:
+    """``note``: a caveat shown above the plan (e.g. that it ran against the CI machine)."""
+    out = [f"### {title}", ""]
+    if note:
+        out += [f"> **Note:** {_cell(note)}", ""]
+    out += [
         f"**{summary_line(plan)}** (namespace `{plan.namespace}`, against `{plan.against}`)",
         "",
     ]

@@ -96,7 +96,8 @@ NOT_COVERED_RULES = {
     "catalog-layout": "needs a misplaced manifest in the built-in catalog",
 }
 
-_EXPECTED_LINE = re.compile(r"^(?P<where>\S+:\d+:\d+) (?P<rule>[a-z][a-z0-9-]*)$")
+# ``file:line:col``, or ``file`` alone for a problem about a path with no line in it.
+_EXPECTED_LINE = re.compile(r"^(?P<where>\S+?(?::\d+:\d+)?) (?P<rule>[a-z][a-z0-9-]*)$")
 
 
 def expected(directory: pathlib.Path) -> set[tuple[str, str]]:
