@@ -3,10 +3,12 @@
 Layout::
 
     reconcile.yaml                 optional
-    deployments/<name>.yaml        one deployment per file
+    deployments/<name>.yaml        one deployment per file (or .yml, or .json: a REST body)
     deployments/<dir>/deployment.yaml   with its build context / compose file beside it
 
 Paths inside a deployment file are relative to that file's directory, as in Compose.
+A file without ``name`` (Impreza's catalog body has none) is named after the file:
+``deployments/vault.yaml`` is ``vault``, ``deployments/site/deployment.yaml`` is ``site``.
 Nothing here raises for a mistake in the repository: every file is checked and every
 problem is returned, so a user fixes them all in one round.
 """
@@ -14,8 +16,10 @@ problem is returned, so a user fixes them all in one round.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -34,12 +38,15 @@ from reconciler.load.manifests import (
     CheckedManifest,
     check_compose,
     check_manifest,
+    check_match_vars,
 )
 from reconciler.load.rules.compose_policy import check_compose_policy
 from reconciler.load.rules.interpolate import interpolate
 from reconciler.load.schema import checked_model
 from reconciler.load.yamlsafe import Document, load_yaml
 from reconciler.model.deployment import (
+    CATALOG_SYNONYMS,
+    NAME_PATTERN,
     CatalogDeployment,
     Deployment,
     DeploymentKind,
@@ -67,6 +74,8 @@ __all__ = [
 MAX_BUILD_CONTEXT_BYTES = 100 * 1024 * 1024
 CONFIG_NAMES = ("reconcile.yaml", "reconcile.yml")
 DEPLOYMENTS_DIR = "deployments"
+DEPLOYMENT_SUFFIXES = (".yaml", ".yml", ".json")
+DEPLOYMENT_FILE_NAMES = tuple(f"deployment{suffix}" for suffix in DEPLOYMENT_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,7 @@ class _Run:
 
 
 def find_deployment_files(root: pathlib.Path) -> list[pathlib.Path]:
-    """``deployments/*.yaml`` and ``deployments/*/deployment.yaml``, sorted."""
+    """``deployments/*.{yaml,yml,json}`` and ``deployments/*/deployment.{yaml,yml,json}``."""
     base = root / DEPLOYMENTS_DIR
     found: list[pathlib.Path] = []
     if not base.is_dir():
@@ -142,10 +151,10 @@ def find_deployment_files(root: pathlib.Path) -> list[pathlib.Path]:
     for entry in sorted(base.iterdir(), key=lambda p: p.name):
         if entry.name.startswith("."):
             continue
-        if entry.suffix in (".yaml", ".yml") and not entry.is_dir():
+        if entry.suffix in DEPLOYMENT_SUFFIXES and not entry.is_dir():
             found.append(entry)
         elif entry.is_dir():
-            for name in ("deployment.yaml", "deployment.yml"):
+            for name in DEPLOYMENT_FILE_NAMES:
                 candidate = entry / name
                 if candidate.exists() or candidate.is_symlink():
                     found.append(candidate)
@@ -241,10 +250,17 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
             )
         )
         return None
+    if path.suffix == ".json":
+        doc = _as_json(doc)
+    if "context_id" in doc.data:
+        run.problems.append(_upload_mode(doc, path))
+        return None
     kind = deployment_kind(doc.data)
     if kind is None:
         named = [
-            k for k in ("app", "image", "build", "git_url", "manifest", "compose") if k in doc.data
+            k
+            for k in ("app", "app_name", "image", "build", "git_url", "manifest", "compose")
+            if k in doc.data
         ]
         message = (
             "a deployment names no kind"
@@ -261,8 +277,30 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
             )
         )
         return None
+    data: Mapping[str, object] = doc.data
+    if "name" not in data:
+        derived = name_from_file(path)
+        if not re.match(NAME_PATTERN, derived):
+            run.problems.append(
+                Problem(
+                    display,
+                    1,
+                    1,
+                    "name-from-file",
+                    f"no `name`: the name comes from the file name, and {derived!r} breaks "
+                    "the name rule (lowercase letters, digits, '-' and '_', 3 to 100 "
+                    "characters, starting and ending with a letter or digit)",
+                    f"add `name: {_suggest_name(derived)}`, or rename the file",
+                )
+            )
+            return None
+        data = {"name": derived, **data}
     spec, problems = checked_model(
-        doc, "deployment", lambda: parse_deployment(doc.data), fragment=f"/$defs/{kind.value}"
+        doc,
+        "deployment",
+        lambda: parse_deployment(data),
+        fragment=f"/$defs/{kind.value}",
+        data=data,
     )
     if spec is None:
         run.problems.extend(problems)
@@ -289,6 +327,50 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
     elif isinstance(spec, ManifestDeployment):
         return _manifest(run, doc, spec, directory)
     return LoadedDeployment(display, directory, doc, spec)
+
+
+def name_from_file(path: pathlib.Path) -> str:
+    """The name of a deployment file without ``name``: the file's stem, or for
+    ``<dir>/deployment.yaml`` the directory's name (every such file is called
+    ``deployment``; the directory is what tells them apart)."""
+    if path.name in DEPLOYMENT_FILE_NAMES:
+        return path.parent.name
+    return path.stem
+
+
+def _suggest_name(derived: str) -> str:
+    name = re.sub(r"[^a-z0-9_-]+", "-", derived.lower()).strip("-_")[:100]
+    return name if re.match(NAME_PATTERN, name) else "<name>"
+
+
+def _as_json(doc: Document) -> Document:
+    """A ``.json`` file read as JSON: YAML 1.1 reads ``1e3`` as a string, JSON as a number.
+
+    The YAML loader has already refused duplicate keys and oversized or deep documents,
+    and recorded positions; the shapes agree, so those positions stay valid.
+    """
+    try:
+        data = json.loads(doc.source or "")
+    except ValueError:
+        return doc  # valid YAML but not JSON (a comment, a trailing comma): keep YAML's view
+    return replace(doc, data=data)
+
+
+def _upload_mode(doc: Document, path: pathlib.Path) -> Problem:
+    """Impreza's upload mode names a tarball on Impreza's server: nothing here has it."""
+    context = "." if path.name in DEPLOYMENT_FILE_NAMES else f"./{path.stem}"
+    dockerfile = doc.data.get("dockerfile_path")
+    build = f"context: {context}" + (
+        f", dockerfile: {dockerfile}" if isinstance(dockerfile, str) else ""
+    )
+    return doc.problem(
+        ("context_id",),
+        "upload-mode",
+        f"`context_id` {doc.data['context_id']!r} names a build context uploaded to "
+        "Impreza; a deployment applied from git cannot use an upload",
+        f"commit the project directory to the repository and write `build: {{{build}}}` "
+        "instead of `context_id:` (the path is relative to this file)",
+    )
 
 
 def _through_symlink(root: pathlib.Path, path: pathlib.Path) -> bool:
@@ -319,6 +401,8 @@ def _catalog(
     run: _Run, doc: Document, spec: CatalogDeployment, directory: pathlib.Path
 ) -> LoadedDeployment | None:
     catalog = run.catalog
+    app_key = _written_key(doc, "app")
+    version_key_ = _written_key(doc, "version")
     if spec.app not in catalog.index:
         close = catalog.suggest_app(spec.app)
         fix = (
@@ -327,7 +411,9 @@ def _catalog(
             else "see `reconcile catalog list`"
         )
         run.problems.append(
-            doc.problem(("app",), "catalog-app-unknown", f"no app {spec.app!r} in the catalog", fix)
+            doc.problem(
+                (app_key,), "catalog-app-unknown", f"no app {spec.app!r} in the catalog", fix
+            )
         )
         return None
     entry = catalog.entry(spec.app, spec.version)
@@ -338,7 +424,7 @@ def _catalog(
         fix += f"available: {', '.join(versions)}"
         run.problems.append(
             doc.problem(
-                ("version",),
+                (version_key_,),
                 "catalog-version-unknown",
                 f"{spec.app} has no version {spec.version!r} in the catalog",
                 fix,
@@ -350,7 +436,7 @@ def _catalog(
         run.problems.extend(checked.problems)
         run.problems.append(
             doc.problem(
-                ("app",),
+                (app_key,),
                 "catalog-invalid",
                 f"catalog manifest {entry.display} is invalid",
                 "see the errors above",
@@ -364,12 +450,41 @@ def _catalog(
     return LoadedDeployment(doc.name, directory, doc, spec, manifest, checked.compose)
 
 
+def _written_key(doc: Document, key: str) -> str:
+    """``app``/``version`` as this file spells it (Impreza's body: ``app_name``/...)."""
+    theirs = CATALOG_SYNONYMS.get(key)
+    return theirs if theirs is not None and theirs in doc.data else key
+
+
 def _check_catalog_vars(
     run: _Run, doc: Document, spec: CatalogDeployment, manifest: Manifest
 ) -> None:
     declared = [v.name for v in manifest.vars]
     for key in spec.vars:
         if manifest.var(key) is None:
+            right = next((v for v in manifest.vars if v.name.lower() == key.lower()), None)
+            if right is not None:
+                run.problems.append(
+                    doc.problem(
+                        ("vars", key),
+                        "var-case",
+                        f"{manifest.name}'s var is {right.name!r}, not {key!r}",
+                        f"write `{right.name}:` (var names are case-sensitive; the catalog "
+                        "uses Impreza's names)",
+                    )
+                )
+                continue
+            fills = next((v for v in manifest.vars if (v.env or "").lower() == key.lower()), None)
+            if fills is not None:
+                run.problems.append(
+                    doc.problem(
+                        ("vars", key),
+                        "var-unknown",
+                        f"{manifest.name} has no var {key!r}",
+                        f"did you mean {fills.name!r}? (it fills the container's {fills.env})",
+                    )
+                )
+                continue
             close = difflib.get_close_matches(key, declared, n=1)
             fix = (
                 f"did you mean {close[0]!r}?"
@@ -395,7 +510,7 @@ def _check_catalog_vars(
             hint = f" ({var.description})" if var.description else ""
             run.problems.append(
                 doc.problem(
-                    ("vars",) if "vars" in doc.data else ("app",),
+                    ("vars",) if "vars" in doc.data else (_written_key(doc, "app"),),
                     "var-required",
                     f"{manifest.name} needs var {var.name!r}{hint}",
                     f"add `{var.name}: <value>` under `vars:`"
@@ -419,12 +534,14 @@ def _check_interpolated(
     }
     for var in manifest.vars:
         if var.default is not None and not var.generate:
-            values[var.name] = (
+            values[var.env or var.name] = (
                 str(var.default).lower() if isinstance(var.default, bool) else (str(var.default))
             )
     for key, value in spec.vars.items():
         if not isinstance(value, FromEnv):
-            values[key] = str(value).lower() if isinstance(value, bool) else str(value)
+            values[manifest.env_name(key)] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
     data = interpolate(compose.data, values)
     if data == compose.data:
         return True
@@ -612,6 +729,9 @@ def _manifest(
             base_dir=_parent(run, sub),
             allow_host_ports=allow_ports,
             proxy_network=network,
+        )
+        problems += check_match_vars(
+            spec.routes, list(spec.vars), doc, ("routes",), "the deployment's `vars:`"
         )
         checked = CheckedManifest(_compose_manifest(spec, sub), sub, problems)
     run.problems.extend(checked.problems)

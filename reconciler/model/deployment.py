@@ -28,7 +28,9 @@ from pydantic import (
 from reconciler.model.manifest import VAR_NAME_RE, Route
 
 __all__ = [
+    "CATALOG_SYNONYMS",
     "KIND_KEYS",
+    "NAME_PATTERN",
     "BuildSpec",
     "CatalogDeployment",
     "Deployment",
@@ -64,9 +66,11 @@ class DeploymentKind(StrEnum):
     MANIFEST = "manifest"
 
 
-# key -> kind; ``compose`` is the file form of ``manifest``.
+# key -> kind; ``compose`` is the file form of ``manifest``; ``app_name`` is Impreza's
+# catalog body's name for ``app``.
 KIND_KEYS: dict[str, DeploymentKind] = {
     "app": DeploymentKind.CATALOG,
+    "app_name": DeploymentKind.CATALOG,
     "image": DeploymentKind.IMAGE,
     "build": DeploymentKind.DOCKERFILE,
     "git_url": DeploymentKind.GIT,
@@ -135,9 +139,26 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 RelPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 
+# Impreza's catalog body (``POST /v1/platform/deployments``) names these differently.
+CATALOG_SYNONYMS = {"app": "app_name", "version": "app_version"}
+
+
 class CatalogDeployment(_DeploymentBase):
-    app: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}[a-z0-9]$")]
-    version: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    app: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}[a-z0-9]$")] = Field(
+        validation_alias=AliasChoices("app", "app_name")
+    )
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, validation_alias=AliasChoices("version", "app_version")
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_synonym(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for ours, theirs in CATALOG_SYNONYMS.items():
+                if ours in data and theirs in data:
+                    raise ValueError(f"give `{ours}` or `{theirs}`, not both")
+        return data
 
     @property
     def kind(self) -> DeploymentKind:
@@ -151,6 +172,8 @@ class _Sized(_DeploymentBase):
 
 
 class ImageDeployment(_Sized):
+    # Impreza's custom body names its mode; the kind keys already say it, so it must agree.
+    mode: Literal["image"] | None = None
     image: Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
 
     @property
@@ -164,6 +187,7 @@ class BuildSpec(_Strict):
 
 
 class DockerfileDeployment(_Sized):
+    mode: Literal["dockerfile"] | None = None
     build: BuildSpec
     dockerfile_path: RelPath | None = None
 
@@ -173,6 +197,7 @@ class DockerfileDeployment(_Sized):
 
 
 class GitDeployment(_Sized):
+    mode: Literal["dockerfile"] | None = None  # Impreza: a git source is dockerfile mode
     git_url: Annotated[str, StringConstraints(pattern=GIT_URL_PATTERN, max_length=2048)]
     git_ref: Annotated[str, StringConstraints(pattern=r"^[^-\s][^\s]*$", max_length=255)] = "main"
     dockerfile_path: RelPath = "Dockerfile"
@@ -185,6 +210,7 @@ class GitDeployment(_Sized):
 class ManifestDeployment(_DeploymentBase):
     """A full manifest, inline or by path, or a compose file plus routes."""
 
+    mode: Literal["manifest"] | None = None
     manifest: RelPath | dict[str, Any] | None = None
     compose: RelPath | None = None
     routes: list[Route] = Field(default_factory=list)
