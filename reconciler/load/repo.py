@@ -445,6 +445,7 @@ def _catalog(
         return None
     manifest = checked.manifest
     _check_catalog_vars(run, doc, spec, manifest)
+    _check_route_values(run, doc, spec, manifest, None)
     if checked.compose is not None:
         _check_interpolated(run, spec, manifest, checked.compose, None)
     return LoadedDeployment(doc.name, directory, doc, spec, manifest, checked.compose)
@@ -517,6 +518,50 @@ def _check_catalog_vars(
                     + (" (or `{from_env: NAME}` for a secret)" if var.secret else ""),
                 )
             )
+
+
+def _check_route_values(
+    run: _Run,
+    doc: Document,
+    spec: CatalogDeployment | ManifestDeployment,
+    manifest: Manifest,
+    routes_at: tuple[str, ...] | None,
+) -> None:
+    """A route on a var answers on that var's value; with no value it cannot be served.
+
+    Only a warning: the var may be optional on purpose (an admin hostname some installs
+    leave out).  ``routes_at``: where the routes stand in this file, if they are in it.
+    """
+    for i, route in enumerate(manifest.routes):
+        name = route.match_var
+        var = manifest.var(name)
+        if name == "domain" or (var is None and name not in spec.vars):
+            continue  # `domain`, or a var route-match-var already reported
+        value = spec.vars.get(name, var.default if var is not None else None)
+        if isinstance(value, FromEnv):
+            fix = f"give `{name}` a literal hostname: a route's host is not a secret"
+        elif value is None or value == "":
+            fix = f"set `{name}: <hostname>` under `vars:` to serve it"
+        else:
+            continue
+        where: tuple[str | int, ...]
+        if routes_at:
+            where = (*routes_at, i, "match_var")
+        elif name in spec.vars:
+            where = ("vars", name)
+        else:
+            where = ("vars",) if "vars" in doc.data else (_written_key(doc, "app"),)
+        run.problems.append(
+            doc.problem(
+                where,
+                "route-var-empty",
+                f"route {i + 1} answers on var {name!r}, which has no hostname here: "
+                "the proxy will not serve it",
+                fix,
+                key=routes_at is None,
+                severity=Severity.WARNING,
+            )
+        )
 
 
 def _check_interpolated(
@@ -737,6 +782,14 @@ def _manifest(
     run.problems.extend(checked.problems)
     if not checked.ok:
         return None
+    if checked.manifest is not None:
+        inline = isinstance(spec.manifest, dict)
+        routes_at: tuple[str, ...] | None = (
+            ("manifest", "network", "reverse_proxy", "routes")
+            if inline
+            else (("routes",) if spec.compose is not None else None)
+        )
+        _check_route_values(run, doc, spec, checked.manifest, routes_at)
     if checked.compose is not None and checked.manifest is not None:
         base = directory if isinstance(spec.manifest, dict) else _parent(run, checked.compose)
         if not _check_interpolated(run, spec, checked.manifest, checked.compose, base):

@@ -230,7 +230,7 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
                 if route.match_var == "domain"
                 else env.get(manifest.env_name(route.match_var))
             )
-            if not host:  # an optional var left empty: validation warned about it
+            if not host:  # a var with no hostname: validation warned (route-var-empty)
                 continue
             routes.append(
                 RenderedRoute(

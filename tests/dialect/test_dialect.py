@@ -330,3 +330,33 @@ def test_an_install_lists_the_hostnames_it_will_serve(make_repo: RepoFactory) ->
     lines = [line for _, line in text_plan(result)]
     assert "      routes: wiki.example.com, admin.example.com" in lines
     assert result.model_dump(mode="json")["actions"][0]["routes"] == action.routes
+
+
+def test_a_route_var_with_no_value_is_a_warning_not_a_silent_drop(
+    make_repo: RepoFactory,
+) -> None:
+    text = (TWO_ROUTES % "admin_domain").replace(
+        "vars:\n  admin_domain: admin.example.com\n", ""
+    )
+    root = make_repo({"deployments/wiki.yaml": text})
+    state = load_repository(root)
+    (problem,) = state.problems
+    assert (problem.rule, problem.severity.value, problem.line, problem.col) == (
+        "route-var-empty",
+        "warning",
+        23,
+        22,
+    )
+    assert problem.fix == "set `admin_domain: <hostname>` under `vars:` to serve it"
+    (want,) = render_all(state)
+    assert [r.domain for r in want.routes] == ["wiki.example.com"]
+
+
+def test_a_route_var_read_from_the_environment_is_a_warning(make_repo: RepoFactory) -> None:
+    text = (TWO_ROUTES % "admin_domain").replace(
+        "admin_domain: admin.example.com", "admin_domain: {from_env: ADMIN_HOST}"
+    )
+    root = make_repo({"deployments/wiki.yaml": text})
+    (problem,) = load_repository(root).problems
+    assert problem.rule == "route-var-empty"
+    assert problem.fix == "give `admin_domain` a literal hostname: a route's host is not a secret"

@@ -32,6 +32,7 @@ WARNING_RULES = {
     "compose-image-unpinned",
     "compose-root-user",
     "domain-duplicate",
+    "route-var-empty",
 }
 
 # Every rule code the validator can emit for a repository, each of which must be shown
@@ -72,6 +73,7 @@ COVERED_RULES = {
     "route-no-port",
     "route-upstream-id",
     "route-match-var",
+    "route-var-empty",
     "route-not-on-network",
     "route-network-not-external",
     "route-network-undeclared",
