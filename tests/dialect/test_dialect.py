@@ -335,9 +335,7 @@ def test_an_install_lists_the_hostnames_it_will_serve(make_repo: RepoFactory) ->
 def test_a_route_var_with_no_value_is_a_warning_not_a_silent_drop(
     make_repo: RepoFactory,
 ) -> None:
-    text = (TWO_ROUTES % "admin_domain").replace(
-        "vars:\n  admin_domain: admin.example.com\n", ""
-    )
+    text = (TWO_ROUTES % "admin_domain").replace("vars:\n  admin_domain: admin.example.com\n", "")
     root = make_repo({"deployments/wiki.yaml": text})
     state = load_repository(root)
     (problem,) = state.problems
