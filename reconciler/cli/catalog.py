@@ -115,7 +115,7 @@ def catalog_show(
         )
     if m.vars:
         table = Table(title="vars", title_justify="left")
-        for col in ("name", "required", "default", "secret", "description"):
+        for col in ("name", "container env", "required", "default", "secret", "description"):
             table.add_column(col)
         for v in m.vars:
             default = (
@@ -125,6 +125,7 @@ def catalog_show(
             )
             table.add_row(
                 v.name,
+                v.env or v.name,
                 "yes" if v.required else "",
                 default,
                 "yes" if v.secret else "",

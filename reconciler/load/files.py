@@ -60,7 +60,7 @@ def tree_digest(root: pathlib.Path) -> str:
 
 
 # The deployment file itself sits in its bundle directory but is never shipped to the app.
-DEPLOYMENT_FILES = frozenset({"deployment.yaml", "deployment.yml"})
+DEPLOYMENT_FILES = frozenset({"deployment.yaml", "deployment.yml", "deployment.json"})
 
 
 def tree_digests(root: pathlib.Path) -> tuple[str, str]:

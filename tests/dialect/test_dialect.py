@@ -7,7 +7,10 @@ served through the real proxy is ``tests/dialect/test_two_routes_docker.py``).
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
 
 from reconciler.load.repo import load_repository
 from reconciler.model.deployment import DeploymentKind
@@ -358,3 +361,40 @@ def test_a_route_var_read_from_the_environment_is_a_warning(make_repo: RepoFacto
     (problem,) = load_repository(root).problems
     assert problem.rule == "route-var-empty"
     assert problem.fix == "give `admin_domain` a literal hostname: a route's host is not a secret"
+
+
+def test_catalog_show_names_each_var_and_the_container_variable_it_fills() -> None:
+    script = pathlib.Path(sys.executable).with_name("reconcile")
+    proc = subprocess.run(
+        [str(script), "catalog", "show", "vaultwarden"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "versions: 1.32.0, 1.33.2" in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if "admin_password" in line)
+    assert "ADMIN_TOKEN" in row
+
+
+def test_a_json_deployment_file_is_not_shipped_with_its_bundle(make_repo: RepoFactory) -> None:
+    """Editing only ``domain`` in ``blog/deployment.json`` leaves the app's files alone,
+    as it does for ``deployment.yaml`` (the route moves, the app keeps running)."""
+    body = (
+        '{"name": "blog", "domain": "%s", "compose": "compose.yaml",'
+        ' "routes": [{"upstream": "{deployment_id}-app:80"}]}'
+    )
+    root = make_repo(
+        {
+            "deployments/blog/deployment.json": body % "a.example.com",
+            "deployments/blog/compose.yaml": ROUTED_COMPOSE,
+        }
+    )
+    (before,) = load_repository(root).deployments
+    (root / "deployments/blog/deployment.json").write_text(body % "b.example.com")
+    (after,) = load_repository(root).deployments
+    assert before.bundle == after.bundle == "deployments/blog"
+    assert before.bundle_digest != after.bundle_digest
+    assert before.shipped_digest == after.shipped_digest
