@@ -272,8 +272,8 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
                 tuple(named[1:2]),
                 "deployment-kind",
                 message,
-                "give exactly one of `app` (catalog), `image`, `build` (Dockerfile), "
-                "`git_url`, or `manifest`/`compose`",
+                "give exactly one of `app` (catalog; Impreza: `app_name`), `image`, "
+                "`build` (Dockerfile), `git_url`, or `manifest`/`compose`",
             )
         )
         return None
