@@ -12,6 +12,7 @@ import pathlib
 import subprocess
 import sys
 
+from reconciler.load.catalog import Catalog
 from reconciler.load.repo import load_repository
 from reconciler.model.deployment import DeploymentKind
 from reconciler.model.state import ActualState, AgentState
@@ -398,3 +399,52 @@ def test_a_json_deployment_file_is_not_shipped_with_its_bundle(make_repo: RepoFa
     assert before.bundle == after.bundle == "deployments/blog"
     assert before.bundle_digest != after.bundle_digest
     assert before.shipped_digest == after.shipped_digest
+
+
+CATALOG_TWO_ROUTES = """\
+name: wiki
+version: "1.0.0"
+description: a wiki with an admin hostname
+vars:
+  - name: admin_domain
+    env: ADMIN_HOST
+    description: hostname of the admin UI
+runtime:
+  type: docker-compose
+  compose_yaml: |
+    services:
+      app:
+        image: busybox:1.36
+        container_name: ${DEPLOYMENT_ID}-app
+        environment: {ADMIN_HOST: "${ADMIN_HOST}"}
+        healthcheck: {test: ["CMD", "true"]}
+        networks: [default, impreza-proxy]
+    networks:
+      impreza-proxy: {external: true}
+network:
+  reverse_proxy:
+    routes:
+      - {upstream: "{deployment_id}-app:80", match_var: domain}
+      - {upstream: "{deployment_id}-app:81", match_var: admin_domain}
+"""
+
+
+def test_a_catalog_route_answers_on_a_var_mapped_to_another_env_name(
+    make_repo: RepoFactory, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "catalog" / "wiki").mkdir(parents=True)
+    (tmp_path / "catalog" / "wiki" / "1.0.0.yaml").write_text(CATALOG_TWO_ROUTES)
+    root = make_repo(
+        {
+            "deployments/wiki.json": '{"app_name": "wiki", "domain": "w.example.com",'
+            ' "vars": {"admin_domain": "admin.w.example.com"}}'
+        }
+    )
+    state = load_repository(root, Catalog(tmp_path / "catalog"))
+    assert state.problems == ()
+    (want,) = render_all(state)
+    assert want.env["ADMIN_HOST"] == "admin.w.example.com"
+    assert [(r.domain, r.upstream.rsplit(":", 1)[1]) for r in want.routes] == [
+        ("w.example.com", "80"),
+        ("admin.w.example.com", "81"),
+    ]
