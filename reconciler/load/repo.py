@@ -255,6 +255,19 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
     if "context_id" in doc.data:
         run.problems.append(_upload_mode(doc, path))
         return None
+    if "git_pat" in doc.data:
+        run.problems.append(
+            doc.problem(
+                ("git_pat",),
+                "git-pat",
+                "`git_pat` puts an access token in the repository, readable by everyone "
+                "who can read the repository and kept in its history",
+                "remove it and let the host authenticate: an ssh deploy key "
+                "(`git_auth_method: deploy_key` with an ssh:// or git@host:path URL) or "
+                "a git credential helper for https",
+            )
+        )
+        return None
     kind = deployment_kind(doc.data)
     if kind is None:
         named = [

@@ -8,6 +8,7 @@ REST bodies; :func:`deployment_kind` is the one place that decides it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -53,7 +54,13 @@ DOMAIN_PATTERN = (
     r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
     r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 )
-GIT_URL_PATTERN = r"^(https://|ssh://|file://)[^\s]+$"
+# https://, ssh:// or file://, or the scp form Impreza's deploy-key bodies use
+# (``git@github.com:owner/repo.git``), which the model rewrites to ssh://.
+GIT_URL_PATTERN = (
+    r"^((https://|ssh://|file://)[^\s]+"
+    r"|[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[^\s/-][^\s]*)$"
+)
+_SCP_URL = re.compile(r"^(?P<user>[^@/:]+)@(?P<host>[^@/:]+):(?P<path>[^\s]+)$")
 RESERVED_VAR_PREFIXES = ("COMPOSE_", "DOCKER_")
 RESERVED_VARS = frozenset({"DEPLOYMENT_ID", "DOMAIN", "DOMAIN_URL"})
 
@@ -119,8 +126,6 @@ class _DeploymentBase(_Strict):
     @field_validator("vars")
     @classmethod
     def _var_keys(cls, value: dict[str, VarValue]) -> dict[str, VarValue]:
-        import re
-
         for key in value:
             if not re.match(VAR_NAME_RE, key):
                 raise ValueError(f"var name {key!r} must match {VAR_NAME_RE}")
@@ -201,6 +206,20 @@ class GitDeployment(_Sized):
     git_url: Annotated[str, StringConstraints(pattern=GIT_URL_PATTERN, max_length=2048)]
     git_ref: Annotated[str, StringConstraints(pattern=r"^[^-\s][^\s]*$", max_length=255)] = "main"
     dockerfile_path: RelPath = "Dockerfile"
+    # Impreza's private-repository switch. Informational here: the host's own ssh key
+    # (deploy_key) or credential helper (pat) authenticates; a token in the file
+    # (``git_pat``) is refused by the loader, since secrets do not belong in git.
+    git_auth_method: Literal["none", "deploy_key", "pat"] | None = None
+
+    @field_validator("git_url")
+    @classmethod
+    def _scp_to_ssh(cls, value: str) -> str:
+        """``git@host:owner/repo.git`` -> ``ssh://git@host/owner/repo.git``: one spelling
+        for the plan, the spec hash and the URL checks of :mod:`reconciler.load.sources`."""
+        found = None if "://" in value else _SCP_URL.match(value)
+        if found is None:
+            return value
+        return f"ssh://{found['user']}@{found['host']}/{found['path'].lstrip('/')}"
 
     @property
     def kind(self) -> DeploymentKind:

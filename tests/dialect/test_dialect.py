@@ -448,3 +448,30 @@ def test_a_catalog_route_answers_on_a_var_mapped_to_another_env_name(
         ("w.example.com", "80"),
         ("admin.w.example.com", "81"),
     ]
+
+
+def test_a_deploy_key_body_with_an_scp_url_builds_from_ssh(make_repo: RepoFactory) -> None:
+    root = make_repo(
+        {
+            "deployments/site.json": '{"name": "site", "mode": "dockerfile",'
+            ' "git_url": "git@github.com:owner/repo.git", "git_auth_method": "deploy_key",'
+            ' "git_ref": "v1.2.0"}'
+        }
+    )
+    state = load_repository(root)
+    assert state.problems == ()
+    (want,) = render_all(state)
+    assert want.build is not None
+    assert (want.build.kind, want.build.url) == ("git", "ssh://git@github.com/owner/repo.git")
+
+
+def test_a_token_in_git_pat_is_refused_at_its_line(make_repo: RepoFactory) -> None:
+    root = make_repo(
+        {
+            "deployments/site.json": '{\n  "name": "site",\n  "git_url": "https://e.com/r.git",\n'
+            '  "git_auth_method": "pat",\n  "git_pat": "github_pat_x"\n}\n'
+        }
+    )
+    (problem,) = load_repository(root).errors
+    assert (problem.rule, problem.line, problem.col) == ("git-pat", 5, 3)
+    assert problem.fix is not None and "deploy key" in problem.fix

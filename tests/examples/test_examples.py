@@ -67,6 +67,7 @@ COVERED_RULES = {
     "path-escape",
     "path-missing",
     "git-url-credentials",
+    "git-pat",
     # the routing contract
     "route-no-container",
     "route-prefix-mismatch",

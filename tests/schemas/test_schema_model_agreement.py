@@ -105,6 +105,13 @@ DEPLOYMENTS: list[tuple[dict[str, Any], bool]] = [
     ({"name": "bot", "mode": "image", "git_url": "https://example.com/a.git"}, False),
     ({"name": "blog", "mode": "manifest", "manifest": "./m.yaml"}, True),
     ({"name": "blog", "mode": "compose", "compose": "./c.yaml"}, False),
+    ({"name": "bot", "git_url": "git@github.com:owner/repo.git"}, True),
+    ({"name": "bot", "git_url": "git@github.com:-oProxyCommand=x"}, False),
+    ({"name": "bot", "git_url": "-x@github.com:owner/repo.git"}, False),
+    ({"name": "bot", "git_url": "github.com:owner/repo.git"}, False),
+    ({"name": "bot", "git_url": "file:///r.git", "git_auth_method": "deploy_key"}, True),
+    ({"name": "bot", "git_url": "file:///r.git", "git_auth_method": "token"}, False),
+    ({"name": "api", "image": "busybox:1.36", "git_auth_method": "none"}, False),
     ("not a mapping", False),  # type: ignore[list-item]
 ]
 
