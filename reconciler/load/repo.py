@@ -252,21 +252,9 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
         return None
     if path.suffix == ".json":
         doc = _as_json(doc)
-    if "context_id" in doc.data:
-        run.problems.append(_upload_mode(doc, path))
-        return None
-    if "git_pat" in doc.data:
-        run.problems.append(
-            doc.problem(
-                ("git_pat",),
-                "git-pat",
-                "`git_pat` puts an access token in the repository, readable by everyone "
-                "who can read the repository and kept in its history",
-                "remove it and let the host authenticate: an ssh deploy key "
-                "(`git_auth_method: deploy_key` with an ssh:// or git@host:path URL) or "
-                "a git credential helper for https",
-            )
-        )
+    refused = _impreza_only(doc, path)
+    if refused is not None:
+        run.problems.append(refused)
         return None
     kind = deployment_kind(doc.data)
     if kind is None:
@@ -357,7 +345,7 @@ def _suggest_name(derived: str) -> str:
 
 
 def _as_json(doc: Document) -> Document:
-    """A ``.json`` file read as JSON: YAML 1.1 reads ``1e3`` as a string, JSON as a number.
+    """A ``.json`` file read as JSON: YAML 1.1 reads ``5e-1`` as a string, JSON as 0.5.
 
     The YAML loader has already refused duplicate keys and oversized or deep documents,
     and recorded positions; the shapes agree, so those positions stay valid.
@@ -367,6 +355,25 @@ def _as_json(doc: Document) -> Document:
     except ValueError:
         return doc  # valid YAML but not JSON (a comment, a trailing comma): keep YAML's view
     return replace(doc, data=data)
+
+
+def _impreza_only(doc: Document, path: pathlib.Path) -> Problem | None:
+    """A body field that can only work on Impreza's side: an upload held by Impreza's
+    server (``context_id``), or a token the body hands over (``git_pat``), which a
+    repository would publish to everyone who can read it."""
+    if "context_id" in doc.data:
+        return _upload_mode(doc, path)
+    if "git_pat" in doc.data:
+        return doc.problem(
+            ("git_pat",),
+            "git-pat",
+            "`git_pat` puts an access token in the repository, readable by everyone "
+            "who can read the repository and kept in its history",
+            "remove it and let the host authenticate: an ssh deploy key "
+            "(`git_auth_method: deploy_key` with an ssh:// or git@host:path URL) or "
+            "a git credential helper for https",
+        )
+    return None
 
 
 def _upload_mode(doc: Document, path: pathlib.Path) -> Problem:
