@@ -744,7 +744,11 @@ def _copy_bundle(source: pathlib.Path, target: pathlib.Path) -> list[str]:
     the top-level names it placed."""
     placed = []
     for entry in sorted(source.iterdir()):
-        if entry.name in RESERVED or entry.name in ("deployment.yaml", "deployment.yml"):
+        if entry.name in RESERVED or entry.name in (
+            "deployment.yaml",
+            "deployment.yml",
+            "deployment.json",
+        ):
             continue
         dest = target / entry.name
         if entry.is_dir() and not entry.is_symlink():

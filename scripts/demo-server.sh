@@ -99,7 +99,7 @@ settled hello
 "$BIN/reconcile" status --server "$SERVER"
 
 say "change hello's greeting, push, webhook: the agent updates only hello"
-sed -i 's/GREETING: .*/GREETING: Hello from a push/' "$DEMO/work/deployments/hello.yaml"
+sed -i 's/greeting: .*/greeting: Hello from a push/' "$DEMO/work/deployments/hello.yaml"
 start=$SECONDS
 push "hello: a new greeting"
 wait_for hello.localhost "Hello from a push" 120

@@ -113,7 +113,7 @@ def catalog_show(
         )
     if m.vars:
         table = Table(title="vars", title_justify="left")
-        for col in ("name", "required", "default", "secret", "description"):
+        for col in ("name", "container env", "required", "default", "secret", "description"):
             table.add_column(col)
         for v in m.vars:
             default = (
@@ -123,6 +123,7 @@ def catalog_show(
             )
             table.add_row(
                 v.name,
+                v.env or v.name,
                 "yes" if v.required else "",
                 default,
                 "yes" if v.secret else "",

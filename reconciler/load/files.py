@@ -63,7 +63,7 @@ def tree_digest(root: pathlib.Path, only: Collection[str] | None = None) -> str:
 
 
 # The deployment file itself sits in its bundle directory but is never shipped to the app.
-DEPLOYMENT_FILES = frozenset({"deployment.yaml", "deployment.yml"})
+DEPLOYMENT_FILES = frozenset({"deployment.yaml", "deployment.yml", "deployment.json"})
 
 
 def tree_digests(root: pathlib.Path, only: Collection[str] | None = None) -> tuple[str, str]:

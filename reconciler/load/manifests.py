@@ -7,6 +7,7 @@ is accepted in one place is accepted in the other.
 
 from __future__ import annotations
 
+import difflib
 import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from reconciler.load.yamlsafe import Document, Path
 from reconciler.model.errors import InvalidSpec, Problem
 from reconciler.model.manifest import Manifest, Route
 
-__all__ = ["CheckedManifest", "check_compose", "check_manifest"]
+__all__ = ["CheckedManifest", "check_compose", "check_manifest", "check_match_vars"]
 
 
 @dataclass(frozen=True)
@@ -68,16 +69,50 @@ def check_manifest(
         )
     except InvalidSpec as exc:
         return CheckedManifest(manifest, None, exc.problems)
+    routes_path = (*at, "network", "reverse_proxy", "routes")
     more, routed = check_compose(
         compose,
         manifest.routes,
         routes_doc=doc,
-        routes_path=(*at, "network", "reverse_proxy", "routes"),
+        routes_path=routes_path,
         base_dir=base_dir,
         allow_host_ports=allow_host_ports,
         proxy_network=proxy_network,
     )
+    more += check_match_vars(
+        manifest.routes, [v.name for v in manifest.vars], doc, routes_path, "`vars:`"
+    )
     return CheckedManifest(manifest, compose, more, routed)
+
+
+def check_match_vars(
+    routes: Sequence[Route], declared: Sequence[str], doc: Document, at: Path, where: str
+) -> list[Problem]:
+    """Each route answers on the value of the var its ``match_var`` names (``domain``: the
+    deployment's domain), so a name no var declares would leave the route without a host."""
+    problems = []
+    for i, route in enumerate(routes):
+        name = route.match_var
+        if name == "domain" or name in declared:
+            continue
+        close = [d for d in declared if d.lower() == name.lower()] or difflib.get_close_matches(
+            name, declared, n=1
+        )
+        fix = (
+            f"did you mean {close[0]!r}?"
+            if close
+            else f"declare `{name}` in {where}, or use `match_var: domain`"
+        )
+        problems.append(
+            doc.problem(
+                (*at, i, "match_var"),
+                "route-match-var",
+                f"route {i + 1} answers on var {name!r}, which {where} does not declare",
+                fix,
+                key=False,
+            )
+        )
+    return problems
 
 
 def check_compose(

@@ -3,10 +3,12 @@
 Layout::
 
     reconcile.yaml                 optional
-    deployments/<name>.yaml        one deployment per file
+    deployments/<name>.yaml        one deployment per file (or .yml, or .json: a REST body)
     deployments/<dir>/deployment.yaml   with its build context / compose file beside it
 
 Paths inside a deployment file are relative to that file's directory, as in Compose.
+A file without ``name`` (Impreza's catalog body has none) is named after the file:
+``deployments/vault.yaml`` is ``vault``, ``deployments/site/deployment.yaml`` is ``site``.
 Nothing here raises for a mistake in the repository: every file is checked and every
 problem is returned, so a user fixes them all in one round.
 """
@@ -14,8 +16,10 @@ problem is returned, so a user fixes them all in one round.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -35,12 +39,15 @@ from reconciler.load.manifests import (
     CheckedManifest,
     check_compose,
     check_manifest,
+    check_match_vars,
 )
 from reconciler.load.rules.compose_policy import check_compose_policy
 from reconciler.load.rules.interpolate import interpolate
 from reconciler.load.schema import checked_model
 from reconciler.load.yamlsafe import Document, load_yaml
 from reconciler.model.deployment import (
+    CATALOG_SYNONYMS,
+    NAME_PATTERN,
     CatalogDeployment,
     Deployment,
     DeploymentKind,
@@ -68,6 +75,8 @@ __all__ = [
 MAX_BUILD_CONTEXT_BYTES = 100 * 1024 * 1024
 CONFIG_NAMES = ("reconcile.yaml", "reconcile.yml")
 DEPLOYMENTS_DIR = "deployments"
+DEPLOYMENT_SUFFIXES = (".yaml", ".yml", ".json")
+DEPLOYMENT_FILE_NAMES = tuple(f"deployment{suffix}" for suffix in DEPLOYMENT_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,7 @@ class _Run:
 
 
 def find_deployment_files(root: pathlib.Path) -> list[pathlib.Path]:
-    """``deployments/*.yaml`` and ``deployments/*/deployment.yaml``, sorted."""
+    """``deployments/*.{yaml,yml,json}`` and ``deployments/*/deployment.{yaml,yml,json}``."""
     base = root / DEPLOYMENTS_DIR
     found: list[pathlib.Path] = []
     if not base.is_dir():
@@ -143,10 +152,10 @@ def find_deployment_files(root: pathlib.Path) -> list[pathlib.Path]:
     for entry in sorted(base.iterdir(), key=lambda p: p.name):
         if entry.name.startswith("."):
             continue
-        if entry.suffix in (".yaml", ".yml") and not entry.is_dir():
+        if entry.suffix in DEPLOYMENT_SUFFIXES and not entry.is_dir():
             found.append(entry)
         elif entry.is_dir():
-            for name in ("deployment.yaml", "deployment.yml"):
+            for name in DEPLOYMENT_FILE_NAMES:
                 candidate = entry / name
                 if candidate.exists() or candidate.is_symlink():
                     found.append(candidate)
@@ -244,10 +253,18 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
             )
         )
         return None
+    if path.suffix == ".json":
+        doc = _as_json(doc)
+    refused = _impreza_only(doc, path)
+    if refused is not None:
+        run.problems.append(refused)
+        return None
     kind = deployment_kind(doc.data)
     if kind is None:
         named = [
-            k for k in ("app", "image", "build", "git_url", "manifest", "compose") if k in doc.data
+            k
+            for k in ("app", "app_name", "image", "build", "git_url", "manifest", "compose")
+            if k in doc.data
         ]
         message = (
             "a deployment names no kind"
@@ -259,13 +276,35 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
                 tuple(named[1:2]),
                 "deployment-kind",
                 message,
-                "give exactly one of `app` (catalog), `image`, `build` (Dockerfile), "
-                "`git_url`, or `manifest`/`compose`",
+                "give exactly one of `app` (catalog; Impreza: `app_name`), `image`, "
+                "`build` (Dockerfile), `git_url`, or `manifest`/`compose`",
             )
         )
         return None
+    data: Mapping[str, object] = doc.data
+    if "name" not in data:
+        derived = name_from_file(path)
+        if not re.match(NAME_PATTERN, derived):
+            run.problems.append(
+                Problem(
+                    display,
+                    1,
+                    1,
+                    "name-from-file",
+                    f"no `name`: the name comes from the file name, and {derived!r} breaks "
+                    "the name rule (lowercase letters, digits, '-' and '_', 3 to 100 "
+                    "characters, starting and ending with a letter or digit)",
+                    f"add `name: {_suggest_name(derived)}`, or rename the file",
+                )
+            )
+            return None
+        data = {"name": derived, **data}
     spec, problems = checked_model(
-        doc, "deployment", lambda: parse_deployment(doc.data), fragment=f"/$defs/{kind.value}"
+        doc,
+        "deployment",
+        lambda: parse_deployment(data),
+        fragment=f"/$defs/{kind.value}",
+        data=data,
     )
     if spec is None:
         run.problems.extend(problems)
@@ -296,6 +335,69 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
     return LoadedDeployment(display, directory, doc, spec)
 
 
+def name_from_file(path: pathlib.Path) -> str:
+    """The name of a deployment file without ``name``: the file's stem, or for
+    ``<dir>/deployment.yaml`` the directory's name (every such file is called
+    ``deployment``; the directory is what tells them apart)."""
+    if path.name in DEPLOYMENT_FILE_NAMES:
+        return path.parent.name
+    return path.stem
+
+
+def _suggest_name(derived: str) -> str:
+    name = re.sub(r"[^a-z0-9_-]+", "-", derived.lower()).strip("-_")[:100]
+    return name if re.match(NAME_PATTERN, name) else "<name>"
+
+
+def _as_json(doc: Document) -> Document:
+    """A ``.json`` file read as JSON: YAML 1.1 reads ``5e-1`` as a string, JSON as 0.5.
+
+    The YAML loader has already refused duplicate keys and oversized or deep documents,
+    and recorded positions; the shapes agree, so those positions stay valid.
+    """
+    try:
+        data = json.loads(doc.source or "")
+    except ValueError:
+        return doc  # valid YAML but not JSON (a comment, a trailing comma): keep YAML's view
+    return replace(doc, data=data)
+
+
+def _impreza_only(doc: Document, path: pathlib.Path) -> Problem | None:
+    """A body field that can only work on Impreza's side: an upload held by Impreza's
+    server (``context_id``), or a token the body hands over (``git_pat``), which a
+    repository would publish to everyone who can read it."""
+    if "context_id" in doc.data:
+        return _upload_mode(doc, path)
+    if "git_pat" in doc.data:
+        return doc.problem(
+            ("git_pat",),
+            "git-pat",
+            "`git_pat` puts an access token in the repository, readable by everyone "
+            "who can read the repository and kept in its history",
+            "remove it and let the host authenticate: an ssh deploy key "
+            "(`git_auth_method: deploy_key` with an ssh:// or git@host:path URL) or "
+            "a git credential helper for https",
+        )
+    return None
+
+
+def _upload_mode(doc: Document, path: pathlib.Path) -> Problem:
+    """Impreza's upload mode names a tarball on Impreza's server: nothing here has it."""
+    context = "." if path.name in DEPLOYMENT_FILE_NAMES else f"./{path.stem}"
+    dockerfile = doc.data.get("dockerfile_path")
+    build = f"context: {context}" + (
+        f", dockerfile: {dockerfile}" if isinstance(dockerfile, str) else ""
+    )
+    return doc.problem(
+        ("context_id",),
+        "upload-mode",
+        f"`context_id` {doc.data['context_id']!r} names a build context uploaded to "
+        "Impreza; a deployment applied from git cannot use an upload",
+        f"commit the project directory to the repository and write `build: {{{build}}}` "
+        "instead of `context_id:` (the path is relative to this file)",
+    )
+
+
 def _through_symlink(root: pathlib.Path, path: pathlib.Path) -> bool:
     """Whether any component below ``root`` is a symlink: a few lstat calls, not a realpath."""
     current = root
@@ -324,6 +426,8 @@ def _catalog(
     run: _Run, doc: Document, spec: CatalogDeployment, directory: pathlib.Path
 ) -> LoadedDeployment | None:
     catalog = run.catalog
+    app_key = _written_key(doc, "app")
+    version_key_ = _written_key(doc, "version")
     if spec.app not in catalog.index:
         close = catalog.suggest_app(spec.app)
         fix = (
@@ -332,7 +436,9 @@ def _catalog(
             else "see `reconcile catalog list`"
         )
         run.problems.append(
-            doc.problem(("app",), "catalog-app-unknown", f"no app {spec.app!r} in the catalog", fix)
+            doc.problem(
+                (app_key,), "catalog-app-unknown", f"no app {spec.app!r} in the catalog", fix
+            )
         )
         return None
     entry = catalog.entry(spec.app, spec.version)
@@ -343,7 +449,7 @@ def _catalog(
         fix += f"available: {', '.join(versions)}"
         run.problems.append(
             doc.problem(
-                ("version",),
+                (version_key_,),
                 "catalog-version-unknown",
                 f"{spec.app} has no version {spec.version!r} in the catalog",
                 fix,
@@ -355,7 +461,7 @@ def _catalog(
         run.problems.extend(checked.problems)
         run.problems.append(
             doc.problem(
-                ("app",),
+                (app_key,),
                 "catalog-invalid",
                 f"catalog manifest {entry.display} is invalid",
                 "see the errors above",
@@ -364,9 +470,16 @@ def _catalog(
         return None
     manifest = checked.manifest
     _check_catalog_vars(run, doc, spec, manifest)
+    _check_route_values(run, doc, spec, manifest, None)
     if checked.compose is not None:
         _check_interpolated(run, spec, manifest, checked.compose, None)
     return LoadedDeployment(doc.name, directory, doc, spec, manifest, checked.compose)
+
+
+def _written_key(doc: Document, key: str) -> str:
+    """``app``/``version`` as this file spells it (Impreza's body: ``app_name``/...)."""
+    theirs = CATALOG_SYNONYMS.get(key)
+    return theirs if theirs is not None and theirs in doc.data else key
 
 
 def _check_catalog_vars(
@@ -375,6 +488,29 @@ def _check_catalog_vars(
     declared = [v.name for v in manifest.vars]
     for key in spec.vars:
         if manifest.var(key) is None:
+            right = next((v for v in manifest.vars if v.name.lower() == key.lower()), None)
+            if right is not None:
+                run.problems.append(
+                    doc.problem(
+                        ("vars", key),
+                        "var-case",
+                        f"{manifest.name}'s var is {right.name!r}, not {key!r}",
+                        f"write `{right.name}:` (var names are case-sensitive; the catalog "
+                        "uses Impreza's names)",
+                    )
+                )
+                continue
+            fills = next((v for v in manifest.vars if (v.env or "").lower() == key.lower()), None)
+            if fills is not None:
+                run.problems.append(
+                    doc.problem(
+                        ("vars", key),
+                        "var-unknown",
+                        f"{manifest.name} has no var {key!r}",
+                        f"did you mean {fills.name!r}? (it fills the container's {fills.env})",
+                    )
+                )
+                continue
             close = difflib.get_close_matches(key, declared, n=1)
             fix = (
                 f"did you mean {close[0]!r}?"
@@ -400,13 +536,57 @@ def _check_catalog_vars(
             hint = f" ({var.description})" if var.description else ""
             run.problems.append(
                 doc.problem(
-                    ("vars",) if "vars" in doc.data else ("app",),
+                    ("vars",) if "vars" in doc.data else (_written_key(doc, "app"),),
                     "var-required",
                     f"{manifest.name} needs var {var.name!r}{hint}",
                     f"add `{var.name}: <value>` under `vars:`"
                     + (" (or `{from_env: NAME}` for a secret)" if var.secret else ""),
                 )
             )
+
+
+def _check_route_values(
+    run: _Run,
+    doc: Document,
+    spec: CatalogDeployment | ManifestDeployment,
+    manifest: Manifest,
+    routes_at: tuple[str, ...] | None,
+) -> None:
+    """A route on a var answers on that var's value; with no value it cannot be served.
+
+    Only a warning: the var may be optional on purpose (an admin hostname some installs
+    leave out).  ``routes_at``: where the routes stand in this file, if they are in it.
+    """
+    for i, route in enumerate(manifest.routes):
+        name = route.match_var
+        var = manifest.var(name)
+        if name == "domain" or (var is None and name not in spec.vars):
+            continue  # `domain`, or a var route-match-var already reported
+        value = spec.vars.get(name, var.default if var is not None else None)
+        if isinstance(value, FromEnv):
+            fix = f"give `{name}` a literal hostname: a route's host is not a secret"
+        elif value is None or value == "":
+            fix = f"set `{name}: <hostname>` under `vars:` to serve it"
+        else:
+            continue
+        where: tuple[str | int, ...]
+        if routes_at:
+            where = (*routes_at, i, "match_var")
+        elif name in spec.vars:
+            where = ("vars", name)
+        else:
+            where = ("vars",) if "vars" in doc.data else (_written_key(doc, "app"),)
+        run.problems.append(
+            doc.problem(
+                where,
+                "route-var-empty",
+                f"route {i + 1} answers on var {name!r}, which has no hostname here: "
+                "the proxy will not serve it",
+                fix,
+                key=routes_at is None,
+                severity=Severity.WARNING,
+            )
+        )
 
 
 def _check_interpolated(
@@ -424,12 +604,14 @@ def _check_interpolated(
     }
     for var in manifest.vars:
         if var.default is not None and not var.generate:
-            values[var.name] = (
+            values[var.env or var.name] = (
                 str(var.default).lower() if isinstance(var.default, bool) else (str(var.default))
             )
     for key, value in spec.vars.items():
         if not isinstance(value, FromEnv):
-            values[key] = str(value).lower() if isinstance(value, bool) else str(value)
+            values[manifest.env_name(key)] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
     data = interpolate(compose.data, values)
     if data == compose.data:
         return True
@@ -602,10 +784,21 @@ def _manifest(
             allow_host_ports=allow_ports,
             proxy_network=network,
         )
+        problems += check_match_vars(
+            spec.routes, list(spec.vars), doc, ("routes",), "the deployment's `vars:`"
+        )
         checked = CheckedManifest(_compose_manifest(spec, sub), sub, problems)
     run.problems.extend(checked.problems)
     if not checked.ok:
         return None
+    if checked.manifest is not None:
+        inline = isinstance(spec.manifest, dict)
+        routes_at: tuple[str, ...] | None = (
+            ("manifest", "network", "reverse_proxy", "routes")
+            if inline
+            else (("routes",) if spec.compose is not None else None)
+        )
+        _check_route_values(run, doc, spec, checked.manifest, routes_at)
     if checked.compose is not None and checked.manifest is not None:
         base = directory if isinstance(spec.manifest, dict) else _parent(run, checked.compose)
         if not _check_interpolated(run, spec, checked.manifest, checked.compose, base):

@@ -8,6 +8,7 @@ REST bodies; :func:`deployment_kind` is the one place that decides it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -28,7 +29,9 @@ from pydantic import (
 from reconciler.model.manifest import VAR_NAME_RE, Route
 
 __all__ = [
+    "CATALOG_SYNONYMS",
     "KIND_KEYS",
+    "NAME_PATTERN",
     "BuildSpec",
     "CatalogDeployment",
     "Deployment",
@@ -51,7 +54,13 @@ DOMAIN_PATTERN = (
     r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
     r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 )
-GIT_URL_PATTERN = r"^(https://|ssh://|file://)[^\s]+$"
+# https://, ssh:// or file://, or the scp form Impreza's deploy-key bodies use
+# (``git@github.com:owner/repo.git``), which the model rewrites to ssh://.
+GIT_URL_PATTERN = (
+    r"^((https://|ssh://|file://)[^\s]+"
+    r"|[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[^\s/-][^\s]*)$"
+)
+_SCP_URL = re.compile(r"^(?P<user>[^@/:]+)@(?P<host>[^@/:]+):(?P<path>[^\s]+)$")
 RESERVED_VAR_PREFIXES = ("COMPOSE_", "DOCKER_")
 RESERVED_VARS = frozenset({"DEPLOYMENT_ID", "DOMAIN", "DOMAIN_URL"})
 
@@ -64,9 +73,11 @@ class DeploymentKind(StrEnum):
     MANIFEST = "manifest"
 
 
-# key -> kind; ``compose`` is the file form of ``manifest``.
+# key -> kind; ``compose`` is the file form of ``manifest``; ``app_name`` is Impreza's
+# catalog body's name for ``app``.
 KIND_KEYS: dict[str, DeploymentKind] = {
     "app": DeploymentKind.CATALOG,
+    "app_name": DeploymentKind.CATALOG,
     "image": DeploymentKind.IMAGE,
     "build": DeploymentKind.DOCKERFILE,
     "git_url": DeploymentKind.GIT,
@@ -115,8 +126,6 @@ class _DeploymentBase(_Strict):
     @field_validator("vars")
     @classmethod
     def _var_keys(cls, value: dict[str, VarValue]) -> dict[str, VarValue]:
-        import re
-
         for key in value:
             if not re.match(VAR_NAME_RE, key):
                 raise ValueError(f"var name {key!r} must match {VAR_NAME_RE}")
@@ -135,9 +144,26 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 RelPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 
+# Impreza's catalog body (``POST /v1/platform/deployments``) names these differently.
+CATALOG_SYNONYMS = {"app": "app_name", "version": "app_version"}
+
+
 class CatalogDeployment(_DeploymentBase):
-    app: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}[a-z0-9]$")]
-    version: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    app: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}[a-z0-9]$")] = Field(
+        validation_alias=AliasChoices("app", "app_name")
+    )
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, validation_alias=AliasChoices("version", "app_version")
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_synonym(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for ours, theirs in CATALOG_SYNONYMS.items():
+                if ours in data and theirs in data:
+                    raise ValueError(f"give `{ours}` or `{theirs}`, not both")
+        return data
 
     @property
     def kind(self) -> DeploymentKind:
@@ -151,6 +177,8 @@ class _Sized(_DeploymentBase):
 
 
 class ImageDeployment(_Sized):
+    # Impreza's custom body names its mode; the kind keys already say it, so it must agree.
+    mode: Literal["image"] | None = None
     image: Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
 
     @property
@@ -164,6 +192,7 @@ class BuildSpec(_Strict):
 
 
 class DockerfileDeployment(_Sized):
+    mode: Literal["dockerfile"] | None = None
     build: BuildSpec
     dockerfile_path: RelPath | None = None
 
@@ -173,9 +202,24 @@ class DockerfileDeployment(_Sized):
 
 
 class GitDeployment(_Sized):
+    mode: Literal["dockerfile"] | None = None  # Impreza: a git source is dockerfile mode
     git_url: Annotated[str, StringConstraints(pattern=GIT_URL_PATTERN, max_length=2048)]
     git_ref: Annotated[str, StringConstraints(pattern=r"^[^-\s][^\s]*$", max_length=255)] = "main"
     dockerfile_path: RelPath = "Dockerfile"
+    # Impreza's private-repository switch. Informational here: the host's own ssh key
+    # (deploy_key) or credential helper (pat) authenticates; a token in the file
+    # (``git_pat``) is refused by the loader, since secrets do not belong in git.
+    git_auth_method: Literal["none", "deploy_key", "pat"] | None = None
+
+    @field_validator("git_url")
+    @classmethod
+    def _scp_to_ssh(cls, value: str) -> str:
+        """``git@host:owner/repo.git`` -> ``ssh://git@host/owner/repo.git``: one spelling
+        for the plan, the spec hash and the URL checks of :mod:`reconciler.load.sources`."""
+        found = None if "://" in value else _SCP_URL.match(value)
+        if found is None:
+            return value
+        return f"ssh://{found['user']}@{found['host']}/{found['path'].lstrip('/')}"
 
     @property
     def kind(self) -> DeploymentKind:
@@ -185,6 +229,7 @@ class GitDeployment(_Sized):
 class ManifestDeployment(_DeploymentBase):
     """A full manifest, inline or by path, or a compose file plus routes."""
 
+    mode: Literal["manifest"] | None = None
     manifest: RelPath | dict[str, Any] | None = None
     compose: RelPath | None = None
     routes: list[Route] = Field(default_factory=list)

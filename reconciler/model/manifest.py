@@ -37,6 +37,9 @@ class _Strict(BaseModel):
 
 class VarSpec(_Strict):
     name: Annotated[str, StringConstraints(pattern=VAR_NAME_RE)]
+    # The container variable this var fills: Impreza's catalogs name vars in lower case
+    # (``admin_password``) while the image reads its own name (``ADMIN_TOKEN``).
+    env: Annotated[str, StringConstraints(pattern=VAR_NAME_RE)] | None = None
     description: str | None = None
     required: bool = False
     default: Scalar | None = None
@@ -105,6 +108,11 @@ class Manifest(_Strict):
         if rp is None or not rp.enabled:
             return []
         return list(rp.routes)
+
+    def env_name(self, var: str) -> str:
+        """The ``.env`` key a var's value is written under."""
+        spec = self.var(var)
+        return spec.env if spec is not None and spec.env else var
 
     def var(self, name: str) -> VarSpec | None:
         for spec in self.vars:

@@ -53,6 +53,9 @@ class Action(_Frozen):
     changes: list[Change] = Field(default_factory=list)
     spec_hash: str | None = None  # desired hash (None for uninstall)
     url: str | None = None
+    # install: every hostname the proxy will answer on for it (one per rendered route),
+    # so a reviewer sees a second route (``match_var: admin_domain``) before it exists
+    routes: list[str] = Field(default_factory=list)
 
 
 class Plan(_Frozen):

@@ -269,7 +269,8 @@ def _for_desired(
         return
     if have is None or have.status == "uninstalled":
         reason = "new deployment" if have is None else "reinstall (data kept from before)"
-        yield Action(action="install", reason=reason, **base)
+        routes = list(dict.fromkeys(r.domain for r in want.routes))
+        yield Action(action="install", reason=reason, routes=routes, **base)
         return
     if have.spec_hash != want.spec_hash:
         changes = diff_records(have.record, spec_record(want))

@@ -62,6 +62,8 @@ def text_plan(plan: Plan, *, verbose: bool = False) -> list[tuple[str, str]]:
         lines.append((STYLES[a.action], head.rstrip()))
         for change in a.changes:
             lines.append(("yellow", f"      ~ {change.describe()}"))
+        if a.routes:
+            lines.append(("dim", f"      routes: {', '.join(a.routes)}"))
         if a.url and a.action in ("install", "update", "repair"):
             lines.append(("dim", f"      url: {a.url}"))
     return lines

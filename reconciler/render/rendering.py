@@ -209,22 +209,28 @@ def render(item: LoadedDeployment, ctx: RenderContext) -> RenderedDeployment:
         assert manifest is not None
         assert item.compose is not None
         compose: dict[str, Any] = dict(item.compose.data)
+        # A var's value goes into .env under the container's name for it (``env:``), so
+        # Impreza's lower-case catalog vars fill the upstream image's own variables.
         for var in manifest.vars:
             if var.name in spec.vars:
                 continue
             if var.generate:
-                secrets[var.name] = SecretRef(source="generate", spec=var.generate)
-                secret_keys.add(var.name)
+                secrets[var.env or var.name] = SecretRef(source="generate", spec=var.generate)
+                secret_keys.add(var.env or var.name)
             elif var.default is not None:
-                put_var(var.name, var.default, var.secret)
+                put_var(var.env or var.name, var.default, var.secret)
         for key, value in spec.vars.items():
             var_spec = manifest.var(key)
-            put_var(key, value, bool(var_spec and var_spec.secret))
+            put_var(manifest.env_name(key), value, bool(var_spec and var_spec.secret))
         for route in manifest.routes:
             if route.match_var == "domain" and onion_upstream is None:
                 onion_upstream = route.upstream.replace("{deployment_id}", dpl_id)
-            host = domain if route.match_var == "domain" else env.get(route.match_var.upper())
-            if not host:
+            host = (
+                domain
+                if route.match_var == "domain"
+                else env.get(manifest.env_name(route.match_var))
+            )
+            if not host:  # a var with no hostname: validation warned (route-var-empty)
                 continue
             routes.append(
                 RenderedRoute(

@@ -164,7 +164,7 @@ def test_one_var_change_updates_only_that_deployment(host: Host) -> None:
     ids = {a["deployment"]: a["id"] for a in plan["actions"]}
     before = {name: host.containers(i) for name, i in ids.items()}
     hello = host.repo / "deployments" / "hello.yaml"
-    hello.write_text(hello.read_text().replace("GREETING: Welcome", "GREETING: Bonjour"))
+    hello.write_text(hello.read_text().replace("greeting: Welcome", "greeting: Bonjour"))
     plan = plan_of(host)
     changed = {a["deployment"]: a for a in plan["actions"] if a["action"] != "noop"}
     assert list(changed) == ["hello"]

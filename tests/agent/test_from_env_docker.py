@@ -38,7 +38,7 @@ class Repo:
         )
         (self.root / "deployments" / "hello.yaml").write_text(
             f"name: hello\napp: hello\ndomain: {self.domain}\n"
-            "vars:\n  GREETING: {from_env: FE_GREETING}\n"
+            "vars:\n  greeting: {from_env: FE_GREETING}\n"
         )
 
     def apply(self, greeting: str) -> dict[str, Any]:

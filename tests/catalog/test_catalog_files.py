@@ -28,6 +28,7 @@ PROXY_NETWORK = "impreza-proxy"
 PLATFORM_VARS = frozenset({"DEPLOYMENT_ID", "DOMAIN", "DOMAIN_URL"})
 REQUIRED_APPS = frozenset(
     {
+        "openclaw",
         "vaultwarden",
         "n8n",
         "nextcloud",
@@ -240,7 +241,8 @@ def test_every_route_upstream_has_its_container_on_the_proxy_network(path: Path)
         assert PROXY_NETWORK in _service_networks(services[owners[0]]), (
             f"service {owners[0]!r} serves {route['upstream']} but is not on {PROXY_NETWORK}"
         )
-        assert route.get("match_var", "domain") == "domain"
+        declared = {v["name"] for v in load_yaml(path.read_text(), path.name).data.get("vars", [])}
+        assert route.get("match_var", "domain") in {"domain", *declared}
 
 
 @pytest.mark.parametrize("path", MANIFEST_FILES, ids=IDS)
@@ -361,9 +363,16 @@ def test_lifecycle_hooks_name_existing_services(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", MANIFEST_FILES, ids=IDS)
+def test_var_names_are_impreza_lower_case(path: Path) -> None:
+    """Impreza's bodies say ``signups_allowed``; the container's name goes in ``env:``."""
+    for var in _manifest_data(path).get("vars") or []:
+        assert var["name"] == var["name"].lower(), var["name"]
+
+
+@pytest.mark.parametrize("path", MANIFEST_FILES, ids=IDS)
 def test_every_interpolated_variable_is_declared(path: Path) -> None:
     data = _manifest_data(path)
-    declared = {v["name"] for v in data.get("vars") or []}
+    declared = {v.get("env") or v["name"] for v in data.get("vars") or []}
     used = _interpolated_names(data["runtime"]["compose_yaml"])
     assert used - PLATFORM_VARS <= declared, sorted(used - PLATFORM_VARS - declared)
     assert not declared & PLATFORM_VARS, "the platform provides these"
@@ -373,8 +382,10 @@ def test_every_interpolated_variable_is_declared(path: Path) -> None:
 @pytest.mark.parametrize("path", MANIFEST_FILES, ids=IDS)
 def test_every_declared_variable_is_used(path: Path) -> None:
     data = _manifest_data(path)
-    declared = [v["name"] for v in data.get("vars") or []]
-    assert len(declared) == len(set(declared)), "duplicate var"
+    names = [v["name"] for v in data.get("vars") or []]
+    assert len(names) == len(set(names)), "duplicate var"
+    declared = [v.get("env") or v["name"] for v in data.get("vars") or []]
+    assert len(declared) == len(set(declared)), "two vars fill one container variable"
     used = _interpolated_names(data["runtime"]["compose_yaml"])
     assert set(declared) <= used, sorted(set(declared) - used)
 

@@ -204,7 +204,7 @@ class Cluster:
             "deployments/hello.yaml",
             "name: hello\nagent: host1\napp: hello\n"
             f"domain: {domain or self.domain}\n"
-            f"vars:\n  GREETING: {greeting}\n",
+            f"vars:\n  greeting: {greeting}\n",
         )
 
     @property

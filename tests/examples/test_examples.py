@@ -32,6 +32,7 @@ WARNING_RULES = {
     "compose-image-unpinned",
     "compose-root-user",
     "domain-duplicate",
+    "route-var-empty",
 }
 
 # Every rule code the validator can emit for a repository, each of which must be shown
@@ -55,6 +56,9 @@ COVERED_RULES = {
     "deployment-kind",
     "var-reserved",
     "var-unknown",
+    "var-case",
+    "name-from-file",
+    "upload-mode",
     "catalog-app-unknown",
     "catalog-version-unknown",
     "agent-unknown",
@@ -63,11 +67,14 @@ COVERED_RULES = {
     "path-escape",
     "path-missing",
     "git-url-credentials",
+    "git-pat",
     # the routing contract
     "route-no-container",
     "route-prefix-mismatch",
     "route-no-port",
     "route-upstream-id",
+    "route-match-var",
+    "route-var-empty",
     "route-not-on-network",
     "route-network-not-external",
     "route-network-undeclared",

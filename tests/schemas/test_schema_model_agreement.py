@@ -90,6 +90,28 @@ DEPLOYMENTS: list[tuple[dict[str, Any], bool]] = [
     ({"name": "vault", "app": "vaultwarden", "vars": {"DOMAIN": "x"}}, False),
     ({"name": "vault", "app": "vaultwarden", "agent": "agt_123"}, True),  # an alias shape
     ({"name": "vault", "app": "vaultwarden", "agent": "Edge"}, False),
+    # Impreza's bodies: catalog synonyms, the custom-deploy `mode`
+    ({"name": "vault", "app_name": "vaultwarden", "app_version": "1.32.0"}, True),
+    ({"name": "vault", "app": "vaultwarden", "app_version": "1.32.0"}, True),
+    ({"name": "vault", "app_name": "vaultwarden", "version": "1.32.0"}, True),
+    ({"name": "vault", "app": "vaultwarden", "app_name": "vaultwarden"}, False),
+    ({"name": "vault", "app_name": "vaultwarden", "version": "1", "app_version": "1"}, False),
+    ({"name": "vault", "app_name": "Vault"}, False),
+    ({"name": "vault", "app_name": "vaultwarden", "mode": "image"}, False),
+    ({"name": "api", "mode": "image", "image": "busybox:1.36"}, True),
+    ({"name": "api", "mode": "dockerfile", "image": "busybox:1.36"}, False),
+    ({"name": "site", "mode": "dockerfile", "build": {"context": "."}}, True),
+    ({"name": "bot", "mode": "dockerfile", "git_url": "https://example.com/a.git"}, True),
+    ({"name": "bot", "mode": "image", "git_url": "https://example.com/a.git"}, False),
+    ({"name": "blog", "mode": "manifest", "manifest": "./m.yaml"}, True),
+    ({"name": "blog", "mode": "compose", "compose": "./c.yaml"}, False),
+    ({"name": "bot", "git_url": "git@github.com:owner/repo.git"}, True),
+    ({"name": "bot", "git_url": "git@github.com:-oProxyCommand=x"}, False),
+    ({"name": "bot", "git_url": "-x@github.com:owner/repo.git"}, False),
+    ({"name": "bot", "git_url": "github.com:owner/repo.git"}, False),
+    ({"name": "bot", "git_url": "file:///r.git", "git_auth_method": "deploy_key"}, True),
+    ({"name": "bot", "git_url": "file:///r.git", "git_auth_method": "token"}, False),
+    ({"name": "api", "image": "busybox:1.36", "git_auth_method": "none"}, False),
     ("not a mapping", False),  # type: ignore[list-item]
 ]
 
@@ -135,6 +157,24 @@ MANIFESTS: list[tuple[dict[str, Any], bool]] = [
             "vars": [{"name": "TOKEN", "secret": True, "generate": "hex:32"}],
         },
         True,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "vars": [{"name": "admin_password", "env": "ADMIN_TOKEN"}],
+        },
+        True,
+    ),
+    (
+        {
+            "name": "hello",
+            "version": "1",
+            "runtime": {"type": "docker-compose", "compose_yaml": COMPOSE},
+            "vars": [{"name": "admin_password", "env": "ADMIN-TOKEN"}],
+        },
+        False,
     ),
     (
         {
