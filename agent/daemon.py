@@ -593,6 +593,12 @@ def _parser() -> argparse.ArgumentParser:
         help="process the pending commands, report, and exit (0 when every result was delivered)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=f"reconcile-agent (compose-reconciler) {_version()}",
+    )
     return p
 
 

@@ -125,6 +125,7 @@ def serve_command(
     try:
         plane = build_control_plane(settings, secrets)
         spec, ref = plane.reconciler.source_spec()
+        plane.reconciler.catalog()  # missing or empty: refuse to start, never plan with it
     except ReconcilerError as exc:
         raise _fail(str(exc)) from None
     err = _console(stderr=True)
