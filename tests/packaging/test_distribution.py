@@ -84,7 +84,7 @@ def test_the_wheel_carries_every_manifest_and_schema(dist: pathlib.Path) -> None
     assert "reconcile = reconciler.cli:main" in entry_points
     assert "reconcile-agent = agent.daemon:main" in entry_points
     assert metadata["License-Expression"] == "Apache-2.0"
-    assert metadata["Requires-Python"] == ">=3.11"
+    assert metadata["Requires-Python"] == ">=3.11.4"  # tarfile extraction filters
     urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL") or [])
     assert {"Homepage", "Source", "Issues", "Changelog"} <= set(urls)
     classifiers = metadata.get_all("Classifier") or []
