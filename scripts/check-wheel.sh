@@ -12,6 +12,7 @@
 #     plans every deployment
 #   - a schema error (examples/invalid/schema-unknown-field) is reported as such: exit 1 and
 #     the rule, never a traceback (the schemas are in the wheel)
+#   - with the installed catalog moved away, `catalog list` exits 1 with the reason
 #
 #   --keep   leave the work dir (wheel, venv, outputs) for inspection
 #
@@ -109,4 +110,15 @@ code=0
 ! grep -q Traceback "$WORK/invalid.txt" || { cat "$WORK/invalid.txt" >&2; die "validate of a schema error crashed"; }
 grep -q 'schema' "$WORK/invalid.txt" || { cat "$WORK/invalid.txt" >&2; die "no schema problem reported"; }
 done_ "a schema error: exit 1, reported with its rule"
+step
+# an installation that lost its catalog says so and fails; it never lists 0 apps
+site=$("$BIN/python" -c 'import pathlib, reconciler; print(pathlib.Path(reconciler.__file__).parent)')
+mv "$site/catalog" "$site/catalog.moved"
+code=0
+"$BIN/reconcile" catalog list >"$WORK/no-catalog.txt" 2>&1 || code=$?
+mv "$site/catalog.moved" "$site/catalog"
+[ "$code" = 1 ] || { cat "$WORK/no-catalog.txt" >&2; die "catalog list without a catalog exited $code, not 1"; }
+grep -q "catalog .* is not a directory" "$WORK/no-catalog.txt" ||
+  { cat "$WORK/no-catalog.txt" >&2; die "catalog list without a catalog gave no reason"; }
+done_ "a missing catalog: exit 1 with the reason"
 echo "check-wheel: ok ($wheel)"

@@ -150,3 +150,31 @@ def test_a_missing_schema_is_one_clear_line(
     assert result.exit_code == 1
     assert "manifest.schema.json is missing from this installation" in result.output
     assert "Traceback" not in result.output
+
+
+def test_serve_refuses_to_start_with_an_empty_catalog(tmp_path: pathlib.Path) -> None:
+    empty = tmp_path / "catalog"
+    empty.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "serve",
+            "--source",
+            str(ROOT / "examples"),
+            "--catalog",
+            str(empty),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            "0",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"catalog {empty} holds no app manifests" in done.stderr
