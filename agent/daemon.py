@@ -53,6 +53,7 @@ from agent.client import (
 from agent.journal import Journal, JournalEntry
 from agent.runner import CommandRunner
 from reconciler.model.agentapi import AgentReport, Command
+from reconciler.model.secretenv import SecretEnvError, secret_from_env
 
 if TYPE_CHECKING:
     from agent.executor import StepEvent
@@ -561,9 +562,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--token",
-        default=env.get("RECONCILE_AGENT_TOKEN"),
-        help="one-time bootstrap token (env RECONCILE_AGENT_TOKEN); used only while "
-        "no credentials exist",
+        default=secret_from_env("RECONCILE_AGENT_TOKEN", env),
+        help="one-time bootstrap token (env RECONCILE_AGENT_TOKEN, or a file named by "
+        "RECONCILE_AGENT_TOKEN_FILE); used only while no credentials exist",
     )
     p.add_argument(
         "--state-dir",
@@ -597,6 +598,12 @@ def _parser() -> argparse.ArgumentParser:
         help="process the pending commands, report, and exit (0 when every result was delivered)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=f"reconcile-agent (compose-reconciler) {_version()}",
+    )
     return p
 
 
@@ -625,7 +632,12 @@ def _on_step(event: StepEvent) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script.  Exits 0 when stopped by a signal (or ``--once`` went well), 1
     on an error worth retrying later, 2 when it cannot start as configured."""
-    args = _parser().parse_args(argv)
+    try:
+        parser = _parser()
+    except SecretEnvError as exc:
+        print(f"reconcile-agent: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_SETUP) from None
+    args = parser.parse_args(argv)
     root = logging.getLogger()
     saved_logging = (list(root.handlers), root.level)
     _setup_logging(args.verbose)

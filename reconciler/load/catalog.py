@@ -11,10 +11,10 @@ import pathlib
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from importlib import resources
 
 from reconciler.load.files import read_limited
 from reconciler.load.manifests import CheckedManifest, check_manifest
+from reconciler.load.packaged import CATALOG_DIR, MissingData
 from reconciler.load.yamlsafe import load_yaml
 from reconciler.model.errors import InvalidSpec
 
@@ -43,8 +43,22 @@ class Catalog:
 
     @classmethod
     def builtin(cls) -> Catalog:
-        root = pathlib.Path(str(resources.files("reconciler").joinpath("_catalog")))
-        return cls(root)
+        """The catalog shipped inside the package; :class:`MissingData` when it is not there."""
+        return cls.at(CATALOG_DIR)
+
+    @classmethod
+    def at(cls, root: pathlib.Path, display_root: str = "catalog") -> Catalog:
+        """A catalog that holds at least one app, else :class:`MissingData`.
+
+        An empty catalog is refused rather than read: it would turn every ``app:``
+        deployment into an "unknown app" error that blames the repository.
+        """
+        catalog = cls(root, display_root)
+        if not root.is_dir():
+            raise MissingData(f"catalog {root} is not a directory")
+        if not catalog.index:
+            raise MissingData(f"catalog {root} holds no app manifests (<app>/<version>.yaml)")
+        return catalog
 
     @cached_property
     def index(self) -> dict[str, dict[str, CatalogEntry]]:

@@ -14,11 +14,11 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
-from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
 
+from reconciler.load.packaged import MissingData, schema_path
 from reconciler.load.yamlsafe import Document, Path, load_yaml
 from reconciler.model.errors import InvalidSpec, Problem
 
@@ -48,7 +48,14 @@ _FRIENDLY_PATTERNS = {
 @cache
 def schema(name: str) -> dict[str, Any]:
     """A schema shipped with the package (``schemas/<name>.schema.json``)."""
-    text = resources.files("reconciler").joinpath("_schemas", f"{name}.schema.json").read_text()
+    path = schema_path(name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MissingData(
+            f"the schema {path.name} is missing from this installation ({path.parent}); "
+            "reinstall compose-reconciler"
+        ) from None
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 

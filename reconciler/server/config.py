@@ -1,7 +1,8 @@
 """The server's settings: ``server.yaml`` (optional), overridden by command-line flags.
 
-Secrets never come from a file or a flag (both end up in shell history, process lists
-and backups): only from the environment, see :class:`ServerSecrets`.
+Secrets never come from ``server.yaml`` or a flag (both end up in shell history, process
+lists and backups): only from the environment, or a file it names (``*_FILE``), see
+:class:`ServerSecrets`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reconciler.model.errors import InvalidSpec
+from reconciler.model.secretenv import secret_from_env
 
 __all__ = [
     "DEFAULT_PORT",
@@ -57,18 +59,20 @@ class ServerConfig(BaseModel):
 
 @dataclass(frozen=True)
 class ServerSecrets:
+    """Each from its variable or from the file ``<variable>_FILE`` names."""
+
     admin_token: str | None = None  # RECONCILE_ADMIN_TOKEN
     webhook_secret: bytes | None = None  # RECONCILE_WEBHOOK_SECRET
     gitlab_token: str | None = None  # RECONCILE_GITLAB_TOKEN
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSecrets:
-        env = os.environ if env is None else env
-        secret = env.get("RECONCILE_WEBHOOK_SECRET") or None
+        """Raises SecretEnvError when a secret is set twice or its file cannot be read."""
+        secret = secret_from_env("RECONCILE_WEBHOOK_SECRET", env)
         return cls(
-            admin_token=env.get("RECONCILE_ADMIN_TOKEN") or None,
+            admin_token=secret_from_env("RECONCILE_ADMIN_TOKEN", env),
             webhook_secret=secret.encode() if secret else None,
-            gitlab_token=env.get("RECONCILE_GITLAB_TOKEN") or None,
+            gitlab_token=secret_from_env("RECONCILE_GITLAB_TOKEN", env),
         )
 
 

@@ -303,7 +303,7 @@ class Reconciler:
         if self._catalog is None:
             path = self.config.catalog
             self._catalog = (
-                Catalog(path.resolve(), display_root=str(path)) if path else Catalog.builtin()
+                Catalog.at(path.resolve(), display_root=str(path)) if path else Catalog.builtin()
             )
         return self._catalog
 

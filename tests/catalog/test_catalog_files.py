@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from reconciler.load.packaged import CATALOG_DIR, schema_path
 from reconciler.load.yamlsafe import load_yaml
 from reconciler.model.manifest import Manifest
 
-ROOT = Path(__file__).resolve().parents[2]
-CATALOG = ROOT / "catalog"
-SCHEMA = ROOT / "schemas" / "manifest.schema.json"
+CATALOG = CATALOG_DIR
+SCHEMA = schema_path("manifest")
 
 PROXY_NETWORK = "impreza-proxy"
 PLATFORM_VARS = frozenset({"DEPLOYMENT_ID", "DOMAIN", "DOMAIN_URL"})
@@ -66,14 +66,14 @@ def _schema_validator() -> Draft202012Validator:
 
 @cache
 def _manifest_data(path: Path) -> dict[str, Any]:
-    doc = load_yaml(path.read_bytes(), str(path.relative_to(ROOT)))
+    doc = load_yaml(path.read_bytes(), f"catalog/{path.relative_to(CATALOG)}")
     assert isinstance(doc.data, dict), f"{path}: a manifest is a mapping"
     return doc.data
 
 
 def _compose(path: Path) -> dict[str, Any]:
     text = _manifest_data(path)["runtime"]["compose_yaml"]
-    doc = load_yaml(text, f"{path.relative_to(ROOT)}#runtime.compose_yaml")
+    doc = load_yaml(text, f"catalog/{path.relative_to(CATALOG)}#runtime.compose_yaml")
     assert isinstance(doc.data, dict), f"{path}: compose_yaml is a mapping"
     return doc.data
 
