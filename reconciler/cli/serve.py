@@ -24,8 +24,11 @@ __all__ = ["agent_token_command", "hook_create_command", "remote_status", "serve
 
 agent_app = typer.Typer(help="Agents of the control plane.", no_args_is_help=True)
 hook_app = typer.Typer(help="Deploy hooks of the control plane.", no_args_is_help=True)
+# `reconcile serve` runs the server; `reconcile serve backup|restore` act on its store.
+serve_app = typer.Typer()
 app.add_typer(agent_app, name="agent")
 app.add_typer(hook_app, name="hook")
+app.add_typer(serve_app, name="serve")
 
 DataDirOption = Annotated[
     pathlib.Path | None,
@@ -50,8 +53,9 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command("serve")
+@serve_app.callback(invoke_without_command=True)
 def serve_command(
+    ctx: typer.Context,
     source: Annotated[
         str | None,
         typer.Option(
@@ -95,6 +99,8 @@ def serve_command(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Run the control plane: reconcile a repository onto agents, on webhooks and a timer."""
+    if ctx.invoked_subcommand is not None:
+        return
     from reconciler.model.errors import ReconcilerError
     from reconciler.server.config import ServerSecrets, load_server_config
 
