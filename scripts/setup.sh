@@ -407,6 +407,13 @@ smoke busybox busybox:1.36 "busybox ok"
 smoke caddy caddy:2 "caddy works"
 smoke_tor "reconciler-tor:$tor_version"
 
+# ---------------------------------------------------------------- Debian base image
+# a fresh Debian host for the agent install test (tests/install): scripts/debian-base.sh
+step
+bash "$ROOT/scripts/debian-base.sh" >/dev/null 2>"$SETUP_DIR/debian-base.log" 9>&- ||
+  { show_log "$SETUP_DIR/debian-base.log"; die "scripts/debian-base.sh failed"; }
+done_ "image reconciler-debian:bookworm (scripts/debian-base.sh)"
+
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' busybox:1.36
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' caddy:2
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' "reconciler-tor:$tor_version"

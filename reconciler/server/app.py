@@ -405,6 +405,34 @@ def create_app(
         store.record_event("deploy_hook.created", {"name": body.name})
         return {"name": body.name, "token": token, "path": f"/hooks/deploy/{token}"}
 
+    # ------------------------------------------------------ agent: installation
+
+    dist_dir = config.dist_dir if config.dist_dir is not None else config.data_dir / "dist"
+
+    @app.get("/install.sh")
+    def install_script() -> PlainTextResponse:
+        """Public, like the wheel: neither holds a secret (the token is on the command line)."""
+        from reconciler import __version__
+        from reconciler.server.install import find_agent_wheel, render_install_script
+
+        wheel = find_agent_wheel(dist_dir, __version__)
+        if wheel is None:
+            raise _Error(
+                503,
+                f"no agent wheel in {dist_dir}: put compose_reconciler-*.whl there "
+                "(reconcile serve --dist-dir DIR)",
+            )
+        return PlainTextResponse(render_install_script(wheel), media_type="text/x-shellscript")
+
+    @app.get("/dist/{name}")
+    def dist_file(name: str) -> FileResponse:
+        from reconciler.server.install import WHEEL_RE
+
+        path = dist_dir / name
+        if not WHEEL_RE.match(name) or not path.is_file():
+            raise _Error(404, f"no such file in the dist dir: {name[:100]}")
+        return FileResponse(path, media_type="application/octet-stream", filename=name)
+
     # --------------------------------------------------------------------- ops
 
     @app.get("/healthz")
