@@ -407,12 +407,12 @@ smoke busybox busybox:1.36 "busybox ok"
 smoke caddy caddy:2 "caddy works"
 smoke_tor "reconciler-tor:$tor_version"
 
-# ---------------------------------------------------------------- Debian base image
-# a fresh Debian host for the agent install test (tests/install): scripts/debian-base.sh
+# ---------------------------------------------------------------- production kit tests
+# OpenSSH for the private-repository tests, the Debian image for the agent install test
 step
-bash "$ROOT/scripts/debian-base.sh" >/dev/null 2>"$SETUP_DIR/debian-base.log" 9>&- ||
-  { show_log "$SETUP_DIR/debian-base.log"; die "scripts/debian-base.sh failed"; }
-done_ "image reconciler-debian:bookworm (scripts/debian-base.sh)"
+bash "$ROOT/scripts/prodkit-deps.sh" >/dev/null 2>"$SETUP_DIR/prodkit-deps.log" 9>&- ||
+  { show_log "$SETUP_DIR/prodkit-deps.log"; die "scripts/prodkit-deps.sh failed"; }
+done_ "openssh, image reconciler-debian:bookworm (scripts/prodkit-deps.sh)"
 
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' busybox:1.36
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' caddy:2
