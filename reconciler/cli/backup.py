@@ -35,15 +35,17 @@ def backup_command(
     data_dir: DataDirOption = None,
 ) -> None:
     """Copy the server's database to a file, consistently, while the server runs."""
+    from rich.markup import escape
+
     from reconciler.server.backup import backup_store
     from reconciler.server.store import SchemaError
 
     try:
         result = backup_store(_data_dir(data_dir), to)
     except SchemaError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(escape(str(exc))) from None
     except OSError as exc:
-        raise _fail(f"cannot write {to}: {exc.strerror or exc}") from None
+        raise _fail(escape(f"cannot write {to}: {exc.strerror or exc}")) from None
     counts = ", ".join(f"{n} {table}" for table, n in result.counts.items())
     _console(stderr=True).print(
         f"backup: {result.path} (schema {result.schema_version}, {result.size} bytes: {counts})",
@@ -65,15 +67,17 @@ def restore_command(
     ] = False,
 ) -> None:
     """Make a backup the server's database (stop the server first); migrations run."""
+    from rich.markup import escape
+
     from reconciler.server.backup import restore_store
     from reconciler.server.store import SchemaError
 
     try:
         result = restore_store(source, _data_dir(data_dir), force=force)
     except SchemaError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(escape(str(exc))) from None
     except OSError as exc:
-        raise _fail(f"cannot restore {source}: {exc.strerror or exc}") from None
+        raise _fail(escape(f"cannot restore {source}: {exc.strerror or exc}")) from None
     err = _console(stderr=True)
     upgraded = (
         f", migrated from schema {result.from_version}"
