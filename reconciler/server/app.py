@@ -416,11 +416,13 @@ def create_app(
         from reconciler.server.install import find_agent_wheel, render_install_script
 
         wheel = find_agent_wheel(dist_dir, __version__)
-        if wheel is None:
+        if wheel is None:  # the path goes to the log, not to an unauthenticated caller
+            log.warning("GET /install.sh: no compose_reconciler-*.whl in %s", dist_dir)
             raise _Error(
                 503,
-                f"no agent wheel in {dist_dir}: put compose_reconciler-*.whl there "
-                "(reconcile serve --dist-dir DIR)",
+                "the control plane has no agent wheel to hand out: put "
+                "compose_reconciler-*.whl in its dist dir (reconcile serve --dist-dir DIR, "
+                "default <data dir>/dist)",
             )
         return PlainTextResponse(render_install_script(wheel), media_type="text/x-shellscript")
 

@@ -31,11 +31,15 @@ def plane(tmp_path: pathlib.Path) -> Iterator[ControlPlane]:
     p.store.close()
 
 
-def test_without_a_wheel_install_sh_says_where_to_put_one(plane: ControlPlane) -> None:
+def test_without_a_wheel_install_sh_says_where_to_put_one(
+    plane: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
     with TestClient(plane.app) as client:
         r = client.get("/install.sh")
     assert r.status_code == 503
-    assert str(plane.config.data_dir / "dist") in r.json()["error"]
+    assert "--dist-dir" in r.json()["error"]
+    assert str(plane.config.data_dir) not in r.text  # no server paths to anonymous callers
+    assert str(plane.config.data_dir / "dist") in caplog.text  # but in the server's log
 
 
 def test_install_sh_names_the_wheel_and_its_digest(plane: ControlPlane) -> None:
