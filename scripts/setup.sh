@@ -512,6 +512,14 @@ ensure_app_image
 smoke_app
 
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' "$APP_TAG"
+
+# ---------------------------------------------------------------- production kit tests
+# OpenSSH for the private-repository tests, the Debian image for the agent install test
+step
+bash "$ROOT/scripts/prodkit-deps.sh" >/dev/null 2>"$SETUP_DIR/prodkit-deps.log" 9>&- ||
+  { show_log "$SETUP_DIR/prodkit-deps.log"; die "scripts/prodkit-deps.sh failed"; }
+done_ "openssh, image reconciler-debian:trixie (scripts/prodkit-deps.sh)"
+
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' busybox:1.36
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' caddy:2
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' "reconciler-tor:$tor_version"

@@ -15,7 +15,15 @@ import sys
 # every command's start-up); this CLI uses none.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from reconciler.cli import apply, catalog, plan, serve, status, validate  # noqa: F401  (registers the commands)
+from reconciler.cli import (  # noqa: F401  (registers the commands)
+    apply,
+    backup,
+    catalog,
+    plan,
+    serve,
+    status,
+    validate,
+)
 from reconciler.cli.app import app
 
 __all__ = ["app", "main", "not_a_directory", "rewrite_argv"]

@@ -24,8 +24,11 @@ __all__ = ["agent_token_command", "hook_create_command", "remote_status", "serve
 
 agent_app = typer.Typer(help="Agents of the control plane.", no_args_is_help=True)
 hook_app = typer.Typer(help="Deploy hooks of the control plane.", no_args_is_help=True)
+# `reconcile serve` runs the server; `reconcile serve backup|restore` act on its store.
+serve_app = typer.Typer()
 app.add_typer(agent_app, name="agent")
 app.add_typer(hook_app, name="hook")
+app.add_typer(serve_app, name="serve")
 
 DataDirOption = Annotated[
     pathlib.Path | None,
@@ -50,8 +53,9 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command("serve")
+@serve_app.callback(invoke_without_command=True)
 def serve_command(
+    ctx: typer.Context,
     source: Annotated[
         str | None,
         typer.Option(
@@ -92,9 +96,19 @@ def serve_command(
         ),
     ] = None,
     catalog: CatalogOption = None,
+    dist_dir: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--dist-dir",
+            help="Where the agent wheel for GET /install.sh is (default: <data dir>/dist).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Run the control plane: reconcile a repository onto agents, on webhooks and a timer."""
+    if ctx.invoked_subcommand is not None:
+        return
     from reconciler.model.errors import ReconcilerError
     from reconciler.server.config import ServerSecrets, load_server_config
 
@@ -108,6 +122,7 @@ def serve_command(
         "poll_interval": poll_interval,
         "heartbeat": heartbeat,
         "catalog": catalog,
+        "dist_dir": dist_dir,
     }
     try:
         settings = load_server_config(config, overrides)
@@ -258,9 +273,25 @@ def _answer(url: str, response: Any) -> dict[str, Any]:
 
 
 @agent_app.command("token")
-def agent_token_command(data_dir: DataDirOption = None, server: ServerOption = None) -> None:
-    """Print a one-time agent bootstrap token (valid 10 minutes, usable once)."""
+def agent_token_command(
+    data_dir: DataDirOption = None,
+    server: ServerOption = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="The control plane's URL as new hosts reach it, for the install one-liner "
+            "(default: --server, else $RECONCILE_PUBLIC_URL).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Print a one-time agent bootstrap token (valid 10 minutes, usable once) and, when the
+    server's URL is known, the one-liner that installs an agent on a new host with it."""
     _one_target(data_dir, server)
+    public = url or server or os.environ.get("RECONCILE_PUBLIC_URL") or None
+    if public is not None and not re.match(r"^https?://[^\s/]+", public):
+        raise _fail(f"--url must be an http(s) URL, not {public!r}", 2)
     if server is not None:
         token = str(_admin_post(server, "/v1/agent-tokens")["token"])
     else:
@@ -271,9 +302,21 @@ def agent_token_command(data_dir: DataDirOption = None, server: ServerOption = N
         finally:
             store.close()
     sys.stdout.write(token + "\n")
+    if public is None:
+        _console(stderr=True).print(
+            "One-time agent bootstrap token (expires in 10 minutes): "
+            "reconcile-agent --server URL --token TOKEN (pass --url URL for the install "
+            "one-liner)",
+            highlight=False,
+        )
+        return
+    from reconciler.server.install import install_one_liner
+
+    sys.stdout.write(install_one_liner(public, token) + "\n")
     _console(stderr=True).print(
-        "One-time agent bootstrap token (expires in 10 minutes): "
-        "reconcile-agent --server URL --token TOKEN",
+        "One-time agent bootstrap token (expires in 10 minutes), then the command to run "
+        "as root on the new host: it installs Python and Docker if missing, the agent and "
+        "its systemd unit, and the host shows up online.",
         highlight=False,
     )
 

@@ -134,7 +134,9 @@ def open_source(
     rel = _check_subpath(subpath)
     cache = (cache_dir if cache_dir is not None else default_cache_dir()).absolute()
     source = f"{url}@{ref}" + (f" path={rel}" if rel else "")
-    with _CachedRepo.locked(cache, url, timeout=timeout) as cached:
+    from reconciler.load.gitauth import source_host
+
+    with source_host(url), _CachedRepo.locked(cache, url, timeout=timeout) as cached:
         sha = cached.resolve(ref)
         tree = _worktree(cache, cached, sha, allow_submodules=allow_submodules)
     return Checkout(path=_enter_subpath(tree, rel, source), revision=sha, source=source)
@@ -319,7 +321,10 @@ def _git_env(url: str) -> Iterator[tuple[dict[str, str], list[str], pathlib.Path
     ``protocol.file.allow``, so listing ``file`` always would let a submodule of an
     https repository read repositories on this host.
     """
+    from reconciler.load.gitauth import GitAuth, auth_settings
+
     file_ok = urlsplit(url).scheme.lower() == "file"
+    auth_env, auth_config = auth_settings(url, GitAuth.from_env())
     with tempfile.TemporaryDirectory(prefix="reconciler-git-home-") as home_str:
         home = pathlib.Path(home_str)
         env = {
@@ -345,6 +350,13 @@ def _git_env(url: str) -> Iterator[tuple[dict[str, str], list[str], pathlib.Path
         }
         if not os.environ.get("GIT_SSH_COMMAND") and not os.environ.get("GIT_SSH"):
             env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes -o ConnectTimeout=20"
+        # Private remotes (reconciler.load.gitauth): settings through the environment,
+        # never in the URL or the command line.
+        env.update(auth_env)
+        env["GIT_CONFIG_COUNT"] = str(len(auth_config))
+        for i, (key, value) in enumerate(auth_config):
+            env[f"GIT_CONFIG_KEY_{i}"] = key
+            env[f"GIT_CONFIG_VALUE_{i}"] = value
         options = [
             "protocol.ext.allow=never",
             f"protocol.file.allow={'always' if file_ok else 'never'}",
@@ -368,11 +380,22 @@ def _remote_error(
     stderr = exc.stderr if isinstance(exc.stderr, str) else str(exc.stderr)
     if elapsed >= timeout or "Timeout: the command" in stderr:
         return TemporaryError(f"{url}: git timed out after {timeout:g} s", RETRY_AFTER)
-    detail = " ".join(line.strip() for line in stderr.strip().splitlines()[-3:])
-    detail = detail.removeprefix("stderr: ").strip().strip("'")
+    # The last lines that say something: ssh's reason ("Host key verification failed.",
+    # "Permission denied (publickey).") comes before git's generic advice, which goes.
+    lines = [
+        line.strip().removeprefix("stderr: ").strip("'").strip()
+        for line in stderr.strip().splitlines()
+    ]
+    said = [line for line in lines if line and line not in _GIT_ADVICE]
+    detail = " ".join(said[-3:])
     if re.search(r"fsck error|did not pass fsck|fatal: fsck", stderr):
         return InvalidSpec(f"{url}: the repository's objects fail git's checks: {detail}")
     return TemporaryError(f"cannot read {url}: {detail or exc}", RETRY_AFTER)
+
+
+_GIT_ADVICE = frozenset(
+    {"Please make sure you have the correct access rights", "and the repository exists."}
+)
 
 
 def _pick_ref(ref: str, refs: Mapping[str, str], url: str) -> str | None:

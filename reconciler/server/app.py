@@ -412,6 +412,36 @@ def create_app(
         store.record_event("deploy_hook.created", {"name": body.name})
         return {"name": body.name, "token": token, "path": f"/hooks/deploy/{token}"}
 
+    # ------------------------------------------------------ agent: installation
+
+    dist_dir = config.dist_dir if config.dist_dir is not None else config.data_dir / "dist"
+
+    @app.get("/install.sh")
+    def install_script() -> PlainTextResponse:
+        """Public, like the wheel: neither holds a secret (the token is on the command line)."""
+        from reconciler import __version__
+        from reconciler.server.install import find_agent_wheel, render_install_script
+
+        wheel = find_agent_wheel(dist_dir, __version__)
+        if wheel is None:  # the path goes to the log, not to an unauthenticated caller
+            log.warning("GET /install.sh: no compose_reconciler-*.whl in %s", dist_dir)
+            raise _Error(
+                503,
+                "the control plane has no agent wheel to hand out: put "
+                "compose_reconciler-*.whl in its dist dir (reconcile serve --dist-dir DIR, "
+                "default <data dir>/dist)",
+            )
+        return PlainTextResponse(render_install_script(wheel), media_type="text/x-shellscript")
+
+    @app.get("/dist/{name}")
+    def dist_file(name: str) -> FileResponse:
+        from reconciler.server.install import WHEEL_RE
+
+        path = dist_dir / name
+        if not WHEEL_RE.match(name) or not path.is_file():
+            raise _Error(404, f"no such file in the dist dir: {name[:100]}")
+        return FileResponse(path, media_type="application/octet-stream", filename=name)
+
     # --------------------------------------------------------------------- ops
 
     @app.get("/healthz")

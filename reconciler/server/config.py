@@ -50,6 +50,7 @@ class ServerConfig(BaseModel):
     command_ttl: Annotated[float, Field(gt=0)] = 15 * 60.0
     long_poll_max: Annotated[float, Field(gt=0)] = 60.0
     allow_mass_prune: bool = False
+    dist_dir: pathlib.Path | None = None  # the agent wheel for /install.sh; None: <data_dir>/dist
 
     @property
     def offline_after(self) -> float:

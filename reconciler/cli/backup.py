@@ -1,0 +1,95 @@
+"""``reconcile serve backup`` and ``reconcile serve restore``: the control plane's store.
+
+A backup is taken online (the server keeps running; see :mod:`reconciler.server.backup`
+for why it is consistent).  A restore is offline: it refuses a file from a newer schema
+or one that is not ours before it touches anything.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Annotated
+
+import typer
+
+from reconciler.cli.app import _console
+from reconciler.cli.serve import DataDirOption, _fail, serve_app
+
+__all__ = ["backup_command", "restore_command"]
+
+
+def _data_dir(data_dir: pathlib.Path | None) -> pathlib.Path:
+    from reconciler.server.config import default_data_dir
+
+    return data_dir if data_dir is not None else default_data_dir()
+
+
+@serve_app.command("backup")
+def backup_command(
+    to: Annotated[
+        pathlib.Path,
+        typer.Option(
+            "--to", help="The backup file to write (replaced atomically).", show_default=False
+        ),
+    ],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Copy the server's database to a file, consistently, while the server runs."""
+    from rich.markup import escape
+
+    from reconciler.server.backup import backup_store
+    from reconciler.server.store import SchemaError
+
+    try:
+        result = backup_store(_data_dir(data_dir), to)
+    except SchemaError as exc:
+        raise _fail(escape(str(exc))) from None
+    except OSError as exc:
+        raise _fail(escape(f"cannot write {to}: {exc.strerror or exc}")) from None
+    counts = ", ".join(f"{n} {table}" for table, n in result.counts.items())
+    _console(stderr=True).print(
+        f"backup: {result.path} (schema {result.schema_version}, {result.size} bytes: {counts})",
+        highlight=False,
+        markup=False,
+    )
+
+
+@serve_app.command("restore")
+def restore_command(
+    source: Annotated[
+        pathlib.Path,
+        typer.Option("--from", help="A file made by `reconcile serve backup`.", show_default=False),
+    ],
+    data_dir: DataDirOption = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an existing database (it is kept beside it)."),
+    ] = False,
+) -> None:
+    """Make a backup the server's database (stop the server first); migrations run."""
+    from rich.markup import escape
+
+    from reconciler.server.backup import restore_store
+    from reconciler.server.store import SchemaError
+
+    try:
+        result = restore_store(source, _data_dir(data_dir), force=force)
+    except SchemaError as exc:
+        raise _fail(escape(str(exc))) from None
+    except OSError as exc:
+        raise _fail(escape(f"cannot restore {source}: {exc.strerror or exc}")) from None
+    err = _console(stderr=True)
+    upgraded = (
+        f", migrated from schema {result.from_version}"
+        if result.from_version != result.schema_version
+        else ""
+    )
+    err.print(
+        f"restored {source} into {result.path} (schema {result.schema_version}{upgraded})",
+        highlight=False,
+        markup=False,
+    )
+    if result.replaced is not None:
+        err.print(
+            f"the previous database is kept as {result.replaced}", highlight=False, markup=False
+        )
