@@ -118,6 +118,7 @@ def serve_command(
     import uvicorn
 
     from reconciler.server.app import build_control_plane
+    from reconciler.server.transport import TransportLimits, uvicorn_options
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -150,6 +151,16 @@ def serve_command(
             log_level=log_level.lower(),
             access_log=log_level.lower() == "debug",
             timeout_graceful_shutdown=5,
+            **uvicorn_options(
+                TransportLimits(
+                    max_head_bytes=settings.max_head_bytes,
+                    head_timeout=settings.head_timeout,
+                    body_timeout=settings.body_timeout,
+                    keep_alive=settings.keep_alive,
+                    max_connections=settings.max_connections,
+                    connection_reserve=settings.connection_reserve,
+                )
+            ),
         )
     finally:
         plane.worker.stop(timeout=10)

@@ -36,7 +36,7 @@ from reconciler.model.agentapi import (
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import NAME_RE
 from reconciler.server.config import ServerConfig, ServerSecrets
-from reconciler.server.limits import BodyLimit
+from reconciler.server.limits import BodyLimit, HeaderLimit
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
 from reconciler.server.store import Store
@@ -117,6 +117,7 @@ def create_app(
         openapi_url=None,
     )
     app.add_middleware(BodyLimit)
+    app.add_middleware(HeaderLimit, limit=config.max_headers)
 
     # ------------------------------------------------------------------ errors
 
