@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -39,12 +39,15 @@ from reconciler.server.config import ServerConfig, ServerSecrets
 from reconciler.server.limits import BodyLimit, HeaderLimit
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
-from reconciler.server.store import Store
+from reconciler.server.store import Store, secure_dir
 from reconciler.server.worker import Reconciler, Worker, iso
 
 __all__ = ["ControlPlane", "build_control_plane", "create_app"]
 
 log = logging.getLogger("reconciler.server")
+
+#: SQLite's integers are 64-bit: a larger query parameter is a 400, never an OverflowError.
+SQLITE_MAX_INT = 2**63 - 1
 
 
 @dataclass
@@ -64,7 +67,7 @@ def build_control_plane(
 ) -> ControlPlane:
     """Every part wired together; the worker is *not* started (``plane.worker.start()``)."""
     secrets = secrets or ServerSecrets()
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_dir(config.data_dir)
     store = store or Store.in_dir(config.data_dir)
     notifier = Notifier()
     metrics = Metrics()
@@ -362,7 +365,10 @@ def create_app(
         )
 
     @app.get("/v1/events", dependencies=admin)
-    def events(after: int = 0, limit: int = 100) -> dict[str, Any]:
+    def events(
+        after: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
+        limit: Annotated[int, Query(ge=1, le=SQLITE_MAX_INT)] = 100,
+    ) -> dict[str, Any]:
         rows = store.events(after=after, limit=max(1, min(limit, 1000)))
         return {
             "events": [
@@ -426,11 +432,15 @@ def create_app(
         # Ready even when the last reconcile failed (an unreachable remote is retried;
         # restarting the server would not help): it is reported, not gated on.
         last = reconciler.last_outcome
-        return JSONResponse(
-            {
-                "status": "ready",
-                "reconciles": worker.runs,
-                "last_reconcile": None
+        if last is None and worker.last_error:
+            last_reconcile: dict[str, Any] | None = {
+                "ok": False,
+                "revision": None,
+                "error": worker.last_error,
+            }
+        else:
+            last_reconcile = (
+                None
                 if last is None
                 else {
                     "ok": last.ok,
@@ -438,8 +448,10 @@ def create_app(
                     "error": last.error
                     or worker.last_error
                     or (f"{len(last.problems)} validation errors" if last.problems else None),
-                },
-            }
+                }
+            )
+        return JSONResponse(
+            {"status": "ready", "reconciles": worker.runs, "last_reconcile": last_reconcile}
         )
 
     @app.get("/metrics")

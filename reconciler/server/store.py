@@ -36,9 +36,11 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import pathlib
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -59,6 +61,8 @@ __all__ = [
     "Store",
     "hash_secret",
     "new_agent_id",
+    "secure_dir",
+    "secure_files",
 ]
 
 DB_NAME = "reconcile.db"
@@ -149,6 +153,23 @@ class SchemaError(ReconcilerError):
     """The database was written by a newer version of the server, or is not ours."""
 
 
+def secure_dir(directory: pathlib.Path) -> None:
+    """The data dir, created 0700, and repaired to it when it is wider: it holds secret
+    var values (the last plan, bundles) and the database."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(directory.stat().st_mode) & 0o077:
+        directory.chmod(0o700)
+
+
+def secure_files(db: pathlib.Path) -> None:
+    """The database and its WAL and shm files 0600 (repairs a database that an older
+    version, or a wide umask, left readable to others)."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                path.chmod(0o600)
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -214,7 +235,10 @@ class Store:
 
     def __init__(self, path: pathlib.Path | str, *, synchronous: str = "FULL") -> None:
         self.path = pathlib.Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        secure_dir(self.path.parent)
+        # Created 0600 before SQLite opens it: SQLite gives the WAL and shm files the
+        # database file's mode, so none of the three is ever readable by others.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
@@ -224,6 +248,7 @@ class Store:
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":  # pragma: no cover - e.g. a network filesystem
             raise SchemaError(f"{self.path}: SQLite refused WAL mode (got {mode})")
+        secure_files(self.path)
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(synchronous)
         self._db.execute(f"PRAGMA synchronous = {synchronous}")

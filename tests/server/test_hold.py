@@ -1,0 +1,108 @@
+"""Issue 13, sections 1 and 4: what a real ``reconcile serve`` refuses, keeps and shows
+under attack (malformed requests, file modes, readiness after a failed run)."""
+
+from __future__ import annotations
+
+import pathlib
+import stat
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from reconciler.server.app import build_control_plane
+from reconciler.server.config import ServerSecrets
+from reconciler.server.store import DB_NAME, Store
+from tests.server.conftest import ADMIN, Remote, make_config
+from tests.server.serve_helpers import ADMIN_HEADERS, Serve, signed_push
+
+
+@pytest.fixture
+def serve(remote: Remote, tmp_path: pathlib.Path) -> Iterator[Serve]:
+    s = Serve(remote.url, tmp_path / "data")
+    yield s
+    s.kill()
+
+
+def _mode(path: pathlib.Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+class TestMalformedRequests:
+    def test_a_signed_webhook_nested_deeper_than_the_parser_is_a_400(self, serve: Serve) -> None:
+        body = b'{"ref": "refs/heads/main", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+        r = signed_push(serve.url, "deep-1", body)
+        assert r.status_code == 400, r.text
+        assert r.json()["result"] == "malformed"
+        assert r.json()["detail"] == "JSON body is nested too deeply"
+        # Nothing lost: the server answers the next, normal delivery.
+        assert signed_push(serve.url, "deep-2").json()["result"] == "accepted"
+
+    def test_events_after_a_huge_integer_is_a_400(self, serve: Serve) -> None:
+        for params in ({"after": "9" * 40}, {"after": "-1"}, {"limit": str(2**64)}):
+            r = httpx.get(serve.url + "/v1/events", params=params, headers=ADMIN_HEADERS)
+            assert r.status_code == 400, (params, r.text)
+            assert r.json()["error"].startswith("invalid request: query.")
+        r = httpx.get(serve.url + "/v1/events", params={"after": 2**63 - 1}, headers=ADMIN_HEADERS)
+        assert r.status_code == 200 and r.json()["events"] == []
+
+
+class TestFileModes:
+    def test_a_fresh_data_dir_is_private(self, serve: Serve) -> None:
+        assert _mode(serve.data_dir) == 0o700
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+            assert _mode(serve.data_dir / name) == 0o600, name
+
+    def test_wide_modes_are_repaired_at_start(self, remote: Remote, tmp_path: pathlib.Path) -> None:
+        data = tmp_path / "data"
+        Store.in_dir(data).close()  # an existing database, as an older version left it
+        data.chmod(0o755)
+        (data / DB_NAME).chmod(0o644)
+        s = Serve(remote.url, data)
+        try:
+            assert _mode(data) == 0o700
+            for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+                assert _mode(data / name) == 0o600, name
+        finally:
+            s.kill()
+
+
+def test_readyz_reports_a_reconcile_that_raised(
+    remote: Remote, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that raises (not a typed error: a bug, MemoryError) is reported as failed,
+    not as ``last_reconcile: null``; the next good run clears it."""
+    import reconciler.server.worker as worker_module
+
+    plane = build_control_plane(
+        make_config(remote, tmp_path / "data"), ServerSecrets(admin_token=ADMIN)
+    )
+    real_plan = worker_module.plan
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise MemoryError("planner ran out of memory")
+
+    monkeypatch.setattr(worker_module, "plan", broken)
+    plane.worker.start()
+    try:
+        assert plane.worker.wait_idle(60)
+        client = TestClient(plane.app)
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready"
+        assert ready["last_reconcile"] == {
+            "ok": False,
+            "revision": None,
+            "error": "MemoryError: planner ran out of memory",
+        }
+        kinds = [(e.kind, e.fields.get("error")) for e in plane.store.events(limit=100)]
+        assert ("reconcile.failed", "MemoryError: planner ran out of memory") in kinds
+
+        monkeypatch.setattr(worker_module, "plan", real_plan)
+        plane.worker.trigger("test")
+        assert plane.worker.wait_idle(60)
+        again = client.get("/readyz").json()["last_reconcile"]
+        assert again["ok"] is True and again["error"] is None
+    finally:
+        plane.worker.stop()
+        plane.store.close()
