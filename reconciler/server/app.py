@@ -36,6 +36,7 @@ from reconciler.model.agentapi import (
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import NAME_RE
 from reconciler.server.config import ServerConfig, ServerSecrets
+from reconciler.server.fields import MAX_TEXT, TooManyDeployments, cap_report, cap_result, clip
 from reconciler.server.limits import BodyLimit, HeaderLimit
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
@@ -181,11 +182,12 @@ def create_app(
 
     @app.post("/v1/agent/bootstrap", status_code=201)
     def bootstrap(body: BootstrapRequest) -> BootstrapResponse:
-        created = store.bootstrap_agent(body.token, body.hostname)
+        hostname = clip(body.hostname, MAX_TEXT)
+        created = store.bootstrap_agent(body.token, hostname)
         if created is None:
             raise _Error(401, "bootstrap token unknown, already used or expired")
         agent_id, secret = created
-        store.record_event("agent.bootstrap", {"agent": agent_id, "hostname": body.hostname})
+        store.record_event("agent.bootstrap", {"agent": agent_id, "hostname": hostname})
         return BootstrapResponse(
             agent_id=agent_id, secret=secret, heartbeat_seconds=config.heartbeat
         )
@@ -223,6 +225,7 @@ def create_app(
 
     @app.post("/v1/agent/commands/{command_id}/result")
     def result(command_id: str, body: CommandResult, agent: Agent) -> ResultAck:
+        body = cap_result(body)
         row, duplicate = store.finish_command(command_id, agent, body.model_dump(mode="json"))
         if row is None:
             raise _Error(404, f"no command {command_id} for this agent")
@@ -237,7 +240,7 @@ def create_app(
                 "deployment": row.deployment,
                 "kind": row.kind,
                 "ok": body.ok,
-                "message": body.message[:2000],
+                "message": body.message,
                 "rolled_back": body.rolled_back,
                 "seconds": body.seconds,
                 "url": body.url,
@@ -247,6 +250,10 @@ def create_app(
 
     @app.post("/v1/agent/report")
     def report(body: AgentReport, agent: Agent) -> ReportAck:
+        try:
+            body = cap_report(body)
+        except TooManyDeployments as exc:
+            raise _Error(413, str(exc)) from None
         now = reconciler.clock()
         state = body.state.model_copy(update={"agent": agent, "online": True, "reason": None})
         stored = body.model_copy(update={"state": state}).model_dump(mode="json")

@@ -113,6 +113,7 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(config, server_state, app_state, _loop)
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._tail = b""  # the last bytes of the head so far: its end may span two reads
         self._phase = "head"  # head | body | received
 
     # ------------------------------------------------------------------ lifecycle
@@ -140,8 +141,16 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._phase == "head":
-            self._head_bytes += len(data)
-            if self._head_bytes > self.limits.max_head_bytes:
+            # Only the head counts: the same read may carry the start of the body.
+            window = self._tail + data
+            ends = [i for i in (window.find(b"\n\r\n"), window.find(b"\n\n")) if i >= 0]
+            if ends:
+                head = self._head_bytes + min(ends) - len(self._tail)
+            else:
+                self._head_bytes += len(data)
+                self._tail = window[-3:]
+                head = self._head_bytes
+            if head > self.limits.max_head_bytes:
                 self.gate.refused += 1
                 self._settle()
                 self._close(
@@ -180,6 +189,7 @@ class GuardedH11Protocol(H11Protocol):
     def _await_head(self) -> None:
         self._phase = "head"
         self._head_bytes = 0
+        self._tail = b""
         self.gate.unfinished[self] = None
         self._arm(self.limits.head_timeout)
 

@@ -95,7 +95,7 @@ class Serve:
             self.proc.wait(10)
 
     def register_agent(self) -> dict[str, str]:
-        """A bootstrapped agent's headers (the token written into the store, WAL)."""
+        """A bootstrapped, online agent's headers (its token written into the store, WAL)."""
         store = Store.in_dir(self.data_dir)
         try:
             token = store.create_bootstrap_token()
@@ -105,7 +105,14 @@ class Serve:
             self.url + "/v1/agent/bootstrap", json={"token": token, "hostname": "h1"}, timeout=10
         )
         assert boot.status_code == 201, boot.text
-        return {"X-Agent-Id": boot.json()["agent_id"], "X-Agent-Secret": boot.json()["secret"]}
+        agent = boot.json()["agent_id"]
+        headers = {"X-Agent-Id": agent, "X-Agent-Secret": boot.json()["secret"]}
+        # Online from its first report on: commands are issued only to online agents.
+        report = httpx.post(
+            self.url + "/v1/agent/report", json={"state": {"agent": agent}}, headers=headers
+        )
+        assert report.status_code == 200, report.text
+        return headers
 
 
 def signed_push(url: str, delivery: str, body: bytes | None = None) -> httpx.Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 import stat
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +14,13 @@ from fastapi.testclient import TestClient
 
 from reconciler.server.app import build_control_plane
 from reconciler.server.config import ServerSecrets
+from reconciler.server.fields import (
+    MAX_DEPLOYMENTS_PER_AGENT,
+    MAX_LIST,
+    MAX_LOGS,
+    MAX_MESSAGE,
+    MAX_TEXT,
+)
 from reconciler.server.store import DB_NAME, Store
 from tests.server.conftest import ADMIN, Remote, make_config
 from tests.server.serve_helpers import ADMIN_HEADERS, Serve, signed_push
@@ -106,3 +114,99 @@ def test_readyz_reports_a_reconcile_that_raised(
     finally:
         plane.worker.stop()
         plane.store.close()
+
+
+API = """\
+name: api
+agent: host1
+image: caddy:2
+target_port: 80
+"""
+
+
+def _repo_for(agent: str) -> dict[str, str]:
+    return {
+        "reconcile.yaml": f"namespace: srv\nagents:\n  host1: {agent}\n",
+        "deployments/api.yaml": API,
+    }
+
+
+def _commands(url: str, agent: dict[str, str]) -> list[dict[str, Any]]:
+    for _ in range(3):
+        r = httpx.get(url + "/v1/agent/commands", params={"wait": 20}, headers=agent, timeout=30)
+        assert r.status_code == 200, r.text
+        if r.json()["commands"]:
+            return list(r.json()["commands"])
+    raise AssertionError("no command for the agent")
+
+
+class TestAgentFieldCaps:
+    def test_a_15_mb_result_message_is_cut_with_a_marker(
+        self, serve: Serve, remote: Remote
+    ) -> None:
+        agent = serve.register_agent()
+        remote.commit(_repo_for(agent["X-Agent-Id"]))
+        assert signed_push(serve.url, "caps-1").status_code == 202
+        command = _commands(serve.url, agent)[0]
+        message = "x" * (15 * 1024 * 1024)
+        done = httpx.post(
+            f"{serve.url}/v1/agent/commands/{command['id']}/result",
+            json={"ok": False, "message": message, "logs": "line\n" * 100_000},
+            headers=agent,
+            timeout=60,
+        )
+        assert done.json() == {"accepted": True, "duplicate": False}
+        listed = httpx.get(serve.url + "/v1/deployments", headers=ADMIN_HEADERS, timeout=30)
+        assert len(listed.content) < 128 * 1024, len(listed.content)
+        result = listed.json()["deployments"][0]["last_command"]["result"]
+        assert MAX_MESSAGE - 8 < len(result["message"]) <= MAX_MESSAGE
+        assert result["message"].startswith("xxxx")
+        kept = len(result["message"]) - len(result["message"].lstrip("x"))
+        assert result["message"].endswith(
+            f"… [cut by the server: {len(message) - kept} of {len(message)} characters dropped]"
+        )
+        assert MAX_LOGS - 8 < len(result["logs"]) <= MAX_LOGS and result["logs"].startswith(
+            "line\n"
+        )
+        events = httpx.get(serve.url + "/v1/events", headers=ADMIN_HEADERS).json()["events"]
+        shown = [e for e in events if e["kind"] == "command.result"]
+        assert shown[0]["fields"]["message"] == result["message"]
+
+    def test_report_fields_are_capped_and_a_report_naming_too_many_is_refused(
+        self, serve: Serve
+    ) -> None:
+        agent = serve.register_agent()
+        me = agent["X-Agent-Id"]
+        app = {
+            "id": "dpl_0123456789abcdef",
+            "name": "n" * 100_000,
+            "namespace": "srv",
+            "spec_hash": "a" * 64,
+            "containers": [{"service": f"s{i}"} for i in range(5000)],
+        }
+        state = {"agent": me, "deployments": {app["id"]: app}}
+        big = {"state": state, "hostname": "h" * 100_000, "running": ["c"] * 10_000}
+        assert httpx.post(serve.url + "/v1/agent/report", json=big, headers=agent).is_success
+        listed = httpx.get(serve.url + "/v1/agents", headers=ADMIN_HEADERS).json()["agents"]
+        assert len(listed[0]["hostname"]) <= MAX_TEXT
+        assert listed[0]["deployments"] == 1
+        assert len(listed[0]["running"]) == MAX_LIST
+        seen = httpx.get(serve.url + "/v1/actual-state", headers=ADMIN_HEADERS).json()
+        kept = seen["agents"][me]["deployments"][app["id"]]
+        assert len(kept["name"]) <= MAX_TEXT and kept["name"].endswith("characters dropped]")
+        assert len(kept["containers"]) == MAX_LIST
+
+        many = {
+            f"dpl_{i:016x}": {**app, "id": f"dpl_{i:016x}", "name": "x", "containers": []}
+            for i in range(MAX_DEPLOYMENTS_PER_AGENT + 1)
+        }
+        refused = httpx.post(
+            serve.url + "/v1/agent/report",
+            json={"state": {"agent": me, "deployments": many}},
+            headers=agent,
+        )
+        assert refused.status_code == 413
+        assert "at most 2000 per agent" in refused.json()["error"]
+        # Nothing lost: the last good report stands.
+        listed = httpx.get(serve.url + "/v1/agents", headers=ADMIN_HEADERS).json()["agents"]
+        assert listed[0]["deployments"] == 1

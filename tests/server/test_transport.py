@@ -194,3 +194,14 @@ class TestSlowloris:
                 sock.close()
         events = httpx.get(serve.url + "/v1/events", headers=ADMIN_HEADERS, timeout=10).json()
         assert any(e["fields"].get("delivery") == "slowloris-delivery" for e in events["events"])
+
+
+def test_a_large_body_is_not_mistaken_for_a_large_head(serve: Serve) -> None:
+    """The head limit counts the head only, though one read carries the body's start."""
+    r = httpx.post(
+        serve.url + "/v1/agent/bootstrap",
+        json={"token": "t" * 1_000_000, "hostname": "h"},
+        timeout=30,
+    )
+    assert r.status_code == 401, r.text
+    assert r.json() == {"error": "bootstrap token unknown, already used or expired"}
