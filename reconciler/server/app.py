@@ -375,8 +375,9 @@ def create_app(
     def events(
         after: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
         limit: Annotated[int, Query(ge=1, le=SQLITE_MAX_INT)] = 100,
+        audit: bool | None = None,
     ) -> dict[str, Any]:
-        rows = store.events(after=after, limit=max(1, min(limit, 1000)))
+        rows = store.events(after=after, limit=min(limit, 1000), audit=audit)
         return {
             "events": [
                 {"id": e.id, "time": iso(e.time), "kind": e.kind, "fields": e.fields} for e in rows
@@ -507,5 +508,6 @@ def _include_hooks(
         trigger=trigger,
         record_event=record_event,
         observe=metrics.observe_webhook,
+        observe_suppressed=metrics.observe_suppressed,
     )
     app.include_router(hooks.webhook_router(deps))

@@ -50,6 +50,7 @@ from typing import Any
 from reconciler.model.errors import ReconcilerError
 
 __all__ = [
+    "AUDIT_KINDS",
     "DB_NAME",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -68,7 +69,18 @@ __all__ = [
 DB_NAME = "reconcile.db"
 TOKEN_TTL = 600.0  # bootstrap tokens: 10 minutes
 DELIVERY_RETENTION = 30 * 86400.0
-EVENT_RETENTION = 10_000  # events kept (the newest)
+EVENT_RETENTION = 10_000  # events kept (the newest), audit events apart
+AUDIT_RETENTION = 10_000  # audit events kept (the newest), whatever else happens
+#: Security and admin events (who joined or left, which credentials were made, which
+#: guard was lifted): the audit trail.  Kept apart from the rest (webhooks, reconciles),
+#: so that no volume of noise, forged deliveries included, can push them out.
+AUDIT_KINDS = ("agent.", "deploy_hook.", "mass_prune.", "credential.")
+
+
+def is_audit(kind: str) -> int:
+    """1 for an audit event kind (SQLite's ``is_audit(kind)``), else 0."""
+    return int(kind.startswith(AUDIT_KINDS))
+
 
 # Ordered; entry N-1 takes the schema from version N-1 to N.  Never edit a shipped
 # entry: append a new one.
@@ -244,6 +256,7 @@ class Store:
             str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
         )
         self._db.row_factory = sqlite3.Row
+        self._db.create_function("is_audit", 1, is_audit, deterministic=True)
         self._db.execute("PRAGMA busy_timeout = 30000")
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":  # pragma: no cover - e.g. a network filesystem
@@ -741,21 +754,32 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
-    def events(self, *, after: int = 0, limit: int = 100) -> list[EventRow]:
+    def events(
+        self, *, after: int = 0, limit: int = 100, audit: bool | None = None
+    ) -> list[EventRow]:
+        """Events after ``after``, oldest first; ``audit``: only the audit trail (True),
+        only the rest (False), or both (None)."""
+        wanted = None if audit is None else int(audit)
         rows = self._query(
-            "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, max(1, limit))
+            "SELECT * FROM events WHERE id > ? AND (? IS NULL OR is_audit(kind) = ?) "
+            "ORDER BY id LIMIT ?",
+            (after, wanted, wanted, max(1, limit)),
         )
         return [EventRow(r["id"], r["time"], r["kind"], json.loads(r["fields"])) for r in rows]
 
     # ------------------------------------------------------------------ retention
 
     def prune_history(self, *, now: float | None = None) -> None:
-        """Forget what no longer matters: old delivery ids, the oldest events."""
+        """Forget what no longer matters: old delivery ids, the oldest events (the newest
+        ``EVENT_RETENTION`` of the rest and ``AUDIT_RETENTION`` audit events are kept)."""
         now = time.time() if now is None else now
         with self._tx() as db:
             db.execute("DELETE FROM deliveries WHERE received < ?", (now - DELIVERY_RETENTION,))
-            db.execute(
-                "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
-                (EVENT_RETENTION,),
-            )
+            for audit, keep in ((0, EVENT_RETENTION), (1, AUDIT_RETENTION)):
+                db.execute(
+                    "DELETE FROM events WHERE is_audit(kind) = ? AND id < COALESCE(("
+                    "SELECT id FROM events WHERE is_audit(kind) = ? "
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?), 0)",
+                    (audit, audit, keep - 1),
+                )
             db.execute("DELETE FROM bootstrap_tokens WHERE expires < ?", (now - 86400,))

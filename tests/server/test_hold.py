@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import stat
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -210,3 +211,99 @@ class TestAgentFieldCaps:
         # Nothing lost: the last good report stands.
         listed = httpx.get(serve.url + "/v1/agents", headers=ADMIN_HEADERS).json()["agents"]
         assert listed[0]["deployments"] == 1
+
+
+class TestAuditTrail:
+    FORGED = 10_500
+
+    def test_forged_webhooks_flush_no_audit_event(self, serve: Serve) -> None:
+        agent = serve.register_agent()
+        made = httpx.post(
+            serve.url + "/v1/deploy-hooks", json={"name": "ci-main"}, headers=ADMIN_HEADERS
+        )
+        assert made.status_code == 201
+        body = b'{"ref": "refs/heads/main"}'
+        forged = {
+            "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": "sha256=" + "0" * 64,
+            "Content-Type": "application/json",
+        }
+        with httpx.Client(base_url=serve.url, timeout=30) as client:
+            for _ in range(self.FORGED):
+                r = client.post("/hooks/github", content=body, headers=forged)
+                assert r.status_code == 401, r.text
+
+        metrics = httpx.get(serve.url + "/metrics").text
+        counted = _metric(
+            metrics, 'webhook_deliveries_total{provider="github",result="unauthorized"}'
+        )
+        suppressed = _metric(metrics, 'webhook_events_suppressed_total{provider="github"}')
+        assert counted == self.FORGED
+        recorded = [
+            e
+            for e in _all_events(serve.url)
+            if e["kind"] == "webhook" and e["fields"]["result"] == "unauthorized"
+        ]
+        # Every refusal is counted; only a trickle per source address reaches the log.
+        assert len(recorded) + suppressed == self.FORGED
+        assert len(recorded) < 100
+        assert recorded[0]["fields"]["source"] == "127.0.0.1"
+        assert any(e["fields"].get("suppressed") for e in recorded[1:]) or len(recorded) <= 10
+
+        # A reconcile prunes the history: the audit trail is all there.
+        runs = httpx.get(serve.url + "/readyz").json()["reconciles"]
+        assert httpx.post(serve.url + "/v1/reconcile", headers=ADMIN_HEADERS).status_code == 202
+        for _ in range(600):
+            if httpx.get(serve.url + "/readyz").json()["reconciles"] > runs:
+                break
+            threading.Event().wait(0.1)
+        audit = httpx.get(
+            serve.url + "/v1/events", params={"audit": "true"}, headers=ADMIN_HEADERS
+        ).json()["events"]
+        kinds = [e["kind"] for e in audit]
+        assert kinds[:3] == ["agent.bootstrap", "agent.online", "deploy_hook.created"]
+        assert audit[0]["fields"]["agent"] == agent["X-Agent-Id"]
+
+
+def _metric(text: str, series: str) -> int:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return int(float(line.split()[-1]))
+    return 0
+
+
+def _all_events(url: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = httpx.get(
+            url + "/v1/events", params={"after": after, "limit": 1000}, headers=ADMIN_HEADERS
+        ).json()
+        out += page["events"]
+        if not page["events"]:
+            return out
+        after = page["last"]
+
+
+def test_audit_events_have_their_own_retention(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reconciler.server.store as store_module
+
+    monkeypatch.setattr(store_module, "EVENT_RETENTION", 50)
+    monkeypatch.setattr(store_module, "AUDIT_RETENTION", 5)
+    store = Store.in_dir(tmp_path)
+    try:
+        for i in range(7):
+            store.record_event("agent.bootstrap", {"n": i})
+        for i in range(120):
+            store.record_event("webhook", {"n": i})
+        store.record_event("deploy_hook.created", {"n": 7})
+        store.prune_history()
+        audit = store.events(limit=1000, audit=True)
+        noise = store.events(limit=1000, audit=False)
+        assert [e.fields["n"] for e in audit] == [3, 4, 5, 6, 7]
+        assert [e.fields["n"] for e in noise] == list(range(70, 120))
+        assert len(store.events(limit=1000)) == 55
+    finally:
+        store.close()
