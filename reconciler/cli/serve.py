@@ -96,6 +96,7 @@ def serve_command(
 ) -> None:
     """Run the control plane: reconcile a repository onto agents, on webhooks and a timer."""
     from reconciler.model.errors import ReconcilerError
+    from reconciler.model.redact import redact
     from reconciler.server.config import ServerSecrets, load_server_config
 
     overrides = {
@@ -112,7 +113,7 @@ def serve_command(
     try:
         settings = load_server_config(config, overrides)
     except ReconcilerError as exc:
-        raise _fail(str(exc), 2) from None
+        raise _fail(redact(str(exc)), 2) from None
     secrets = ServerSecrets.from_env()
 
     import uvicorn
@@ -123,14 +124,16 @@ def serve_command(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact_credentials)
     try:
         plane = build_control_plane(settings, secrets)
         spec, ref = plane.reconciler.source_spec()
     except ReconcilerError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(redact(str(exc))) from None
     err = _console(stderr=True)
     err.print(
-        f"reconcile serve: {spec}" + (f" @ {ref}" if ref else "")
+        f"reconcile serve: {redact(spec)}" + (f" @ {ref}" if ref else "")
         + (f" path={settings.path}" if settings.path else "")
         + f", data dir {settings.data_dir}, http://{settings.host}:{settings.port}",
         highlight=False,
@@ -178,6 +181,21 @@ def redact_deploy_tokens(record: logging.LogRecord) -> bool:
 
 
 _DEPLOY_TOKEN = re.compile(r"/hooks/deploy/[^/?\s\"]+")
+
+
+def redact_credentials(record: logging.LogRecord) -> bool:
+    """No log line of the server carries a URL's credentials (a source URL in a clone
+    error, say), traceback included."""
+    import traceback
+
+    from reconciler.model.redact import redact
+
+    message = record.getMessage()
+    if "://" in message:
+        record.msg, record.args = redact(message), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
+    return True
 
 
 def _sync_cell(d: dict[str, Any]) -> Any:

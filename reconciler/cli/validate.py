@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from reconciler.cli.app import CatalogOption, ReportFormat, _catalog, _console, app
+from reconciler.model.redact import redact
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -92,7 +93,7 @@ def print_problems(
         lines = cache[file]
         if lines is None or not 0 < line <= len(lines):
             return None
-        return lines[line - 1]
+        return redact(lines[line - 1])  # a `git_url:` line may hold a token
 
     for style, text in report.text_report(state.problems, display or _display(root), source_line):
         console.print(Text(text, style=style))

@@ -35,6 +35,7 @@ from reconciler.model.agentapi import (
 )
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import NAME_RE
+from reconciler.model.redact import redact
 from reconciler.server.config import ServerConfig, ServerSecrets
 from reconciler.server.fields import MAX_TEXT, TooManyDeployments, cap_report, cap_result, clip
 from reconciler.server.limits import BodyLimit, HeaderLimit
@@ -444,7 +445,7 @@ def create_app(
             last_reconcile: dict[str, Any] | None = {
                 "ok": False,
                 "revision": None,
-                "error": worker.last_error,
+                "error": redact(worker.last_error),
             }
         else:
             last_reconcile = (
@@ -453,8 +454,7 @@ def create_app(
                 else {
                     "ok": last.ok,
                     "revision": last.revision,
-                    "error": last.error
-                    or worker.last_error
+                    "error": redact(last.error or worker.last_error or "")
                     or (f"{len(last.problems)} validation errors" if last.problems else None),
                 }
             )

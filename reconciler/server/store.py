@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.model.errors import ReconcilerError
+from reconciler.model.redact import redact
 
 __all__ = [
     "AUDIT_KINDS",
@@ -750,7 +751,12 @@ class Store:
         with self._tx(fsync=False) as db:
             cur = db.execute(
                 "INSERT INTO events (time, kind, fields) VALUES (?, ?, ?)",
-                (time.time() if now is None else now, kind, json.dumps(fields, default=str)),
+                (
+                    time.time() if now is None else now,
+                    kind,
+                    # Events are served to operators and kept for long: never a credential.
+                    redact(json.dumps(fields, default=str)),
+                ),
             )
             return int(cur.lastrowid or 0)
 

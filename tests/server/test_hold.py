@@ -3,8 +3,11 @@ under attack (malformed requests, file modes, readiness after a failed run)."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from reconciler.model.redact import redact
 from reconciler.server.app import build_control_plane
 from reconciler.server.config import ServerSecrets
 from reconciler.server.fields import (
@@ -24,7 +28,7 @@ from reconciler.server.fields import (
 )
 from reconciler.server.store import DB_NAME, Store
 from tests.server.conftest import ADMIN, Remote, make_config
-from tests.server.serve_helpers import ADMIN_HEADERS, Serve, signed_push
+from tests.server.serve_helpers import ADMIN_HEADERS, Serve, serve_env, signed_push
 
 
 @pytest.fixture
@@ -307,3 +311,74 @@ def test_audit_events_have_their_own_retention(
         assert len(store.events(limit=1000)) == 55
     finally:
         store.close()
+
+
+TOKEN = "s3cr3t-token-in-url"
+
+
+class TestCredentialsInUrls:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            f"https://deploy:{TOKEN}@127.0.0.1:badport/desired.git",  # malformed: a bad port
+            f"https://{TOKEN}@127.0.0.1:1/desired.git",  # a token as the user name
+        ],
+    )
+    def test_a_source_url_token_is_nowhere(self, tmp_path: pathlib.Path, url: str) -> None:
+        s = Serve(url, tmp_path / "data")
+        try:
+            for _ in range(600):
+                ready = httpx.get(s.url + "/readyz").json()
+                if ready["last_reconcile"] is not None:
+                    break
+                threading.Event().wait(0.1)
+            assert ready["last_reconcile"]["ok"] is False
+            assert "***@127.0.0.1" in ready["last_reconcile"]["error"]
+            events = httpx.get(s.url + "/v1/events", headers=ADMIN_HEADERS).text
+            assert "reconcile.failed" in events
+            seen = {"readyz": json.dumps(ready), "events": events}
+        finally:
+            s.stop()
+        seen["log"] = s.log.read_text()
+        seen["database"] = (s.data_dir / DB_NAME).read_bytes().decode("latin-1")
+        for where, text in seen.items():
+            assert TOKEN not in text, where
+        assert "reconcile serve: https://***@127.0.0.1" in seen["log"]
+
+    def test_validate_does_not_print_the_git_url_line_s_token(self, tmp_path: pathlib.Path) -> None:
+        (tmp_path / "deployments").mkdir()
+        (tmp_path / "deployments" / "bot.yaml").write_text(
+            "name: bot\nagent: local\n"
+            f"git_url: https://user:{TOKEN}@github.com:badport/x/y.git\ngit_ref: main\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "reconciler", "validate", str(tmp_path)],
+            env=serve_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "git-url-credentials" in done.stdout + done.stderr
+        assert "https://***@github.com:badport/x/y.git" in done.stdout + done.stderr
+        assert TOKEN not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "git URL 'https://u:p@h:bad/x' is malformed",
+            "git URL 'https://***@h:bad/x' is malformed",
+        ),
+        ("https://ghp_abc@github.com/x", "https://***@github.com/x"),
+        ("https://u:pa/ss@h/x", "https://***@h/x"),
+        ("ssh://git@host/x", "ssh://git@host/x"),
+        ("ssh://git:pw@host/x", "ssh://***@host/x"),
+        ("file:///srv/desired.git", "file:///srv/desired.git"),
+        ("see https://example.com/a then mail a@b", "see https://example.com/a then mail a@b"),
+    ],
+)
+def test_redact(text: str, shown: str) -> None:
+    assert redact(text) == shown
