@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from reconciler.model.ids import deployment_id
 from reconciler.model.redact import redact
 from reconciler.server.app import build_control_plane
 from reconciler.server.config import ServerSecrets
@@ -382,3 +383,46 @@ class TestCredentialsInUrls:
 )
 def test_redact(text: str, shown: str) -> None:
     assert redact(text) == shown
+
+
+def _app(name: str) -> dict[str, Any]:
+    return {
+        "id": deployment_id("srv", name),
+        "name": name,
+        "namespace": "srv",
+        "spec_hash": "0" * 64,
+    }
+
+
+def test_one_agent_s_report_does_not_block_prunes_on_another(serve: Serve, remote: Remote) -> None:
+    a, b = serve.register_agent(), serve.register_agent()
+    a_id, b_id = a["X-Agent-Id"], b["X-Agent-Id"]
+    web = API.replace("name: api", "name: web").replace("host1", "host2")
+    remote.commit(
+        {
+            "reconcile.yaml": f"namespace: srv\nagents:\n  host1: {a_id}\n  host2: {b_id}\n",
+            "deployments/api.yaml": API,
+            "deployments/web.yaml": web,
+        }
+    )
+    reports = {
+        a_id: (a, ["api", "gone"]),
+        # B reports five deployments of this namespace that nobody wants.
+        b_id: (b, ["web", *(f"stray{i}" for i in range(5))]),
+    }
+    for agent_id, (headers, names) in reports.items():
+        state = {"agent": agent_id, "deployments": {_app(n)["id"]: _app(n) for n in names}}
+        r = httpx.post(serve.url + "/v1/agent/report", json={"state": state}, headers=headers)
+        assert r.status_code == 200
+    assert signed_push(serve.url, "prune-scope").status_code == 202
+    for _ in range(600):
+        planned = httpx.get(serve.url + "/v1/plan", headers=ADMIN_HEADERS)
+        if planned.status_code == 200 and len(planned.json()["actions"]) == 8:
+            break
+        threading.Event().wait(0.1)
+    actions = {(x["deployment"], x["agent"]): x for x in planned.json()["actions"]}
+    assert actions[("gone", a_id)]["action"] == "uninstall"
+    for i in range(5):
+        stray = actions[(f"stray{i}", b_id)]
+        assert stray["action"] == "blocked"
+        assert f"5 of 6 running deployments of namespace 'srv' on agent {b_id}" in stray["reason"]
