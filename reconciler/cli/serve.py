@@ -145,6 +145,9 @@ def serve_command(
             highlight=False,
         )
     logging.getLogger("uvicorn.access").addFilter(redact_deploy_tokens)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        # uvicorn's loggers have their own handlers: a logger's filter covers them.
+        logging.getLogger(name).addFilter(redact_credentials)
     plane.worker.start()
     try:
         uvicorn.run(

@@ -153,6 +153,19 @@ class TestSlowloris:
         _raise_fd_limit(self.CONNECTIONS + 512)
         agent = serve.register_agent()
         fds_idle = serve.open_fds()
+        # An agent's long poll in flight during the flood: never closed to make room.
+        in_flight: list[httpx.Response] = []
+        long_poll = threading.Thread(
+            target=lambda: in_flight.append(
+                httpx.get(
+                    serve.url + "/v1/agent/commands",
+                    params={"wait": 5},
+                    headers=agent,
+                    timeout=60,
+                )
+            )
+        )
+        long_poll.start()
         slow: list[socket.socket] = []
         try:
             for _ in range(self.CONNECTIONS):
@@ -174,6 +187,8 @@ class TestSlowloris:
             )
             assert poll.status_code == 200, poll.text
             assert json.loads(poll.text)["commands"] == []
+            long_poll.join(60)
+            assert [r.status_code for r in in_flight] == [200]
 
             # The server held at most its cap, whatever the client kept open.
             fds = serve.open_fds()
