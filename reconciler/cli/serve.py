@@ -110,6 +110,7 @@ def serve_command(
     if ctx.invoked_subcommand is not None:
         return
     from reconciler.model.errors import ReconcilerError
+    from reconciler.model.redact import redact
     from reconciler.server.config import ServerSecrets, load_server_config
 
     overrides = {
@@ -127,28 +128,31 @@ def serve_command(
     try:
         settings = load_server_config(config, overrides)
     except ReconcilerError as exc:
-        raise _fail(str(exc), 2) from None
+        raise _fail(redact(str(exc)), 2) from None
     try:
         secrets = ServerSecrets.from_env()
     except ReconcilerError as exc:
-        raise _fail(str(exc), 2) from None
+        raise _fail(redact(str(exc)), 2) from None
 
     import uvicorn
 
     from reconciler.server.app import build_control_plane
+    from reconciler.server.transport import TransportLimits, uvicorn_options
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact_credentials)
     try:
         plane = build_control_plane(settings, secrets)
         spec, ref = plane.reconciler.source_spec()
         plane.reconciler.catalog()  # missing or empty: refuse to start, never plan with it
     except ReconcilerError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(redact(str(exc))) from None
     err = _console(stderr=True)
     err.print(
-        f"reconcile serve: {spec}" + (f" @ {ref}" if ref else "")
+        f"reconcile serve: {redact(spec)}" + (f" @ {ref}" if ref else "")
         + (f" path={settings.path}" if settings.path else "")
         + f", data dir {settings.data_dir}, http://{settings.host}:{settings.port}",
         highlight=False,
@@ -163,6 +167,9 @@ def serve_command(
             )
         )
     logging.getLogger("uvicorn.access").addFilter(redact_deploy_tokens)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        # uvicorn's loggers have their own handlers: a logger's filter covers them.
+        logging.getLogger(name).addFilter(redact_credentials)
     plane.worker.start()
     try:
         uvicorn.run(
@@ -172,6 +179,16 @@ def serve_command(
             log_level=log_level.lower(),
             access_log=log_level.lower() == "debug",
             timeout_graceful_shutdown=5,
+            **uvicorn_options(
+                TransportLimits(
+                    max_head_bytes=settings.max_head_bytes,
+                    head_timeout=settings.head_timeout,
+                    body_timeout=settings.body_timeout,
+                    keep_alive=settings.keep_alive,
+                    max_connections=settings.max_connections,
+                    connection_reserve=settings.connection_reserve,
+                )
+            ),
         )
     finally:
         plane.worker.stop(timeout=10)
@@ -189,6 +206,21 @@ def redact_deploy_tokens(record: logging.LogRecord) -> bool:
 
 
 _DEPLOY_TOKEN = re.compile(r"/hooks/deploy/[^/?\s\"]+")
+
+
+def redact_credentials(record: logging.LogRecord) -> bool:
+    """No log line of the server carries a URL's credentials (a source URL in a clone
+    error, say), traceback included."""
+    import traceback
+
+    from reconciler.model.redact import redact
+
+    message = record.getMessage()
+    if "://" in message:
+        record.msg, record.args = redact(message), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
+    return True
 
 
 def _sync_cell(d: dict[str, Any]) -> Any:

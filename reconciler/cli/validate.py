@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from reconciler.cli.app import CatalogOption, ReportFormat, _catalog, _console, app
+from reconciler.model.redact import redact
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -88,7 +89,7 @@ def print_problems(
         lines = cache[file]
         if lines is None or not 0 < line <= len(lines):
             return None
-        return lines[line - 1]
+        return redact(lines[line - 1])  # a `git_url:` line may hold a token
 
     shown = display or display_for(root)
     for style, line in report.text_report(state.problems, shown, source_line):

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 from reconciler.load.files import PathEscape, inside, resolve_inside
 from reconciler.model.errors import InvalidSpec, Problem, TemporaryError
+from reconciler.model.redact import redact
 
 if TYPE_CHECKING:  # gitpython is imported lazily: `import git` runs `git --version`.
     from git import Repo
@@ -194,7 +195,16 @@ def resolve_remote_ref(url: str, ref: str, *, timeout: float = 30) -> str:
 
 
 def check_url(url: str) -> str:
-    """Refuse what git would turn into an attack or a leak; return the URL unchanged."""
+    """Refuse what git would turn into an attack or a leak; return the URL unchanged.
+
+    The refusal never repeats a credential the URL carries, even a malformed URL's."""
+    try:
+        return _check_url(url)
+    except InvalidSpec as exc:
+        raise InvalidSpec(redact(str(exc))) from None
+
+
+def _check_url(url: str) -> str:
     if url.startswith("-"):
         raise InvalidSpec(f"git URL {url!r} begins with '-': refused (option injection)")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):

@@ -101,13 +101,13 @@ def _plan_once(
     stuck = {a.id: a.reason for a in actions if a.action == "blocked"}
     prunes: list[Action] = []
     kept: list[Action] = []
-    running_here = 0
+    running_here: dict[str, int] = {}
     for agent_name in sorted(actual.agents):
         agent = actual.agents[agent_name]
         for app in sorted(agent.deployments.values(), key=lambda a: (a.name, a.id)):
             if app.namespace != namespace or app.status == "uninstalled":
                 continue
-            running_here += 1
+            running_here[agent_name] = running_here.get(agent_name, 0) + 1
             if (agent_name, app.id) in placed:
                 continue
             moved = app.id in desired_ids
@@ -143,28 +143,43 @@ def _plan_once(
             else:
                 prunes.append(action)
 
-    pure_prunes = [a for a in prunes if not a.reason.startswith("moved")]
-    limit = opts.max_prune_share * running_here
-    if (
-        pure_prunes
-        and not opts.allow_mass_prune
-        and (len(pure_prunes) > limit or len(pure_prunes) == running_here)
-    ):
-        share = f"{len(pure_prunes)} of {running_here}"
-        refused = [
-            a.model_copy(
-                update={
-                    "action": "blocked",
-                    "reason": f"mass prune refused: would uninstall {share} running deployments "
-                    f"(limit {opts.max_prune_share:.0%}); pass --allow-mass-prune if intended",
-                }
-            )
-            for a in pure_prunes
-        ]
-        prunes = [a for a in prunes if a not in pure_prunes] + refused
-    actions.extend(prunes)
+    actions.extend(_mass_prune_guard(prunes, running_here, namespace, opts))
     actions.extend(kept)
     return actions
+
+
+def _mass_prune_guard(
+    prunes: list[Action], running: Mapping[str, int], namespace: str, opts: PlanOptions
+) -> list[Action]:
+    """Refuse, per agent, to uninstall everything of this namespace there or more than
+    ``max_prune_share`` of it (moves excepted: their copy runs on elsewhere).
+
+    Per agent, not per fleet: the reports of one agent (a host that lost its state, or a
+    rogue agent reporting a hundred deployments) must not hold back prunes on the others,
+    and a mistake that empties one host (an ``agents:`` alias pointing at the wrong id)
+    must not pass because the fleet is large.  The plan is of one namespace, and only its
+    deployments are counted, so the guard is per namespace too.
+    """
+    if opts.allow_mass_prune:
+        return prunes
+    pure: dict[str, list[Action]] = {}
+    for a in prunes:
+        if not a.reason.startswith("moved"):
+            pure.setdefault(a.agent, []).append(a)
+    refused: dict[tuple[str, str], Action] = {}
+    for agent, group in pure.items():
+        total = running[agent]
+        if len(group) > opts.max_prune_share * total or len(group) == total:
+            reason = (
+                f"mass prune refused: would uninstall {len(group)} of {total} running "
+                f"deployments of namespace {namespace!r} on agent {agent} "
+                f"(limit {opts.max_prune_share:.0%}); pass --allow-mass-prune if intended"
+            )
+            for a in group:
+                refused[(a.agent, a.id)] = a.model_copy(
+                    update={"action": "blocked", "reason": reason}
+                )
+    return [refused.get((a.agent, a.id), a) for a in prunes]
 
 
 def domain_conflicts(

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -35,16 +35,21 @@ from reconciler.model.agentapi import (
 )
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import NAME_RE
+from reconciler.model.redact import redact
 from reconciler.server.config import ServerConfig, ServerSecrets
-from reconciler.server.limits import BodyLimit
+from reconciler.server.fields import MAX_TEXT, TooManyDeployments, cap_report, cap_result, clip
+from reconciler.server.limits import BodyLimit, HeaderLimit
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
-from reconciler.server.store import Store
+from reconciler.server.store import Store, secure_dir
 from reconciler.server.worker import Reconciler, Worker, iso
 
 __all__ = ["ControlPlane", "build_control_plane", "create_app"]
 
 log = logging.getLogger("reconciler.server")
+
+#: SQLite's integers are 64-bit: a larger query parameter is a 400, never an OverflowError.
+SQLITE_MAX_INT = 2**63 - 1
 
 
 @dataclass
@@ -64,7 +69,7 @@ def build_control_plane(
 ) -> ControlPlane:
     """Every part wired together; the worker is *not* started (``plane.worker.start()``)."""
     secrets = secrets or ServerSecrets()
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_dir(config.data_dir)
     store = store or Store.in_dir(config.data_dir)
     notifier = Notifier()
     metrics = Metrics()
@@ -117,6 +122,7 @@ def create_app(
         openapi_url=None,
     )
     app.add_middleware(BodyLimit)
+    app.add_middleware(HeaderLimit, limit=config.max_headers)
 
     # ------------------------------------------------------------------ errors
 
@@ -177,11 +183,12 @@ def create_app(
 
     @app.post("/v1/agent/bootstrap", status_code=201)
     def bootstrap(body: BootstrapRequest) -> BootstrapResponse:
-        created = store.bootstrap_agent(body.token, body.hostname)
+        hostname = clip(body.hostname, MAX_TEXT)
+        created = store.bootstrap_agent(body.token, hostname)
         if created is None:
             raise _Error(401, "bootstrap token unknown, already used or expired")
         agent_id, secret = created
-        store.record_event("agent.bootstrap", {"agent": agent_id, "hostname": body.hostname})
+        store.record_event("agent.bootstrap", {"agent": agent_id, "hostname": hostname})
         return BootstrapResponse(
             agent_id=agent_id, secret=secret, heartbeat_seconds=config.heartbeat
         )
@@ -219,6 +226,7 @@ def create_app(
 
     @app.post("/v1/agent/commands/{command_id}/result")
     def result(command_id: str, body: CommandResult, agent: Agent) -> ResultAck:
+        body = cap_result(body)
         row, duplicate = store.finish_command(command_id, agent, body.model_dump(mode="json"))
         if row is None:
             raise _Error(404, f"no command {command_id} for this agent")
@@ -233,7 +241,7 @@ def create_app(
                 "deployment": row.deployment,
                 "kind": row.kind,
                 "ok": body.ok,
-                "message": body.message[:2000],
+                "message": body.message,
                 "rolled_back": body.rolled_back,
                 "seconds": body.seconds,
                 "url": body.url,
@@ -243,6 +251,10 @@ def create_app(
 
     @app.post("/v1/agent/report")
     def report(body: AgentReport, agent: Agent) -> ReportAck:
+        try:
+            body = cap_report(body)
+        except TooManyDeployments as exc:
+            raise _Error(413, str(exc)) from None
         now = reconciler.clock()
         state = body.state.model_copy(
             update={
@@ -368,8 +380,12 @@ def create_app(
         )
 
     @app.get("/v1/events", dependencies=admin)
-    def events(after: int = 0, limit: int = 100) -> dict[str, Any]:
-        rows = store.events(after=after, limit=max(1, min(limit, 1000)))
+    def events(
+        after: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
+        limit: Annotated[int, Query(ge=1, le=SQLITE_MAX_INT)] = 100,
+        audit: bool | None = None,
+    ) -> dict[str, Any]:
+        rows = store.events(after=after, limit=min(limit, 1000), audit=audit)
         return {
             "events": [
                 {"id": e.id, "time": iso(e.time), "kind": e.kind, "fields": e.fields} for e in rows
@@ -462,20 +478,25 @@ def create_app(
         # Ready even when the last reconcile failed (an unreachable remote is retried;
         # restarting the server would not help): it is reported, not gated on.
         last = reconciler.last_outcome
-        return JSONResponse(
-            {
-                "status": "ready",
-                "reconciles": worker.runs,
-                "last_reconcile": None
+        if last is None and worker.last_error:
+            last_reconcile: dict[str, Any] | None = {
+                "ok": False,
+                "revision": None,
+                "error": redact(worker.last_error),
+            }
+        else:
+            last_reconcile = (
+                None
                 if last is None
                 else {
                     "ok": last.ok,
                     "revision": last.revision,
-                    "error": last.error
-                    or worker.last_error
+                    "error": redact(last.error or worker.last_error or "")
                     or (f"{len(last.problems)} validation errors" if last.problems else None),
-                },
-            }
+                }
+            )
+        return JSONResponse(
+            {"status": "ready", "reconciles": worker.runs, "last_reconcile": last_reconcile}
         )
 
     @app.get("/metrics")
@@ -524,5 +545,6 @@ def _include_hooks(
         trigger=trigger,
         record_event=record_event,
         observe=metrics.observe_webhook,
+        observe_suppressed=metrics.observe_suppressed,
     )
     app.include_router(hooks.webhook_router(deps))

@@ -51,6 +51,14 @@ class ServerConfig(BaseModel):
     long_poll_max: Annotated[float, Field(gt=0)] = 60.0
     allow_mass_prune: bool = False
     dist_dir: pathlib.Path | None = None  # the agent wheel for /install.sh; None: <data_dir>/dist
+    # The HTTP transport (see reconciler.server.transport and README "Security").
+    max_head_bytes: Annotated[int, Field(ge=4096)] = 64 * 1024
+    max_headers: Annotated[int, Field(ge=16)] = 100
+    head_timeout: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout: Annotated[float, Field(gt=0)] = 60.0
+    keep_alive: Annotated[int, Field(ge=1)] = 5
+    max_connections: Annotated[int, Field(ge=64)] = 2048
+    connection_reserve: Annotated[int, Field(ge=1)] = 128
 
     @property
     def offline_after(self) -> float:

@@ -20,8 +20,10 @@ Per request, in this order, so an unauthenticated body never reaches a parser:
 7. ping -> 200; not our branch / a tag / a deletion / another event -> 202 ``ignored``
    with the reason; otherwise ``trigger`` and 202 ``accepted``.
 
-Every delivery, refused or not, is recorded (``record_event("webhook", …)``) and counted
-(``observe(provider, result)``).  Steps 4-7 and the store calls run in a worker thread
+Every delivery, refused or not, is counted (``observe(provider, result)``) and recorded
+(``record_event("webhook", …)``); refused ones only up to ``refused_events_per_minute``
+per source address (:class:`EventBudget`), so that forged deliveries cannot flood the
+event log.  Steps 4-7 and the store calls run in a worker thread
 (anyio's pool), never on the event loop: an HMAC over 25 MB or an SQLite commit must not
 stall other requests.  So ``DeliveryLog``, ``DeployHooks``, ``trigger``,
 ``record_event`` and ``observe`` must be thread-safe.
@@ -29,6 +31,9 @@ stall other requests.  So ``DeliveryLog``, ``DeployHooks``, ``trigger``,
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -55,8 +60,10 @@ from reconciler.server.webhooks import (
 )
 
 __all__ = [
+    "REFUSED",
     "DeliveryLog",
     "DeployHooks",
+    "EventBudget",
     "HookDeps",
     "HookSettings",
     "webhook_router",
@@ -96,10 +103,67 @@ class HookSettings:
     webhook_secret: bytes | None = None  # RECONCILE_WEBHOOK_SECRET (GitHub, Gitea, Bitbucket)
     gitlab_token: str | None = None  # RECONCILE_GITLAB_TOKEN
     max_body: int = 25 * 1024 * 1024
+    refused_events_per_minute: int = 10  # per source address; all are counted anyway
 
 
 def _no_observe(provider: str, result: str) -> None:
     return None
+
+
+def _no_suppressed(provider: str) -> None:
+    return None
+
+
+#: Results that refuse a delivery: anyone who can reach the port can cause them.
+REFUSED = frozenset(
+    {Result.UNAUTHORIZED, Result.NOT_CONFIGURED, Result.TOO_LARGE, Result.MALFORMED}
+)
+
+
+class EventBudget:
+    """How many refused deliveries each source address may put in the event log: a
+    bucket of ``per_minute`` events, refilled at that rate.  Past it a refusal is only
+    counted; the next one recorded says how many were left out (``suppressed``).
+
+    Thread-safe (deliveries conclude in worker threads).  At most ``max_sources``
+    addresses are remembered (the oldest is forgotten first), so a spread of source
+    addresses costs bounded memory; a forgotten address starts with a full bucket.
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        max_sources: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_minute = per_minute
+        self.max_sources = max_sources
+        self.clock = clock
+        self._lock = threading.Lock()
+        # address -> (tokens, last refill, suppressed since the last recorded event)
+        self._buckets: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
+
+    def take(self, source: str) -> tuple[bool, int]:
+        """``(record, suppressed)``: whether to record this refusal, and how many of the
+        source's refusals went unrecorded before it."""
+        now = self.clock()
+        with self._lock:
+            tokens, last, suppressed = self._buckets.pop(source, (float(self.per_minute), now, 0))
+            tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60)
+            if tokens >= 1:
+                self._buckets[source] = (tokens - 1, now, 0)
+                record = True
+            else:
+                self._buckets[source] = (tokens, now, suppressed + 1)
+                record = False
+            while len(self._buckets) > self.max_sources:
+                self._buckets.popitem(last=False)
+        return record, suppressed if record else 0
+
+
+def _source(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 @dataclass
@@ -110,6 +174,7 @@ class HookDeps:
     trigger: Callable[[str], None]  # enqueue a reconcile (reason); fast, thread-safe
     record_event: Callable[[str, dict[str, object]], None]  # kind "webhook"
     observe: Callable[[str, str], None] = _no_observe  # metrics: (provider, result)
+    observe_suppressed: Callable[[str], None] = _no_suppressed  # a refusal not recorded
 
 
 @dataclass(frozen=True)
@@ -285,17 +350,32 @@ class _Receiver:
 
     def __init__(self, deps: HookDeps) -> None:
         self.deps = deps
+        self.budget = EventBudget(deps.settings.refused_events_per_minute)
 
-    def _conclude(self, provider: Provider, outcome: _Outcome) -> JSONResponse:
-        """Record and count one delivery, and build its answer (runs in a worker thread)."""
+    def _conclude(self, provider: Provider, outcome: _Outcome, source: str) -> JSONResponse:
+        """Record and count one delivery, and build its answer (runs in a worker thread).
+
+        Every delivery is counted; a refused one is recorded only within its source
+        address's event budget, so forged deliveries cannot flood the event log.
+        """
         fields: dict[str, object] = {
             "provider": provider.value,
             "delivery": (outcome.delivery or "")[:MAX_DELIVERY_ID] or None,
             "result": outcome.result.value,
             "detail": outcome.detail,
         }
-        self.deps.record_event("webhook", fields)
         self.deps.observe(provider.value, outcome.result.value)
+        if outcome.result not in REFUSED:
+            self.deps.record_event("webhook", fields)
+        else:
+            record, suppressed = self.budget.take(source)
+            if record:
+                extra: dict[str, object] = {"source": source}
+                if suppressed:
+                    extra["suppressed"] = suppressed  # refusals from it not recorded
+                self.deps.record_event("webhook", {**fields, **extra})
+            else:
+                self.deps.observe_suppressed(provider.value)
         return JSONResponse(fields, status_code=STATUS[outcome.result])
 
     def _settle(
@@ -311,23 +391,25 @@ class _Receiver:
             self.deps.trigger(reason)
         return _Outcome(outcome.result, outcome.detail, delivery)
 
-    def _process(self, spec: _Spec, headers: Headers, body: bytes, credential: str) -> JSONResponse:
+    def _process(
+        self, spec: _Spec, headers: Headers, body: bytes, credential: str, source: str
+    ) -> JSONResponse:
         settings = self.deps.settings
         delivery = _delivery_id(headers, spec.delivery_headers)
         if not spec.verify(settings, body, credential):
             outcome = _Outcome(Result.UNAUTHORIZED, "signature does not match", delivery)
-            return self._conclude(spec.provider, outcome)
+            return self._conclude(spec.provider, outcome, source)
         try:
             payload = decode_payload(body, headers.get("content-type"))
             inspected = spec.inspect(headers, payload, settings.branch)
         except MalformedPayload as exc:
-            return self._conclude(spec.provider, _Outcome(Result.MALFORMED, str(exc), delivery))
+            outcome = _Outcome(Result.MALFORMED, str(exc), delivery)
+            return self._conclude(spec.provider, outcome, source)
         reason = f"{spec.provider.value} {inspected.detail}"
         if delivery:
             reason += f" (delivery {delivery[:64]})"
-        return self._conclude(
-            spec.provider, self._settle(spec.provider, delivery, inspected, reason)
-        )
+        settled = self._settle(spec.provider, delivery, inspected, reason)
+        return self._conclude(spec.provider, settled, source)
 
     async def _refuse(
         self,
@@ -335,11 +417,12 @@ class _Receiver:
         result: Result,
         detail: str,
         delivery: str | None,
+        source: str,
         *,
         drained: bool,
     ) -> JSONResponse:
         response = await to_thread.run_sync(
-            self._conclude, provider, _Outcome(result, detail, delivery)
+            self._conclude, provider, _Outcome(result, detail, delivery), source
         )
         if not drained:
             # The rest of the body is still on the wire: closing beats draining 25 MB.
@@ -350,12 +433,13 @@ class _Receiver:
         settings = self.deps.settings
         headers = request.headers
         delivery = _delivery_id(headers, spec.delivery_headers)
+        source = _source(request)
         if not spec.configured(settings):
             detail = (
                 f"no secret configured for {spec.provider.value}: set {_SECRET_ENV[spec.provider]}"
             )
             return await self._refuse(
-                spec.provider, Result.NOT_CONFIGURED, detail, delivery, drained=False
+                spec.provider, Result.NOT_CONFIGURED, detail, delivery, source, drained=False
             )
         credential = _first(headers, spec.credential_headers)
         if credential is None:
@@ -363,36 +447,36 @@ class _Receiver:
             if spec.provider is Provider.GITHUB and "x-hub-signature" in headers:
                 detail = "only a SHA-1 X-Hub-Signature: X-Hub-Signature-256 (SHA-256) is required"
             return await self._refuse(
-                spec.provider, Result.UNAUTHORIZED, detail, delivery, drained=False
+                spec.provider, Result.UNAUTHORIZED, detail, delivery, source, drained=False
             )
         try:
             body = await _read_body(request, settings.max_body)
         except _Refused as refused:
             return await self._refuse(
-                spec.provider, refused.result, refused.detail, delivery, drained=False
+                spec.provider, refused.result, refused.detail, delivery, source, drained=False
             )
-        return await to_thread.run_sync(self._process, spec, headers, body, credential)
+        return await to_thread.run_sync(self._process, spec, headers, body, credential, source)
 
-    def _deploy(self, token: str, delivery: str | None) -> JSONResponse:
+    def _deploy(self, token: str, delivery: str | None, source: str) -> JSONResponse:
         name = self.deps.deploy_hooks.check_deploy_hook(token)
         if name is None:
             outcome = _Outcome(Result.UNAUTHORIZED, "unknown deploy hook token", delivery)
-            return self._conclude(Provider.DEPLOY, outcome)
+            return self._conclude(Provider.DEPLOY, outcome, source)
         reason = f"deploy hook {name!r}"
         outcome = _Outcome(Result.ACCEPTED, reason)
-        return self._conclude(
-            Provider.DEPLOY, self._settle(Provider.DEPLOY, delivery, outcome, reason)
-        )
+        settled = self._settle(Provider.DEPLOY, delivery, outcome, reason)
+        return self._conclude(Provider.DEPLOY, settled, source)
 
     async def deploy(self, token: str, request: Request) -> JSONResponse:
         delivery = _delivery_id(request.headers, ("idempotency-key",))
+        source = _source(request)
         try:
             await _read_body(request, self.deps.settings.max_body)  # bounded; contents unused
         except _Refused as refused:
             return await self._refuse(
-                Provider.DEPLOY, refused.result, refused.detail, delivery, drained=False
+                Provider.DEPLOY, refused.result, refused.detail, delivery, source, drained=False
             )
-        return await to_thread.run_sync(self._deploy, token, delivery)
+        return await to_thread.run_sync(self._deploy, token, delivery, source)
 
 
 def webhook_router(deps: HookDeps) -> APIRouter:

@@ -16,9 +16,10 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-__all__ = ["MAX_API_BODY", "BodyLimit"]
+__all__ = ["MAX_API_BODY", "MAX_HEADERS", "BodyLimit", "HeaderLimit"]
 
 MAX_API_BODY = 16 * 1024 * 1024
+MAX_HEADERS = 100
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,3 +61,27 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+class HeaderLimit:
+    """At most ``limit`` request headers (431 past it).
+
+    The transport bounds the head's *bytes* (``reconciler.server.transport``); this bounds
+    their *count*, which costs per header in every parser and dict downstream.  Real
+    clients send a dozen or two; GitHub sends about 15.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_HEADERS) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and len(scope.get("headers") or ()) > self.limit:
+            response = JSONResponse(
+                {"error": f"more than {self.limit} request headers"},
+                status_code=431,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -35,12 +35,21 @@ class Metrics:
             ["provider", "result"],
             registry=self.registry,
         )
+        self.webhook_events_suppressed = Counter(
+            "webhook_events_suppressed_total",
+            "Refused deliveries past their source address's event budget: counted, not logged.",
+            ["provider"],
+            registry=self.registry,
+        )
         self.agents_online = Gauge(
             "agents_online", "Agents whose last report is recent.", registry=self.registry
         )
 
     def observe_webhook(self, provider: str, result: str) -> None:
         self.webhooks.labels(provider=provider, result=result).inc()
+
+    def observe_suppressed(self, provider: str) -> None:
+        self.webhook_events_suppressed.labels(provider=provider).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

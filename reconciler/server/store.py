@@ -36,9 +36,11 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import pathlib
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -46,8 +48,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.model.errors import ReconcilerError
+from reconciler.model.redact import redact
 
 __all__ = [
+    "AUDIT_KINDS",
     "DB_NAME",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -59,12 +63,25 @@ __all__ = [
     "Store",
     "hash_secret",
     "new_agent_id",
+    "secure_dir",
+    "secure_files",
 ]
 
 DB_NAME = "reconcile.db"
 TOKEN_TTL = 600.0  # bootstrap tokens: 10 minutes
 DELIVERY_RETENTION = 30 * 86400.0
-EVENT_RETENTION = 10_000  # events kept (the newest)
+EVENT_RETENTION = 10_000  # events kept (the newest), audit events apart
+AUDIT_RETENTION = 10_000  # audit events kept (the newest), whatever else happens
+#: Security and admin events (who joined or left, which credentials were made, which
+#: guard was lifted): the audit trail.  Kept apart from the rest (webhooks, reconciles),
+#: so that no volume of noise, forged deliveries included, can push them out.
+AUDIT_KINDS = ("agent.", "deploy_hook.", "mass_prune.", "credential.")
+
+
+def is_audit(kind: str) -> int:
+    """1 for an audit event kind (SQLite's ``is_audit(kind)``), else 0."""
+    return int(kind.startswith(AUDIT_KINDS))
+
 
 # Ordered; entry N-1 takes the schema from version N-1 to N.  Never edit a shipped
 # entry: append a new one.
@@ -149,6 +166,23 @@ class SchemaError(ReconcilerError):
     """The database was written by a newer version of the server, or is not ours."""
 
 
+def secure_dir(directory: pathlib.Path) -> None:
+    """The data dir, created 0700, and repaired to it when it is wider: it holds secret
+    var values (the last plan, bundles) and the database."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(directory.stat().st_mode) & 0o077:
+        directory.chmod(0o700)
+
+
+def secure_files(db: pathlib.Path) -> None:
+    """The database and its WAL and shm files 0600 (repairs a database that an older
+    version, or a wide umask, left readable to others)."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                path.chmod(0o600)
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -214,16 +248,21 @@ class Store:
 
     def __init__(self, path: pathlib.Path | str, *, synchronous: str = "FULL") -> None:
         self.path = pathlib.Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        secure_dir(self.path.parent)
+        # Created 0600 before SQLite opens it: SQLite gives the WAL and shm files the
+        # database file's mode, so none of the three is ever readable by others.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
         )
         self._db.row_factory = sqlite3.Row
+        self._db.create_function("is_audit", 1, is_audit, deterministic=True)
         self._db.execute("PRAGMA busy_timeout = 30000")
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":  # pragma: no cover - e.g. a network filesystem
             raise SchemaError(f"{self.path}: SQLite refused WAL mode (got {mode})")
+        secure_files(self.path)
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(synchronous)
         self._db.execute(f"PRAGMA synchronous = {synchronous}")
@@ -712,25 +751,41 @@ class Store:
         with self._tx(fsync=False) as db:
             cur = db.execute(
                 "INSERT INTO events (time, kind, fields) VALUES (?, ?, ?)",
-                (time.time() if now is None else now, kind, json.dumps(fields, default=str)),
+                (
+                    time.time() if now is None else now,
+                    kind,
+                    # Events are served to operators and kept for long: never a credential.
+                    redact(json.dumps(fields, default=str)),
+                ),
             )
             return int(cur.lastrowid or 0)
 
-    def events(self, *, after: int = 0, limit: int = 100) -> list[EventRow]:
+    def events(
+        self, *, after: int = 0, limit: int = 100, audit: bool | None = None
+    ) -> list[EventRow]:
+        """Events after ``after``, oldest first; ``audit``: only the audit trail (True),
+        only the rest (False), or both (None)."""
+        wanted = None if audit is None else int(audit)
         rows = self._query(
-            "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, max(1, limit))
+            "SELECT * FROM events WHERE id > ? AND (? IS NULL OR is_audit(kind) = ?) "
+            "ORDER BY id LIMIT ?",
+            (after, wanted, wanted, max(1, limit)),
         )
         return [EventRow(r["id"], r["time"], r["kind"], json.loads(r["fields"])) for r in rows]
 
     # ------------------------------------------------------------------ retention
 
     def prune_history(self, *, now: float | None = None) -> None:
-        """Forget what no longer matters: old delivery ids, the oldest events."""
+        """Forget what no longer matters: old delivery ids, the oldest events (the newest
+        ``EVENT_RETENTION`` of the rest and ``AUDIT_RETENTION`` audit events are kept)."""
         now = time.time() if now is None else now
         with self._tx() as db:
             db.execute("DELETE FROM deliveries WHERE received < ?", (now - DELIVERY_RETENTION,))
-            db.execute(
-                "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
-                (EVENT_RETENTION,),
-            )
+            for audit, keep in ((0, EVENT_RETENTION), (1, AUDIT_RETENTION)):
+                db.execute(
+                    "DELETE FROM events WHERE is_audit(kind) = ? AND id < COALESCE(("
+                    "SELECT id FROM events WHERE is_audit(kind) = ? "
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?), 0)",
+                    (audit, audit, keep - 1),
+                )
             db.execute("DELETE FROM bootstrap_tokens WHERE expires < ?", (now - 86400,))

@@ -157,6 +157,10 @@ def decode_payload(body: bytes, content_type: str | None) -> Mapping[str, object
         doc = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedPayload(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # json's decoder recurses once per level: a signed body ~1,000 levels deep would
+        # otherwise be a 500.  No provider nests a push payload more than a few levels.
+        raise MalformedPayload("JSON body is nested too deeply") from None
     if not isinstance(doc, dict):
         raise MalformedPayload(f"JSON body is a {type(doc).__name__}, not an object")
     return doc

@@ -393,6 +393,13 @@ class Reconciler:
             try:
                 self.last_outcome = self._reconcile(reason)
                 return self.last_outcome
+            except Exception as exc:
+                # /readyz and the event log report a run that raised as failed, never as
+                # "no reconcile yet" or the previous run's success.
+                error = f"{type(exc).__name__}: {exc}"
+                self.last_outcome = Outcome(ok=False, reason=reason, error=error)
+                self.store.record_event("reconcile.failed", {"reason": reason, "error": error})
+                raise
             finally:
                 self.metrics.reconcile_duration.observe(time.monotonic() - started)
 
