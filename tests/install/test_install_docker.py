@@ -238,11 +238,12 @@ def test_the_one_liner_makes_a_fresh_debian_container_an_online_agent(
 
     rc, modes = _exec(
         host,
-        "stat -c '%a %n' /var/lib/reconciler/agent/credentials.json /etc/reconciler/agent.env",
+        "stat -c '%a %n' /var/lib/reconciler/agent/credentials.json "
+        "/etc/compose-reconciler/agent.env",
     )
     assert rc == 0, modes
     assert [line.split()[0] for line in modes.splitlines()] == ["600", "600"]
-    rc, env_file = _exec(host, "cat /etc/reconciler/agent.env")
+    rc, env_file = _exec(host, "cat /etc/compose-reconciler/agent.env")
     assert env_file.splitlines() == [
         f"RECONCILE_SERVER={server.url}",
         "RECONCILE_STATE_DIR=/var/lib/reconciler",
@@ -251,7 +252,7 @@ def test_the_one_liner_makes_a_fresh_debian_container_an_online_agent(
     assert json.loads(creds)["agent_id"] == agent_id
     rc, unit = _exec(host, "cat /etc/systemd/system/reconcile-agent.service")
     assert unit == AGENT_UNIT
-    rc, version = _exec(host, "/opt/reconcile-agent/venv/bin/python -c 'import agent, reconciler'")
+    rc, version = _exec(host, "/opt/compose-reconciler/bin/python -c 'import agent, reconciler'")
     assert rc == 0, version
 
     # The unit as systemd reads it (systemd is not running here, but verify needs only
