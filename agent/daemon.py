@@ -44,6 +44,7 @@ from agent.client import (
     Backoff,
     Credentials,
     ProtocolError,
+    RefusedCommand,
     Unauthorized,
     Unavailable,
     credentials_path,
@@ -52,7 +53,7 @@ from agent.client import (
 )
 from agent.journal import Journal, JournalEntry
 from agent.runner import CommandRunner
-from reconciler.model.agentapi import AgentReport, Command
+from reconciler.model.agentapi import AgentReport, Command, CommandResult
 
 if TYPE_CHECKING:
     from agent.executor import StepEvent
@@ -72,6 +73,10 @@ log = logging.getLogger("reconcile-agent")
 EXIT_SETUP = 2  # a refused token, or nothing to start with: no point in restarting
 UNAUTHORIZED_RETRY = 60.0  # seconds between tries while the server refuses our secret
 MIN_EMPTY_POLL = 1.0  # an empty long poll is never repeated faster than this
+# A command during which this many agent processes died (a crash, an OOM kill, a restart)
+# is failed instead of started again: the first death may be a reboot, a second in the
+# same command is the command.  Without it one poisoned command crash-loops the agent.
+MAX_INTERRUPTED = 2
 ClientFactory = Callable[[str, Credentials | None], AgentClient]
 
 
@@ -205,6 +210,8 @@ class Agent:
         self._lock = threading.Lock()
         self._running: set[str] = set()
         self._expired_seen: set[str] = set()
+        self._started: set[str] = set()  # command ids this process has started
+        self._refused_seen: set[str] = set()  # commands with an unusable id, logged once
         self._heartbeat_wake = threading.Event()
         self._interruptible = False
         self._signals = 0
@@ -293,6 +300,8 @@ class Agent:
                 log.error("control plane: %s", exc)
                 return 1
             self._heard(batch.heartbeat_seconds)
+            for bad in batch.refused:
+                self.refuse(bad)
             ran = [c for c in batch.commands if self.handle(c) == "ran"]
             if not ran:
                 break
@@ -333,6 +342,8 @@ class Agent:
         finally:
             self._interruptible = False
         self._heard(batch.heartbeat_seconds)
+        for bad in batch.refused:
+            self.refuse(bad)
         outcomes = []
         for command in batch.commands:
             if self.stopping:
@@ -394,7 +405,11 @@ class Agent:
                     command.deadline.isoformat(),
                 )
             return "expired"
+        interrupted = 0
         if entry is not None and entry.status == "running":
+            interrupted = entry.interrupted + (command.id not in self._started)
+            if interrupted >= MAX_INTERRUPTED:
+                return self._give_up(command, interrupted)
             log.info(
                 "command %s %s %s: interrupted earlier (attempt %d); redoing it",
                 command.id,
@@ -402,7 +417,8 @@ class Agent:
                 command.action.deployment,
                 entry.attempts,
             )
-        self.journal.start(command)
+        self.journal.start(command, interrupted=interrupted)
+        self._started.add(command.id)
         with self._lock:
             self._running.add(command.id)
         log.info(
@@ -424,6 +440,9 @@ class Agent:
                 exc,
             )
             return "abandoned"
+        except Exception as exc:  # the runner types its failures; this is a bug: survive it
+            log.exception("command %s: the runner raised", command.id)
+            result = CommandResult(ok=False, message=f"agent error: {type(exc).__name__}: {exc}")
         finally:
             with self._lock:
                 self._running.discard(command.id)
@@ -445,6 +464,46 @@ class Agent:
         self._post(done)
         self.send_report()
         return "ran"
+
+    def _give_up(self, command: Command, interrupted: int) -> str:
+        """Fail a command that the agent died in ``interrupted`` times, without starting it."""
+        result = CommandResult(
+            ok=False,
+            message=f"not run again: the agent stopped {interrupted} times while running this "
+            "command (a crash, an OOM kill or a restart); see the agent's log",
+        )
+        log.error(
+            "command %s %s %s: %s",
+            command.id,
+            command.kind,
+            command.action.deployment,
+            result.message,
+        )
+        self.journal.start(command, interrupted=interrupted)
+        self._post(self.journal.finish(command.id, result))
+        return "done"
+
+    def refuse(self, bad: RefusedCommand) -> None:
+        """Answer a command that is not valid with a failed result, once, and never run it.
+
+        Journaled as done, so neither a restart nor the server listing it again replays
+        it.  A command whose very id is unusable cannot be answered: it is logged once.
+        """
+        if bad.id is None:
+            if bad.shown_id not in self._refused_seen:
+                self._refused_seen.add(bad.shown_id)
+                log.error(
+                    "a command with id %s refused, not answerable: %s", bad.shown_id, bad.reason
+                )
+            return
+        entry = self.journal.get(bad.id)
+        if entry is not None and entry.status == "done":
+            if not entry.acked:
+                self._post(entry)
+            return
+        message = f"refused by the agent: not a valid command: {bad.reason}"
+        log.error("command %s: %s", bad.id, message)
+        self._post(self.journal.refuse(bad.id, CommandResult(ok=False, message=message)))
 
     def _post(self, entry: JournalEntry) -> bool:
         """Post a journaled result; True once the server has it (or refused it for good)."""

@@ -43,7 +43,14 @@ import yaml
 from agent.compose import ComposeDriver, ComposeError, ComposeProject
 from agent.onion import KEY_DIR, OnionKeyError, ensure_identity, read_identity
 from agent.secrets import env_file_text, resolve_secrets
-from agent.statedir import AppRecord, AppStatus, atomic_write, read_record, write_record
+from agent.statedir import (
+    AppRecord,
+    AppStatus,
+    app_dir,
+    atomic_write,
+    read_record,
+    write_record,
+)
 from reconciler.model.digests import value_digest
 from reconciler.model.errors import InvalidSpec, ReconcilerError
 from reconciler.model.ids import LOCAL_AGENT
@@ -184,6 +191,10 @@ class Executor:
     ) -> ActionResult:
         start = self.clock()
         try:
+            self.app_dir(action.id)
+        except ValueError as exc:  # refused before any path is made of the id
+            return ActionResult(action, False, f"refused: {exc}", self.clock() - start)
+        try:
             with self._lock(action.id):
                 if action.action == "uninstall":
                     message = self._uninstall(action)
@@ -245,7 +256,10 @@ class Executor:
         self.on_event(StepEvent(name, step, detail))
 
     def app_dir(self, dpl_id: str) -> pathlib.Path:
-        return self.state_dir / "apps" / dpl_id
+        """``apps/<id>`` through the checked helper: an id that is not ``dpl_<16 hex>``
+        raises ValueError before any path is made of it (an uninstall with purge would
+        otherwise delete whatever ``../../victim`` names)."""
+        return app_dir(self.state_dir, dpl_id)
 
     @contextlib.contextmanager
     def _lock(self, dpl_id: str) -> Iterator[None]:

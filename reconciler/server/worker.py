@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import pathlib
 import random
 import secrets
-import stat
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -31,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.load.catalog import Catalog
-from reconciler.load.files import inside
 from reconciler.model.agentapi import Command
 from reconciler.model.errors import InvalidSpec, ReconcilerError
 from reconciler.model.ids import LOCAL_AGENT
@@ -39,6 +35,7 @@ from reconciler.model.state import ActualState, AgentState
 from reconciler.plan import PlanOptions, plan
 from reconciler.plan.planner import drift
 from reconciler.render import RenderContext, RenderedDeployment, agents_of, render_all
+from reconciler.server.bundles import build_bundle, bundle_dirs
 from reconciler.server.config import ServerConfig
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
@@ -583,85 +580,6 @@ class Reconciler:
             if item.suffix == ".tar" and item.stem not in active:
                 with contextlib.suppress(FileNotFoundError):
                     item.unlink()
-
-
-# --------------------------------------------------------------------------- bundles
-
-
-def bundle_dirs(want: RenderedDeployment) -> list[str]:
-    """The repository directories an agent needs for this deployment."""
-    dirs: list[str] = []
-    if want.bundle:
-        dirs.append(want.bundle)
-    if want.build is not None and want.build.kind == "repo" and want.build.path:
-        dirs.append(want.build.path)
-    return sorted(set(dirs))
-
-
-def build_bundle(root: pathlib.Path, dirs: Iterable[str], dest: pathlib.Path) -> None:
-    """A tar of ``dirs`` (repo-relative), written atomically to ``dest``.
-
-    Regular files and directories only, paths relative to the repository root, owners
-    and times normalised.  A symlink to a file inside the repository is stored as that
-    file's content; one that leaves the repository, or points at a directory, is refused
-    (the agent would otherwise unpack a link to somewhere on *its* host).
-    """
-    root = root.resolve()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-    seen: set[str] = set()
-
-    def norm(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
-        return info
-
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for rel in dirs:
-                base = (root / rel).resolve()
-                if not inside(base, root) or not base.is_dir():
-                    raise InvalidSpec(f"bundle directory {rel!r} is not a directory in the repo")
-                for dirpath, dirnames, filenames in os.walk(base):
-                    here = pathlib.Path(dirpath)
-                    arc_dir = here.relative_to(root).as_posix()
-                    if arc_dir not in seen:
-                        seen.add(arc_dir)
-                        tar.addfile(norm(tar.gettarinfo(str(here), arcname=arc_dir)))
-                    dirnames.sort()
-                    for name in [*sorted(filenames), *list(dirnames)]:
-                        path = here / name
-                        arc = f"{arc_dir}/{name}"
-                        mode = os.lstat(path).st_mode
-                        if stat.S_ISDIR(mode):
-                            continue  # walked next
-                        if stat.S_ISLNK(mode):
-                            target = path.resolve()
-                            if not inside(target, root) or not target.is_file():
-                                raise InvalidSpec(
-                                    f"{arc}: symlink to {os.readlink(path)!r} refused: only "
-                                    "links to files inside the repository can be shipped"
-                                )
-                            if name in dirnames:
-                                dirnames.remove(name)
-                            source = target
-                        elif stat.S_ISREG(mode):
-                            source = path
-                        else:
-                            raise InvalidSpec(f"{arc}: not a regular file or directory")
-                        if arc in seen:
-                            continue
-                        seen.add(arc)
-                        info = norm(tar.gettarinfo(str(source), arcname=arc))
-                        with open(source, "rb") as fh:
-                            tar.addfile(info, fh)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 # ------------------------------------------------------------------------------- git
