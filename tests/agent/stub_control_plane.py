@@ -23,6 +23,7 @@ class _Stub(ThreadingHTTPServer):
     plane: FakeControlPlane
     closing: threading.Event
     held: list[float]
+    stall: set[str]  # command ids whose bundle download never answers
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -41,12 +42,17 @@ class _Handler(BaseHTTPRequestHandler):
             content=body,
         )
         plane = self.server.plane
-        if request.url.path == "/v1/agent/commands" and not plane.commands:
+        parts = request.url.path.split("/")
+        if parts[-1] == "bundle" and parts[-2] in self.server.stall:
+            plane.requests.append(f"{request.method} {request.url.path}")
+            self.server.closing.wait(120)  # until the test ends; the agent is killed meanwhile
+            return
+        if request.url.path == "/v1/agent/commands" and not (plane.commands or plane.raw):
             # Hold the long poll like the real server: until the wait ends.
             wait = float(request.url.params.get("wait", "0"))
             self.server.held.append(wait)
             end = time.monotonic() + min(wait, 30)
-            while not plane.commands and time.monotonic() < end:
+            while not (plane.commands or plane.raw) and time.monotonic() < end:
                 if self.server.closing.wait(0.05):
                     break
         response = plane.handle(request)
@@ -66,6 +72,7 @@ def stub_server(plane: FakeControlPlane) -> Iterator[_Stub]:
     server = _Stub(("127.0.0.1", 0), _Handler)
     server.plane = plane
     server.held = []
+    server.stall = set()
     server.closing = threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -18,6 +18,7 @@ import pytest
 from agent.bundle import MAX_HEADER_BYTES, BundleError, extract_bundle
 from reconciler.model.bundle import LINK_INSIDE, LINK_PAX_KEY
 from reconciler.server.bundles import build_bundle
+from tests.agent.bundle_attacks import pax_bomb
 from tests.conftest import REPO_ROOT
 
 Member = tuple[tarfile.TarInfo, bytes | None]
@@ -203,28 +204,6 @@ def test_a_truncated_archive_is_refused(tmp_path: pathlib.Path) -> None:
     _refused(tmp_path, gzip.compress(tar)[:1500], "not a readable tar|truncated")
     _refused(tmp_path, tar[:2048], "truncated")
     _refused(tmp_path, b"this is not a tar archive at all" * 40, "bad tar header")
-
-
-def _gzip_members(parts: list[bytes], repeat: tuple[bytes, int]) -> bytes:
-    """A multi-member gzip: the repeated chunk is compressed once (a bomb in a second)."""
-    head, *tail = parts
-    chunk, times = repeat
-    body = gzip.compress(chunk, 9) * times
-    return gzip.compress(head) + body + b"".join(map(gzip.compress, tail))
-
-
-def pax_bomb(size: int = 1170 * 1024 * 1024) -> bytes:
-    """A gzip of one pax header ``size`` bytes long: about 1 MiB on the wire."""
-    header = tarfile.TarInfo("././@PaxHeader")
-    header.type = tarfile.XHDTYPE
-    header.size = size
-    record = f"{size} path=".encode()
-    chunk = b"a" * (8 << 20)
-    fill = size - len(record) - 1
-    times, rest = divmod(fill, len(chunk))
-    tail = b"a" * rest + b"\n" + b"\0" * (-size % 512)
-    tail += tarfile.TarInfo("x").tobuf(format=tarfile.USTAR_FORMAT) + b"\0" * 1024
-    return _gzip_members([header.tobuf(format=tarfile.USTAR_FORMAT) + record, tail], (chunk, times))
 
 
 def test_a_pax_header_bomb_is_refused_in_little_memory(tmp_path: pathlib.Path) -> None:
