@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import pathlib
 import random
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -213,12 +214,14 @@ class AgentClient:
         *,
         transport: httpx.BaseTransport | None = None,
         user_agent: str = "reconcile-agent",
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.server = server.rstrip("/")
         self.credentials = credentials
         self._http = httpx.Client(
             base_url=self.server,
             transport=transport,
+            verify=verify,  # agent.tls.server_ssl_context: system CAs, a CA file, or a pin
             timeout=httpx.Timeout(CALL_TIMEOUT, connect=CONNECT_TIMEOUT),
             headers={"User-Agent": user_agent},
             follow_redirects=False,

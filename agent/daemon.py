@@ -30,6 +30,7 @@ import os
 import pathlib
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -53,6 +54,7 @@ from agent.client import (
 )
 from agent.journal import Journal, JournalEntry
 from agent.runner import CommandRunner
+from agent.tls import TrustError, agent_trust
 from reconciler.model.agentapi import AgentReport, Command, CommandResult
 
 if TYPE_CHECKING:
@@ -615,6 +617,19 @@ def _parser() -> argparse.ArgumentParser:
         "optional once credentials exist",
     )
     p.add_argument(
+        "--ca-file",
+        type=pathlib.Path,
+        default=env.get("RECONCILE_CA_FILE") or None,
+        help="PEM file of the CA(s) that signed the control plane's certificate, instead "
+        "of the system's (env RECONCILE_CA_FILE); needs an https:// server",
+    )
+    p.add_argument(
+        "--server-fingerprint",
+        default=env.get("RECONCILE_SERVER_FINGERPRINT") or None,
+        help="pin the control plane's certificate by its SHA-256 fingerprint "
+        "(env RECONCILE_SERVER_FINGERPRINT), e.g. for a self-signed one; needs https://",
+    )
+    p.add_argument(
         "--token",
         default=env.get("RECONCILE_AGENT_TOKEN"),
         help="one-time bootstrap token (env RECONCILE_AGENT_TOKEN); used only while "
@@ -705,6 +720,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise SystemExit(code)
 
 
+def _trust(args: argparse.Namespace, state_dir: pathlib.Path) -> ssl.SSLContext | bool:
+    """The trust settings for the server given, else the one the credentials name."""
+    stored = load_credentials(state_dir)
+    server = args.server or (stored.server if stored is not None else None)
+    return agent_trust(server, args.ca_file, args.server_fingerprint)
+
+
 def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent]) -> int:
     from agent.statedir import default_state_dir
 
@@ -712,11 +734,21 @@ def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent])
     hostname = socket.gethostname()
     version = _version()
     try:
+        verify = _trust(args, state_dir)
+    except (TrustError, ValueError) as exc:
+        log.error("%s", exc)
+        return EXIT_SETUP
+
+    def make_client(server: str, creds: Credentials | None) -> AgentClient:
+        return AgentClient(server, creds, verify=verify, user_agent=f"reconcile-agent/{version}")
+
+    try:
         creds = ensure_credentials(
             state_dir,
             args.server,
             args.token,
             hostname=hostname,
+            make_client=make_client,
             stop=stop,
             retry=not args.once,
         )
@@ -729,7 +761,7 @@ def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent])
         log.error("%s", exc)
         return 1
 
-    client = AgentClient(creds.server, creds, user_agent=f"reconcile-agent/{version}")
+    client = make_client(creds.server, creds)
 
     def observe() -> AgentState:
         from agent.observe import observe_local
