@@ -735,9 +735,12 @@ def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent])
     version = _version()
     try:
         verify = _trust(args, state_dir)
-    except (TrustError, ValueError) as exc:
+    except TrustError as exc:
         log.error("%s", exc)
         return EXIT_SETUP
+    except (ValueError, OSError) as exc:  # unreadable credentials, as ensure_credentials
+        log.error("%s", exc)
+        return 1
 
     def make_client(server: str, creds: Credentials | None) -> AgentClient:
         return AgentClient(server, creds, verify=verify, user_agent=f"reconcile-agent/{version}")

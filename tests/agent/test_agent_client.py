@@ -27,7 +27,8 @@ from tests.agent.agent_fakes import AGENT_ID, SERVER, FakeControlPlane
 
 
 def factory(server: FakeControlPlane):
-    def make(url: str, creds: Credentials | None) -> AgentClient:
+    def make(url: str, creds: Credentials | None, **_options: object) -> AgentClient:
+        # verify= and user_agent= are the daemon's; the mock transport ignores TLS.
         return AgentClient(url, creds, transport=server.transport())
 
     return make
