@@ -334,18 +334,17 @@ def _write(archive: pathlib.Path, target: pathlib.Path, max_bytes: int) -> None:
 
 
 def _verify(target: pathlib.Path, kinds: dict[str, str], link_roots: Sequence[str]) -> None:
+    """Every member resolved by the kernel lies inside the real target (a link: inside
+    its shipped directory).  ``strict``: a chain too long to resolve is an error here."""
     real_root = pathlib.Path(os.path.realpath(target, strict=True))
     for name, kind in kinds.items():
-        if kind != "link":
-            continue
-        path = target / name
-        scope = real_root / link_scope(name, link_roots)
+        scope = real_root / link_scope(name, link_roots) if kind == "link" else real_root
         try:
-            real = pathlib.Path(os.path.realpath(path, strict=True))
+            real = pathlib.Path(os.path.realpath(target / name, strict=True))
         except OSError as exc:
-            raise BundleError(f"bundle symlink {name!r} cannot be resolved: {exc}") from None
+            raise BundleError(f"bundle member {name!r} cannot be resolved: {exc}") from None
         if real != scope and scope not in real.parents:
-            raise BundleError(f"bundle symlink {name!r} resolves to {real}, outside {scope}")
+            raise BundleError(f"bundle member {name!r} resolves to {real}, outside {scope}")
 
 
 def _clear(target: pathlib.Path) -> None:

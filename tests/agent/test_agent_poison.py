@@ -214,3 +214,45 @@ def test_a_command_the_agent_keeps_dying_in_is_failed_not_replayed(
     assert not result.ok and "the agent stopped 2 times" in result.message
     entry = json.loads((state / "agent/commands/cmd_killer.json").read_text())
     assert (entry["status"], entry["acked"], entry["interrupted"]) == ("done", True, 2)
+
+
+def test_a_path_as_deployment_id_is_refused_at_the_wire_and_by_the_executor(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Two locks on one door.  The model refuses the id; an Action built around the model
+    (``model_construct``, as a bug might) still cannot make the executor touch a path:
+    the executor's compose driver, proxy and watch are the fakes, the disk is real."""
+    from pydantic import ValidationError
+
+    from agent.compose import FakeComposeDriver
+    from agent.executor import Executor, ExecutorSettings
+    from reconciler.model.plan import Action
+    from tests.agent.agent_fakes import AGENT_ID, FakeProxy, FakeWatch
+
+    fields = {
+        "action": "uninstall",
+        "deployment": "web",
+        "id": "../../victim",
+        "agent": AGENT_ID,
+        "reason": "no longer in the repository",
+    }
+    with pytest.raises(ValidationError, match="String should match pattern"):
+        Action.model_validate(fields)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    state = tmp_path / "state"
+    driver = FakeComposeDriver()
+    executor = Executor(
+        state_dir=state,
+        driver=driver,
+        proxy=FakeProxy(),
+        watch=FakeWatch(),
+        settings=ExecutorSettings(purge=True),
+        environ={},
+    )
+    result = executor.apply_action(Action.model_construct(**fields), None, tmp_path)
+    assert not result.ok and result.message.startswith("refused: not a deployment id")
+    assert (victim / "keep.txt").read_text() == "mine"
+    assert not (victim / ".lock").exists() and not state.exists()
+    assert driver.calls == []
