@@ -761,12 +761,27 @@ def _copy_bundle(source: pathlib.Path, target: pathlib.Path) -> list[str]:
         if entry.name in RESERVED or entry.name in ("deployment.yaml", "deployment.yml"):
             continue
         dest = target / entry.name
+        _clear_way(entry, dest)
         if entry.is_dir() and not entry.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(entry):
+                here = dest / pathlib.Path(dirpath).relative_to(entry)
+                for name in [*filenames, *dirnames]:
+                    _clear_way(pathlib.Path(dirpath, name), here / name)
             shutil.copytree(entry, dest, symlinks=True, dirs_exist_ok=True)
         else:
             shutil.copy2(entry, dest, follow_symlinks=False)
         placed.append(entry.name)
     return placed
+
+
+def _clear_way(source: pathlib.Path, dest: pathlib.Path) -> None:
+    """Remove ``dest`` when a copy of ``source`` must replace it rather than write into
+    or through it: a link on either side (bundles carry the repository's inner links, and
+    a copy onto a link would write to its target), or a file where a directory goes."""
+    if not os.path.lexists(dest):
+        return
+    if source.is_symlink() or dest.is_symlink() or source.is_dir() != dest.is_dir():
+        _remove_entry(dest)
 
 
 def _bundle_entries(directory: pathlib.Path) -> list[str]:
