@@ -9,7 +9,7 @@ through real directories only, so "inside" can be checked from the member list a
 Hard links, devices and fifos never travel.
 
 The marker is not a proof: an agent checks every link itself.  It makes the contract
-explicit, so a tar that was not made by :func:`reconciler.server.bundles.build_bundle`
+explicit, so a tar that was not made by :func:`reconciler.server.worker.build_bundle`
 (an old server, a hand-made tar, a tampered one) is refused with a reason instead of
 being unpacked by a looser rule.
 """

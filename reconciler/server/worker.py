@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pathlib
 import random
 import secrets
+import stat
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,14 +31,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.load.catalog import Catalog
+from reconciler.load.files import inside
 from reconciler.model.agentapi import Command
+from reconciler.model.bundle import LINK_INSIDE, LINK_PAX_KEY, link_scope
 from reconciler.model.errors import InvalidSpec, ReconcilerError
 from reconciler.model.ids import LOCAL_AGENT
 from reconciler.model.state import ActualState, AgentState
 from reconciler.plan import PlanOptions, plan
 from reconciler.plan.planner import drift
 from reconciler.render import RenderContext, RenderedDeployment, agents_of, render_all
-from reconciler.server.bundles import build_bundle, bundle_dirs
 from reconciler.server.config import ServerConfig
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
@@ -580,6 +584,112 @@ class Reconciler:
             if item.suffix == ".tar" and item.stem not in active:
                 with contextlib.suppress(FileNotFoundError):
                     item.unlink()
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def bundle_dirs(want: RenderedDeployment) -> list[str]:
+    """The repository directories an agent needs for this deployment (the agent scopes
+    the bundle's links by the same list)."""
+    return want.shipped_dirs()
+
+
+def build_bundle(root: pathlib.Path, dirs: Iterable[str], dest: pathlib.Path) -> None:
+    """A tar of ``dirs`` (repo-relative), written atomically to ``dest``.
+
+    Regular files and directories, paths relative to the repository root, owners and
+    times normalised, in the format of :mod:`reconciler.model.bundle`.  A symlink that
+    resolves inside the shipped directory holding it travels as a marked symlink
+    (:func:`_inner_link`); one to a file elsewhere in the repository as that file's
+    content; one that leaves the repository, dangles, loops, or points at a directory
+    outside its shipped directory is refused (the agent would otherwise unpack a link to
+    somewhere on *its* host).  Hard-linked files go as plain copies (``dereference``:
+    agents refuse hard links).
+    """
+    root = root.resolve()
+    dirs = sorted(dirs)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+    seen: set[str] = set()
+
+    def norm(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
+        return info
+
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
+            for rel in dirs:
+                base = (root / rel).resolve()
+                if not inside(base, root) or not base.is_dir():
+                    raise InvalidSpec(f"bundle directory {rel!r} is not a directory in the repo")
+                for dirpath, dirnames, filenames in os.walk(base):
+                    here = pathlib.Path(dirpath)
+                    arc_dir = here.relative_to(root).as_posix()
+                    if arc_dir not in seen:
+                        seen.add(arc_dir)
+                        tar.addfile(norm(tar.gettarinfo(str(here), arcname=arc_dir)))
+                    dirnames.sort()
+                    for name in [*sorted(filenames), *list(dirnames)]:
+                        path = here / name
+                        arc = f"{arc_dir}/{name}"
+                        mode = os.lstat(path).st_mode
+                        if stat.S_ISDIR(mode):
+                            continue  # walked next
+                        if stat.S_ISLNK(mode):
+                            link = _inner_link(root, dirs, here, path, arc)
+                            if isinstance(link, tarfile.TarInfo):
+                                if arc not in seen:
+                                    seen.add(arc)
+                                    tar.addfile(link)
+                                continue
+                            source = link  # a file elsewhere in the repository: its content
+                        elif stat.S_ISREG(mode):
+                            source = path
+                        else:
+                            raise InvalidSpec(f"{arc}: not a regular file or directory")
+                        if arc in seen:
+                            continue
+                        seen.add(arc)
+                        info = norm(tar.gettarinfo(str(source), arcname=arc))
+                        with open(source, "rb") as fh:
+                            tar.addfile(info, fh)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _inner_link(
+    root: pathlib.Path, dirs: list[str], here: pathlib.Path, path: pathlib.Path, arc: str
+) -> tarfile.TarInfo | pathlib.Path:
+    """The marked symlink member for a link inside its shipped directory, re-written
+    relative to its real target (so it leads through real directories only); else the
+    file it names elsewhere in the repository.  Raises InvalidSpec for anything else."""
+    refused = InvalidSpec(
+        f"{arc}: symlink to {os.readlink(path)!r} refused: only links that stay inside "
+        "the repository (to a file, or to a directory shipped with it) can be shipped"
+    )
+    try:
+        target = pathlib.Path(os.path.realpath(path, strict=True))
+    except OSError:  # dangling, a loop, or too long to resolve
+        raise refused from None
+    if not inside(target, root):
+        raise refused
+    if inside(target, (root / link_scope(arc, dirs)).resolve()):
+        info = tarfile.TarInfo(arc)
+        info.type = tarfile.SYMTYPE
+        info.mode = 0o777
+        info.linkname = os.path.relpath(target, here.resolve())
+        info.pax_headers = {LINK_PAX_KEY: LINK_INSIDE}
+        return info
+    if target.is_file():
+        return target
+    raise refused
 
 
 # ------------------------------------------------------------------------------- git

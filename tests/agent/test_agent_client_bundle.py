@@ -17,7 +17,7 @@ import pytest
 
 from agent.bundle import MAX_HEADER_BYTES, BundleError, extract_bundle
 from reconciler.model.bundle import LINK_INSIDE, LINK_PAX_KEY
-from reconciler.server.bundles import build_bundle
+from reconciler.server.worker import build_bundle
 from tests.agent.bundle_attacks import pax_bomb
 from tests.conftest import REPO_ROOT
 
@@ -289,3 +289,19 @@ def test_the_target_must_be_fresh(tmp_path: pathlib.Path) -> None:
     with pytest.raises(BundleError, match="not empty"):
         extract_bundle(archive, root)
     assert (root / "keep").read_text() == "mine"
+
+
+def test_the_server_refuses_a_directory_link_outside_its_shipped_directory(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Inside the repository but outside what is shipped: as content it could be any
+    size, as a link it would dangle (or leave the app dir) on the host."""
+    from reconciler.model.errors import InvalidSpec
+
+    repo = tmp_path / "src"
+    (repo / "shared").mkdir(parents=True)
+    (repo / "deployments/blog").mkdir(parents=True)
+    (repo / "deployments/blog/shared").symlink_to("../../shared")
+    with pytest.raises(InvalidSpec, match=r"symlink to '\.\./\.\./shared' refused"):
+        build_bundle(repo, ["deployments/blog"], tmp_path / "b.tar")
+    assert not (tmp_path / "b.tar").exists()

@@ -15,7 +15,7 @@ from agent.compose import FakeComposeDriver
 from agent.executor import Executor, ExecutorSettings
 from reconciler.model.plan import Action
 from reconciler.render import RenderedDeployment
-from reconciler.server.bundles import build_bundle
+from reconciler.server.worker import build_bundle
 from tests.agent.agent_fakes import REPO, FakeProxy, FakeWatch, make_command, rendered_repo
 from tests.conftest import RepoFactory
 

@@ -172,7 +172,7 @@ def test_a_bundle_with_the_repositorys_inner_symlinks_is_served(
     """Server and agent agree on links: ``build_bundle`` ships the repository's links
     that point inside (a file link and a directory link), the agent unpacks them as links,
     the executor copies them into the app dir, and httpd serves through them."""
-    from reconciler.server.bundles import build_bundle
+    from reconciler.server.worker import build_bundle
 
     namespace = unique_namespace("agentl")
     port = free_port()

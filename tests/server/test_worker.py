@@ -15,10 +15,9 @@ from conftest import Remote, copy_examples, examples_for, git
 from reconciler.model.bundle import LINK_INSIDE, LINK_PAX_KEY
 from reconciler.model.errors import InvalidSpec
 from reconciler.server.app import ControlPlane
-from reconciler.server.bundles import build_bundle
 from reconciler.server.config import ServerConfig
 from reconciler.server.store import Store
-from reconciler.server.worker import LOCAL_REASON, Reconciler, Worker
+from reconciler.server.worker import LOCAL_REASON, Reconciler, Worker, build_bundle
 
 
 def _until(predicate: object, timeout: float = 30.0) -> bool:
