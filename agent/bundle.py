@@ -53,6 +53,9 @@ MAX_MEMBERS = 100_000  # files, directories and links
 MAX_HEADER_BYTES = 64 * 1024  # one pax / GNU long-name header (a long path needs < 4 KiB)
 
 _BLOCK = tarfile.BLOCKSIZE
+# A member has at most a pax header, or a GNU long name and a long link name; tarfile
+# reads a run of them by recursion, so a thousand in a row is a RecursionError.
+_MAX_EXTENDED_RUN = 3
 _CHUNK = 64 * 1024
 _PAX = (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE)
 _EXTENDED = (*_PAX, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
@@ -141,7 +144,7 @@ def _pax_keys(data: bytes) -> Iterator[bytes]:
 
 
 def _check_shape(archive: pathlib.Path, max_bytes: int, max_members: int) -> None:
-    members = extended = 0
+    members = extended = run = 0
     with _stream(archive, max_bytes) as stream:
         while True:
             block = stream.exactly(_BLOCK)
@@ -155,6 +158,11 @@ def _check_shape(archive: pathlib.Path, max_bytes: int, max_members: int) -> Non
                 raise BundleError(f"the bundle has a bad tar header: {exc}") from None
             if info.type in _EXTENDED:
                 extended += 1
+                run += 1
+                if run > _MAX_EXTENDED_RUN:
+                    raise BundleError(
+                        f"the bundle has more than {_MAX_EXTENDED_RUN} headers in a row"
+                    )
                 if info.size > MAX_HEADER_BYTES:
                     raise BundleError(
                         f"a bundle header of {info.size} bytes refused (at most "
@@ -169,6 +177,7 @@ def _check_shape(archive: pathlib.Path, max_bytes: int, max_members: int) -> Non
             if info.type in (tarfile.XGLTYPE, tarfile.GNUTYPE_SPARSE):
                 raise BundleError(f"bundle member {info.name!r}: a global pax or sparse header")
             members += 1
+            run = 0
             if members > max_members or extended > max_members:
                 raise BundleError(f"the bundle has more than {max_members} members")
             if info.isreg():

@@ -253,6 +253,9 @@ def test_headers_that_would_desynchronise_the_checks_are_refused(tmp_path: pathl
     _refused(tmp_path, _tar([(glob, None), _file("f")]), "global pax")
     big = "p" * (MAX_HEADER_BYTES + 1)
     _refused(tmp_path, _tar([_file(big)]), "pax header bomb")
+    # tarfile reads a run of extended headers by recursion: 2,000 would be a RecursionError
+    chain = _raw_pax(b"10 path=a\n")[:1024] * 2000 + _tar([_file("f")])
+    _refused(tmp_path, chain, "headers in a row")
 
 
 def test_devices_and_fifos_are_refused(tmp_path: pathlib.Path) -> None:
