@@ -17,6 +17,12 @@ credentials are kept).  SIGTERM/SIGINT stop the loop: an idle poll is dropped at
 command in progress is finished (a second signal abandons it; the server hands it out
 again and the executor's actions are idempotent), and the exit code is 0.
 
+Before anything is sent, the control plane's certificate trust is settled
+(:mod:`agent.tls`: the system's CAs, ``--ca-file`` or ``--server-fingerprint``), and
+plain HTTP to another machine is warned about.  A command is never trusted to be well
+formed: one that does not parse is answered with a failed result and journaled, and one
+the agent died in twice is failed instead of run again (``MAX_INTERRUPTED``).
+
 Only the stdlib, httpx and pydantic are imported at start; Docker and Compose come in
 with the first command or heartbeat.
 """
