@@ -20,22 +20,25 @@ from __future__ import annotations
 import json
 import pathlib
 import random
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.statedir import atomic_write
 from reconciler.model.agentapi import (
     AgentReport,
     BootstrapRequest,
     BootstrapResponse,
-    CommandBatch,
+    Command,
     CommandResult,
     ReportAck,
     ResultAck,
 )
+from reconciler.model.ids import COMMAND_ID_RE
 
 __all__ = [
     "MAX_BUNDLE_BYTES",
@@ -43,7 +46,9 @@ __all__ = [
     "AgentClientError",
     "Backoff",
     "Credentials",
+    "Polled",
     "ProtocolError",
+    "RefusedCommand",
     "Unauthorized",
     "Unavailable",
     "credentials_path",
@@ -77,6 +82,46 @@ class ProtocolError(AgentClientError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass(frozen=True)
+class RefusedCommand:
+    """A command of the batch that is not a valid :class:`Command` (a deployment id that
+    is a path, an unknown kind, a naive deadline, ...): never run.  ``id`` is None when
+    the id itself is not a command id, so no result can be posted or journaled for it."""
+
+    id: str | None
+    shown_id: str  # for the log: the id as sent, shortened
+    reason: str
+
+
+@dataclass(frozen=True)
+class Polled:
+    """One long poll's answer, each command parsed on its own: one bad command must not
+    hide the good ones, nor stop the agent."""
+
+    commands: list[Command] = field(default_factory=list)
+    refused: list[RefusedCommand] = field(default_factory=list)
+    heartbeat_seconds: float = 10.0
+
+
+class _RawBatch(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    commands: list[object] = Field(default_factory=list)
+    heartbeat_seconds: float = 10.0
+
+
+def _parse_command(item: object) -> Command | RefusedCommand:
+    try:
+        return Command.model_validate(item)
+    except ValidationError as exc:
+        raw = item.get("id") if isinstance(item, dict) else None
+        cid = raw if isinstance(raw, str) and COMMAND_ID_RE.match(raw) else None
+        reason = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'command'}: {e['msg']}" for e in exc.errors()
+        )
+        return RefusedCommand(id=cid, shown_id=_short(repr(raw), 80), reason=_short(reason))
 
 
 class Credentials(BaseModel):
@@ -169,12 +214,14 @@ class AgentClient:
         *,
         transport: httpx.BaseTransport | None = None,
         user_agent: str = "reconcile-agent",
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.server = server.rstrip("/")
         self.credentials = credentials
         self._http = httpx.Client(
             base_url=self.server,
             transport=transport,
+            verify=verify,  # agent.tls.server_ssl_context: system CAs, a CA file, or a pin
             timeout=httpx.Timeout(CALL_TIMEOUT, connect=CONNECT_TIMEOUT),
             headers={"User-Agent": user_agent},
             follow_redirects=False,
@@ -190,12 +237,20 @@ class AgentClient:
         response = self._send("POST", "/v1/agent/bootstrap", json=body, auth=False)
         return self._parse(response, BootstrapResponse)
 
-    def commands(self, wait: float) -> CommandBatch:
+    def commands(self, wait: float) -> Polled:
         timeout = httpx.Timeout(wait + LONG_POLL_SLACK, connect=CONNECT_TIMEOUT)
         response = self._send(
             "GET", "/v1/agent/commands", params={"wait": f"{wait:g}"}, timeout=timeout
         )
-        return self._parse(response, CommandBatch)
+        batch = self._parse(response, _RawBatch, name="CommandBatch")
+        polled = Polled(heartbeat_seconds=batch.heartbeat_seconds)
+        for item in batch.commands:
+            parsed = _parse_command(item)
+            if isinstance(parsed, Command):
+                polled.commands.append(parsed)
+            else:
+                polled.refused.append(parsed)
+        return polled
 
     def post_result(self, command_id: str, result: CommandResult) -> ResultAck:
         response = self._send(
@@ -288,13 +343,13 @@ class AgentClient:
             raise ProtocolError(f"{what}: HTTP {status}: {_detail(response)}", status)
 
     @staticmethod
-    def _parse(response: httpx.Response, model: type[_Model]) -> _Model:
+    def _parse(response: httpx.Response, model: type[_Model], name: str = "") -> _Model:
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
             request = response.request
             raise ProtocolError(
-                f"{request.method} {request.url.path}: the answer is not a {model.__name__}: "
-                f"{_short(str(exc))}",
+                f"{request.method} {request.url.path}: the answer is not a "
+                f"{name or model.__name__}: {_short(str(exc))}",
                 response.status_code,
             ) from None

@@ -17,6 +17,12 @@ credentials are kept).  SIGTERM/SIGINT stop the loop: an idle poll is dropped at
 command in progress is finished (a second signal abandons it; the server hands it out
 again and the executor's actions are idempotent), and the exit code is 0.
 
+Before anything is sent, the control plane's certificate trust is settled
+(:mod:`agent.tls`: the system's CAs, ``--ca-file`` or ``--server-fingerprint``), and
+plain HTTP to another machine is warned about.  A command is never trusted to be well
+formed: one that does not parse is answered with a failed result and journaled, and one
+the agent died in twice is failed instead of run again (``MAX_INTERRUPTED``).
+
 Only the stdlib, httpx and pydantic are imported at start; Docker and Compose come in
 with the first command or heartbeat.
 """
@@ -30,6 +36,7 @@ import os
 import pathlib
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -44,6 +51,7 @@ from agent.client import (
     Backoff,
     Credentials,
     ProtocolError,
+    RefusedCommand,
     Unauthorized,
     Unavailable,
     credentials_path,
@@ -52,7 +60,8 @@ from agent.client import (
 )
 from agent.journal import Journal, JournalEntry
 from agent.runner import CommandRunner
-from reconciler.model.agentapi import AgentReport, Command
+from agent.tls import TrustError, agent_trust
+from reconciler.model.agentapi import AgentReport, Command, CommandResult
 from reconciler.model.secretenv import SecretEnvError, secret_from_env
 
 if TYPE_CHECKING:
@@ -73,6 +82,10 @@ log = logging.getLogger("reconcile-agent")
 EXIT_SETUP = 2  # a refused token, or nothing to start with: no point in restarting
 UNAUTHORIZED_RETRY = 60.0  # seconds between tries while the server refuses our secret
 MIN_EMPTY_POLL = 1.0  # an empty long poll is never repeated faster than this
+# A command during which this many agent processes died (a crash, an OOM kill, a restart)
+# is failed instead of started again: the first death may be a reboot, a second in the
+# same command is the command.  Without it one poisoned command crash-loops the agent.
+MAX_INTERRUPTED = 2
 ClientFactory = Callable[[str, Credentials | None], AgentClient]
 
 
@@ -206,6 +219,8 @@ class Agent:
         self._lock = threading.Lock()
         self._running: set[str] = set()
         self._expired_seen: set[str] = set()
+        self._started: set[str] = set()  # command ids this process has started
+        self._refused_seen: set[str] = set()  # commands with an unusable id, logged once
         self._heartbeat_wake = threading.Event()
         self._interruptible = False
         self._signals = 0
@@ -294,6 +309,8 @@ class Agent:
                 log.error("control plane: %s", exc)
                 return 1
             self._heard(batch.heartbeat_seconds)
+            for bad in batch.refused:
+                self.refuse(bad)
             ran = [c for c in batch.commands if self.handle(c) == "ran"]
             if not ran:
                 break
@@ -334,6 +351,8 @@ class Agent:
         finally:
             self._interruptible = False
         self._heard(batch.heartbeat_seconds)
+        for bad in batch.refused:
+            self.refuse(bad)
         outcomes = []
         for command in batch.commands:
             if self.stopping:
@@ -395,7 +414,11 @@ class Agent:
                     command.deadline.isoformat(),
                 )
             return "expired"
+        interrupted = 0
         if entry is not None and entry.status == "running":
+            interrupted = entry.interrupted + (command.id not in self._started)
+            if interrupted >= MAX_INTERRUPTED:
+                return self._give_up(command, interrupted)
             log.info(
                 "command %s %s %s: interrupted earlier (attempt %d); redoing it",
                 command.id,
@@ -403,7 +426,8 @@ class Agent:
                 command.action.deployment,
                 entry.attempts,
             )
-        self.journal.start(command)
+        self.journal.start(command, interrupted=interrupted)
+        self._started.add(command.id)
         with self._lock:
             self._running.add(command.id)
         log.info(
@@ -425,6 +449,9 @@ class Agent:
                 exc,
             )
             return "abandoned"
+        except Exception as exc:  # the runner types its failures; this is a bug: survive it
+            log.exception("command %s: the runner raised", command.id)
+            result = CommandResult(ok=False, message=f"agent error: {type(exc).__name__}: {exc}")
         finally:
             with self._lock:
                 self._running.discard(command.id)
@@ -446,6 +473,46 @@ class Agent:
         self._post(done)
         self.send_report()
         return "ran"
+
+    def _give_up(self, command: Command, interrupted: int) -> str:
+        """Fail a command that the agent died in ``interrupted`` times, without starting it."""
+        result = CommandResult(
+            ok=False,
+            message=f"not run again: the agent stopped {interrupted} times while running this "
+            "command (a crash, an OOM kill or a restart); see the agent's log",
+        )
+        log.error(
+            "command %s %s %s: %s",
+            command.id,
+            command.kind,
+            command.action.deployment,
+            result.message,
+        )
+        self.journal.start(command, interrupted=interrupted)
+        self._post(self.journal.finish(command.id, result))
+        return "done"
+
+    def refuse(self, bad: RefusedCommand) -> None:
+        """Answer a command that is not valid with a failed result, once, and never run it.
+
+        Journaled as done, so neither a restart nor the server listing it again replays
+        it.  A command whose very id is unusable cannot be answered: it is logged once.
+        """
+        if bad.id is None:
+            if bad.shown_id not in self._refused_seen:
+                self._refused_seen.add(bad.shown_id)
+                log.error(
+                    "a command with id %s refused, not answerable: %s", bad.shown_id, bad.reason
+                )
+            return
+        entry = self.journal.get(bad.id)
+        if entry is not None and entry.status == "done":
+            if not entry.acked:
+                self._post(entry)
+            return
+        message = f"refused by the agent: not a valid command: {bad.reason}"
+        log.error("command %s: %s", bad.id, message)
+        self._post(self.journal.refuse(bad.id, CommandResult(ok=False, message=message)))
 
     def _post(self, entry: JournalEntry) -> bool:
         """Post a journaled result; True once the server has it (or refused it for good)."""
@@ -561,6 +628,19 @@ def _parser() -> argparse.ArgumentParser:
         "optional once credentials exist",
     )
     p.add_argument(
+        "--ca-file",
+        type=pathlib.Path,
+        default=env.get("RECONCILE_CA_FILE") or None,
+        help="PEM file of the CA(s) that signed the control plane's certificate, instead "
+        "of the system's (env RECONCILE_CA_FILE); needs an https:// server",
+    )
+    p.add_argument(
+        "--server-fingerprint",
+        default=env.get("RECONCILE_SERVER_FINGERPRINT") or None,
+        help="pin the control plane's certificate by its SHA-256 fingerprint "
+        "(env RECONCILE_SERVER_FINGERPRINT), e.g. for a self-signed one; needs https://",
+    )
+    p.add_argument(
         "--token",
         default=secret_from_env("RECONCILE_AGENT_TOKEN", env),
         help="one-time bootstrap token (env RECONCILE_AGENT_TOKEN, or a file named by "
@@ -662,6 +742,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise SystemExit(code)
 
 
+def _trust(args: argparse.Namespace, state_dir: pathlib.Path) -> ssl.SSLContext | bool:
+    """The trust settings for the server given, else the one the credentials name."""
+    stored = load_credentials(state_dir)
+    server = args.server or (stored.server if stored is not None else None)
+    return agent_trust(server, args.ca_file, args.server_fingerprint)
+
+
 def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent]) -> int:
     from agent.statedir import default_state_dir
 
@@ -669,11 +756,24 @@ def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent])
     hostname = socket.gethostname()
     version = _version()
     try:
+        verify = _trust(args, state_dir)
+    except TrustError as exc:
+        log.error("%s", exc)
+        return EXIT_SETUP
+    except (ValueError, OSError) as exc:  # unreadable credentials, as ensure_credentials
+        log.error("%s", exc)
+        return 1
+
+    def make_client(server: str, creds: Credentials | None) -> AgentClient:
+        return AgentClient(server, creds, verify=verify, user_agent=f"reconcile-agent/{version}")
+
+    try:
         creds = ensure_credentials(
             state_dir,
             args.server,
             args.token,
             hostname=hostname,
+            make_client=make_client,
             stop=stop,
             retry=not args.once,
         )
@@ -686,7 +786,7 @@ def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent])
         log.error("%s", exc)
         return 1
 
-    client = AgentClient(creds.server, creds, user_agent=f"reconcile-agent/{version}")
+    client = make_client(creds.server, creds)
 
     def observe() -> AgentState:
         from agent.observe import observe_local

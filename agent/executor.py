@@ -43,7 +43,14 @@ import yaml
 from agent.compose import ComposeDriver, ComposeError, ComposeProject
 from agent.onion import KEY_DIR, OnionKeyError, ensure_identity, read_identity
 from agent.secrets import env_file_text, resolve_secrets
-from agent.statedir import AppRecord, AppStatus, atomic_write, read_record, write_record
+from agent.statedir import (
+    AppRecord,
+    AppStatus,
+    app_dir,
+    atomic_write,
+    read_record,
+    write_record,
+)
 from reconciler.model.digests import value_digest
 from reconciler.model.errors import InvalidSpec, ReconcilerError
 from reconciler.model.ids import LOCAL_AGENT
@@ -184,6 +191,10 @@ class Executor:
     ) -> ActionResult:
         start = self.clock()
         try:
+            self.app_dir(action.id)
+        except ValueError as exc:  # refused before any path is made of the id
+            return ActionResult(action, False, f"refused: {exc}", self.clock() - start)
+        try:
             with self._lock(action.id):
                 if action.action == "uninstall":
                     message = self._uninstall(action)
@@ -245,7 +256,10 @@ class Executor:
         self.on_event(StepEvent(name, step, detail))
 
     def app_dir(self, dpl_id: str) -> pathlib.Path:
-        return self.state_dir / "apps" / dpl_id
+        """``apps/<id>`` through the checked helper: an id that is not ``dpl_<16 hex>``
+        raises ValueError before any path is made of it (an uninstall with purge would
+        otherwise delete whatever ``../../victim`` names)."""
+        return app_dir(self.state_dir, dpl_id)
 
     @contextlib.contextmanager
     def _lock(self, dpl_id: str) -> Iterator[None]:
@@ -751,12 +765,27 @@ def _copy_bundle(source: pathlib.Path, target: pathlib.Path) -> list[str]:
         ):
             continue
         dest = target / entry.name
+        _clear_way(entry, dest)
         if entry.is_dir() and not entry.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(entry):
+                here = dest / pathlib.Path(dirpath).relative_to(entry)
+                for name in [*filenames, *dirnames]:
+                    _clear_way(pathlib.Path(dirpath, name), here / name)
             shutil.copytree(entry, dest, symlinks=True, dirs_exist_ok=True)
         else:
             shutil.copy2(entry, dest, follow_symlinks=False)
         placed.append(entry.name)
     return placed
+
+
+def _clear_way(source: pathlib.Path, dest: pathlib.Path) -> None:
+    """Remove ``dest`` when a copy of ``source`` must replace it rather than write into
+    or through it: a link on either side (bundles carry the repository's inner links, and
+    a copy onto a link would write to its target), or a file where a directory goes."""
+    if not os.path.lexists(dest):
+        return
+    if source.is_symlink() or dest.is_symlink() or source.is_dir() != dest.is_dir():
+        _remove_entry(dest)
 
 
 def _bundle_entries(directory: pathlib.Path) -> list[str]:

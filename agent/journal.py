@@ -22,7 +22,6 @@ import contextlib
 import datetime as dt
 import logging
 import pathlib
-import re
 from collections.abc import Callable
 from typing import Literal
 
@@ -30,12 +29,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.statedir import atomic_write
 from reconciler.model.agentapi import Command, CommandResult
+from reconciler.model.ids import COMMAND_ID_RE
 
 __all__ = ["COMMAND_ID_RE", "Journal", "JournalEntry"]
 
 log = logging.getLogger(__name__)
 
-COMMAND_ID_RE = re.compile(r"^cmd_[A-Za-z0-9_-]{1,64}$")
 KEEP_ACKED = dt.timedelta(days=1)
 MAX_ENTRY_BYTES = 1024 * 1024
 
@@ -57,6 +56,9 @@ class JournalEntry(BaseModel):
     result: CommandResult | None = None
     acked: bool = False
     attempts: int = 1  # how many times this agent started it (a restart redoes it)
+    # How many agent processes died (or were stopped) while it ran: a command that keeps
+    # killing the agent is failed after a few, instead of crash-looping it forever.
+    interrupted: int = 0
 
 
 class Journal:
@@ -95,7 +97,7 @@ class Journal:
                 out.append(entry)
         return out
 
-    def start(self, command: Command) -> JournalEntry:
+    def start(self, command: Command, *, interrupted: int = 0) -> JournalEntry:
         previous = self.get(command.id)
         return self._write(
             JournalEntry(
@@ -106,6 +108,24 @@ class Journal:
                 started_at=self._now(),
                 deadline=command.deadline,
                 attempts=(previous.attempts + 1) if previous is not None else 1,
+                interrupted=interrupted,
+            )
+        )
+
+    def refuse(self, command_id: str, result: CommandResult) -> JournalEntry:
+        """Journal a command the agent would not run (not a valid command) as done, so
+        its failed result is posted until acknowledged and it is never started."""
+        now = self._now()
+        return self._write(
+            JournalEntry(
+                id=command_id,
+                kind="refused",
+                deployment="",
+                status="done",
+                started_at=now,
+                finished_at=now,
+                result=result,
+                attempts=0,
             )
         )
 

@@ -212,11 +212,12 @@ class CommandRunner:
             repo_root.mkdir()
             if command.has_bundle:
                 archive = scratch / "bundle.tar"
+                roots = want.shipped_dirs() if want is not None else []
                 try:
                     self.fetch_bundle(command.id, archive)
-                    extract_bundle(archive, repo_root)
-                except (BundleError, ProtocolError) as exc:
-                    return failed(f"bundle: {exc}")
+                    extract_bundle(archive, repo_root, link_roots=roots)
+                except (BundleError, ProtocolError, OSError) as exc:
+                    return failed(f"bundle refused: {exc}")
                 finally:
                     archive.unlink(missing_ok=True)
             try:

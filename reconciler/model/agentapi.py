@@ -31,12 +31,12 @@ otherwise):
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from reconciler.model.deployment import ProxyConfig
+from reconciler.model.ids import COMMAND_ID_RE
 from reconciler.model.plan import Action
 from reconciler.model.state import AgentState
 
@@ -82,7 +82,8 @@ class Command(_Wire):
     absent for uninstalls.
     """
 
-    id: str  # cmd_<hex>
+    # Checked here, like ``action.id``: the agent names a journal file and a URL after it.
+    id: str = Field(pattern=COMMAND_ID_RE.pattern)
     kind: CommandKind
     action: Action
     deployment: dict[str, object] | None = None
@@ -91,8 +92,8 @@ class Command(_Wire):
     proxy: ProxyConfig | None = None  # the repository's proxy settings (ports, tls)
     settle_seconds: float | None = None  # None: the agent's own default
     revision: str | None = None  # the repository commit the plan was made from
-    created: datetime
-    deadline: datetime  # after this the server gives up on it (result: expired)
+    created: AwareDatetime
+    deadline: AwareDatetime  # after this the server gives up on it (result: expired)
 
 
 class CommandBatch(_Wire):

@@ -7,6 +7,7 @@ import re
 
 __all__ = [
     "AGENT_ID_RE",
+    "COMMAND_ID_RE",
     "DEPLOYMENT_ID_RE",
     "LABEL_DEPLOYMENT",
     "LABEL_NAME",
@@ -21,6 +22,8 @@ __all__ = [
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,98}[a-z0-9]$")
 AGENT_ID_RE = re.compile(r"^agt_[0-9a-f]{16}$")
 DEPLOYMENT_ID_RE = re.compile(r"^dpl_[0-9a-f]{16}$")
+# The server makes cmd_<16 hex>; agents name journal files and URLs after it.
+COMMAND_ID_RE = re.compile(r"^cmd_[A-Za-z0-9_-]{1,64}$")
 LOCAL_AGENT = "local"
 
 # Labels on everything we run: the only way we ever recognise a container as ours.

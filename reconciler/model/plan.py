@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from reconciler.model.ids import DEPLOYMENT_ID_RE
+
 __all__ = ["ACTION_KINDS", "Action", "ActionKind", "Change", "ChangeField", "Plan"]
 
 ActionKind = Literal["install", "update", "uninstall", "repair", "noop", "blocked"]
@@ -47,7 +49,9 @@ class Change(_Frozen):
 class Action(_Frozen):
     action: ActionKind
     deployment: str  # name
-    id: str  # dpl_ id
+    # Checked on the wire: the agent builds ``apps/<id>`` from it, so an id such as
+    # ``../../victim`` must be refused before any path is made of it.
+    id: str = Field(pattern=DEPLOYMENT_ID_RE.pattern)
     agent: str
     reason: str
     changes: list[Change] = Field(default_factory=list)

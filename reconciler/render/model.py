@@ -107,6 +107,14 @@ class RenderedDeployment(_Frozen):
     def url(self) -> str | None:
         return self.env.get("DOMAIN_URL") or None
 
+    def shipped_dirs(self) -> list[str]:
+        """The repository directories its command's bundle carries, sorted.  The server
+        packs exactly these and the agent scopes the bundle's symlinks by them."""
+        dirs = {self.bundle} if self.bundle else set()
+        if self.build is not None and self.build.kind == "repo" and self.build.path:
+            dirs.add(self.build.path)
+        return sorted(dirs)
+
 
 # libyaml's safe loader when present: the same data, ~8x faster than the pure-Python one
 # (a plan with many updates reads one compose file per update).

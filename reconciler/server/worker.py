@@ -34,6 +34,7 @@ from reconciler.load.buildcontext import context_size
 from reconciler.load.catalog import Catalog
 from reconciler.load.files import inside
 from reconciler.model.agentapi import Command
+from reconciler.model.bundle import LINK_INSIDE, LINK_PAX_KEY, link_scope
 from reconciler.model.errors import InvalidSpec, ReconcilerError
 from reconciler.model.ids import LOCAL_AGENT
 from reconciler.model.state import ActualState, AgentState
@@ -602,13 +603,9 @@ class Reconciler:
 
 
 def bundle_dirs(want: RenderedDeployment) -> list[str]:
-    """The repository directories an agent needs for this deployment."""
-    dirs: list[str] = []
-    if want.bundle:
-        dirs.append(want.bundle)
-    if want.build is not None and want.build.kind == "repo" and want.build.path:
-        dirs.append(want.build.path)
-    return sorted(set(dirs))
+    """The repository directories an agent needs for this deployment (the agent scopes
+    the bundle's links by the same list)."""
+    return want.shipped_dirs()
 
 
 def build_contexts(want: RenderedDeployment) -> dict[str, str]:
@@ -631,12 +628,18 @@ def build_bundle(
     build`` would send from it: what its ``.dockerignore`` leaves out is never needed,
     and is what the 100 MB limit did not count.
 
-    Regular files and directories only, paths relative to the repository root, owners
-    and times normalised.  A symlink to a file inside the repository is stored as that
-    file's content; one that leaves the repository, or points at a directory, is refused
-    (the agent would otherwise unpack a link to somewhere on *its* host).
+    Regular files and directories, paths relative to the repository root, owners and
+    times normalised, in the format of :mod:`reconciler.model.bundle`.  A symlink that
+    resolves inside the shipped directory holding it travels as a marked symlink
+    (:func:`_inner_link`), unless ``.dockerignore`` leaves its target out (then as the
+    target's content: the agent refuses a dangling link); one to a file elsewhere in the
+    repository as that file's content; one that leaves the repository, dangles, loops, or
+    points at a directory outside its shipped directory is refused (the agent would
+    otherwise unpack a link to somewhere on *its* host).  Hard-linked files go as plain
+    copies (``dereference``: agents refuse hard links).
     """
     root = root.resolve()
+    dirs = sorted(dirs)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     seen: set[str] = set()
@@ -648,7 +651,7 @@ def build_bundle(
         return info
 
     try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
             for rel in dirs:
                 base = (root / rel).resolve()
                 if not inside(base, root) or not base.is_dir():
@@ -674,15 +677,19 @@ def build_bundle(
                         if sent is not None and path.relative_to(base).as_posix() not in sent:
                             continue  # .dockerignore'd: the build would not send it
                         if stat.S_ISLNK(mode):
-                            target = path.resolve()
-                            if not inside(target, root) or not target.is_file():
-                                raise InvalidSpec(
-                                    f"{arc}: symlink to {os.readlink(path)!r} refused: only "
-                                    "links to files inside the repository can be shipped"
-                                )
-                            if name in dirnames:
-                                dirnames.remove(name)
-                            source = target
+                            link = _inner_link(root, dirs, here, path, arc)
+                            if isinstance(link, tarfile.TarInfo) and _ignored_target(
+                                base, path, sent
+                            ):
+                                # the build would send it dangling (its target is
+                                # .dockerignore'd), and agents refuse dangling links
+                                continue
+                            if isinstance(link, tarfile.TarInfo):
+                                if arc not in seen:
+                                    seen.add(arc)
+                                    tar.addfile(link)
+                                continue
+                            source = link  # a file elsewhere in the repository: its content
                         elif stat.S_ISREG(mode):
                             source = path
                         else:
@@ -699,6 +706,46 @@ def build_bundle(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _ignored_target(base: pathlib.Path, link: pathlib.Path, sent: frozenset[str] | None) -> bool:
+    """Whether a link inside a build context points at what its ``.dockerignore`` leaves
+    out of the bundle (nothing is left out when ``sent`` is None)."""
+    if sent is None:
+        return False
+    target = pathlib.Path(os.path.realpath(link))
+    if not inside(target, base):
+        return False
+    rel = target.relative_to(base).as_posix()
+    return rel not in sent and not any(p.startswith(rel + "/") for p in sent)
+
+
+def _inner_link(
+    root: pathlib.Path, dirs: list[str], here: pathlib.Path, path: pathlib.Path, arc: str
+) -> tarfile.TarInfo | pathlib.Path:
+    """The marked symlink member for a link inside its shipped directory, re-written
+    relative to its real target (so it leads through real directories only); else the
+    file it names elsewhere in the repository.  Raises InvalidSpec for anything else."""
+    refused = InvalidSpec(
+        f"{arc}: symlink to {os.readlink(path)!r} refused: only links that stay inside "
+        "the repository (to a file, or to a directory shipped with it) can be shipped"
+    )
+    try:
+        target = pathlib.Path(os.path.realpath(path, strict=True))
+    except OSError:  # dangling, a loop, or too long to resolve
+        raise refused from None
+    if not inside(target, root):
+        raise refused
+    if inside(target, (root / link_scope(arc, dirs)).resolve()):
+        info = tarfile.TarInfo(arc)
+        info.type = tarfile.SYMTYPE
+        info.mode = 0o777
+        info.linkname = os.path.relpath(target, here.resolve())
+        info.pax_headers = {LINK_PAX_KEY: LINK_INSIDE}
+        return info
+    if target.is_file():
+        return target
+    raise refused
 
 
 # ------------------------------------------------------------------------------- git

@@ -42,6 +42,9 @@ class FakeControlPlane:
     tokens: set[str] = field(default_factory=lambda: {"tok-1"})
     agents: dict[str, str] = field(default_factory=dict)  # agent id -> secret
     commands: dict[str, Command] = field(default_factory=dict)  # unfinished, by id
+    # Commands as raw JSON objects, for the ones a Command model would refuse to hold.
+    raw: dict[str, dict[str, object]] = field(default_factory=dict)
+    keep_listing: bool = False  # a server that lists commands after their result came
     bundles: dict[str, bytes] = field(default_factory=dict)
     results: dict[str, CommandResult] = field(default_factory=dict)
     result_posts: list[str] = field(default_factory=list)  # every POST, duplicates too
@@ -96,8 +99,9 @@ class FakeControlPlane:
             self.polls.append(float(request.url.params.get("wait", "0")))
             batch = CommandBatch(
                 commands=list(self.commands.values()), heartbeat_seconds=self.heartbeat_seconds
-            )
-            return httpx.Response(200, content=batch.model_dump_json())
+            ).model_dump(mode="json")
+            batch["commands"] = [*self.raw.values(), *batch["commands"]]
+            return httpx.Response(200, content=json.dumps(batch))
         if path == "/v1/agent/report":
             self.reports.append(json.loads(request.content))
             return httpx.Response(
@@ -116,7 +120,9 @@ class FakeControlPlane:
             if cid in self.results:
                 return httpx.Response(200, content=ResultAck(duplicate=True).model_dump_json())
             self.results[cid] = CommandResult.model_validate_json(request.content)
-            self.commands.pop(cid, None)
+            if not self.keep_listing:
+                self.commands.pop(cid, None)
+                self.raw.pop(cid, None)
             return httpx.Response(200, content=ResultAck().model_dump_json())
         return httpx.Response(404, json={"detail": "Not Found"})
 

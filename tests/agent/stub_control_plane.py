@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
+import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 
@@ -23,6 +26,7 @@ class _Stub(ThreadingHTTPServer):
     plane: FakeControlPlane
     closing: threading.Event
     held: list[float]
+    stall: set[str]  # command ids whose bundle download never answers
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -41,12 +45,17 @@ class _Handler(BaseHTTPRequestHandler):
             content=body,
         )
         plane = self.server.plane
-        if request.url.path == "/v1/agent/commands" and not plane.commands:
+        parts = request.url.path.split("/")
+        if parts[-1] == "bundle" and parts[-2] in self.server.stall:
+            plane.requests.append(f"{request.method} {request.url.path}")
+            self.server.closing.wait(120)  # until the test ends; the agent is killed meanwhile
+            return
+        if request.url.path == "/v1/agent/commands" and not (plane.commands or plane.raw):
             # Hold the long poll like the real server: until the wait ends.
             wait = float(request.url.params.get("wait", "0"))
             self.server.held.append(wait)
             end = time.monotonic() + min(wait, 30)
-            while not plane.commands and time.monotonic() < end:
+            while not (plane.commands or plane.raw) and time.monotonic() < end:
                 if self.server.closing.wait(0.05):
                     break
         response = plane.handle(request)
@@ -66,6 +75,7 @@ def stub_server(plane: FakeControlPlane) -> Iterator[_Stub]:
     server = _Stub(("127.0.0.1", 0), _Handler)
     server.plane = plane
     server.held = []
+    server.stall = set()
     server.closing = threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -86,3 +96,74 @@ def agent_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO_ROOT)
     env.update(extra)
     return env
+
+
+def asgi_app(plane: FakeControlPlane) -> Callable[..., Awaitable[None]]:
+    """The fake control plane as an ASGI app, for a real uvicorn (with TLS, say).  Long
+    polls are answered at once: run the agent with ``--once``."""
+
+    async def app(
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        query = scope["query_string"].decode()
+        request = httpx.Request(
+            scope["method"],
+            f"https://stub{scope['path']}" + (f"?{query}" if query else ""),
+            headers=[(k.decode(), v.decode()) for k, v in scope["headers"]],
+            content=body,
+        )
+        response = plane.handle(request)
+        content_type = response.headers.get("content-type", "application/json").encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": [(b"content-type", content_type)],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.content})
+
+    return app
+
+
+@contextlib.contextmanager
+def tls_server(
+    plane: FakeControlPlane, certfile: pathlib.Path, keyfile: pathlib.Path
+) -> Iterator[int]:
+    """A real uvicorn serving ``plane`` over HTTPS on 127.0.0.1; yields the port."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        asgi_app(plane),
+        ssl_certfile=str(certfile),
+        ssl_keyfile=str(keyfile),
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -27,7 +27,8 @@ from tests.agent.agent_fakes import AGENT_ID, SERVER, FakeControlPlane
 
 
 def factory(server: FakeControlPlane):
-    def make(url: str, creds: Credentials | None) -> AgentClient:
+    def make(url: str, creds: Credentials | None, **_options: object) -> AgentClient:
+        # verify= and user_agent= are the daemon's; the mock transport ignores TLS.
         return AgentClient(url, creds, transport=server.transport())
 
     return make
@@ -238,3 +239,36 @@ def test_main_leaves_signal_handlers_and_logging_as_it_found_them(
         daemon.main(["--server", SERVER, "--token", "x", "--state-dir", str(tmp_path)])
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     assert logging.getLogger().handlers == handlers
+
+
+def test_each_polled_command_is_parsed_on_its_own() -> None:
+    """One bad command must not hide the good ones: it comes back refused, with the
+    reason, and with its id only when that id is a command id."""
+    good = {
+        "id": "cmd_good",
+        "kind": "uninstall",
+        "action": {
+            "action": "uninstall",
+            "deployment": "web",
+            "id": "dpl_0123456789abcdef",
+            "agent": AGENT_ID,
+            "reason": "pruned",
+        },
+        "created": "2026-01-01T00:00:00Z",
+        "deadline": "2999-01-01T00:00:00Z",
+    }
+    path_id = {**good, "id": "cmd_path", "action": {**good["action"], "id": "../../victim"}}  # type: ignore[dict-item]
+    naive = {**good, "id": "cmd_naive", "deadline": "2999-01-01T00:00:00"}
+    bad_id = {**good, "id": "../../x"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"commands": [path_id, good, naive, bad_id, 7]})
+
+    creds = Credentials(server=SERVER, agent_id=AGENT_ID, secret="x")
+    polled = AgentClient(SERVER, creds, transport=httpx.MockTransport(handler)).commands(0)
+    assert [c.id for c in polled.commands] == ["cmd_good"]
+    refused = {r.shown_id: r for r in polled.refused}
+    assert [r.id for r in polled.refused] == ["cmd_path", "cmd_naive", None, None]
+    assert "action.id: String should match pattern" in refused["'cmd_path'"].reason
+    assert "deadline" in refused["'cmd_naive'"].reason
+    assert refused["'../../x'"].id is None and "id" in refused["'../../x'"].reason

@@ -164,3 +164,61 @@ def test_agent_installs_survives_kill_9_mid_update_and_uninstalls(
         finally:
             agent.stop()
             cleanup(docker, namespace, blog.id)
+
+
+def test_a_bundle_with_the_repositorys_inner_symlinks_is_served(
+    make_repo: RepoFactory, tmp_path: pathlib.Path, docker: Any
+) -> None:
+    """Server and agent agree on links: ``build_bundle`` ships the repository's links
+    that point inside (a file link and a directory link), the agent unpacks them as links,
+    the executor copies them into the app dir, and httpd serves through them."""
+    from reconciler.server.worker import build_bundle
+
+    namespace = unique_namespace("agentl")
+    port = free_port()
+    root = make_repo(repo_files(namespace, port))
+    public = root / "deployments/blog/public"
+    (public / "v2").mkdir()
+    (public / "v2/page.html").write_text("<h1>through the links</h1>\n")
+    (public / "index.html").unlink()
+    (public / "index.html").symlink_to("v2/page.html")
+    (public / "current").symlink_to("v2")
+    blog = next(d for d in rendered_repo(root) if d.name == "blog")
+    assert blog.domain is not None
+    archive = tmp_path / "cmd_links.tar"
+    build_bundle(root, blog.shipped_dirs(), archive)
+    plane = FakeControlPlane(tokens={"tok-1"})
+    proxy = ProxyConfig(http_port=port, tls="off")
+    plane.add(
+        make_command(blog, cid="cmd_links", bundle=True, settle=1, proxy=proxy),
+        archive.read_bytes(),
+    )
+    state = tmp_path / "state"
+
+    def get(path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", headers={"Host": blog.domain}, timeout=5)
+
+    cleanup(docker, namespace, blog.id)
+    with stub_server(plane) as stub:
+        agent = AgentProcess(
+            f"http://127.0.0.1:{stub.server_address[1]}", state, tmp_path / "a.log"
+        )
+        try:
+            wait_until(lambda: "cmd_links" in plane.results, 300, "the install result")
+            result = plane.results["cmd_links"]
+            assert result.ok, f"{result.message}\n{result.logs}\n{agent.output()}"
+            app = state / "apps" / blog.id
+            assert (app / "public/index.html").is_symlink()
+            assert (app / "public/current").resolve() == (app / "public/v2").resolve()
+
+            def page() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return get("/").status_code == 200
+                return False
+
+            wait_until(page, 60, "the page")
+            assert "through the links" in get("/").text
+            assert "through the links" in get("/current/page.html").text
+        finally:
+            agent.stop()
+            cleanup(docker, namespace, blog.id)

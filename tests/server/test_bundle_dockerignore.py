@@ -56,3 +56,26 @@ def test_editing_an_ignored_file_is_no_update(make_repo: RepoFactory) -> None:
     assert digest() == first
     (root / "deployments/site/cache/keep.txt").write_text("changed")
     assert digest() != first
+
+
+def test_a_link_to_an_ignored_file_is_left_out_and_the_bundle_unpacks(
+    make_repo: RepoFactory, tmp_path: pathlib.Path
+) -> None:
+    """A link kept by .dockerignore whose target is ignored would reach the agent
+    dangling, and agents refuse dangling links: it is left out, as its target is."""
+    from agent.bundle import extract_bundle
+
+    root = make_repo(SITE)
+    site = root / "deployments/site"
+    (site / "latest.log").symlink_to("debug.log")  # ignored itself (*.log)
+    (site / "drop-link.txt").symlink_to("cache/drop.txt")  # kept, its target ignored
+    (site / "keep-link.txt").symlink_to("cache/keep.txt")  # kept, its target kept
+    dest = tmp_path / "cmd.tar"
+    build_bundle(root, ["deployments/site"], dest, contexts={"deployments/site": "Dockerfile"})
+    with tarfile.open(dest) as tar:
+        links = {m.name: m.linkname for m in tar.getmembers() if m.issym()}
+    assert links == {"deployments/site/keep-link.txt": "cache/keep.txt"}
+    out = tmp_path / "out"
+    out.mkdir()
+    extract_bundle(dest, out, link_roots=["deployments/site"])
+    assert (out / "deployments/site/keep-link.txt").read_text() == "y"

@@ -12,6 +12,7 @@ import time
 import pytest
 from conftest import Remote, copy_examples, examples_for, git
 
+from reconciler.model.bundle import LINK_INSIDE, LINK_PAX_KEY
 from reconciler.model.errors import InvalidSpec
 from reconciler.server.app import ControlPlane
 from reconciler.server.config import ServerConfig
@@ -342,13 +343,15 @@ class TestBundles:
                 "deployments/site/sub",
                 "deployments/site/sub/a.txt",
             }
+            link = members.pop("deployments/site/link.txt")
             assert all(m.isfile() or m.isdir() for m in members.values())
-            link = tar.extractfile("deployments/site/link.txt")
-            assert link is not None and link.read() == b"a"
+            # A link the repository had pointing inside travels as one, marked as such.
+            assert link.issym() and link.linkname == "sub/a.txt"
+            assert link.pax_headers[LINK_PAX_KEY] == LINK_INSIDE
         assert list(dest.parent.iterdir()) == [dest]  # no temporary left behind
 
-    @pytest.mark.parametrize("target", ["/etc/passwd", "../../outside.txt", "sub"])
-    def test_escaping_or_directory_symlinks_are_refused(
+    @pytest.mark.parametrize("target", ["/etc/passwd", "../../outside.txt", "missing", "evil"])
+    def test_escaping_dangling_or_looping_symlinks_are_refused(
         self, tmp_path: pathlib.Path, target: str
     ) -> None:
         root = tmp_path / "repo"
