@@ -47,6 +47,11 @@ class Change(_Frozen):
 
 
 class Action(_Frozen):
+    # An agent reads actions a server of the next version sends (commands carry them):
+    # a field it does not know yet (``routes`` was one) is descriptive, never a reason
+    # to refuse the command.  What the agent acts on stays strict (``id``, ``action``).
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
     action: ActionKind
     deployment: str  # name
     # Checked on the wire: the agent builds ``apps/<id>`` from it, so an id such as
