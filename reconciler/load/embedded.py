@@ -6,6 +6,7 @@ loaded as its own document and its positions are shifted onto the outer file.
 
 from __future__ import annotations
 
+from reconciler.load.budget import Budget
 from reconciler.load.yamlsafe import Document, Path, load_yaml
 
 __all__ = ["load_embedded_yaml"]
@@ -15,6 +16,7 @@ def load_embedded_yaml(
     text: str,
     outer: Document,
     path: Path,
+    budget: Budget | None = None,
 ) -> Document:
     """Load ``text`` (the string at ``path`` in ``outer``) with positions in ``outer``'s file.
 
@@ -23,7 +25,7 @@ def load_embedded_yaml(
     to the scalar's own position.
     """
     line, col = outer.pos(path)
-    inner = load_yaml(text, outer.name)
+    inner = load_yaml(text, outer.name, budget)
     raw_line = _outer_line(outer, line)
     is_block = raw_line is not None and raw_line.rstrip().endswith(
         ("|", ">", "|-", ">-", "|+", ">+")

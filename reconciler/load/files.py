@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import pathlib
 
-from reconciler.load.yamlsafe import MAX_BYTES
+from reconciler.load.budget import Budget
+from reconciler.load.yamlsafe import MAX_BYTES, Document, load_yaml
+from reconciler.model.errors import InvalidSpec
 
 __all__ = [
     "DEPLOYMENT_FILES",
     "PathEscape",
     "inside",
+    "load_once",
     "read_limited",
     "resolve_inside",
     "tree_digest",
@@ -26,6 +29,28 @@ def read_limited(path: pathlib.Path, limit: int = MAX_BYTES) -> bytes:
     """Read at most ``limit + 1`` bytes: enough to know a file is too large, never 2 GB."""
     with open(path, "rb") as fh:
         return fh.read(limit + 1)
+
+
+def load_once(path: pathlib.Path, name: str, budget: Budget) -> Document:
+    """``load_yaml`` of the file at ``path``, parsed (and charged to ``budget``) once per
+    resolved path, however many deployments or ``include:`` paths reach it.
+
+    An ``include:`` tree with N files per level reached every file once per path to it:
+    N^8 parses for 8 levels.  A file that failed fails again from the cache, with the
+    same problems.
+    """
+    key = path.resolve()
+    cached = budget.documents.get(key)
+    if cached is None:
+        try:
+            cached = load_yaml(read_limited(path), name, budget)
+        except InvalidSpec as exc:
+            cached = exc
+        budget.documents[key] = cached
+    if isinstance(cached, InvalidSpec):
+        raise InvalidSpec(list(cached.problems))
+    doc: Document = cached
+    return doc
 
 
 def inside(child: pathlib.Path, parent: pathlib.Path) -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.load.budget import Budget
 from reconciler.load.embedded import load_embedded_yaml
 from reconciler.load.rules.compose_policy import check_compose_policy
 from reconciler.load.rules.routing import RoutedService, check_routing
@@ -43,6 +44,7 @@ def check_manifest(
     base_dir: pathlib.Path | None = None,
     allow_host_ports: bool = False,
     proxy_network: str = "impreza-proxy",
+    budget: Budget | None = None,
 ) -> CheckedManifest:
     """Check the manifest found at ``at`` inside ``doc``.
 
@@ -64,7 +66,7 @@ def check_manifest(
         return CheckedManifest(None, None, problems)
     try:
         compose = load_embedded_yaml(
-            manifest.runtime.compose_yaml, doc, (*at, "runtime", "compose_yaml")
+            manifest.runtime.compose_yaml, doc, (*at, "runtime", "compose_yaml"), budget
         )
     except InvalidSpec as exc:
         return CheckedManifest(manifest, None, exc.problems)
@@ -76,6 +78,7 @@ def check_manifest(
         base_dir=base_dir,
         allow_host_ports=allow_host_ports,
         proxy_network=proxy_network,
+        budget=budget,
     )
     return CheckedManifest(manifest, compose, more, routed)
 
@@ -89,6 +92,7 @@ def check_compose(
     base_dir: pathlib.Path | None,
     allow_host_ports: bool,
     proxy_network: str,
+    budget: Budget | None = None,
 ) -> tuple[list[Problem], list[RoutedService]]:
     """The routing contract and the compose policy for one compose document."""
     route_problems, routed = check_routing(
@@ -99,6 +103,7 @@ def check_compose(
         base_dir=base_dir,
         allow_host_ports=allow_host_ports,
         routed_services=frozenset(r.service for r in routed),
+        budget=budget,
     )
     if any(p.rule == "compose-invalid" for p in problems):
         return problems, []
