@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import pathlib
 
-from reconciler.load.budget import Budget
+from reconciler.load.budget import Budget, BudgetExceeded
 from reconciler.load.yamlsafe import MAX_BYTES, Document, load_yaml
-from reconciler.model.errors import InvalidSpec
+from reconciler.model.errors import InvalidSpec, Problem
 
 __all__ = [
     "DEPLOYMENT_FILES",
@@ -32,12 +32,14 @@ def read_limited(path: pathlib.Path, limit: int = MAX_BYTES) -> bytes:
 
 
 def load_once(path: pathlib.Path, name: str, budget: Budget) -> Document:
-    """``load_yaml`` of the file at ``path``, parsed (and charged to ``budget``) once per
-    resolved path, however many deployments or ``include:`` paths reach it.
+    """``load_yaml`` of the file at ``path``, parsed once per resolved path, however many
+    deployments or ``include:`` paths reach it.
 
     An ``include:`` tree with N files per level reached every file once per path to it:
-    N^8 parses for 8 levels.  A file that failed fails again from the cache, with the
-    same problems.
+    N^8 parses for 8 levels.  Parsed once, but paid for at each use: a compose file that
+    1,000 deployments share is rendered and hashed 1,000 times, so its expanded size is
+    charged to ``budget`` each time.  A file that failed fails again from the cache, with
+    the same problems.
     """
     key = path.resolve()
     cached = budget.documents.get(key)
@@ -47,9 +49,15 @@ def load_once(path: pathlib.Path, name: str, budget: Budget) -> Document:
         except InvalidSpec as exc:
             cached = exc
         budget.documents[key] = cached
+        if isinstance(cached, Document):
+            return cached
     if isinstance(cached, InvalidSpec):
         raise InvalidSpec(list(cached.problems))
     doc: Document = cached
+    try:
+        budget.charge(*doc.expanded)
+    except BudgetExceeded as exc:
+        raise InvalidSpec(Problem(name, 1, 1, exc.rule, exc.message, exc.fix)) from None
     return doc
 
 

@@ -87,6 +87,8 @@ class Document:
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
     key_positions: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
     source: str | None = field(default=None, repr=False)
+    # What the data costs once expanded (aliases counted in full): nodes, scalar bytes.
+    expanded: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)
 
     @property
     def source_lines(self) -> list[str] | None:
@@ -469,7 +471,12 @@ def load_yaml(content: bytes | str, name: str, budget: Budget | None = None) -> 
         if loader is not None:
             loader.dispose()
     return Document(
-        name=name, data=data, positions=doc.positions, key_positions=doc.key_positions, source=text
+        name=name,
+        data=data,
+        positions=doc.positions,
+        key_positions=doc.key_positions,
+        source=text,
+        expanded=(nodes, nbytes),
     )
 
 

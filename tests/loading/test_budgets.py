@@ -148,6 +148,25 @@ class TestExpandedBytes:
         assert "not checked" in state.errors[1].message
         assert [d.name for d in state.deployments] == ["app1", "app2"]
 
+    def test_a_shared_compose_file_is_parsed_once_but_paid_for_at_each_use(
+        self, tmp_path: pathlib.Path, parses: Counter[str]
+    ) -> None:
+        """Each deployment renders and hashes the file again, so 1,000 deployments on one
+        compose file near the limit must not cost 1,000 times the limit."""
+        common = tmp_path / "deployments/common"
+        common.mkdir(parents=True)
+        (common / "compose.yaml").write_text(f"x-pad: {'P' * 400_000}\n" + attacks.COMPOSE)
+        for name in ("use1", "use2", "use3"):
+            (tmp_path / f"deployments/{name}.yaml").write_text(
+                attacks.DEPLOYMENT.format(name=name, agent="local").replace(
+                    "./compose.yaml", "./common/compose.yaml"
+                )
+            )
+        state = load_repository(tmp_path, budget=Budget(Limits(expanded_bytes=MiB)))
+        assert rules(state) == [("deployments/common/compose.yaml", "budget-bytes")]
+        assert [d.name for d in state.deployments] == ["use1", "use2"]
+        assert parses["deployments/common/compose.yaml"] == 1
+
     def test_interpolating_a_var_many_times_is_refused_while_it_is_built(
         self, tmp_path: pathlib.Path
     ) -> None:
