@@ -261,8 +261,8 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
             )
         )
         return None
-    try:
-        doc = load_once(path, display, run.budget)
+    try:  # found by listing a directory: no other path reaches it, no cache needed
+        doc = load_yaml(read_limited(path), display, run.budget)
     except InvalidSpec as exc:
         run.problems.extend(exc.problems)
         return None
