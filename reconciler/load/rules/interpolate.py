@@ -31,9 +31,9 @@ _PATTERN = re.compile(
 class InterpolationTooLarge(Exception):
     """The budget ran out while filling the string at ``path``."""
 
-    def __init__(self, path: tuple[Any, ...], exceeded: BudgetExceeded) -> None:
+    def __init__(self, exceeded: BudgetExceeded) -> None:
         super().__init__(exceeded.message)
-        self.path = path
+        self.path: tuple[Any, ...] = ()  # filled in on the way out, not built on the way in
         self.exceeded = exceeded
 
 
@@ -77,16 +77,10 @@ def interpolate(data: Any, values: Mapping[str, str], budget: Budget | None = No
     Raise :class:`InterpolationTooLarge` when the strings produced outgrow ``budget``.
     """
     memo: dict[int, Any] = {}
-    return _fill(data, values, budget if budget is not None else Budget(), memo, ())
+    return _fill(data, values, budget if budget is not None else Budget(), memo)
 
 
-def _fill(
-    data: Any,
-    values: Mapping[str, str],
-    budget: Budget,
-    memo: dict[int, Any],
-    path: tuple[Any, ...],
-) -> Any:
+def _fill(data: Any, values: Mapping[str, str], budget: Budget, memo: dict[int, Any]) -> Any:
     if isinstance(data, str):
         if "$" not in data:
             return data
@@ -100,10 +94,16 @@ def _fill(
         try:
             result = _substitute(data, values, budget)
         except BudgetExceeded as exc:
-            raise InterpolationTooLarge(path, exc) from None
-    elif isinstance(data, Mapping):
-        result = {k: _fill(v, values, budget, memo, (*path, k)) for k, v in data.items()}
+            raise InterpolationTooLarge(exc) from None
     else:
-        result = [_fill(v, values, budget, memo, (*path, i)) for i, v in enumerate(data)]
+        items = data.items() if isinstance(data, Mapping) else enumerate(data)
+        filled: dict[Any, Any] = {}
+        for k, v in items:
+            try:
+                filled[k] = _fill(v, values, budget, memo)
+            except InterpolationTooLarge as exc:
+                exc.path = (k, *exc.path)
+                raise
+        result = filled if isinstance(data, Mapping) else list(filled.values())
     memo[key] = result
     return result
