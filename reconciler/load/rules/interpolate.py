@@ -84,7 +84,7 @@ def _fill(data: Any, values: Mapping[str, str], budget: Budget, memo: dict[int, 
     if isinstance(data, str):
         if "$" not in data:
             return data
-    elif not isinstance(data, Mapping | list):
+    elif not isinstance(data, dict | list):  # loaded YAML: plain dicts, no ABC check
         return data
     key = id(data)  # an alias is the same object: filled once, and shared in the copy too
     if key in memo:
@@ -96,7 +96,7 @@ def _fill(data: Any, values: Mapping[str, str], budget: Budget, memo: dict[int, 
         except BudgetExceeded as exc:
             raise InterpolationTooLarge(exc) from None
     else:
-        items = data.items() if isinstance(data, Mapping) else enumerate(data)
+        items = data.items() if isinstance(data, dict) else enumerate(data)
         filled: dict[Any, Any] = {}
         for k, v in items:
             try:
@@ -104,6 +104,6 @@ def _fill(data: Any, values: Mapping[str, str], budget: Budget, memo: dict[int, 
             except InterpolationTooLarge as exc:
                 exc.path = (k, *exc.path)
                 raise
-        result = filled if isinstance(data, Mapping) else list(filled.values())
+        result = filled if isinstance(data, dict) else list(filled.values())
     memo[key] = result
     return result
