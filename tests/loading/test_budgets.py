@@ -27,6 +27,7 @@ from reconciler.load.budget import Budget, Limits
 from reconciler.load.repo import DesiredState, load_repository
 from reconciler.load.rules.interpolate import interpolate
 from reconciler.load.yamlsafe import load_yaml
+from reconciler.model.errors import InvalidSpec
 from reconciler.render import RenderContext, render_all
 from tests.conftest import REPO_ROOT
 from tests.loading import attacks
@@ -222,6 +223,19 @@ class TestTime:
         assert {rule for f, rule in rules(state)} == {"budget-time"}
         assert "file_seconds" in state.errors[0].message
         assert [d.name for d in state.deployments] == ["plain"]
+
+    def test_a_long_document_is_stopped_part_way_through_its_parse(self) -> None:
+        """The parser looks at the clock every 1,024 events, so one huge file is stopped
+        where it is, not after it has been read whole."""
+        clock = ticking()
+        budget = Budget(Limits(file_seconds=3, repo_seconds=1000), clock=lambda: next(clock))
+        text = "x:\n" + "".join(f"  - {i}\n" for i in range(10_000))
+        with pytest.raises(InvalidSpec) as info:
+            load_yaml(text, "deployments/x.yaml", budget)
+        (problem,) = info.value.problems
+        assert (problem.file, problem.rule) == ("deployments/x.yaml", "budget-time")
+        assert "file_seconds" in problem.message
+        assert 1 < problem.line < 5_000
 
     def test_a_repository_over_its_time_stops_loading(self, tmp_path: pathlib.Path) -> None:
         for i in range(6):
