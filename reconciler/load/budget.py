@@ -35,8 +35,9 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
-    """The defaults leave a normal repository far below: 1,000 deployment files with their
-    compose files expand to about 5 MB and 60,000 nodes, and validate in about a second."""
+    """The defaults leave a normal repository far below them: the 1,000 deployment files
+    of ``benchmarks/validate.py`` (1,201 YAML files) expand to 0.15 MB and 20,605 nodes,
+    and load in about 0.4 s."""
 
     expanded_bytes: int = 64 * MiB  # every YAML document, aliases expanded, plus interpolation
     nodes: int = 2_000_000  # every YAML node, aliases expanded, over the whole repository
