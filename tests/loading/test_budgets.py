@@ -58,7 +58,7 @@ class TestEachFileOnce:
         self, tmp_path: pathlib.Path, parses: Counter[str]
     ) -> None:
         """4 includes per level over 8 levels: 65,536 paths reach the last level, which
-        was 65,536 parses of each of its files (N^8); now each of the 33 files once."""
+        was 16,384 parses of each of its files (4^8 in all); now each of the 33 once."""
         files = attacks.fan_out(tmp_path, 4, 8)
         state = load_repository(tmp_path)
         assert state.ok, [p.render() for p in state.errors]
