@@ -20,6 +20,7 @@ import bisect
 import re
 from itertools import accumulate
 
+from reconciler.load.budget import Budget
 from reconciler.load.yamlsafe import Document, Locate, Path, load_yaml
 
 __all__ = ["load_embedded_yaml", "source_offsets"]
@@ -54,7 +55,12 @@ _SIMPLE_ESCAPES = {
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
 
 
-def load_embedded_yaml(text: str, outer: Document, path: Path) -> Document:
+def load_embedded_yaml(
+    text: str,
+    outer: Document,
+    path: Path,
+    budget: Budget | None = None,
+) -> Document:
     """Load ``text`` (the string at ``path`` in ``outer``) with positions in ``outer``'s file."""
     line, col = outer.pos(path)
     source = outer.source
@@ -72,7 +78,7 @@ def load_embedded_yaml(text: str, outer: Document, path: Path) -> Document:
 
     else:
         locate = _locator(text, offsets, index[0])
-    inner = load_yaml(text, outer.name, locate=locate)
+    inner = load_yaml(text, outer.name, budget, locate=locate)
     return Document(
         outer.name, inner.data, inner.positions, inner.key_positions, source=outer.source
     )

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.load.budget import Budget
 from reconciler.load.embedded import load_embedded_yaml
 from reconciler.load.rules.compose_policy import check_compose_policy
 from reconciler.load.rules.routing import RoutedService, check_routing
@@ -44,6 +45,7 @@ def check_manifest(
     base_dir: pathlib.Path | None = None,
     allow_host_ports: bool = False,
     proxy_network: str = "impreza-proxy",
+    budget: Budget | None = None,
 ) -> CheckedManifest:
     """Check the manifest found at ``at`` inside ``doc``.
 
@@ -65,7 +67,7 @@ def check_manifest(
         return CheckedManifest(None, None, problems)
     try:
         compose = load_embedded_yaml(
-            manifest.runtime.compose_yaml, doc, (*at, "runtime", "compose_yaml")
+            manifest.runtime.compose_yaml, doc, (*at, "runtime", "compose_yaml"), budget
         )
     except InvalidSpec as exc:
         return CheckedManifest(manifest, None, exc.problems)
@@ -78,6 +80,7 @@ def check_manifest(
         base_dir=base_dir,
         allow_host_ports=allow_host_ports,
         proxy_network=proxy_network,
+        budget=budget,
     )
     more += check_match_vars(
         manifest.routes, [v.name for v in manifest.vars], doc, routes_path, "`vars:`"
@@ -124,6 +127,7 @@ def check_compose(
     base_dir: pathlib.Path | None,
     allow_host_ports: bool,
     proxy_network: str,
+    budget: Budget | None = None,
 ) -> tuple[list[Problem], list[RoutedService]]:
     """The routing contract and the compose policy for one compose document."""
     route_problems, routed = check_routing(
@@ -134,6 +138,7 @@ def check_compose(
         base_dir=base_dir,
         allow_host_ports=allow_host_ports,
         routed_services=frozenset(r.service for r in routed),
+        budget=budget,
     )
     if any(p.rule == "compose-invalid" for p in problems):
         return problems, []

@@ -10,7 +10,10 @@ Paths inside a deployment file are relative to that file's directory, as in Comp
 A file without ``name`` (Impreza's catalog body has none) is named after the file:
 ``deployments/vault.yaml`` is ``vault``, ``deployments/site/deployment.yaml`` is ``site``.
 Nothing here raises for a mistake in the repository: every file is checked and every
-problem is returned, so a user fixes them all in one round.
+problem is returned, so a user fixes them all in one round.  The one exception to "every
+file" is a repository that runs out of its :class:`~reconciler.load.budget.Budget`
+(bytes, nodes or time): loading stops there, with that problem placed in the file that
+crossed the limit, since every later file would only fail the same way.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from urllib.parse import urlsplit
 
+from reconciler.load.budget import Budget, BudgetExceeded
 from reconciler.load.buildcontext import context_size
 from reconciler.load.catalog import Catalog
 from reconciler.load.files import (
     PathEscape,
     inside,
+    load_once,
     read_limited,
     resolve_inside,
     tree_digest,
@@ -42,7 +47,7 @@ from reconciler.load.manifests import (
     check_match_vars,
 )
 from reconciler.load.rules.compose_policy import check_compose_policy
-from reconciler.load.rules.interpolate import interpolate
+from reconciler.load.rules.interpolate import InterpolationTooLarge, interpolate
 from reconciler.load.schema import checked_model
 from reconciler.load.yamlsafe import Document, load_yaml
 from reconciler.model.deployment import (
@@ -138,6 +143,7 @@ class _Run:
     catalog: Catalog
     config: RepoConfig = field(default_factory=RepoConfig)
     problems: list[Problem] = field(default_factory=list)
+    budget: Budget = field(default_factory=Budget)
 
     def rel(self, path: pathlib.Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -162,9 +168,15 @@ def find_deployment_files(root: pathlib.Path) -> list[pathlib.Path]:
     return found
 
 
-def load_repository(path: str | os.PathLike[str], catalog: Catalog | None = None) -> DesiredState:
+def load_repository(
+    path: str | os.PathLike[str],
+    catalog: Catalog | None = None,
+    *,
+    budget: Budget | None = None,
+) -> DesiredState:
+    """Load and check the repository at ``path`` within ``budget`` (default limits)."""
     root = pathlib.Path(path).resolve()
-    run = _Run(root=root, catalog=catalog or Catalog.builtin())
+    run = _Run(root=root, catalog=catalog or Catalog.builtin(), budget=budget or Budget())
     if not root.is_dir():
         # No file: the message names the path, and a file relative to a root that does not
         # exist would be shown joined to it ("missing/missing").
@@ -184,9 +196,18 @@ def load_repository(path: str | os.PathLike[str], catalog: Catalog | None = None
             )
         )
     loaded: list[LoadedDeployment] = []
-    for f in files:
+    for i, f in enumerate(files):
+        if run.budget.exhausted is not None:
+            _not_checked(run, files[i:], run.budget.exhausted)
+            break
         errors_before = _error_count(run)
-        item = _load_deployment(run, f)
+        run.budget.start_file()
+        try:
+            run.budget.tick()
+            item = _load_deployment(run, f)
+        except BudgetExceeded as exc:  # crossed between two placed checks: at the file
+            run.problems.append(Problem(run.rel(f), 1, 1, exc.rule, exc.message, exc.fix))
+            continue
         if item is not None and _error_count(run) == errors_before:
             loaded.append(item)
     duplicates = _check_unique(run, loaded)
@@ -195,6 +216,21 @@ def load_repository(path: str | os.PathLike[str], catalog: Catalog | None = None
     problems = sorted(set(run.problems), key=lambda p: (p.file, p.line, p.col, p.rule, p.message))
     return DesiredState(
         root, run.config, tuple(loaded), tuple(problems), tuple(run.rel(f) for f in files)
+    )
+
+
+def _not_checked(run: _Run, files: list[pathlib.Path], exc: BudgetExceeded) -> None:
+    """One problem for the files left when the budget ran out (not one per file)."""
+    more = f" and {len(files) - 1} more file(s)" if len(files) > 1 else ""
+    run.problems.append(
+        Problem(
+            run.rel(files[0]),
+            1,
+            1,
+            exc.rule,
+            f"not checked{more}: the repository ran out of its budget before ({exc.message})",
+            exc.fix,
+        )
     )
 
 
@@ -208,7 +244,7 @@ def _load_config(run: _Run) -> None:
         if not path.is_file():
             continue
         try:
-            doc = load_yaml(read_limited(path), name)
+            doc = load_yaml(read_limited(path), name, run.budget)
         except InvalidSpec as exc:
             run.problems.extend(exc.problems)
             return
@@ -237,8 +273,8 @@ def _load_deployment(run: _Run, path: pathlib.Path) -> LoadedDeployment | None:
             )
         )
         return None
-    try:
-        doc = load_yaml(read_limited(path), display)
+    try:  # found by listing a directory: no other path reaches it, no cache needed
+        doc = load_yaml(read_limited(path), display, run.budget)
     except InvalidSpec as exc:
         run.problems.extend(exc.problems)
         return None
@@ -472,7 +508,7 @@ def _catalog(
     _check_catalog_vars(run, doc, spec, manifest)
     _check_route_values(run, doc, spec, manifest, None)
     if checked.compose is not None:
-        _check_interpolated(run, spec, manifest, checked.compose, None)
+        _check_interpolated(run, doc, spec, manifest, checked.compose, None)
     return LoadedDeployment(doc.name, directory, doc, spec, manifest, checked.compose)
 
 
@@ -591,6 +627,7 @@ def _check_route_values(
 
 def _check_interpolated(
     run: _Run,
+    doc: Document,
     spec: CatalogDeployment | ManifestDeployment,
     manifest: Manifest,
     compose: Document,
@@ -612,7 +649,21 @@ def _check_interpolated(
             values[manifest.env_name(key)] = (
                 str(value).lower() if isinstance(value, bool) else str(value)
             )
-    data = interpolate(compose.data, values)
+    try:
+        data = interpolate(compose.data, values, run.budget)
+    except InterpolationTooLarge as exc:
+        # a catalog file is not the repository's: the deployment's vars are what grew
+        where = compose.problem(exc.path, "", "") if base_dir is not None else None
+        placed = where or doc.problem(("vars",) if "vars" in doc.data else (), "", "")
+        run.problems.append(
+            replace(
+                placed,
+                rule=exc.exceeded.rule,
+                message=exc.exceeded.message + " (with this deployment's vars filled in)",
+                fix=exc.exceeded.fix,
+            )
+        )
+        return False
     if data == compose.data:
         return True
     filled = Document(compose.name, data, compose.positions, compose.key_positions, compose.source)
@@ -623,6 +674,7 @@ def _check_interpolated(
             filled,
             base_dir=base_dir,
             allow_host_ports=spec.name in run.config.policy.allow_host_ports,
+            budget=run.budget,
         )
         if p.is_error and (p.file, p.line, p.col, p.rule) not in seen
     ]
@@ -758,6 +810,7 @@ def _manifest(
             base_dir=directory,
             allow_host_ports=allow_ports,
             proxy_network=network,
+            budget=run.budget,
         )
     elif spec.manifest is not None:
         sub = _load_sibling(run, doc, "manifest", spec.manifest, directory)
@@ -769,6 +822,7 @@ def _manifest(
             base_dir=_parent(run, sub),
             allow_host_ports=allow_ports,
             proxy_network=network,
+            budget=run.budget,
         )
     else:
         assert spec.compose is not None
@@ -783,6 +837,7 @@ def _manifest(
             base_dir=_parent(run, sub),
             allow_host_ports=allow_ports,
             proxy_network=network,
+            budget=run.budget,
         )
         problems += check_match_vars(
             spec.routes, list(spec.vars), doc, ("routes",), "the deployment's `vars:`"
@@ -801,7 +856,7 @@ def _manifest(
         _check_route_values(run, doc, spec, checked.manifest, routes_at)
     if checked.compose is not None and checked.manifest is not None:
         base = directory if isinstance(spec.manifest, dict) else _parent(run, checked.compose)
-        if not _check_interpolated(run, spec, checked.manifest, checked.compose, base):
+        if not _check_interpolated(run, doc, spec, checked.manifest, checked.compose, base):
             return None
     bundle = _bundle_dir(run, doc, spec, directory)
     digests = tree_digests(bundle) if bundle else (None, None)
@@ -883,7 +938,7 @@ def _load_sibling(
         )
         return None
     try:
-        return load_yaml(read_limited(target), run.rel(target))
+        return load_once(target, run.rel(target), run.budget)
     except InvalidSpec as exc:
         run.problems.extend(exc.problems)
         return None

@@ -9,7 +9,9 @@ iterative composer instead, so that, in one pass and before anything large is bu
 * nesting is bounded (:data:`MAX_DEPTH`), iteratively, so a file of ``[[[[`` cannot blow
   the C stack;
 * alias expansion is *accounted*, never performed: each anchored node knows its expanded
-  weight, so a billion-laughs file is refused after reading a few hundred bytes of events;
+  weight in nodes and bytes, so a billion-laughs file is refused after reading a few
+  hundred bytes of events, and a repository's :class:`~reconciler.load.budget.Budget`
+  is charged what the document will cost once something expands it (a hash, a render);
 * only the standard tags are honoured; ``!!python/...``, ``!Ref`` and friends are refused.
 
 Scalars resolve as YAML 1.1 (``tls: off`` is ``false``), except that sexagesimal numbers
@@ -28,6 +30,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
+from reconciler.load.budget import Budget, BudgetExceeded
 from reconciler.model.errors import InvalidSpec, Problem
 
 __all__ = [
@@ -45,6 +48,9 @@ MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 MAX_ALIASES = 256
 MAX_EXPANDED_NODES = 100_000
+# How many events pass between two looks at the clock (a look costs ~50 ns; 1,024 events
+# take ~0.5 ms to parse, so a file over its time is stopped within a millisecond or so).
+_TICK_EVENTS = 1024
 
 Path = tuple[str | int, ...]
 
@@ -87,6 +93,8 @@ class Document:
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
     key_positions: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
     source: str | None = field(default=None, repr=False)
+    # What the data costs once expanded (aliases counted in full): nodes, scalar bytes.
+    expanded: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)
 
     @property
     def source_lines(self) -> list[str] | None:
@@ -174,13 +182,24 @@ def _scalar(event: Any) -> tuple[Any, str]:
 
 
 class _Frame:
-    __slots__ = ("container", "explicit", "key", "key_mark", "mark", "merges", "path", "weight")
+    __slots__ = (
+        "container",
+        "explicit",
+        "key",
+        "key_mark",
+        "mark",
+        "merges",
+        "nbytes",
+        "path",
+        "weight",
+    )
 
     def __init__(self, container: Any, path: Path, mark: Any) -> None:
         self.container = container
         self.path = path
         self.mark = mark
         self.weight = 1
+        self.nbytes = 0
         self.key: Any = _NOKEY
         self.key_mark: Any = None
         self.merges: list[tuple[Any, Any]] = []
@@ -191,19 +210,28 @@ _NOKEY = object()
 
 
 def _compose(
-    events: Iterator[Any], doc: Document, _pos: Callable[[Any], tuple[int, int]] = _pos
-) -> Any:
+    events: Iterator[Any],
+    doc: Document,
+    budget: Budget,
+    _pos: Callable[[Any], tuple[int, int]] = _pos,
+) -> tuple[Any, int, int]:
     """Build plain data from events with a bounded, explicit stack.
 
+    Returns the data with its expanded size: nodes and scalar bytes, aliases counted as
+    often as they are used.  ``budget`` is only checked here; the caller charges it.
     ``_pos`` places a mark; the default (the module's own) keeps the hot path free of an
     extra call when nothing needs moving.
     """
-    anchors: dict[str, tuple[Any, int]] = {}
+    anchors: dict[str, tuple[Any, int, int]] = {}
     stack: list[_Frame] = []
     pending_anchor: list[tuple[str, _Frame]] = []
     result: Any = None
     aliases = 0
     total = 0
+    total_bytes = 0
+    # what the budget has left, kept locally: attach() runs once per node
+    node_room = budget.limits.nodes - budget.nodes
+    byte_room = budget.limits.expanded_bytes - budget.bytes
 
     def child_path() -> Path:
         top = stack[-1]
@@ -211,9 +239,10 @@ def _compose(
             return (*top.path, len(top.container))
         return (*top.path, top.key)
 
-    def attach(value: Any, weight: int, mark: Any, is_merge: bool = False) -> None:
-        nonlocal result, total
+    def attach(value: Any, weight: int, nbytes: int, mark: Any, is_merge: bool = False) -> None:
+        nonlocal result, total, total_bytes
         total += weight
+        total_bytes += nbytes
         if total > MAX_EXPANDED_NODES:
             raise _Refused(
                 mark,
@@ -221,11 +250,17 @@ def _compose(
                 f"document expands to more than {MAX_EXPANDED_NODES} nodes (alias bomb?)",
                 "write the values out instead of nesting aliases",
             )
+        if total > node_room or total_bytes > byte_room:
+            try:
+                budget.room(total, total_bytes)
+            except BudgetExceeded as exc:
+                raise _Refused(mark, exc.rule, exc.message, exc.fix) from None
         if not stack:
             result = value
             return
         top = stack[-1]
         top.weight += weight
+        top.nbytes += nbytes
         if isinstance(top.container, list):
             doc.positions[(*top.path, len(top.container))] = _pos(mark)
             top.container.append(value)
@@ -265,17 +300,23 @@ def _compose(
         doc.positions[(*top.path, key)] = _pos(mark)
         top.container[key] = value
 
-    for event in events:
+    for events_seen, event in enumerate(events, 1):
+        if events_seen % _TICK_EVENTS == 0:
+            try:
+                budget.tick()
+            except BudgetExceeded as exc:
+                raise _Refused(event.start_mark, exc.rule, exc.message, exc.fix) from None
         etype = type(event)
         if etype is yaml.ScalarEvent:
+            size = len(event.value)
             if stack and isinstance(stack[-1].container, dict) and stack[-1].key is _NOKEY:
                 value, tag = _scalar(event)
-                attach(value, 1, event.start_mark, is_merge=(tag == _MERGE))
+                attach(value, 1, size, event.start_mark, is_merge=(tag == _MERGE))
             else:
                 value, _tag = _scalar(event)
-                attach(value, 1, event.start_mark)
+                attach(value, 1, size, event.start_mark)
             if event.anchor:
-                anchors[event.anchor] = (value, 1)
+                anchors[event.anchor] = (value, 1, size)
         elif etype is yaml.MappingStartEvent or etype is yaml.SequenceStartEvent:
             if event.tag not in (None, "!", _MAP, _SEQ):
                 raise _Refused(
@@ -310,12 +351,13 @@ def _compose(
                 _apply_merges(frame)
             for i in range(len(pending_anchor) - 1, -1, -1):
                 if pending_anchor[i][1] is frame:
-                    anchors[pending_anchor[i][0]] = (frame.container, frame.weight)
+                    anchors[pending_anchor[i][0]] = (frame.container, frame.weight, frame.nbytes)
                     del pending_anchor[i]
             # weight was already counted child by child; attach only this node itself
             total -= frame.weight - 1
+            total_bytes -= frame.nbytes
             is_root = not stack
-            attach(frame.container, frame.weight, frame.mark)
+            attach(frame.container, frame.weight, frame.nbytes, frame.mark)
             if is_root:
                 doc.positions[()] = _pos(frame.mark)
         elif etype is yaml.AliasEvent:
@@ -334,7 +376,7 @@ def _compose(
                     f"unknown alias *{event.anchor}",
                     f"define the anchor `&{event.anchor}` before this use of it",
                 )
-            value, weight = anchors[event.anchor]
+            value, weight, nbytes = anchors[event.anchor]
             is_merge_key = (
                 bool(stack) and isinstance(stack[-1].container, dict) and (stack[-1].key is _NOKEY)
             )
@@ -345,7 +387,7 @@ def _compose(
                     "an alias cannot be a mapping key",
                     "write the key out as a plain string",
                 )
-            attach(value, weight, event.start_mark)
+            attach(value, weight, nbytes, event.start_mark)
         elif etype is yaml.DocumentStartEvent and result is not None:
             raise _Refused(
                 event.start_mark,
@@ -353,7 +395,7 @@ def _compose(
                 "more than one YAML document in the file",
                 "keep one document per file (remove the extra `---`)",
             )
-    return result
+    return result, total, total_bytes
 
 
 def _apply_merges(frame: _Frame) -> None:
@@ -376,13 +418,22 @@ def _apply_merges(frame: _Frame) -> None:
             container[k] = v
 
 
-def load_yaml(content: bytes | str, name: str, *, locate: Locate | None = None) -> Document:
+def load_yaml(
+    content: bytes | str,
+    name: str,
+    budget: Budget | None = None,
+    *,
+    locate: Locate | None = None,
+) -> Document:
     """Load one YAML document; raise :class:`InvalidSpec` with a positioned problem.
 
-    An empty file loads as ``None``; callers decide whether that is allowed.  ``locate``
-    moves every position (of values, keys, problems, and the lines problems quote in
-    their message) from ``content`` onto the file the user edits.
+    An empty file loads as ``None``; callers decide whether that is allowed.  The
+    document's expanded size is charged to ``budget`` (a repository's; without one, a
+    fresh budget bounds this document alone).  ``locate`` moves every position (of
+    values, keys, problems, and the lines problems quote in their message) from
+    ``content`` onto the file the user edits.
     """
+    budget = budget if budget is not None else Budget()
     place: Locate = locate or _same_place
 
     def pos(mark: Any) -> tuple[int, int]:
@@ -422,7 +473,10 @@ def load_yaml(content: bytes | str, name: str, *, locate: Locate | None = None) 
     try:
         loader = _Parser(text)  # the pure-Python reader already checks characters here
         events = _events(loader)
-        data = _compose(events, doc) if locate is None else _compose(events, doc, pos)
+        data, nodes, nbytes = (
+            _compose(events, doc, budget) if locate is None else _compose(events, doc, budget, pos)
+        )
+        budget.charge(nodes, nbytes)
     except _Refused as exc:
         line, col = pos(exc.mark) if exc.mark is not None else place(1, 1)
         raise InvalidSpec(Problem(name, line, col, exc.rule, exc.message, exc.fix)) from None
@@ -447,7 +501,12 @@ def load_yaml(content: bytes | str, name: str, *, locate: Locate | None = None) 
         if loader is not None:
             loader.dispose()
     return Document(
-        name=name, data=data, positions=doc.positions, key_positions=doc.key_positions, source=text
+        name=name,
+        data=data,
+        positions=doc.positions,
+        key_positions=doc.key_positions,
+        source=text,
+        expanded=(nodes, nbytes),
     )
 
 

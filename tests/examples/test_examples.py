@@ -49,6 +49,7 @@ COVERED_RULES = {
     "yaml-key",
     "yaml-merge",
     "yaml-encoding",
+    "budget-bytes",
     # repository and deployment files
     "repo-layout",
     "schema",
@@ -97,6 +98,8 @@ COVERED_RULES = {
 NOT_COVERED_RULES = {
     "yaml-size": "needs a file over 1 MiB; examples stay small",
     "build-context-size": "needs a build context over 100 MB",
+    "budget-nodes": "needs over 2,000,000 expanded nodes: 21 files at the per-document limit",
+    "budget-time": "depends on the machine's speed (tests/loading uses an injected clock)",
     "var-required": "no app in the built-in catalog has a required var without a default "
     "or `generate:`",
     "catalog-invalid": "needs a broken manifest in the built-in catalog",

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import pathlib
 import posixpath
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from reconciler.load.files import read_limited
-from reconciler.load.yamlsafe import Document, load_yaml
+from reconciler.load.budget import Budget, BudgetExceeded
+from reconciler.load.files import load_once
+from reconciler.load.yamlsafe import Document
 from reconciler.model.errors import InvalidSpec, Problem, Severity
 
 __all__ = ["check_compose_policy"]
@@ -108,6 +110,7 @@ def check_compose_policy(
     base_dir: pathlib.Path | None,
     allow_host_ports: bool = False,
     routed_services: frozenset[str] = frozenset(),
+    budget: Budget | None = None,
 ) -> list[Problem]:
     """Every way ``compose`` reaches past its own containers and directory, as Problems.
 
@@ -117,9 +120,17 @@ def check_compose_policy(
     directory, so they pass ``None`` and get the lexical checks only.
     ``allow_host_ports`` is the repository's opt-in for apps that must publish ports
     (a mail server, say); ``routed_services`` decides which services need a
-    healthcheck for the deploy's health gate to mean anything.
+    healthcheck for the deploy's health gate to mean anything.  ``budget`` (the
+    repository's) bounds the time spent, and loads each included file once.
     """
-    found = _check_tree(compose, base_dir, allow_host_ports, routed_services, set(), 0)
+    budget = budget if budget is not None else Budget()
+    checker = _Checker(compose, base_dir, allow_host_ports, routed_services, budget)
+    checker.run()
+    found = list(checker.problems)
+    if base_dir is not None and checker.stopped is None:
+        found.extend(
+            _check_nested(compose, checker.compose_refs, base_dir, allow_host_ports, budget)
+        )
     unique = {(p.file, p.line, p.col, p.rule, p.message): p for p in found}  # a cycle repeats
     return sorted(unique.values(), key=lambda p: (p.file != compose.name, p.file, p.line, p.col))
 
@@ -129,59 +140,72 @@ def check_compose_policy(
 MAX_NESTED_COMPOSE = 8
 
 
-def _check_tree(
+def _check_nested(
     compose: Document,
-    base_dir: pathlib.Path | None,
+    refs: list[tuple[_Where, str]],
+    base_dir: pathlib.Path,
     allow_host_ports: bool,
-    routed_services: frozenset[str],
-    seen: set[pathlib.Path],
-    depth: int,
+    budget: Budget,
 ) -> list[Problem]:
-    """The policy on ``compose`` and on every compose file it includes or extends.
+    """The policy on every compose file ``compose`` includes or extends, each file once.
 
     Without this a deployment could keep its main file clean and put ``privileged:
     true`` or a Docker socket bind in an ``include:``d file, which ``docker compose``
     merges in at deploy time.  Nested files are judged against their own directory
     (Compose resolves their relative paths there), which must itself be inside the
     deployment directory (the reference was checked before it is followed).
+
+    Breadth first, with one set of files seen for the whole tree: a file reached on
+    many paths is checked once, at the shallowest depth it is reached (following
+    every path was N^depth checks), and a cycle ends where it closes.  A file's
+    findings are kept in ``budget`` for the other deployments that include it.
     """
-    checker = _Checker(compose, base_dir, allow_host_ports, routed_services)
-    checker.run()
-    problems = list(checker.problems)
-    if base_dir is None:
-        return problems
-    for where, value in checker.compose_refs:
-        if "$" in value:
-            continue  # decided at deploy time; the interpolated pass sees the literal
-        target = _safe_resolve(base_dir / value)
-        if target is None or target in seen or not target.is_file():
-            continue  # missing: Compose fails loudly at deploy; a cycle: already checked
-        name = posixpath.normpath(posixpath.join(posixpath.dirname(compose.name), value))
-        if depth >= MAX_NESTED_COMPOSE:
-            problems.append(
-                compose.problem(
-                    where,
-                    "compose-invalid",
-                    f"'{value}' nests compose files more than {MAX_NESTED_COMPOSE} deep",
-                    "flatten the include/extends chain",
+    problems: list[Problem] = []
+    seen: set[pathlib.Path] = set()
+    queue: deque[tuple[Document, list[tuple[_Where, str]], pathlib.Path, int]] = deque(
+        [(compose, refs, base_dir, 0)]
+    )
+    while queue:
+        doc, doc_refs, base, depth = queue.popleft()
+        for where, value in doc_refs:
+            if "$" in value:
+                continue  # decided at deploy time; the interpolated pass sees the literal
+            target = _safe_resolve(base / value)
+            if target is None or target in seen or not target.is_file():
+                continue  # missing: Compose fails loudly at deploy; a cycle: already checked
+            name = posixpath.normpath(posixpath.join(posixpath.dirname(doc.name), value))
+            if depth >= MAX_NESTED_COMPOSE:
+                problems.append(
+                    doc.problem(
+                        where,
+                        "compose-invalid",
+                        f"'{value}' nests compose files more than {MAX_NESTED_COMPOSE} deep",
+                        "flatten the include/extends chain",
+                    )
                 )
-            )
-            continue
-        try:
-            nested = load_yaml(read_limited(target), name)
-        except InvalidSpec as exc:
-            problems.extend(exc.problems)
-            continue
-        problems.extend(
-            _check_tree(
-                nested,
-                target.parent,
-                allow_host_ports,
-                frozenset(),
-                seen | {target},
-                depth + 1,
-            )
-        )
+                continue
+            seen.add(target)
+            try:
+                budget.tick()
+                nested = load_once(target, name, budget)
+            except BudgetExceeded as exc:
+                problems.append(doc.problem(where, exc.rule, exc.message, exc.fix))
+                return problems
+            except InvalidSpec as exc:
+                problems.extend(exc.problems)
+                if budget.exhausted is not None:
+                    return problems
+                continue
+            key = (target, allow_host_ports)
+            if key not in budget.checked:
+                checker = _Checker(nested, target.parent, allow_host_ports, frozenset(), budget)
+                checker.run()
+                budget.checked[key] = (checker.problems, checker.compose_refs, checker.stopped)
+            found, nested_refs, stopped = budget.checked[key]
+            problems.extend(found)
+            if stopped is not None:
+                return problems
+            queue.append((nested, nested_refs, target.parent, depth + 1))
     return problems
 
 
@@ -308,16 +332,21 @@ class _Checker:
         base_dir: pathlib.Path | None,
         allow_host_ports: bool,
         routed_services: frozenset[str],
+        budget: Budget,
     ) -> None:
         self.doc = doc
         self.base_dir = base_dir
         self.base_real = _safe_resolve(base_dir) if base_dir is not None else None
         self.allow_host_ports = allow_host_ports
         self.routed_services = routed_services
+        self.budget = budget
         self.problems: list[Problem] = []
+        # set when the budget ran out: the findings so far are all there will be
+        self.stopped: BudgetExceeded | None = None
         # compose files this one pulls in (``include``, ``extends.file``) that stay inside
         # the deployment directory: the caller checks them with the same policy
         self.compose_refs: list[tuple[_Where, str]] = []
+        self.at: _Where = ()  # where the check is, to place a budget that runs out
 
     # -- reporting
 
@@ -330,6 +359,13 @@ class _Checker:
     # -- structure
 
     def run(self) -> None:
+        try:
+            self.check_document()
+        except BudgetExceeded as exc:
+            self.stopped = exc
+            self.problems.append(self.doc.problem(self.at, exc.rule, exc.message, exc.fix))
+
+    def check_document(self) -> None:
         data = self.doc.data
         if not isinstance(data, dict):
             self.error(
@@ -353,6 +389,8 @@ class _Checker:
         else:
             for name, service in services.items():
                 where: _Where = ("services", name)
+                self.at = where
+                self.budget.tick()
                 if not isinstance(service, dict):
                     self.error(
                         where,
@@ -468,6 +506,8 @@ class _Checker:
     def check_volumes(self, where: _Where, name: str, svc: dict[Any, Any]) -> None:
         for sub, entry in _entries(svc.get("volumes")):
             at: _Where = (*where, "volumes", *sub)
+            self.at = at
+            self.budget.tick()
             if isinstance(entry, str):
                 parts = _split_volume(entry)
                 if len(parts) < 2:
