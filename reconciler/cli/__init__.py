@@ -19,6 +19,7 @@ from reconciler.cli import (  # noqa: F401  (registers the commands)
     apply,
     backup,
     catalog,
+    mcp,
     plan,
     serve,
     status,
@@ -28,7 +29,9 @@ from reconciler.cli.app import app
 
 __all__ = ["app", "main", "not_a_directory", "rewrite_argv"]
 
-COMMANDS = frozenset({"validate", "plan", "catalog", "status", "apply", "serve", "agent", "hook"})
+COMMANDS = frozenset(
+    {"validate", "plan", "catalog", "status", "apply", "serve", "agent", "hook", "mcp"}
+)
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:
