@@ -1,0 +1,132 @@
+"""The issue's "done when": an MCP client (the SDK's own, over stdio) deploys a catalog app
+as a commit, sees it planned, and -- once ``reconcile apply`` has applied that commit on
+the real Docker host -- reads its logs and restarts it.
+
+Real: ``reconcile mcp``, git, ``reconcile apply``, Docker Engine, Compose v2 and Caddy.
+A unique namespace and a private proxy port; everything created here is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from reconciler.model.ids import deployment_id
+from tests.agent.docker_helpers import docker_client, unique_namespace
+from tests.conftest import free_port
+from tests.mcp.mcp_helpers import RECONCILE, Session, git, make_clone, run_mcp
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def host(tmp_path: pathlib.Path) -> Iterator[dict[str, Any]]:
+    client = docker_client()  # fails (never skips) without an engine
+    namespace = unique_namespace("mcp")
+    port = free_port()
+    clone = make_clone(
+        tmp_path,
+        {
+            "reconcile.yaml": f"namespace: {namespace}\nbase_domain: localhost\n"
+            f"proxy:\n  http_port: {port}\n  tls: off\n",
+            "deployments/.keep": "",
+        },
+    )
+    try:
+        yield {"clone": clone, "namespace": namespace, "port": port, "state": tmp_path / "state"}
+    finally:
+        for c in client.containers.list(
+            all=True, filters={"label": f"io.reconciler.namespace={namespace}"}
+        ):
+            with contextlib.suppress(Exception):
+                c.remove(force=True, v=True)
+        dpl = deployment_id(namespace, "site")
+        for net in client.networks.list(filters={"name": dpl}):
+            with contextlib.suppress(Exception):
+                net.remove()
+        # the proxy is shared by name; remove it only when it is the one this test started
+        for c in client.containers.list(all=True, filters={"label": "io.reconciler.role=proxy"}):
+            bindings = (c.attrs.get("HostConfig") or {}).get("PortBindings") or {}
+            ports = {b.get("HostPort") for v in bindings.values() for b in v or []}
+            if str(port) in ports:
+                with contextlib.suppress(Exception):
+                    c.remove(force=True)
+        client.close()
+
+
+def _apply(clone: pathlib.Path, state: pathlib.Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [RECONCILE, "apply", str(clone), "--yes", "-f", "json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RECONCILE_STATE_DIR": str(state), "NO_COLOR": "1"},
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return dict(json.loads(proc.stdout))
+
+
+def _started_at(dpl: str) -> dict[str, str]:
+    client = docker_client()
+    try:
+        return {
+            c.name: c.attrs["State"]["StartedAt"]
+            for c in client.containers.list(
+                all=True, filters={"label": f"io.reconciler.deployment={dpl}"}
+            )
+        }
+    finally:
+        client.close()
+
+
+def test_a_catalog_app_deployed_through_mcp_is_planned_applied_logged_and_restarted(
+    host: dict[str, Any],
+) -> None:
+    clone: pathlib.Path = host["clone"]
+    dpl = deployment_id(host["namespace"], "site")
+
+    async def deploy(s: Session) -> dict[str, Any]:
+        return await s.call("deploy_catalog_app", {"name": "site", "app": "static-site"})
+
+    change = run_mcp(clone, deploy)
+    [action] = change["plan"]["plan"]["actions"]
+    assert (action["action"], action["deployment"], action["id"]) == ("install", "site", dpl)
+    assert "+app: static-site" in change["diff"]
+
+    # the review: merge the branch, then the host applies the commit
+    git(clone, "merge", "--ff-only", "-q", change["branch"])
+    result = _apply(clone, host["state"])
+    assert json.dumps(result).count('"installed"') >= 1, result
+    before = _started_at(dpl)
+    assert before, "apply started no container"
+
+    async def operate(s: Session) -> dict[str, Any]:
+        return {
+            "listed": await s.call("list_deployments"),
+            "logs": await s.call("get_logs", {"deployment": "site", "tail": 50}),
+            "restart": await s.call("restart_deployment", {"deployment": "site"}),
+            "after": await s.call("get_logs", {"deployment": dpl, "tail": 500}),
+            "unknown": await s.fail("get_logs", {"deployment": "dpl_" + "0" * 16}),
+        }
+
+    out = run_mcp(clone, operate)
+    assert [d["name"] for d in out["listed"]["deployments"]] == ["site"]
+    assert out["logs"]["via"] == "local docker"
+    assert any(
+        "caddy" in line.lower() or "serving" in line.lower() for line in out["logs"]["lines"]
+    )
+    assert sorted(out["restart"]["restarted"]) == sorted(before)
+    after = _started_at(dpl)
+    assert set(after) == set(before)
+    running = [n for n in after if n.endswith("-app")]
+    assert running and all(after[n] != before[n] for n in running)  # restarted, same containers
+    assert len(out["after"]["lines"]) > len(out["logs"]["lines"]) or len(out["logs"]["lines"]) == 50
+    assert out["unknown"]["error"] == "not_found"
