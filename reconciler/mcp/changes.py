@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,9 @@ class ChangeContext:
         self.settings = settings
         self.catalog = catalog
         self.server = server
+        # The SDK may run tools concurrently; git's worktree and ref updates take one
+        # change at a time (each has its own branch, so they never wait on each other long).
+        self._lock = threading.Lock()
 
     def git(self, *args: str, cwd: pathlib.Path | None = None) -> str:
         try:
@@ -65,6 +69,10 @@ class ChangeContext:
         self, verb: str, name: str, edit: Edit, *, against: Against = "auto"
     ) -> dict[str, Any]:
         """Run ``edit`` in a new worktree and commit it; a :class:`ToolFailure` changes nothing."""
+        with self._lock:
+            return self._apply(verb, name, edit, against)
+
+    def _apply(self, verb: str, name: str, edit: Edit, against: Against) -> dict[str, Any]:
         repo = self.settings.repo
         if not (repo / ".git").exists():
             raise ToolFailure(

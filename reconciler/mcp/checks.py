@@ -33,6 +33,7 @@ from reconciler.render import RenderContext, agents_of, render_all
 __all__ = [
     "Against",
     "Checked",
+    "declared_name",
     "inline_copy",
     "load_checked",
     "plan_state",
@@ -92,7 +93,7 @@ def inline_copy(
     """A throw-away copy of ``repo`` holding ``text`` as a deployment file: (root, file)."""
     if len(text.encode("utf-8", "replace")) > MAX_INLINE_BYTES:
         raise ToolFailure("invalid", f"the inline YAML is larger than {MAX_INLINE_BYTES} bytes")
-    name = _declared_name(text)
+    name = declared_name(text)
     existing = _file_of(repo, name, catalog) if name else None
     rel = existing or f"{DEPLOYMENTS_DIR}/{name or 'inline'}.yaml"
     with tempfile.TemporaryDirectory(prefix="reconcile-mcp-") as tmp:
@@ -104,7 +105,7 @@ def inline_copy(
         yield root, rel
 
 
-def _declared_name(text: str) -> str | None:
+def declared_name(text: str) -> str | None:
     """The ``name:`` the text declares, if it parses; the loader reports every other fault."""
     try:
         data = yaml.safe_load(text)

@@ -26,6 +26,7 @@ from reconciler.mcp import actions
 from reconciler.mcp.changes import ChangeContext, deployment_file, dump_deployment, set_key
 from reconciler.mcp.checks import (
     Checked,
+    declared_name,
     inline_copy,
     load_checked,
     plan_state,
@@ -455,6 +456,13 @@ class Tools:
         """Deploy a custom app (an image, a git repository with a Dockerfile, or a full
         deployment file): write it under deployments/, validate, plan, commit on a branch."""
         if yaml is not None:
+            declared = declared_name(yaml)
+            if declared is not None and declared != name:
+                raise ToolFailure(
+                    "invalid",
+                    f"the YAML names the deployment {declared!r}, the call {name!r}",
+                    hint="make `name` and the file's `name:` the same",
+                )
             return self._new_file("deploy", name, None, text=yaml)
         if image is None and git_url is None:
             raise ToolFailure(

@@ -197,6 +197,9 @@ def test_a_change_that_does_not_validate_is_refused_and_leaves_no_branch(
             "exists": await s.fail("deploy_catalog_app", {"name": "site", "app": "hello"}),
             "app": await s.fail("deploy_catalog_app", {"name": "x-y", "app": "hellp"}),
             "custom": await s.fail("deploy_custom", {"name": "api"}),
+            "renamed": await s.fail(
+                "deploy_custom", {"name": "api", "yaml": "name: other\nagent: local\napp: hello\n"}
+            ),
             "gone": await s.fail("change_domain", {"deployment": "nosuch", "domain": "a.b"}),
         }
 
@@ -208,6 +211,7 @@ def test_a_change_that_does_not_validate_is_refused_and_leaves_no_branch(
     assert out["exists"]["error"] == "exists"
     assert out["app"]["error"] == "not_found" and "hello" in out["app"]["hint"]
     assert out["custom"]["error"] == "invalid"
+    assert out["renamed"]["error"] == "invalid" and "'other'" in out["renamed"]["message"]
     assert out["gone"]["error"] == "not_found"
     assert git(clone, "branch", "--list", "mcp/*") == ""
     _untouched(clone, head)
