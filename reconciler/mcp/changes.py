@@ -28,6 +28,7 @@ from reconciler.mcp.checks import Against, load_checked, plan_state
 from reconciler.mcp.errors import ToolFailure
 from reconciler.mcp.remote import ServerClient
 from reconciler.mcp.settings import McpSettings
+from reconciler.model.redact import redact
 
 __all__ = ["ChangeContext", "deployment_file", "dump_deployment", "set_key"]
 
@@ -101,7 +102,7 @@ class ChangeContext:
                 raise ToolFailure("conflict", f"{verb} {name}: nothing to change")
             self.git(*self._author(), "commit", "--quiet", "-m", subject, cwd=tree)
             commit = self.git("rev-parse", "HEAD", cwd=tree).strip()
-            diff = self.git("diff", f"{base}..{commit}", cwd=tree)
+            diff = redact(self.git("diff", f"{base}..{commit}", cwd=tree))
             committed = True
             pushed = False
             if self.settings.push:

@@ -37,6 +37,7 @@ from reconciler.mcp.remote import ServerClient
 from reconciler.mcp.settings import McpSettings
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import DEPLOYMENT_ID_RE, deployment_id
+from reconciler.model.redact import redact
 
 __all__ = ["build_server"]
 
@@ -188,6 +189,9 @@ class Tools:
                 return d.name, dpl
         if DEPLOYMENT_ID_RE.fullmatch(deployment):
             return None, deployment
+        if deployment_file(self.settings.repo, deployment, self.catalog) is not None:
+            # a file that does not validate yet: still shown and editable, by its file name
+            return deployment, deployment_id(namespace, deployment)
         known = ", ".join(d.name for d in state.deployments) or "none"
         raise ToolFailure(
             "not_found",
@@ -217,18 +221,32 @@ class Tools:
         agents += [{"alias": k, "id": v} for k, v in sorted(state.config.agents.items())]
         return {"source": "reconcile.yaml", "agents": agents}
 
-    def list_apps(self) -> dict[str, Any]:
+    def list_apps(
+        self,
+        search: Annotated[
+            str | None,
+            Field(
+                description="Optional case-insensitive filter on the app's name, description, "
+                "category and tags (e.g. `password`, `wiki`, `demo`)."
+            ),
+        ] = None,
+    ) -> dict[str, Any]:
         """List the catalog apps that deploy_catalog_app can install, newest version first."""
         apps = []
+        needle = (search or "").strip().lower()
         for app in self.catalog.apps():
             versions = self.catalog.versions(app)
             manifest = self._manifest(app, versions[-1])
+            words = [app, manifest["description"] or "", manifest["category"] or ""]
+            if needle and needle not in " ".join(words + manifest["tags"]).lower():
+                continue
             apps.append(
                 {
                     "app": app,
                     "latest": versions[-1],
                     "versions": list(reversed(versions)),
                     "description": manifest.get("description"),
+                    "category": manifest.get("category"),
                 }
             )
         return {"apps": apps}
@@ -287,6 +305,8 @@ class Tools:
             ],
             "routes": [{"upstream": r.upstream, "match_var": r.match_var} for r in routes],
             "requirements": m.requirements.model_dump() if m.requirements else None,
+            "category": m.category,
+            "tags": list(m.tags),
         }
 
     def list_deployments(self) -> dict[str, Any]:
@@ -333,7 +353,8 @@ class Tools:
             rel = deployment_file(self.settings.repo, name, self.catalog)
             if rel is not None:
                 out["file"] = rel
-                out["yaml"] = (self.settings.repo / rel).read_text(encoding="utf-8")
+                # a `git_url:` line may carry a token: shown with its userinfo masked
+                out["yaml"] = redact((self.settings.repo / rel).read_text(encoding="utf-8"))
         if self.server is not None:
             try:
                 out["server"] = self.server.get(f"/v1/deployments/{dpl}")

@@ -84,6 +84,7 @@ def test_read_tools_answer_from_the_clone_and_the_catalog(clone: pathlib.Path) -
     async def body(s: Session) -> dict[str, Any]:
         return {
             "apps": await s.call("list_apps"),
+            "passwords": await s.call("list_apps", {"search": "PASSWORD"}),
             "app": await s.call("show_app", {"app": "vaultwarden"}),
             "deployments": await s.call("list_deployments"),
             "one": await s.call("show_deployment", {"deployment": "site"}),
@@ -96,6 +97,8 @@ def test_read_tools_answer_from_the_clone_and_the_catalog(clone: pathlib.Path) -
     out = run_mcp(clone, body)
     apps = {a["app"]: a for a in out["apps"]["apps"]}
     assert {"hello", "vaultwarden", "gitea"} <= set(apps)
+    found = {a["app"] for a in out["passwords"]["apps"]}
+    assert "vaultwarden" in found and "hello" not in found
     assert out["app"]["app"] == "vaultwarden"
     assert any(v["secret"] for v in out["app"]["vars"])
     assert "app: vaultwarden" in out["app"]["example"]
@@ -303,3 +306,26 @@ def test_unknown_tool_name_for_config_is_a_usage_error(tmp_path: pathlib.Path) -
     )
     assert proc.returncode == 2
     assert "claude-code, cursor, codex" in proc.stderr
+
+
+def test_a_token_in_a_git_url_is_masked_in_what_the_tools_return(tmp_path: pathlib.Path) -> None:
+    clone = make_clone(
+        tmp_path,
+        {
+            "reconcile.yaml": "namespace: mcptest\n",
+            "deployments/bot.yaml": "name: bot\nagent: local\n"
+            "git_url: https://someone:s3cr3t-tok@git.example.com/bot.git\ngit_ref: main\n",
+        },
+    )
+
+    async def body(s: Session) -> dict[str, Any]:
+        return {
+            "shown": await s.call("show_deployment", {"deployment": "bot"}),
+            "checked": await s.call("validate"),
+        }
+
+    out = run_mcp(clone, body)
+    assert "git.example.com/bot.git" in out["shown"]["yaml"]
+    assert "s3cr3t-tok" not in json.dumps(out)
+    assert out["checked"]["valid"] is False  # credentials in the URL are refused, placed
+    assert out["checked"]["problems"][0]["file"] == "deployments/bot.yaml"
