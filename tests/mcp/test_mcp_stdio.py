@@ -329,3 +329,23 @@ def test_a_token_in_a_git_url_is_masked_in_what_the_tools_return(tmp_path: pathl
     assert "s3cr3t-tok" not in json.dumps(out)
     assert out["checked"]["valid"] is False  # credentials in the URL are refused, placed
     assert out["checked"]["problems"][0]["file"] == "deployments/bot.yaml"
+
+
+def test_the_server_refuses_to_start_without_a_clone(tmp_path: pathlib.Path) -> None:
+    import subprocess
+
+    missing = subprocess.run([RECONCILE, "mcp"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "--repo" in missing.stderr
+    nowhere = subprocess.run(
+        [RECONCILE, "mcp", "--repo", str(tmp_path / "nope")], capture_output=True, text=True
+    )
+    assert nowhere.returncode == 1 and "is not a directory" in nowhere.stderr
+    both = tmp_path / "t"
+    both.write_text("x")
+    twice = subprocess.run(
+        [RECONCILE, "mcp", "--repo", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "RECONCILE_TOKEN": "a", "RECONCILE_TOKEN_FILE": str(both)},
+    )
+    assert twice.returncode == 1 and "RECONCILE_TOKEN_FILE" in twice.stderr
