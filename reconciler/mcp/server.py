@@ -160,8 +160,6 @@ class Tools:
         )
         self.changes = ChangeContext(settings, self.catalog, self.server)
 
-    # ------------------------------------------------------------------ helpers
-
     def _root(self, path: str | None) -> pathlib.Path:
         if path is None:
             return self.settings.repo
@@ -207,8 +205,6 @@ class Tools:
                 hint="start `reconcile mcp` with RECONCILE_SERVER (and RECONCILE_TOKEN) set",
             )
         return self.server
-
-    # ------------------------------------------------------------------ read
 
     def list_agents(self) -> dict[str, Any]:
         """List the hosts (agents) deployments can target: online state, last heartbeat,
@@ -397,8 +393,6 @@ class Tools:
         desired = load_checked(self.settings.repo, self.catalog)
         return {"source": "clone", **plan_state(desired, against="empty", server=None)}
 
-    # ------------------------------------------------------------------ check
-
     def validate(self, yaml: YamlArg = None, path: PathArg = None) -> dict[str, Any]:
         """Validate deployment files (schema, catalog, routing contract) without writing
         anything. Each problem has file, line, column, message and the fix to apply."""
@@ -414,8 +408,6 @@ class Tools:
         if checked.inline_file is not None:
             out["inline_file"] = checked.inline_file
         return out
-
-    # ------------------------------------------------------------------ change
 
     def deploy_catalog_app(
         self,
@@ -587,8 +579,6 @@ class Tools:
                 "uninstall it on the host with `reconcile apply --prune`"
             )
         return result
-
-    # ------------------------------------------------------------------ act
 
     def restart_deployment(
         self,

@@ -8,6 +8,7 @@ A unique namespace and a private proxy port; everything created here is removed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -24,6 +25,10 @@ from tests.conftest import free_port
 from tests.mcp.mcp_helpers import RECONCILE, Session, git, make_clone, run_mcp
 
 pytestmark = pytest.mark.docker
+
+SERVING = "Caddy serving static files"  # what caddy file-server logs once per start
+APPLY_TRIES = 4
+LOG_POLLS = 120  # x 0.5 s: a generous bound on a busy machine, not a measured figure
 
 
 @pytest.fixture
@@ -62,16 +67,23 @@ def host(tmp_path: pathlib.Path) -> Iterator[dict[str, Any]]:
 
 
 def _apply(clone: pathlib.Path, state: pathlib.Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [RECONCILE, "apply", str(clone), "--yes", "-f", "json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "RECONCILE_STATE_DIR": str(state), "NO_COLOR": "1"},
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return dict(json.loads(proc.stdout))
+    """``reconcile apply``, retried on a failure: the proxy container's name is one per
+    Docker daemon, and other test runs on a shared daemon recreate it under our feet (a
+    TemporaryError by design: back off and apply again, as the agent would)."""
+    output = ""
+    for _ in range(APPLY_TRIES):
+        proc = subprocess.run(
+            [RECONCILE, "apply", str(clone), "--yes", "-f", "json"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RECONCILE_STATE_DIR": str(state), "NO_COLOR": "1"},
+            timeout=600,
+            check=False,
+        )
+        if proc.returncode == 0:
+            return dict(json.loads(proc.stdout))
+        output = proc.stdout + proc.stderr
+    raise AssertionError(output)
 
 
 def _started_at(dpl: str) -> dict[str, str]:
@@ -104,29 +116,38 @@ def test_a_catalog_app_deployed_through_mcp_is_planned_applied_logged_and_restar
     # the review: merge the branch, then the host applies the commit
     git(clone, "merge", "--ff-only", "-q", change["branch"])
     result = _apply(clone, host["state"])
-    assert json.dumps(result).count('"installed"') >= 1, result
+    assert dpl in json.dumps(result), result  # installed (or, after a retry, already there)
     before = _started_at(dpl)
     assert before, "apply started no container"
+
+    async def starts_logged(s: Session, at_least: int) -> list[str]:
+        """Caddy logs one SERVING line per start; poll until the restart's is there."""
+        for _ in range(LOG_POLLS):
+            logs = await s.call("get_logs", {"deployment": dpl, "service": "app", "tail": 500})
+            if sum(SERVING in line for line in logs["lines"]) >= at_least:
+                break
+            await asyncio.sleep(0.5)
+        return list(logs["lines"])
 
     async def operate(s: Session) -> dict[str, Any]:
         return {
             "listed": await s.call("list_deployments"),
             "logs": await s.call("get_logs", {"deployment": "site", "tail": 50}),
+            "first": await starts_logged(s, 1),
             "restart": await s.call("restart_deployment", {"deployment": "site"}),
-            "after": await s.call("get_logs", {"deployment": dpl, "tail": 500}),
+            "after": await starts_logged(s, 2),
             "unknown": await s.fail("get_logs", {"deployment": "dpl_" + "0" * 16}),
         }
 
     out = run_mcp(clone, operate)
     assert [d["name"] for d in out["listed"]["deployments"]] == ["site"]
     assert out["logs"]["via"] == "local docker"
-    assert any(
-        "caddy" in line.lower() or "serving" in line.lower() for line in out["logs"]["lines"]
-    )
+    assert 0 < len(out["logs"]["lines"]) <= 50
     assert sorted(out["restart"]["restarted"]) == sorted(before)
     after = _started_at(dpl)
     assert set(after) == set(before)
     running = [n for n in after if n.endswith("-app")]
     assert running and all(after[n] != before[n] for n in running)  # restarted, same containers
-    assert len(out["after"]["lines"]) > len(out["logs"]["lines"]) or len(out["logs"]["lines"]) == 50
+    assert sum(SERVING in line for line in out["first"]) == 1
+    assert sum(SERVING in line for line in out["after"]) == 2  # the restart's own start
     assert out["unknown"]["error"] == "not_found"
