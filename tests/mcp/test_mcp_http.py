@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 
+import httpx
 from mcp import Client
 
 from tests.conftest import free_port
@@ -54,6 +55,14 @@ def test_streamable_http_serves_the_tools_on_loopback(tmp_path: pathlib.Path) ->
                 return tools, result.structured_content
 
         tools, report = asyncio.run(main())
+        # a web page that rebinds its own name to 127.0.0.1 is turned away by its Host
+        rebound = httpx.post(
+            f"http://127.0.0.1:{port}/mcp",
+            headers={"Host": "evil.example", "Content-Type": "application/json"},
+            content=b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}',
+            timeout=10,
+        )
+        assert rebound.status_code in (403, 421), rebound.status_code
     finally:
         proc.terminate()
         proc.wait(timeout=30)
