@@ -261,8 +261,9 @@ class AgentClient:
         return self._parse(response, ResultAck)
 
     def report(self, report: AgentReport) -> ReportAck:
-        # ``state.total_memory_mb`` travels as the report's own field (see AgentReport)
-        body = report.model_dump(mode="json", exclude={"state": {"total_memory_mb"}})
+        # The host's figures travel as the report's own fields (see AgentReport)
+        host_figures = {"total_memory_mb", "free_networks"}
+        body = report.model_dump(mode="json", exclude={"state": host_figures})
         response = self._send("POST", "/v1/agent/report", json=body)
         return self._parse(response, ReportAck)
 

@@ -92,6 +92,9 @@ class AgentState(_Frozen):
     # The host's total memory (Docker's ``MemTotal``), for the planner to block what cannot
     # fit; None when unknown (an older agent, a snapshot from before): nothing is blocked.
     total_memory_mb: int | None = None
+    # How many more networks the Docker daemon can create from its address pools (each
+    # new deployment needs at least one); None when unknown: nothing is blocked for it.
+    free_networks: int | None = None
 
 
 class ActualState(_Frozen):
