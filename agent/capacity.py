@@ -46,7 +46,7 @@ class Pool:
 
     @property
     def subnets(self) -> int:
-        return 2 ** max(0, self.size - self.base.prefixlen)
+        return int(2 ** max(0, self.size - self.base.prefixlen))
 
 
 #: Docker's built-in local pools when ``default-address-pools`` is not set.
