@@ -240,6 +240,7 @@ def merge(
                 onion_address=record.onion_address,
                 urls=list(record.urls),
                 stale_env=_stale_env(record, environ),
+                last_error=record.last_error if record.status == "failed" else None,
             )
             continue
         first: Mapping[str, str] = items[0].get("Labels") or {}

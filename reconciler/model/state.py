@@ -82,6 +82,10 @@ class DeployedApp(_Frozen):
     # (DOMAIN_URL, then ``http://<onion>``).  Optional: snapshots from before have neither.
     onion_address: str | None = None
     urls: list[str] = Field(default_factory=list)
+    # Why the last apply failed (status "failed"): the classified reason on the first line,
+    # then the output's last lines.  Local only: an agent's heartbeat leaves it out (a
+    # server from before refuses unknown fields here); the server has the command results.
+    last_error: str | None = None
 
 
 class AgentState(_Frozen):
