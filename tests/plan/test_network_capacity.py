@@ -49,7 +49,7 @@ def test_installs_past_the_capacity_are_blocked_with_the_hint() -> None:
     reason = actions["app3"].reason
     assert "default-address-pools" in reason
     assert NETWORK_POOLS_HINT in reason
-    assert "can create 2 more network(s)" in reason and "installs 3" in reason
+    assert "can create 2 more network(s)" in reason and "installs need 3" in reason
     assert plan(apps("app1", "app2", "app3"), host(2)).summary["blocked"] == 1
 
 
@@ -109,3 +109,60 @@ def test_a_move_blocked_for_networks_keeps_the_old_copy_running() -> None:
     assert "default-address-pools" in actions[("api", edge)].reason
     assert actions[("api", "local")].action == "blocked"
     assert "kept running here" in actions[("api", "local")].reason
+
+
+def _manifest(name: str, compose: str) -> RenderedDeployment:
+    want = rendered(image_spec(name))
+    return want.model_copy(update={"compose_yaml": compose})
+
+
+PROXY_ONLY = """\
+services:
+  app:
+    image: busybox:1.36
+    networks: [impreza-proxy]
+networks:
+  impreza-proxy: {external: true}
+"""
+TWO_INTERNAL = """\
+services:
+  web:
+    image: busybox:1.36
+    networks: [front, back]
+  db:
+    image: busybox:1.36
+    networks:
+      back: {}
+  side:
+    image: busybox:1.36
+    network_mode: "service:web"
+networks:
+  front: {}
+  back: {}
+"""
+
+
+def test_each_install_counts_the_networks_its_compose_file_makes() -> None:
+    from reconciler.render.model import networks_created
+
+    assert networks_created(rendered(image_spec("plain"))) == 1  # default
+    assert networks_created(_manifest("proxied", PROXY_ONLY)) == 0
+    assert networks_created(_manifest("twonets", TWO_INTERNAL)) == 2
+    # apps on the proxy network only never run out, however many
+    many = [_manifest(f"app{i:03d}", PROXY_ONLY) for i in range(40)]
+    assert {a.action for a in plan(many, host(0)).actions} == {"install"}
+    # 3 free: "aaa" takes 2, "bbb" (1) fits, "ccc" (2) does not, "ddd" (0) still does
+    wants = [
+        _manifest("aaa", TWO_INTERNAL),
+        rendered(image_spec("bbb")),
+        _manifest("ccc", TWO_INTERNAL),
+        _manifest("ddd", PROXY_ONLY),
+    ]
+    actions = by_name(plan(wants, host(3)).actions)
+    assert {n: a.action for n, a in actions.items()} == {
+        "aaa": "install",
+        "bbb": "install",
+        "ccc": "blocked",
+        "ddd": "install",
+    }
+    assert "installs need 5" in actions["ccc"].reason
