@@ -12,6 +12,7 @@ most specific first; anything unknown keeps its last line as the reason.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -69,15 +70,16 @@ class Failure:
 @dataclass(frozen=True)
 class _Rule:
     kind: FailureKind
-    pattern: re.Pattern[str]
+    pattern: str  # compiled on the first failure: a no-op run never pays for it
     reason: str
     hint: str
+    flags: int = 0
 
 
 _RULES: tuple[_Rule, ...] = (
     _Rule(
         FailureKind.POOL_EXHAUSTED,
-        re.compile(r"could not find an available, non-overlapping ipv[46] address pool"),
+        r"could not find an available, non-overlapping ipv[46] address pool",
         "address pool exhausted: the Docker daemon has no subnet left for another network",
         "give dockerd more, smaller subnets with `default-address-pools` in "
         "/etc/docker/daemon.json and restart it (scripts/setup.sh does this for the dockerd "
@@ -85,41 +87,42 @@ _RULES: tuple[_Rule, ...] = (
     ),
     _Rule(
         FailureKind.DISK_FULL,
-        re.compile(r"no space left on device|disk quota exceeded"),
+        r"no space left on device|disk quota exceeded",
         "disk full: no space left on the Docker host",
         "free space on the Docker host (`docker system df`, then prune what you own) "
         "and apply again",
     ),
     _Rule(
         FailureKind.PORT_IN_USE,
-        re.compile(r"port is already allocated|address already in use|bind: address in use"),
+        r"port is already allocated|address already in use|bind: address in use",
         "port in use: a host port this app publishes is taken",
         "stop the container or process that holds the port, or publish another one",
     ),
     _Rule(
         FailureKind.IMAGE_NOT_FOUND,
-        re.compile(
-            r"pull access denied|manifest unknown|not found: manifest|manifest for .* not found"
-            r"|no such image|repository does not exist|failed to resolve reference"
-            r"|lookup [^ ]+ on [^ ]+: no such host|registry-1\.docker\.io.*(timeout|refused)"
-        ),
+        r"pull access denied|manifest unknown|not found: manifest|manifest for .* not found"
+        r"|no such image|repository does not exist|failed to resolve reference"
+        r"|lookup [^ ]+ on [^ ]+: no such host|registry-1\.docker\.io.*(timeout|refused)",
         "image not found: the image is not available locally and no registry answered with it",
         "check the image name and tag, or build/load the image on the host first "
         "(`docker image ls`); with no registry reachable, only local images run",
     ),
     _Rule(
         FailureKind.BAD_COMPOSE_FILE,
-        re.compile(
-            r"^(validating|failed to parse|failed to load) .*\.ya?ml|yaml: line \d+"
-            r"|additional property .* is not allowed|services\.\S+ must be|invalid compose project"
-            r"|service \S+ (refers to|depends on) undefined",
-            re.MULTILINE,
-        ),
+        r"^(validating|failed to parse|failed to load) .*\.ya?ml|yaml: line \d+"
+        r"|additional property .* is not allowed|services\.\S+ must be|invalid compose project"
+        r"|service \S+ (refers to|depends on) undefined",
         "bad compose file: docker compose refused it",
         "fix the compose file at the place the last lines name; "
         "`reconcile validate` checks it before anything runs",
+        re.MULTILINE,
     ),
 )
+
+
+@functools.cache
+def _compiled(pattern: str, flags: int) -> re.Pattern[str]:
+    return re.compile(pattern, flags)
 
 
 def classify(step: str, output: str, hint: str | None = None) -> Failure:
@@ -131,7 +134,7 @@ def classify(step: str, output: str, hint: str | None = None) -> Failure:
     tail = tuple(lines[-LAST_LINES:])
     low = output.lower()
     for rule in _RULES:
-        if rule.pattern.search(low):
+        if _compiled(rule.pattern, rule.flags).search(low):
             return Failure(
                 step=step, kind=rule.kind, reason=rule.reason, last_lines=tail, hint=rule.hint
             )

@@ -34,7 +34,6 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
-from agent.capacity import free_networks
 from reconciler.model.digests import value_digest
 from reconciler.model.ids import (
     DEPLOYMENT_ID_RE,
@@ -307,7 +306,13 @@ def observe_local(
 
 
 def _host_figures(api: Any) -> tuple[int | None, int | None]:
-    """Total memory and free networks, from one ``/info`` (never raises)."""
+    """Total memory and free networks, from one ``/info`` (never raises).
+
+    Runs beside the container list, so the capacity module (``ipaddress``) is imported
+    here, off the main thread's path.
+    """
+    from agent.capacity import free_networks
+
     try:
         info = api.info()
     except Exception as exc:  # the SDK raises requests/docker/OS errors
