@@ -54,8 +54,10 @@ class Failure:
         return f"{self.headline()}{hint}{note}"
 
     def text(self, note: str = "") -> str:
-        """The summary, then the output's last lines: the full text for JSON and status."""
-        return "\n".join((self.summary(note), *self.last_lines))
+        """The summary, then the output's last lines: the full text for JSON and status
+        (not again when the output was just the line the reason repeats)."""
+        tail = () if self.last_lines == (self.reason,) else self.last_lines
+        return "\n".join((self.summary(note), *tail))
 
     def as_dict(self) -> dict[str, object]:
         return {

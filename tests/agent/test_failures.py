@@ -81,6 +81,11 @@ def test_an_unknown_failure_keeps_its_last_line_and_the_callers_hint() -> None:
     assert failure.kind is FailureKind.OTHER
     assert failure.reason == "service app: crash loop (3 restarts)"
     assert failure.hint == "see the log lines below"
+    # the reason is the output's only line: the full text does not repeat it
+    assert (
+        failure.text()
+        == "settle: service app: crash loop (3 restarts) (hint: see the log lines below)"
+    )
     assert classify("up", "").reason == "failed with no output"
 
 
