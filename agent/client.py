@@ -23,7 +23,7 @@ import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -261,8 +261,14 @@ class AgentClient:
         return self._parse(response, ResultAck)
 
     def report(self, report: AgentReport) -> ReportAck:
-        # ``state.total_memory_mb`` travels as the report's own field (see AgentReport)
-        body = report.model_dump(mode="json", exclude={"state": {"total_memory_mb"}})
+        # The host's figures travel as the report's own fields (see AgentReport); the last
+        # error stays local (the server has the command's result)
+        local_only: dict[str, Any] = {
+            "total_memory_mb": True,
+            "free_networks": True,
+            "deployments": {"__all__": {"last_error"}},
+        }
+        body = report.model_dump(mode="json", exclude={"state": local_only})
         response = self._send("POST", "/v1/agent/report", json=body)
         return self._parse(response, ReportAck)
 

@@ -570,6 +570,7 @@ class Agent:
             version=self.version,
             hostname=self.hostname,
             total_memory_mb=state.total_memory_mb,
+            free_networks=state.free_networks,
         )
         try:
             ack = self.client.report(report)

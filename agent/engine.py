@@ -128,6 +128,11 @@ class LocalEngine:
         result = self._json("/info")
         return dict(result)
 
+    def networks(self) -> list[dict[str, Any]]:
+        """``GET /networks``: every network with its IPAM subnets (for the capacity)."""
+        result = self._json("/networks")
+        return list(result) if isinstance(result, list) else []
+
     def inspect_container(self, container: str) -> dict[str, Any]:
         result = self._json(f"/containers/{_quote(container)}/json")
         return dict(result)

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import yaml
 
 from agent.compose import ComposeDriver, ComposeError, ComposeProject
+from agent.failures import Failure, classify
 from agent.onion import KEY_DIR, OnionKeyError, ensure_identity, read_identity
 from agent.secrets import env_file_text, resolve_secrets
 from agent.statedir import (
@@ -84,6 +85,7 @@ RESERVED = frozenset(
     }
 )
 KEEP_RELEASES = 5
+LAST_ERROR_CHARS = 2000  # state.json's last_error: the classified summary + output's tail
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 
 
@@ -126,6 +128,7 @@ class ActionResult:
     logs: str = ""
     rolled_back: bool = False
     skipped: bool = False
+    failure: Failure | None = None  # the failed step, classified (agent.failures)
 
 
 @dataclass
@@ -144,6 +147,9 @@ class _Failed(Exception):
         self.step = step
         self.message = message
         self.hint = hint
+
+    def classified(self) -> Failure:
+        return classify(self.step, self.message, self.hint)
 
 
 @dataclass
@@ -209,8 +215,16 @@ class Executor:
             logs = self._logs(action.id) if exc.step not in ("files", "config") else ""
             if want is not None:
                 self._mark_failed(want, exc)
-            message = f"{exc.step}: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "")
-            return ActionResult(action, False, message, self.clock() - start, self._url(want), logs)
+            failure = exc.classified()
+            return ActionResult(
+                action,
+                False,
+                failure.text(),
+                self.clock() - start,
+                self._url(want),
+                logs,
+                failure=failure,
+            )
         except ReconcilerError as exc:
             return ActionResult(action, False, str(exc), self.clock() - start)
 
@@ -529,10 +543,19 @@ class Executor:
                 raise
             self._emit(want.name, "rollback", f"restoring release {previous.name}")
             restored = self._rollback(want, previous)
-            message = f"{exc.step}: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "")
-            message += "; previous release restored" if restored else "; ROLLBACK FAILED"
+            failure = exc.classified()
+            message = failure.text(
+                "; previous release restored" if restored else "; ROLLBACK FAILED"
+            )
             return ActionResult(
-                action, False, message, self.clock() - start, want.url, logs, rolled_back=restored
+                action,
+                False,
+                message,
+                self.clock() - start,
+                want.url,
+                logs,
+                rolled_back=restored,
+                failure=failure,
             )
         return ActionResult(action, True, "updated", self.clock() - start, want.url)
 
@@ -628,7 +651,7 @@ class Executor:
 
     def _mark_failed(self, want: RenderedDeployment, exc: _Failed) -> None:
         with contextlib.suppress(OSError, ValueError):
-            self._write_record(want, "failed", f"{exc.step}: {exc.message}"[:500])
+            self._write_record(want, "failed", exc.classified().text()[:LAST_ERROR_CHARS])
 
     def _save_release(self, want: RenderedDeployment) -> None:
         """Keep this working release (files + image ids) for a later rollback."""

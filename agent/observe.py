@@ -68,6 +68,10 @@ __all__ = [
     "observe_local",
 ]
 
+#: The network the first routed install creates (``ProxySettings.network``): it takes a
+#: subnet from the same pools, so capacity counts it while it does not exist yet.
+PROXY_NETWORK = "impreza-proxy"
+
 log = logging.getLogger(__name__)
 
 LABEL_SERVICE = "com.docker.compose.service"
@@ -235,6 +239,7 @@ def merge(
                 onion_address=record.onion_address,
                 urls=list(record.urls),
                 stale_env=_stale_env(record, environ),
+                last_error=record.last_error if record.status == "failed" else None,
             )
             continue
         first: Mapping[str, str] = items[0].get("Labels") or {}
@@ -264,7 +269,7 @@ def observe_local(
 
     directory = state_dir if state_dir is not None else default_state_dir()
     own = client is None
-    memory: Future[int | None] | None = None
+    figures: Future[tuple[int | None, int | None]] | None = None
     pool = ThreadPoolExecutor(max_workers=1)
     try:
         if own:
@@ -272,7 +277,7 @@ def observe_local(
         api = getattr(client, "api", client)
         # ``/info`` takes the daemon 5-8 ms (far more under load), the container list 1-2:
         # asked side by side, so the list's time is not added to it.
-        memory = pool.submit(total_memory_mb, api)
+        figures = pool.submit(_host_figures, api)
         listed: list[Mapping[str, Any]] = api.containers(
             all=True, filters={"label": LABEL_DEPLOYMENT}
         )
@@ -289,7 +294,7 @@ def observe_local(
             reason=f"offline (the Docker daemon did not answer: {_short(exc)})",
         )
     finally:
-        total = memory.result() if memory is not None else None
+        total, networks = figures.result() if figures is not None else (None, None)
         pool.shutdown()
         if own and client is not None:
             try:
@@ -297,7 +302,23 @@ def observe_local(
             except Exception:  # pragma: no cover
                 log.debug("closing the Docker client failed", exc_info=True)
     state = merge(agent, listed, list_records(directory), restarts, os.environ)
-    return state.model_copy(update={"total_memory_mb": total})
+    return state.model_copy(update={"total_memory_mb": total, "free_networks": networks})
+
+
+def _host_figures(api: Any) -> tuple[int | None, int | None]:
+    """Total memory and free networks, from one ``/info`` (never raises).
+
+    Runs beside the container list, so the capacity module (``ipaddress``) is imported
+    here, off the main thread's path.
+    """
+    from agent.capacity import free_networks
+
+    try:
+        info = api.info()
+    except Exception as exc:  # the SDK raises requests/docker/OS errors
+        log.debug("docker info failed: %s", _short(exc))
+        return None, None
+    return _memory_from(info), free_networks(api, info, reserved=(PROXY_NETWORK,))
 
 
 def total_memory_mb(api: Any) -> int | None:
@@ -306,9 +327,16 @@ def total_memory_mb(api: Any) -> int | None:
     blocked for memory."""
     try:
         info = api.info()
-        total = int(info.get("MemTotal") or 0)
     except Exception as exc:  # the SDK raises requests/docker/OS errors
         log.debug("docker info failed: %s", _short(exc))
+        return None
+    return _memory_from(info)
+
+
+def _memory_from(info: Any) -> int | None:
+    try:
+        total = int(info.get("MemTotal") or 0)
+    except (AttributeError, TypeError, ValueError):
         return None
     return total // (1024 * 1024) if total > 0 else None
 

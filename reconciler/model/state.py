@@ -82,6 +82,10 @@ class DeployedApp(_Frozen):
     # (DOMAIN_URL, then ``http://<onion>``).  Optional: snapshots from before have neither.
     onion_address: str | None = None
     urls: list[str] = Field(default_factory=list)
+    # Why the last apply failed (status "failed"): the classified reason on the first line,
+    # then the output's last lines.  Local only: an agent's heartbeat leaves it out (a
+    # server from before refuses unknown fields here); the server has the command results.
+    last_error: str | None = None
 
 
 class AgentState(_Frozen):
@@ -92,6 +96,9 @@ class AgentState(_Frozen):
     # The host's total memory (Docker's ``MemTotal``), for the planner to block what cannot
     # fit; None when unknown (an older agent, a snapshot from before): nothing is blocked.
     total_memory_mb: int | None = None
+    # How many more networks the Docker daemon can create from its address pools (each
+    # new deployment needs at least one); None when unknown: nothing is blocked for it.
+    free_networks: int | None = None
 
 
 class ActualState(_Frozen):

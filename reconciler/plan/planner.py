@@ -23,8 +23,24 @@ from reconciler.model.state import (
 from reconciler.plan.model import ACTION_KINDS, Action, Change, Plan
 from reconciler.render import RenderedDeployment, spec_record
 from reconciler.render.domains import held_domains, wanted_domains
+from reconciler.render.model import networks_created
 
-__all__ = ["PlanOptions", "diff_records", "domain_conflicts", "drift", "plan"]
+__all__ = [
+    "NETWORK_POOLS_HINT",
+    "PlanOptions",
+    "diff_records",
+    "domain_conflicts",
+    "drift",
+    "network_shortage",
+    "plan",
+]
+
+#: How to raise a host's network capacity: the hint every capacity block carries.
+NETWORK_POOLS_HINT = (
+    "give dockerd more, smaller subnets with `default-address-pools` in "
+    '/etc/docker/daemon.json (e.g. [{"base": "172.17.0.0/16", "size": 24}] holds 256 '
+    "networks) and restart it; scripts/setup.sh does this for the dockerd it starts"
+)
 
 
 class PlanOptions:
@@ -53,15 +69,20 @@ def plan(
 
     A deployment that wants a domain another one serves on its agent (or that an earlier
     file wants) is ``blocked`` too, the holder untouched (see :func:`domain_conflicts`).
-    Blocking one can keep a moved deployment's old copy running where it is, and so
-    keep its domains held there: hence the loop, until the blocked set stops growing
-    (it only grows, so at most one round per deployment; normally one).
+    So is an install past the number of networks its agent's Docker daemon can still
+    create (see :func:`network_shortage`).  Blocking one can keep a moved deployment's
+    old copy running where it is, and so keep its domains held there: hence the loop,
+    until the blocked set stops growing (it only grows, so at most one round per
+    deployment; normally one).
     """
     opts = options or PlanOptions()
     conflicts: dict[str, str] = {}
     while True:
         actions = _plan_once(desired, actual, namespace, opts, unresolved, conflicts)
-        found = domain_conflicts(desired, actual, actions)
+        found = {
+            **network_shortage(actual, actions, desired),
+            **domain_conflicts(desired, actual, actions),
+        }
         if found.keys() <= conflicts.keys():
             break
         conflicts = {**found, **conflicts}
@@ -231,6 +252,52 @@ def domain_conflicts(
             for domain in wanted_domains(want):
                 granted.setdefault(domain, want)
     return out
+
+
+def network_shortage(
+    actual: ActualState, actions: Sequence[Action], desired: Sequence[RenderedDeployment]
+) -> dict[str, str]:
+    """Desired deployment id -> why it is blocked: its agent's Docker daemon has no
+    network left for it.
+
+    Each install makes a compose project, and each project makes the networks its
+    services join that are not external (usually one, ``default``) from the daemon's
+    ``default-address-pools``; uninstalls in the same plan run first and give theirs back
+    (one each, the usual case).  Installs are granted in name order while what they need
+    fits in what the agent reported (``free_networks``), the rest are blocked, so the plan
+    says it instead of the 30th ``up`` failing.  Updates and repairs keep the networks
+    they have.  An agent that did not report the figure (an older one) blocks nothing.
+    """
+    out: dict[str, str] = {}
+    by_id = {(d.agent, d.id): d for d in desired}
+    for agent_name in sorted(actual.agents):
+        agent = actual.agents[agent_name]
+        if agent.free_networks is None or not agent.online:
+            continue
+        here = [a for a in actions if a.agent == agent_name]
+        room = agent.free_networks + sum(1 for a in here if a.action == "uninstall")
+        installs = sorted(
+            (a for a in here if a.action == "install"), key=lambda a: (a.deployment, a.id)
+        )
+        if len(installs) <= room:
+            continue  # one network each fits: no need to read the compose files
+        needs = {a.id: _networks_needed(by_id.get((agent_name, a.id))) for a in installs}
+        total = sum(needs.values())
+        left = room
+        for a in installs:
+            if needs[a.id] <= left:
+                left -= needs[a.id]
+                continue
+            out[a.id] = (
+                f"no network left: the Docker daemon of agent {agent_name} can create "
+                f"{max(room, 0)} more network(s) from its default-address-pools and this "
+                f"plan's installs need {total}; {NETWORK_POOLS_HINT}"
+            )
+    return out
+
+
+def _networks_needed(want: RenderedDeployment | None) -> int:
+    return 1 if want is None else networks_created(want)
 
 
 def _blocked_by(want: RenderedDeployment, reason: str, *, spec_hash: str | None = None) -> Action:

@@ -182,3 +182,31 @@ def spec_record(rendered: RenderedDeployment) -> SpecRecord:
         source_revision=rendered.build.revision if rendered.build else None,
         bundle_digest=rendered.bundle_digest,
     )
+
+
+def networks_created(rendered: RenderedDeployment) -> int:
+    """How many networks ``docker compose up`` makes for this deployment: those its
+    services join that the file does not declare ``external`` (``default`` included,
+    for a service with no ``networks:`` and no ``network_mode``).
+
+    What the planner counts against the host's free address pools.  A service on the
+    proxy network only (external) needs none.
+    """
+    compose = yaml.load(rendered.compose_yaml, Loader=_LOADER) or {}  # noqa: S506 - safe loader
+    declared = compose.get("networks") if isinstance(compose, Mapping) else None
+    declared = declared if isinstance(declared, Mapping) else {}
+    services = compose.get("services") if isinstance(compose, Mapping) else None
+    used: set[str] = set()
+    for spec in (services or {}).values() if isinstance(services, Mapping) else ():
+        if not isinstance(spec, Mapping) or spec.get("network_mode"):
+            continue
+        joined = spec.get("networks")
+        if isinstance(joined, Mapping | list) and joined:
+            used.update(str(n) for n in joined)
+        else:
+            used.add("default")
+    return sum(1 for name in used if not _external(declared.get(name)))
+
+
+def _external(network: object) -> bool:
+    return isinstance(network, Mapping) and bool(network.get("external"))

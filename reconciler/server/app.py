@@ -262,6 +262,7 @@ def create_app(
                 "online": True,
                 "reason": None,
                 "total_memory_mb": body.total_memory_mb,
+                "free_networks": body.free_networks,
             }
         )
         stored = body.model_copy(update={"state": state}).model_dump(mode="json")

@@ -317,11 +317,13 @@ class Reconciler:
             return AgentState(agent=agent_id, online=False, reason="offline (never connected)")
         deployments: dict[str, Any] = {}
         memory: int | None = None
+        networks: int | None = None
         if row.report is not None:
             with contextlib.suppress(Exception):
                 state = AgentState.model_validate(row.report.get("state", {}))
                 deployments = dict(state.deployments)
                 memory = state.total_memory_mb
+                networks = state.free_networks
         if row.last_seen is None:
             return AgentState(
                 agent=agent_id, online=False, reason="offline (bootstrapped, never reported)"
@@ -334,7 +336,11 @@ class Reconciler:
                 deployments=deployments,
             )
         return AgentState(
-            agent=agent_id, online=True, deployments=deployments, total_memory_mb=memory
+            agent=agent_id,
+            online=True,
+            deployments=deployments,
+            total_memory_mb=memory,
+            free_networks=networks,
         )
 
     def actual_state(self, referenced: Iterable[str] = (), now: float | None = None) -> ActualState:

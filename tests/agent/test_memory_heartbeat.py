@@ -31,17 +31,19 @@ def test_heartbeat_sends_the_total_beside_the_state(tmp_path: pathlib.Path) -> N
         client=client,
         journal=Journal(tmp_path),
         runner=CommandRunner(tmp_path, client.download_bundle),
-        observe=lambda: AgentState(agent=AGENT_ID, total_memory_mb=2048),
+        observe=lambda: AgentState(agent=AGENT_ID, total_memory_mb=2048, free_networks=7),
         agent_id=AGENT_ID,
     )
     assert agent.send_report()
     (sent,) = server.reports
     assert sent["total_memory_mb"] == 2048
+    assert sent["free_networks"] == 7
     # the state is exactly what a server from before accepts (its AgentState forbids
     # unknown fields)
     assert isinstance(sent["state"], dict)
     assert "total_memory_mb" not in sent["state"]
-    assert set(sent["state"]) == set(AgentState.model_fields) - {"total_memory_mb"}
+    figures = {"total_memory_mb", "free_networks"}
+    assert set(sent["state"]) == set(AgentState.model_fields) - figures
 
 
 class _Api:
