@@ -1,7 +1,9 @@
 """A second, private dockerd for tests that need a daemon configured differently from the
 shared one (tiny address pools): its own socket, data-root, exec-root, pidfile and
-managed containerd under one temporary directory, no default bridge and no iptables
-rules, so it never touches the shared daemon or the host's firewall.
+managed containerd under one temporary directory, a default bridge of its own and no
+iptables rules, so it never touches the shared daemon or the host's firewall.  (Never
+``--bridge none``: in that mode dockerd deletes the host's ``docker0``, which the shared
+daemon's default network runs on.)
 
 Its config is written by ``scripts/daemon-pools.py``, the same code ``scripts/setup.sh``
 runs for the dockerd it starts.  Whatever the test does, the daemon is stopped by its
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import secrets
 import shutil
 import signal
 import subprocess
@@ -67,6 +70,15 @@ def second_dockerd(
         capture_output=True,
     )
     sock = base / "docker.sock"
+    # its own default bridge: dockerd needs a bridge it did not name created beforehand
+    own_bridge = f"capd{secrets.token_hex(4)[:6]}"
+    subnet = f"10.253.{secrets.randbelow(250) + 1}.1/24"
+    for cmd in (
+        ["ip", "link", "add", own_bridge, "type", "bridge"],
+        ["ip", "addr", "add", subnet, "dev", own_bridge],
+        ["ip", "link", "set", own_bridge, "up"],
+    ):
+        subprocess.run(cmd, check=True, capture_output=True)
     log = (base / "dockerd.log").open("wb")
     proc = subprocess.Popen(
         [
@@ -82,7 +94,7 @@ def second_dockerd(
             "--host",
             f"unix://{sock}",
             "--bridge",
-            "none",
+            own_bridge,
             "--iptables=false",
             "--ip-masq=false",
         ],
@@ -125,7 +137,7 @@ def second_dockerd(
                 os.killpg(proc.pid, signal.SIGKILL)  # its own session: dockerd + its containerd
                 proc.wait(timeout=10)
         log.close()
-        for bridge in bridges:  # only this daemon's, by id, if it left them
+        for bridge in [*bridges, own_bridge]:  # only this daemon's, by id, if it left them
             if pathlib.Path("/sys/class/net", bridge).exists():
                 subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
