@@ -94,7 +94,9 @@ MAX_ATTEMPTS = 15  # ~1 h of tries at the cap, then the row is given up on (dead
 TIMEOUT = 10.0  # seconds a receiver has to answer
 RETRIED_STATUS = frozenset({408, 425, 429})
 MAX_LINES = 20  # last log lines carried by deployment.failed
-_HINT = re.compile(r"\s*\(hint: (?P<hint>.*)\)\s*$", re.DOTALL)
+# The agent's "(hint: ...)" (agent.executor), wherever it sits: "; previous release
+# restored" may follow it.  One level of parentheses inside a hint is allowed.
+_HINT = re.compile(r"\s*\(hint: (?P<hint>[^()]*(?:\([^()]*\)[^()]*)*)\)")
 
 
 def matches(patterns: Sequence[str], kind: str) -> bool:
@@ -124,13 +126,14 @@ def deployment_events(fields: Mapping[str, Any]) -> list[tuple[str, dict[str, An
     }
     if not fields.get("ok"):
         message = str(fields.get("message") or "")
-        found = _HINT.search(message)
+        found = list(_HINT.finditer(message))
+        last = found[-1] if found else None
         lines = str(fields.get("logs") or "").splitlines()[-MAX_LINES:]
         failed = {
             **base,
             "action": fields.get("kind"),
-            "reason": message[: found.start()] if found else message,
-            "hint": found.group("hint") if found else None,
+            "reason": message[: last.start()] + message[last.end() :] if last else message,
+            "hint": last.group("hint") if last else None,
             "last_lines": lines,
             "rolled_back": bool(fields.get("rolled_back")),
         }

@@ -186,14 +186,15 @@ class TestEventMapping:
             "name": "hello",
             "deployment": "dpl_1",
             "agent": "agt_1",
-            "message": "up: pull access denied (hint: the image is not available locally)",
+            "message": "up: pull access denied (hint: the image is not available (locally)); "
+            "previous release restored",
             "logs": "\n".join(f"line {i}" for i in range(40)),
             "rolled_back": True,
         }
         events = dict(deployment_events(fields))
         failed = events["deployment.failed"]
-        assert failed["reason"] == "up: pull access denied"
-        assert failed["hint"] == "the image is not available locally"
+        assert failed["reason"] == "up: pull access denied; previous release restored"
+        assert failed["hint"] == "the image is not available (locally)"
         assert failed["last_lines"][-1] == "line 39" and len(failed["last_lines"]) == 20
         assert failed["deployment"] == "hello" and failed["deployment_id"] == "dpl_1"
         assert "deployment.rolled_back" in events
