@@ -154,8 +154,11 @@ class CommitStatuses:
         if not revision:
             return
         row = self.store.commit_status(revision)
+        only_if: str | None = None
         if row is not None and row.state is not None:
-            return  # judged by an earlier run
+            if not (commands and row.state in ("failure", "error")):
+                return  # judged by an earlier run
+            only_if = row.state  # a retry of this very commit: its verdict is open again
         repo = (row.repo if row is not None else None) or self.settings.repo
         if repo is None:
             return  # not pushed to us, and no repository to poll-report on
@@ -169,7 +172,7 @@ class CommitStatuses:
             verdict = _Verdict("error", f"{blocked} deployments blocked (agent offline)")
         else:
             verdict = _Verdict("success", "in sync: nothing to change")
-        self._set(revision, repo, verdict, commands, only_if=None)
+        self._set(revision, repo, verdict, commands, only_if=only_if)
 
     def settle(self) -> None:
         """Judge every pending commit whose commands have all ended."""

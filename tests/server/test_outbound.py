@@ -624,6 +624,14 @@ class TestForges:
         polled.reconciled(SHA, commands=[], backoff=[], blocked=0, problems=0, ok=True)
         [row] = store.outbox()
         assert json.loads(row.body)["json"]["state"] == "error"  # blocked, then judged once
+        # A retry of the same commit opens its verdict again.
+        polled.reconciled(SHA, commands=["cmd_x"], backoff=[], blocked=0, problems=0, ok=True)
+        assert [json.loads(r.body)["json"]["state"] for r in store.outbox()] == [
+            "pending",
+            "error",
+        ]
+        assert store.commit_status(SHA) is not None
+        assert store.commit_status(SHA).commands == ["cmd_x"]  # type: ignore[union-attr]
 
     def test_the_repository_comes_from_the_push_payload(self) -> None:
         assert push_repository("github", {"repository": {"full_name": "o/r"}}) == "o/r"
