@@ -411,15 +411,18 @@ class Reconciler:
         """The commit status of this run's revision (see reconciler.server.forges)."""
         if self.statuses is None:
             return
-        self.statuses.reconciled(
-            outcome.revision,
-            commands=outcome.commands,
-            backoff=outcome.backoff,
-            blocked=outcome.summary.get("blocked", 0),
-            problems=len(outcome.problems),
-            ok=outcome.ok,
-        )
-        self.statuses.settle()  # a command superseded by this run ends its commit's wait
+        try:
+            self.statuses.reconciled(
+                outcome.revision,
+                commands=outcome.commands,
+                backoff=outcome.backoff,
+                blocked=outcome.summary.get("blocked", 0),
+                problems=len(outcome.problems),
+                ok=outcome.ok,
+            )
+            self.statuses.settle()  # a command superseded by this run ends its commit's wait
+        except Exception:  # a status is a report on the run, never a reason to fail it
+            log.exception("commit status of %s", outcome.revision)
 
     def _reconcile(self, reason: str) -> Outcome:
         from reconciler.load.desired import load_desired
