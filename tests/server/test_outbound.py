@@ -709,3 +709,37 @@ def _wait(check: Any, what: str, timeout: float = 60.0) -> Any:
             return found
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class TestAnnounced:
+    def test_an_agent_gone_quiet_is_announced_offline_once(self, tmp_path: pathlib.Path) -> None:
+        store, _, _ = _store_to(tmp_path, "http://127.0.0.1:9/x", events=["agent.*"])
+        token = store.create_bootstrap_token()
+        created = store.bootstrap_agent(token, "h1")
+        assert created is not None
+        agent = created[0]
+        store.record_report(agent, {"state": {"agent": agent}}, now=100.0)
+        assert store.announce_offline(cutoff=50.0, now=130.0) == []  # seen since
+        assert store.announce_offline(cutoff=110.0, now=130.0) == [agent]
+        assert store.announce_offline(cutoff=120.0, now=140.0) == []  # once
+        store.record_report(agent, {"state": {"agent": agent}}, now=200.0)  # back
+        assert store.announce_offline(cutoff=210.0, now=230.0) == [agent]
+        assert [r.kind for r in reversed(store.outbox())] == ["agent.offline"] * 2
+        assert json.loads(store.outbox()[0].body)["data"]["agent"] == agent
+
+    def test_a_blocked_deployment_is_announced_once(
+        self, remote: Remote, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        receiver = Receiver()
+        plane = _plane(remote, tmp_path, monkeypatch, receiver)
+        try:
+            remote.commit(examples_for("agt_00000000000000ff"))  # never connected
+            for _ in range(2):
+                plane.reconciler.reconcile("api: test")
+            blocked = [r for r in plane.store.outbox() if r.kind == "deployment.blocked"]
+            assert len(blocked) == 5  # the five examples, once each
+            data = json.loads(blocked[0].body)["data"]
+            assert data["agent"] == "agt_00000000000000ff" and "offline" in data["reason"]
+        finally:
+            plane.store.close()
+            receiver.close()
