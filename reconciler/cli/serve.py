@@ -172,6 +172,8 @@ def serve_command(
         # uvicorn's loggers have their own handlers: a logger's filter covers them.
         logging.getLogger(name).addFilter(redact_credentials)
     plane.worker.start()
+    if plane.outbox is not None:
+        plane.outbox.start()
     try:
         uvicorn.run(
             plane.app,
@@ -193,6 +195,8 @@ def serve_command(
         )
     finally:
         plane.worker.stop(timeout=10)
+        if plane.outbox is not None:
+            plane.outbox.stop()
         plane.store.close()
 
 

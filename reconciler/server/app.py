@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -41,6 +42,7 @@ from reconciler.server.fields import MAX_TEXT, TooManyDeployments, cap_report, c
 from reconciler.server.limits import BodyLimit, HeaderLimit
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
+from reconciler.server.outbound import Router, Sender, Target, result_fields
 from reconciler.server.store import Store, secure_dir
 from reconciler.server.worker import Reconciler, Worker, iso
 
@@ -62,6 +64,7 @@ class ControlPlane:
     notifier: Notifier
     metrics: Metrics
     app: FastAPI = field(repr=False)
+    outbox: Sender | None = None  # events out; started with the worker
 
 
 def build_control_plane(
@@ -74,6 +77,7 @@ def build_control_plane(
     notifier = Notifier()
     metrics = Metrics()
     reconciler = Reconciler(config, store, notifier=notifier, metrics=metrics)
+    outbox = _events_out(config, store, reconciler)
     worker = Worker(reconciler.reconcile, poll_interval=config.poll_interval)
     app = create_app(
         config,
@@ -84,7 +88,33 @@ def build_control_plane(
         metrics=metrics,
         notifier=notifier,
     )
-    return ControlPlane(config, secrets, store, reconciler, worker, notifier, metrics, app)
+    return ControlPlane(
+        config, secrets, store, reconciler, worker, notifier, metrics, app, outbox=outbox
+    )
+
+
+def _events_out(config: ServerConfig, store: Store, reconciler: Reconciler) -> Sender:
+    """The outbox wired to the store: ``notify:`` targets and ``commit_status:``.
+
+    Raises InvalidSpec when a secret they name is unset: refused at start, never found
+    out at the first event.
+    """
+    from reconciler.server.forges import CommitStatuses
+
+    targets = Target.from_config(config.notify)
+    sender = Sender(store)
+    store.route_events(Router(targets), sender.wake)
+    sender.add_webhooks(targets)
+    if config.commit_status is not None:
+        reconciler.statuses = CommitStatuses(config.commit_status, store)
+        sender.add_lane("forge", reconciler.statuses.prepare)
+    now = reconciler.clock
+
+    def announce_offline() -> None:
+        store.announce_offline(cutoff=now() - config.offline_after, now=now())
+
+    sender.every(config.heartbeat, announce_offline)
+    return sender
 
 
 class _Error(Exception):
@@ -227,26 +257,21 @@ def create_app(
     @app.post("/v1/agent/commands/{command_id}/result")
     def result(command_id: str, body: CommandResult, agent: Agent) -> ResultAck:
         body = cap_result(body)
-        row, duplicate = store.finish_command(command_id, agent, body.model_dump(mode="json"))
+        result = body.model_dump(mode="json")
+        row, duplicate = store.finish_command(
+            command_id,
+            agent,
+            result,
+            # written with the result, in its transaction: see reconciler.server.outbound
+            event=lambda command: ("command.result", result_fields(command, result)),
+        )
         if row is None:
             raise _Error(404, f"no command {command_id} for this agent")
         if duplicate:
             return ResultAck(accepted=True, duplicate=True)
         metrics.actions.labels(kind=row.kind, result="ok" if body.ok else "failed").inc()
-        store.record_event(
-            "command.result",
-            {
-                "command": command_id,
-                "agent": agent,
-                "deployment": row.deployment,
-                "kind": row.kind,
-                "ok": body.ok,
-                "message": body.message,
-                "rolled_back": body.rolled_back,
-                "seconds": body.seconds,
-                "url": body.url,
-            },
-        )
+        if reconciler.statuses is not None:
+            reconciler.statuses.settle()
         return ResultAck(accepted=True, duplicate=False)
 
     @app.post("/v1/agent/report")
@@ -534,6 +559,13 @@ def _include_hooks(
         branch = reconciler.source_spec()[1] or config.branch or "main"
     except ReconcilerError:
         branch = config.branch or "main"
+
+    def on_push(provider: str, payload: Mapping[str, object], sha: str | None) -> None:
+        if reconciler.statuses is not None:
+            from reconciler.server.forges import push_repository
+
+            reconciler.statuses.pushed(push_repository(provider, payload), sha)
+
     settings = hooks.HookSettings(
         branch=branch,
         webhook_secret=secrets.webhook_secret,
@@ -547,5 +579,6 @@ def _include_hooks(
         record_event=record_event,
         observe=metrics.observe_webhook,
         observe_suppressed=metrics.observe_suppressed,
+        on_push=on_push,
     )
     app.include_router(hooks.webhook_router(deps))

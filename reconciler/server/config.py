@@ -11,7 +11,7 @@ import os
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,6 +20,8 @@ from reconciler.model.secretenv import secret_from_env
 
 __all__ = [
     "DEFAULT_PORT",
+    "CommitStatusSettings",
+    "NotifyTarget",
     "ServerConfig",
     "ServerSecrets",
     "default_data_dir",
@@ -31,6 +33,39 @@ DEFAULT_PORT = 8800
 
 def default_data_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("RECONCILE_DATA_DIR") or "reconcile-data")
+
+
+#: An event pattern: a kind (``deployment.failed``), a family (``deployment.*``) or ``*``.
+EventPattern = Annotated[str, Field(pattern=r"^(\*|[a-z_]+\.(\*|[a-z_]+))$")]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class NotifyTarget(BaseModel):
+    """One outbound webhook subscription (``notify:`` in ``server.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+    # The HMAC key's variable; optional for Slack and Discord, whose URL is the secret.
+    secret_env: EnvName | None = None
+    events: Annotated[list[EventPattern], Field(min_length=1)] = Field(
+        default_factory=lambda: ["*"]
+    )
+    format: Literal["json", "slack", "discord"] = "json"
+
+
+class CommitStatusSettings(BaseModel):
+    """Where a reconcile's verdict on a commit goes (``commit_status:`` in ``server.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["github", "gitlab", "gitea"]
+    api_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+    token_env: EnvName
+    context: Annotated[str, Field(min_length=1, max_length=255)] = "reconcile"
+    # owner/name (a GitLab path may nest groups): for commits found by polling, whose
+    # repository no push payload named.
+    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")] | None = None
 
 
 class ServerConfig(BaseModel):
@@ -59,6 +94,9 @@ class ServerConfig(BaseModel):
     keep_alive: Annotated[int, Field(ge=1)] = 5
     max_connections: Annotated[int, Field(ge=64)] = 2048
     connection_reserve: Annotated[int, Field(ge=1)] = 128
+    # Events out (see reconciler.server.outbound and README "Notifications").
+    notify: list[NotifyTarget] = Field(default_factory=list)
+    commit_status: CommitStatusSettings | None = None
 
     @property
     def offline_after(self) -> float:

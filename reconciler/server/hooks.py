@@ -175,6 +175,8 @@ class HookDeps:
     record_event: Callable[[str, dict[str, object]], None]  # kind "webhook"
     observe: Callable[[str, str], None] = _no_observe  # metrics: (provider, result)
     observe_suppressed: Callable[[str], None] = _no_suppressed  # a refusal not recorded
+    # an accepted push: (provider, payload, commit), before its reconcile is queued
+    on_push: Callable[[str, Mapping[str, object], str | None], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ class _Outcome:
     result: Result
     detail: str
     delivery: str | None = None
+    revision: str | None = None  # the commit an accepted push moved the branch to
 
 
 class _Refused(Exception):
@@ -215,7 +218,8 @@ def _first(headers: Headers, names: tuple[str, ...]) -> str | None:
 
 
 def _from_decision(decision: Decision) -> _Outcome:
-    return _Outcome(Result.ACCEPTED if decision.enqueue else Result.IGNORED, decision.reason)
+    result = Result.ACCEPTED if decision.enqueue else Result.IGNORED
+    return _Outcome(result, decision.reason, revision=decision.revision)
 
 
 def _inspect_github(headers: Headers, payload: Mapping[str, object], branch: str) -> _Outcome:
@@ -379,7 +383,13 @@ class _Receiver:
         return JSONResponse(fields, status_code=STATUS[outcome.result])
 
     def _settle(
-        self, provider: Provider, delivery: str | None, outcome: _Outcome, reason: str
+        self,
+        provider: Provider,
+        delivery: str | None,
+        outcome: _Outcome,
+        reason: str,
+        *,
+        payload: Mapping[str, object] | None = None,
     ) -> _Outcome:
         """Dedupe, then enqueue when the outcome says so."""
         if outcome.result in (Result.ACCEPTED, Result.IGNORED) and delivery is not None:
@@ -388,6 +398,8 @@ class _Receiver:
             if not self.deps.deliveries.remember_delivery(provider.value, delivery):
                 return _Outcome(Result.DUPLICATE, "delivery seen before; nothing to do", delivery)
         if outcome.result is Result.ACCEPTED:
+            if self.deps.on_push is not None and payload is not None:
+                self.deps.on_push(provider.value, payload, outcome.revision)
             self.deps.trigger(reason)
         return _Outcome(outcome.result, outcome.detail, delivery)
 
@@ -408,7 +420,7 @@ class _Receiver:
         reason = f"{spec.provider.value} {inspected.detail}"
         if delivery:
             reason += f" (delivery {delivery[:64]})"
-        settled = self._settle(spec.provider, delivery, inspected, reason)
+        settled = self._settle(spec.provider, delivery, inspected, reason, payload=payload)
         return self._conclude(spec.provider, settled, source)
 
     async def _refuse(

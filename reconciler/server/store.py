@@ -43,9 +43,9 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.redact import redact
@@ -57,8 +57,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "AgentRow",
     "CommandRow",
+    "CommitStatusRow",
     "DeploymentRow",
     "EventRow",
+    "OutboxRouter",
+    "OutboxRow",
     "SchemaError",
     "Store",
     "hash_secret",
@@ -158,6 +161,32 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE agents ADD COLUMN version TEXT NOT NULL DEFAULT '';
     ALTER TABLE deployments ADD COLUMN desired INTEGER NOT NULL DEFAULT 1;
     """,
+    # 3: events out: the outbox, the commit statuses, and which agents were announced offline
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        target TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        delivery_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        delivered REAL,
+        dead REAL,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (target, delivered, dead, next_at);
+    CREATE TABLE commit_statuses (
+        sha TEXT PRIMARY KEY,
+        repo TEXT,
+        state TEXT,
+        commands TEXT NOT NULL DEFAULT '[]',
+        updated REAL NOT NULL
+    );
+    ALTER TABLE agents ADD COLUMN offline_announced INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -239,6 +268,52 @@ class EventRow:
     fields: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class OutboxRow:
+    """One delivery still owed (or made) to one target: its bytes are fixed when the event
+    is written, so every retry sends the same body under the same delivery id."""
+
+    id: int
+    target: str
+    event_id: str
+    delivery_id: str
+    kind: str
+    body: str
+    created: float
+    attempts: int
+    next_at: float
+    delivered: float | None
+    dead: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class CommitStatusRow:
+    sha: str
+    repo: str | None
+    state: str | None  # None: a push named it, no reconcile has judged it yet
+    commands: list[str]
+    updated: float
+
+
+class OutboxRouter(Protocol):
+    """What an event owes to whom: the outbox rows written with it, in its transaction."""
+
+    def wants(self, kind: str) -> bool:
+        """Whether an event of this kind may owe a delivery (then it is fsynced)."""
+        ...
+
+    def route(
+        self, kind: str, fields: dict[str, Any], event_id: str, now: float
+    ) -> list[tuple[str, str, str]]:
+        """``[(target, public kind, body)]``; bodies are fixed here, once."""
+        ...
+
+
+#: Outbox rows kept once delivered (or given up on): the newest ones, for the status API.
+OUTBOX_RETENTION = 10_000
+
+
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -268,6 +343,8 @@ class Store:
         self._db.execute(f"PRAGMA synchronous = {synchronous}")
         self._synchronous = synchronous
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._router: OutboxRouter | None = None
+        self._on_outbox: Callable[[], None] = lambda: None
         self._migrate()
 
     @classmethod
@@ -411,7 +488,7 @@ class Store:
             row = db.execute("SELECT last_seen FROM agents WHERE id = ?", (agent_id,)).fetchone()
             previous = None if row is None else row[0]
             db.execute(
-                "UPDATE agents SET last_seen = ?, report = ?, version = ?, "
+                "UPDATE agents SET last_seen = ?, report = ?, version = ?, offline_announced = 0, "
                 "hostname = CASE WHEN ? != '' THEN ? ELSE hostname END WHERE id = ?",
                 (now, json.dumps(report), version[:100], hostname, hostname[:255], agent_id),
             )
@@ -605,15 +682,24 @@ class Store:
         return self._command(rows[0]) if rows else None
 
     def finish_command(
-        self, command_id: str, agent: str, result: dict[str, Any], *, now: float | None = None
+        self,
+        command_id: str,
+        agent: str,
+        result: dict[str, Any],
+        *,
+        event: Callable[[CommandRow], tuple[str, dict[str, Any]]] | None = None,
+        now: float | None = None,
     ) -> tuple[CommandRow | None, bool]:
         """Record the agent's result: ``(command, duplicate)``; ``(None, False)`` when the
         agent has no such command.  The first result wins; later ones change nothing.
 
         A result for a superseded or expired command is still recorded (the agent did
-        act), so the deployment's last result says what really happened.
+        act), so the deployment's last result says what really happened.  ``event``
+        builds the event that reports it, written (with its outbox rows) in the same
+        transaction: a crash cannot keep the result and lose its notification.
         """
         now = time.time() if now is None else now
+        queued = 0
         state = "done" if result.get("ok") else "failed"
         with self._tx() as db:
             row = db.execute(
@@ -634,6 +720,11 @@ class Store:
                 (command_id, json.dumps(result), result.get("url"), now, row["deployment"]),
             )
             fresh = db.execute("SELECT * FROM commands WHERE id = ?", (command_id,)).fetchone()
+            if event is not None:
+                kind, fields = event(self._command(fresh))
+                queued = self._insert_event(db, kind, fields, now)[1]
+        if queued:
+            self._on_outbox()
         return self._command(fresh), False
 
     def expire_commands(self, *, now: float | None = None) -> list[CommandRow]:
@@ -746,19 +837,55 @@ class Store:
 
     # --------------------------------------------------------------------- events
 
+    def route_events(self, router: OutboxRouter, on_outbox: Callable[[], None]) -> None:
+        """Every event from now on also writes the outbox rows ``router`` names, in its own
+        transaction; ``on_outbox`` (fast, thread-safe) is called after such a commit."""
+        self._router = router
+        self._on_outbox = on_outbox
+
     def record_event(self, kind: str, fields: dict[str, Any], *, now: float | None = None) -> int:
         # The log, not a record the server acts on: see the module docstring on fsync.
-        with self._tx(fsync=False) as db:
-            cur = db.execute(
-                "INSERT INTO events (time, kind, fields) VALUES (?, ?, ?)",
-                (
-                    time.time() if now is None else now,
-                    kind,
-                    # Events are served to operators and kept for long: never a credential.
-                    redact(json.dumps(fields, default=str)),
-                ),
-            )
-            return int(cur.lastrowid or 0)
+        # An event that owes a delivery is fsynced: the outbox promises at least once.
+        now = time.time() if now is None else now
+        routed = self._router is not None and self._router.wants(kind)
+        with self._tx(fsync=routed) as db:
+            event_id, queued = self._insert_event(db, kind, fields, now)
+        if queued:
+            self._on_outbox()
+        return event_id
+
+    def _insert_event(
+        self, db: sqlite3.Connection, kind: str, fields: dict[str, Any], now: float
+    ) -> tuple[int, int]:
+        """The event row and its outbox rows: ``(event row id, outbox rows written)``."""
+        cur = db.execute(
+            "INSERT INTO events (time, kind, fields) VALUES (?, ?, ?)",
+            (
+                now,
+                kind,
+                # Events are served to operators and kept for long: never a credential.
+                redact(json.dumps(fields, default=str)),
+            ),
+        )
+        row_id = int(cur.lastrowid or 0)
+        if self._router is None or not self._router.wants(kind):
+            return row_id, 0
+        clean = json.loads(redact(json.dumps(fields, default=str)))
+        event_id = f"evt_{secrets.token_hex(8)}"
+        rows = self._router.route(kind, clean, event_id, now)
+        for target, public_kind, body in rows:
+            self._enqueue(db, target, public_kind, event_id, body, now)
+        return row_id, len(rows)
+
+    @staticmethod
+    def _enqueue(
+        db: sqlite3.Connection, target: str, kind: str, event_id: str, body: str, now: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO outbox (target, event_id, delivery_id, kind, body, created, next_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (target, event_id, f"dlv_{secrets.token_hex(8)}", kind, body, now, now),
+        )
 
     def events(
         self, *, after: int = 0, limit: int = 100, audit: bool | None = None
@@ -772,6 +899,151 @@ class Store:
             (after, wanted, wanted, max(1, limit)),
         )
         return [EventRow(r["id"], r["time"], r["kind"], json.loads(r["fields"])) for r in rows]
+
+    # --------------------------------------------------------------------- outbox
+
+    def due_outbox(self, target: str, *, now: float, limit: int = 20) -> list[OutboxRow]:
+        """Deliveries owed to ``target`` whose time has come, oldest first."""
+        rows = self._query(
+            "SELECT * FROM outbox WHERE target = ? AND delivered IS NULL AND dead IS NULL "
+            "AND next_at <= ? ORDER BY id LIMIT ?",
+            (target, now, limit),
+        )
+        return [self._outbox(r) for r in rows]
+
+    def next_outbox_at(self, target: str) -> float | None:
+        rows = self._query(
+            "SELECT min(next_at) FROM outbox WHERE target = ? AND delivered IS NULL "
+            "AND dead IS NULL",
+            (target,),
+        )
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    def outbox(self, *, limit: int = 100) -> list[OutboxRow]:
+        rows = self._query("SELECT * FROM outbox ORDER BY id DESC LIMIT ?", (limit,))
+        return [self._outbox(r) for r in rows]
+
+    def outbox_delivered(self, row_id: int, *, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET delivered = ?, attempts = attempts + 1, last_error = NULL "
+                "WHERE id = ?",
+                (now, row_id),
+            )
+
+    def outbox_failed(self, row_id: int, error: str, *, now: float, retry_at: float | None) -> None:
+        """One failed attempt: tried again at ``retry_at``, or given up on (None)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, "
+                "next_at = COALESCE(?, next_at), dead = CASE WHEN ? IS NULL THEN ? END "
+                "WHERE id = ?",
+                (error[:500], retry_at, retry_at, now, row_id),
+            )
+
+    @staticmethod
+    def _outbox(r: sqlite3.Row) -> OutboxRow:
+        return OutboxRow(
+            id=r["id"],
+            target=r["target"],
+            event_id=r["event_id"],
+            delivery_id=r["delivery_id"],
+            kind=r["kind"],
+            body=r["body"],
+            created=r["created"],
+            attempts=r["attempts"],
+            next_at=r["next_at"],
+            delivered=r["delivered"],
+            dead=r["dead"],
+            last_error=r["last_error"],
+        )
+
+    def announce_offline(self, *, cutoff: float, now: float) -> list[str]:
+        """Agents last seen before ``cutoff`` and not yet announced: each gets one
+        ``agent.offline`` event (with its outbox rows), in one transaction."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, hostname, last_seen FROM agents WHERE last_seen IS NOT NULL "
+                "AND last_seen < ? AND offline_announced = 0",
+                (cutoff,),
+            ).fetchall()
+            queued = 0
+            for r in rows:
+                db.execute("UPDATE agents SET offline_announced = 1 WHERE id = ?", (r["id"],))
+                queued += self._insert_event(
+                    db,
+                    "agent.offline",
+                    {"agent": r["id"], "hostname": r["hostname"], "last_seen": r["last_seen"]},
+                    now,
+                )[1]
+        if queued:
+            self._on_outbox()
+        return [r["id"] for r in rows]
+
+    # ------------------------------------------------------------ commit statuses
+
+    def remember_push(self, sha: str, repo: str | None, *, now: float | None = None) -> None:
+        """A push named this commit (and its repository): the next reconcile of it sets
+        its status.  A commit already judged keeps its status."""
+        with self._tx(fsync=False) as db:
+            db.execute(
+                "INSERT INTO commit_statuses (sha, repo, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (sha) DO UPDATE SET repo = COALESCE(commit_statuses.repo, "
+                "excluded.repo) WHERE commit_statuses.state IS NULL",
+                (sha[:64], repo, time.time() if now is None else now),
+            )
+
+    def commit_status(self, sha: str) -> CommitStatusRow | None:
+        rows = self._query("SELECT * FROM commit_statuses WHERE sha = ?", (sha,))
+        return self._status(rows[0]) if rows else None
+
+    def pending_commit_statuses(self) -> list[CommitStatusRow]:
+        rows = self._query("SELECT * FROM commit_statuses WHERE state = 'pending' ORDER BY sha")
+        return [self._status(r) for r in rows]
+
+    def set_commit_status(
+        self,
+        sha: str,
+        repo: str,
+        state: str,
+        *,
+        commands: Sequence[str] = (),
+        request: str,
+        only_if: str | None = "any",
+        now: float | None = None,
+    ) -> bool:
+        """Record the commit's new state and owe the forge ``request`` (outbox target
+        ``forge``), in one transaction.  ``only_if``: the state it must have now (None: not
+        judged yet; ``"any"``: whatever it is); False when it had another, and nothing
+        changed (two threads settling one commit send one status)."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM commit_statuses WHERE sha = ?", (sha,)).fetchone()
+            current = None if row is None else row[0]
+            if only_if != "any" and current != only_if:
+                return False
+            db.execute(
+                "INSERT INTO commit_statuses (sha, repo, state, commands, updated) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sha) DO UPDATE SET repo = excluded.repo, "
+                "state = excluded.state, commands = excluded.commands, "
+                "updated = excluded.updated",
+                (sha, repo, state, json.dumps(list(commands)), now),
+            )
+            self._enqueue(
+                db, "forge", f"commit_status.{state}", f"evt_{secrets.token_hex(8)}", request, now
+            )
+        self._on_outbox()
+        return True
+
+    @staticmethod
+    def _status(r: sqlite3.Row) -> CommitStatusRow:
+        return CommitStatusRow(
+            sha=r["sha"],
+            repo=r["repo"],
+            state=r["state"],
+            commands=json.loads(r["commands"]),
+            updated=r["updated"],
+        )
 
     # ------------------------------------------------------------------ retention
 
@@ -789,3 +1061,8 @@ class Store:
                     (audit, audit, keep - 1),
                 )
             db.execute("DELETE FROM bootstrap_tokens WHERE expires < ?", (now - 86400,))
+            db.execute(
+                "DELETE FROM outbox WHERE (delivered IS NOT NULL OR dead IS NOT NULL) AND "
+                "id < COALESCE((SELECT id FROM outbox ORDER BY id DESC LIMIT 1 OFFSET ?), 0)",
+                (OUTBOX_RETENTION - 1,),
+            )

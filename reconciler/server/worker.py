@@ -42,6 +42,7 @@ from reconciler.plan import PlanOptions, plan
 from reconciler.plan.planner import drift
 from reconciler.render import RenderContext, RenderedDeployment, agents_of, render_all
 from reconciler.server.config import ServerConfig
+from reconciler.server.forges import CommitStatuses
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
 from reconciler.server.store import AgentRow, Store
@@ -276,6 +277,7 @@ class Reconciler:
         self.data_dir = config.data_dir
         self.bundle_dir = config.data_dir / "bundles"
         self.cache_dir = config.data_dir / "cache"
+        self.statuses: CommitStatuses | None = None  # commit_status: in server.yaml
 
     # ------------------------------------------------------------------ sources
 
@@ -399,6 +401,7 @@ class Reconciler:
             self.metrics.reconcile_runs.labels(trigger=trigger_kind(reason)).inc()
             try:
                 self.last_outcome = self._reconcile(reason)
+                self._judge_commit(self.last_outcome)
                 return self.last_outcome
             except Exception as exc:
                 # /readyz and the event log report a run that raised as failed, never as
@@ -409,6 +412,23 @@ class Reconciler:
                 raise
             finally:
                 self.metrics.reconcile_duration.observe(time.monotonic() - started)
+
+    def _judge_commit(self, outcome: Outcome) -> None:
+        """The commit status of this run's revision (see reconciler.server.forges)."""
+        if self.statuses is None:
+            return
+        try:
+            self.statuses.reconciled(
+                outcome.revision,
+                commands=outcome.commands,
+                backoff=outcome.backoff,
+                blocked=outcome.summary.get("blocked", 0),
+                problems=len(outcome.problems),
+                ok=outcome.ok,
+            )
+            self.statuses.settle()  # a command superseded by this run ends its commit's wait
+        except Exception:  # a status is a report on the run, never a reason to fail it
+            log.exception("commit status of %s", outcome.revision)
 
     def _reconcile(self, reason: str) -> Outcome:
         from reconciler.load.desired import load_desired
@@ -462,6 +482,7 @@ class Reconciler:
             actual=actual,
         )
         self._rendered = {d.id: d for d in rendered}
+        before = {row.id: row.last_action for row in self.store.deployments()}
         result = plan(
             rendered,
             actual,
@@ -487,6 +508,17 @@ class Reconciler:
         for action in result.actions:
             if action.action == "blocked":
                 self.metrics.actions.labels(kind="blocked", result="blocked").inc()
+                if before.get(action.id) != "blocked":  # announced once, not every run
+                    self.store.record_event(
+                        "deployment.blocked",
+                        {
+                            "deployment": action.deployment,
+                            "deployment_id": action.id,
+                            "agent": action.agent,
+                            "reason": action.reason,
+                            "revision": desired.revision,
+                        },
+                    )
                 continue
             if action.action not in ACTIONABLE:
                 continue

@@ -105,7 +105,13 @@ class Cluster:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_port}"
 
-    def start_server(self, poll_interval: float = 0) -> None:
+    def start_server(
+        self,
+        poll_interval: float = 0,
+        *,
+        config: pathlib.Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         log = open(self.logs / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
         cmd = [
             sys.executable, "-m", "reconciler", "serve",
@@ -117,9 +123,11 @@ class Cluster:
             "--poll-interval", str(poll_interval),
             "--heartbeat", str(self.heartbeat),
         ]  # fmt: skip
+        if config is not None:
+            cmd += ["--config", str(config)]
         self.server = subprocess.Popen(
             cmd,
-            env=_env(),
+            env={**_env(), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
