@@ -21,6 +21,7 @@ __all__ = [
     "Tone",
     "age",
     "agent_rows",
+    "clock",
     "deployment_rows",
     "event_lines",
     "fingerprint",
@@ -247,6 +248,13 @@ def age(iso: str | None, now: datetime) -> str:
     if seconds < 172800:
         return f"{seconds // 3600} h ago"
     return f"{seconds // 86400} days ago"
+
+
+def clock(iso: str | None) -> str:
+    """``"2026-12-04 17:45:51"`` from an ISO time (seconds are enough to read a log by)."""
+    if not iso:
+        return ""
+    return iso.replace("T", " ")[:19]
 
 
 def fingerprint(
