@@ -45,7 +45,7 @@ POLL_SECONDS = 1.0  # how often a stream looks for a change
 HEARTBEAT_SECONDS = 15.0  # a comment line this often keeps proxies from closing an idle stream
 STREAM_SECONDS = 300.0  # a stream then ends; EventSource reconnects (after RETRY_MS)
 RETRY_MS = 2000
-ERROR_CHARS = 240  # of a last error shown at once; the rest behind a disclosure
+ERROR_CHARS = 160  # of a last error shown at once; the rest behind a disclosure
 EVENTS_READ = 200  # newest events the page reads (it shows views.EVENTS_SHOWN)
 
 #: Every page: no framing, no inline script or style, nothing from another origin.
