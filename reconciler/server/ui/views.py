@@ -129,7 +129,9 @@ def _health(containers: Sequence[Mapping[str, Any]]) -> str:
     checked = sum(1 for h in health if h == "healthy")
     if checked:
         return f"healthy ({checked} of {len(health)} checked)"
-    return f"{len(containers)} running, no healthcheck"
+    running = sum(1 for c in containers if c.get("status") == "running")
+    done = len(containers) - running  # one-shot services that finished
+    return f"{running} running, no healthcheck" + (f", {done} done" if done else "")
 
 
 def deployment_rows(views: Sequence[Mapping[str, Any]]) -> list[DeploymentRow]:
