@@ -110,18 +110,15 @@ def test_streams_end_when_the_server_stops(serve: Serve) -> None:
 
 def test_the_feed_beats_and_ends_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unit: with nothing changing, one update (the client knew nothing), then a
-    heartbeat comment at least every HEARTBEAT_SECONDS, and the end after
-    STREAM_SECONDS; the stream's place is given back."""
+    heartbeat comment at least every HEARTBEAT_SECONDS, and the end after STREAM_SECONDS."""
     monkeypatch.setattr(routes, "POLL_SECONDS", 0)
     ticks = iter(range(0, 10_000, 5))  # five seconds pass between two looks at the clock
-    slots = routes._StreamSlots(1)
-    assert slots.take() and not slots.take()
 
     async def version() -> str:
         return "v1"
 
     async def collect() -> list[str]:
-        return [m async for m in routes._feed("", version, slots, clock=lambda: next(ticks))]
+        return [m async for m in routes._feed("", version, clock=lambda: next(ticks))]
 
     out = asyncio.run(collect())
     assert out[0].startswith("retry: ")
@@ -129,4 +126,10 @@ def test_the_feed_beats_and_ends_on_its_own(monkeypatch: pytest.MonkeyPatch) -> 
     beats = out[2:]
     assert beats and all(m == ": keep-alive\n\n" for m in beats)
     assert len(beats) <= routes.STREAM_SECONDS / routes.HEARTBEAT_SECONDS
-    assert slots.take()  # given back
+
+
+def test_stream_slots_are_bounded() -> None:
+    slots = routes._StreamSlots(1)
+    assert slots.take() and not slots.take()
+    slots.give_back()
+    assert slots.take()

@@ -205,8 +205,9 @@ def _router(deps: UiDeps) -> APIRouter:
                 status_code=503,
                 headers={"Retry-After": "10"},
             )
-        return StreamingResponse(
-            _feed(since, lambda: run_in_threadpool(lambda: snapshot().version), slots),
+        return _Stream(
+            _feed(since, lambda: run_in_threadpool(lambda: snapshot().version)),
+            on_close=slots.give_back,
             media_type="text/event-stream",
             headers={**SECURITY_HEADERS, "X-Accel-Buffering": "no"},
         )
@@ -277,10 +278,24 @@ def _router(deps: UiDeps) -> APIRouter:
     return router
 
 
+class _Stream(StreamingResponse):
+    """Gives its stream's place back however the response ends: finished, cut by the
+    client, or cancelled at server stop, even before the feed's first line."""
+
+    def __init__(self, content: AsyncIterator[str], *, on_close: Callable[[], None], **kw: Any):
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
 async def _feed(
     since: str,
     version: Callable[[], Any],
-    slots: _StreamSlots,
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[str]:
@@ -290,18 +305,15 @@ async def _feed(
     On server stop, uvicorn cancels the stream after its graceful timeout (5 s in
     ``reconcile serve``); the browser then finds the server gone and keeps the last page.
     """
-    try:
-        yield f"retry: {RETRY_MS}\n: connected\n\n"
-        last, started = since, clock()
-        beat = started
-        while clock() - started < STREAM_SECONDS:
-            current = await version()
-            if current != last:
-                yield f"event: update\ndata: {current}\n\n"
-                last, beat = current, clock()
-            elif clock() - beat >= HEARTBEAT_SECONDS:
-                yield ": keep-alive\n\n"
-                beat = clock()
-            await asyncio.sleep(POLL_SECONDS)
-    finally:
-        slots.give_back()
+    yield f"retry: {RETRY_MS}\n: connected\n\n"
+    last, started = since, clock()
+    beat = started
+    while clock() - started < STREAM_SECONDS:
+        current = await version()
+        if current != last:
+            yield f"event: update\ndata: {current}\n\n"
+            last, beat = current, clock()
+        elif clock() - beat >= HEARTBEAT_SECONDS:
+            yield ": keep-alive\n\n"
+            beat = clock()
+        await asyncio.sleep(POLL_SECONDS)
