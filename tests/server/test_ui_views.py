@@ -145,6 +145,11 @@ def test_events_are_newest_first_and_failures_stand_out() -> None:
     assert [e.id for e in lines] == [2, 1]
     assert lines[0].tone == "bad" and lines[1].tone == "idle"
     assert lines[0].summary == "deployment=dpl_x ok=False"
+    (failed,) = views.event_lines(
+        [(3, "t3", "reconcile.invalid", {"problems": ["a", "b", "c"], "reason": "push", "x": 1})]
+    )
+    assert failed.summary == "reason=push problems=a; b (+1 more) x=1"
+    assert failed.tone == "bad"
 
 
 class FakeClock:

@@ -167,6 +167,19 @@ def _router(deps: UiDeps) -> APIRouter:
             "age": lambda iso: views.age(iso, now),
         }
 
+    shared: list[tuple[float, str]] = []  # (when, version): one store read per poll
+    shared_lock = threading.Lock()
+
+    def current_version() -> str:
+        """The page's version, read at most once per poll for all open streams together:
+        16 streams cost the store what one does."""
+        with shared_lock:
+            if shared and time.monotonic() - shared[0][0] < POLL_SECONDS:
+                return shared[0][1]
+            version = snapshot().version
+            shared[:] = [(time.monotonic(), version)]
+            return version
+
     def unauthorized() -> JSONResponse:
         return JSONResponse(
             {"error": "sign in at /ui/login, or send Authorization: Bearer <token>"},
@@ -206,7 +219,7 @@ def _router(deps: UiDeps) -> APIRouter:
                 headers={"Retry-After": "10"},
             )
         return _Stream(
-            _feed(since, lambda: run_in_threadpool(lambda: snapshot().version)),
+            _feed(since, lambda: run_in_threadpool(current_version)),
             on_close=slots.give_back,
             media_type="text/event-stream",
             headers={**SECURITY_HEADERS, "X-Accel-Buffering": "no"},

@@ -204,6 +204,16 @@ def plan_lines(plan: Mapping[str, Any] | None) -> list[PlanLine]:
 
 
 _BAD_EVENTS = ("failed", "invalid", "offline", "expired")
+# the fields people look for first; the rest follow by name
+_EVENT_KEYS = ("deployment", "agent", "kind", "ok", "error", "message", "revision", "reason")
+SUMMARY_CHARS = 300
+
+
+def _field(value: Any) -> str:
+    if isinstance(value, list):
+        shown = "; ".join(str(v) for v in value[:2])
+        return shown + (f" (+{len(value) - 2} more)" if len(value) > 2 else "")
+    return str(value)
 
 
 def event_lines(
@@ -215,17 +225,18 @@ def event_lines(
         tone: Tone = "bad" if any(w in kind for w in _BAD_EVENTS) else "idle"
         if kind == "command.result" and fields.get("ok") is False:
             tone = "bad"
+        first = [k for k in _EVENT_KEYS if k in fields]
         parts = [
-            f"{k}={fields[k]}"
-            for k in ("deployment", "agent", "kind", "ok", "revision", "reason", "message")
-            if fields.get(k) not in (None, "")
+            f"{k}={_field(fields[k])}"
+            for k in [*first, *sorted(set(fields) - set(first))]
+            if fields[k] not in (None, "", [], {})
         ]
         out.append(
             EventLine(
                 id=eid,
                 time=when or "",
                 kind=kind,
-                summary=" ".join(parts)[:300],
+                summary=" ".join(parts)[:SUMMARY_CHARS],
                 tone=tone,
             )
         )
