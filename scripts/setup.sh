@@ -17,7 +17,8 @@
 #              compose-reconciler:<version> from the Dockerfile, over compose-reconciler-base:
 #              trixie (debootstrap of Debian's python3, git, openssh-client; made once),
 #              with this checkout's wheels and the host's docker CLI + Compose plugin;
-#              systemd (for systemd-analyze verify of deploy/systemd/*.service)
+#              systemd (for systemd-analyze verify of deploy/systemd/*.service); Debian's
+#              chromium for the dashboard's browser tests (Playwright, a dev extra, drives it)
 #   --smoke    run the image smoke tests again even when they passed for the same image id
 #
 # Environment:
@@ -165,6 +166,22 @@ else
 fi
 # busybox-static puts a static busybox at /bin/busybox: the FROM-scratch images need exactly that
 is_static_elf /bin/busybox || die "/bin/busybox is not a static ELF (is busybox-static installed?)"
+
+# ---------------------------------------------------------------- browser (dashboard tests)
+# Debian's chromium, driven headless by Playwright (a dev extra) in the dashboard's browser
+# tests: no browser download is reachable, so the tests point Playwright at /usr/bin/chromium.
+step
+if [ "$(dpkg-query -W -f='${db:Status-Status}' chromium 2>/dev/null)" = installed ]; then
+  done_ "apt: chromium present (the dashboard's browser tests)"
+else
+  log=$SETUP_DIR/apt-chromium.log
+  say "apt: installing chromium"
+  {
+    apt-get update -q &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+  } </dev/null >"$log" 2>&1 9>&- || { show_log "$log"; die "apt-get install chromium failed"; }
+  done_ "apt: apt-get update + install chromium (log $log)"
+fi
 
 # ---------------------------------------------------------------- dockerd
 docker_answers() { timeout 10 docker info >/dev/null 2>&1; }

@@ -10,10 +10,9 @@ Build one with :func:`build_control_plane` (store + worker + app from a
 """
 
 import asyncio
-import hmac
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -37,13 +36,13 @@ from reconciler.model.agentapi import (
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import NAME_RE
 from reconciler.model.redact import redact
-from reconciler.server.config import ServerConfig, ServerSecrets
+from reconciler.server.config import Role, ServerConfig, ServerSecrets
 from reconciler.server.fields import MAX_TEXT, TooManyDeployments, cap_report, cap_result, clip
 from reconciler.server.limits import BodyLimit, HeaderLimit
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
 from reconciler.server.outbound import Router, Sender, Target, result_fields
-from reconciler.server.store import Store, secure_dir
+from reconciler.server.store import AgentRow, Store, secure_dir
 from reconciler.server.worker import Reconciler, Worker, iso
 
 __all__ = ["ControlPlane", "build_control_plane", "create_app"]
@@ -188,26 +187,37 @@ def create_app(
             raise _Error(401, "unknown agent or wrong secret")
         return x_agent_id
 
-    def admin_auth(authorization: Annotated[str | None, Header()] = None) -> None:
-        expected = secrets.admin_token
-        if not expected:
+    def bearer_role(authorization: str | None) -> Role:
+        if not secrets.admin_token and not secrets.readonly_token:
             raise _Error(
                 401,
                 "the status and admin API is disabled: set RECONCILE_ADMIN_TOKEN in the "
                 "server's environment and send it as `Authorization: Bearer <token>`",
             )
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), expected.encode()
-        ):
+        role = secrets.role_of(token.strip()) if scheme.lower() == "bearer" else None
+        if role is None:
             raise _Error(
                 401,
                 "missing or wrong bearer token (Authorization: Bearer $RECONCILE_ADMIN_TOKEN)",
                 {"WWW-Authenticate": "Bearer"},
             )
+        return role
+
+    def admin_auth(authorization: Annotated[str | None, Header()] = None) -> None:
+        if bearer_role(authorization) != "admin":
+            raise _Error(
+                403,
+                "the read-only token only reads the status: this endpoint needs "
+                "RECONCILE_ADMIN_TOKEN",
+            )
+
+    def reader_auth(authorization: Annotated[str | None, Header()] = None) -> None:
+        bearer_role(authorization)
 
     Agent = Annotated[str, Depends(agent_auth)]
     admin = [Depends(admin_auth)]
+    reader = [Depends(reader_auth)]
 
     # ------------------------------------------------------------ agent: wire
 
@@ -306,7 +316,7 @@ def create_app(
 
     # ----------------------------------------------------------- status/admin
 
-    def agent_view(row: Any, now: float) -> dict[str, Any]:
+    def agent_view(row: AgentRow, now: float) -> dict[str, Any]:
         state = reconciler.agent_state(row, row.id, now)
         running = (row.report or {}).get("running", [])
         return {
@@ -319,6 +329,8 @@ def create_app(
             "last_seen": iso(row.last_seen),
             "deployments": len(state.deployments),
             "running": running,
+            # what the agent reports about its size (None: an agent from before)
+            "capacity": {"memory_mb": (row.report or {}).get("total_memory_mb")},
         }
 
     def deployment_views() -> list[dict[str, Any]]:
@@ -355,6 +367,8 @@ def create_app(
                         "created": iso(last.created),
                         "finished": iso(last.finished),
                         "result": last.result,
+                        # the repository commit the command was planned from
+                        "revision": last.payload.get("revision"),
                     },
                     "url": row.url,
                     # what the agent reports first (its record knows the .onion address),
@@ -366,7 +380,7 @@ def create_app(
             )
         return out
 
-    @app.get("/v1/deployments", dependencies=admin)
+    @app.get("/v1/deployments", dependencies=reader)
     def list_deployments() -> dict[str, Any]:
         found = store.last_plan()
         return {
@@ -375,14 +389,14 @@ def create_app(
             "deployments": deployment_views(),
         }
 
-    @app.get("/v1/deployments/{key}", dependencies=admin)
+    @app.get("/v1/deployments/{key}", dependencies=reader)
     def one_deployment(key: str) -> dict[str, Any]:
         for view in deployment_views():
             if key in (view["id"], view["name"]):
                 return view
         raise _Error(404, f"no deployment {key!r} (by id or name)")
 
-    @app.get("/v1/plan", dependencies=admin)
+    @app.get("/v1/plan", dependencies=reader)
     def last_plan() -> Response:
         found = store.last_plan()
         if found is None:
@@ -399,13 +413,13 @@ def create_app(
             },
         )
 
-    @app.get("/v1/actual-state", dependencies=admin)
+    @app.get("/v1/actual-state", dependencies=reader)
     def actual_state() -> Response:
         return Response(
             reconciler.actual_state().model_dump_json(indent=2), media_type="application/json"
         )
 
-    @app.get("/v1/events", dependencies=admin)
+    @app.get("/v1/events", dependencies=reader)
     def events(
         after: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
         limit: Annotated[int, Query(ge=1, le=SQLITE_MAX_INT)] = 100,
@@ -419,7 +433,7 @@ def create_app(
             "last": rows[-1].id if rows else after,
         }
 
-    @app.get("/v1/agents", dependencies=admin)
+    @app.get("/v1/agents", dependencies=reader)
     def agents() -> dict[str, Any]:
         now = reconciler.clock()
         return {"agents": [agent_view(a, now) for a in store.agents()]}
@@ -534,7 +548,35 @@ def create_app(
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     _include_hooks(app, config, store, worker, reconciler, secrets, metrics)
+    _include_ui(app, store, secrets, deployment_views, agents)
     return app
+
+
+def _include_ui(
+    app: FastAPI,
+    store: Store,
+    secrets: ServerSecrets,
+    deployment_views: Callable[[], list[dict[str, Any]]],
+    agents: Callable[[], dict[str, Any]],
+) -> None:
+    """The dashboard (``reconciler.server.ui``), fed by the status API's own views."""
+    from reconciler.server.ui import UiDeps, mount_ui
+
+    def last_plan() -> tuple[dict[str, Any], str | None, str | None] | None:
+        found = store.last_plan()
+        return None if found is None else (found[0], found[1], iso(found[2]))
+
+    def events(limit: int) -> list[tuple[int, str | None, str, dict[str, Any]]]:
+        return [(e.id, iso(e.time), e.kind, e.fields) for e in store.newest_events(limit)]
+
+    deps = UiDeps(
+        secrets=secrets,
+        deployments=deployment_views,
+        agents=lambda: list(agents()["agents"]),
+        last_plan=last_plan,
+        events=events,
+    )
+    mount_ui(app, deps)
 
 
 def _include_hooks(

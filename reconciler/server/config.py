@@ -7,6 +7,7 @@ lists and backups): only from the environment, or a file it names (``*_FILE``), 
 
 from __future__ import annotations
 
+import hmac
 import os
 import pathlib
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_PORT",
     "CommitStatusSettings",
     "NotifyTarget",
+    "Role",
     "ServerConfig",
     "ServerSecrets",
     "default_data_dir",
@@ -104,6 +106,10 @@ class ServerConfig(BaseModel):
         return 3 * self.heartbeat
 
 
+#: What a bearer token lets its holder do: everything, or read the status (never change it).
+Role = Literal["admin", "read"]
+
+
 @dataclass(frozen=True)
 class ServerSecrets:
     """Each from its variable or from the file ``<variable>_FILE`` names."""
@@ -111,6 +117,8 @@ class ServerSecrets:
     admin_token: str | None = None  # RECONCILE_ADMIN_TOKEN
     webhook_secret: bytes | None = None  # RECONCILE_WEBHOOK_SECRET
     gitlab_token: str | None = None  # RECONCILE_GITLAB_TOKEN
+    # Reads only: the dashboard (/ui) and the GET status API, never a change.
+    readonly_token: str | None = None  # RECONCILE_READONLY_TOKEN
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSecrets:
@@ -120,7 +128,22 @@ class ServerSecrets:
             admin_token=secret_from_env("RECONCILE_ADMIN_TOKEN", env),
             webhook_secret=secret.encode() if secret else None,
             gitlab_token=secret_from_env("RECONCILE_GITLAB_TOKEN", env),
+            readonly_token=secret_from_env("RECONCILE_READONLY_TOKEN", env),
         )
+
+    def role_of(self, token: str) -> Role | None:
+        """The role ``token`` grants, or None.  Both tokens are always compared (in
+        constant time), so the answer's timing says nothing about which one was close."""
+        given = token.encode()
+        admin = bool(self.admin_token) and hmac.compare_digest(
+            given, (self.admin_token or "").encode()
+        )
+        read = bool(self.readonly_token) and hmac.compare_digest(
+            given, (self.readonly_token or "").encode()
+        )
+        if admin:
+            return "admin"
+        return "read" if read else None
 
 
 def load_server_config(file: pathlib.Path | None, overrides: Mapping[str, Any]) -> ServerConfig:

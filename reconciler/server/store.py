@@ -1045,6 +1045,14 @@ class Store:
             updated=r["updated"],
         )
 
+    def newest_events(self, limit: int) -> list[EventRow]:
+        """The newest ``limit`` events, oldest first (the dashboard's tail of the log)."""
+        rows = self._query(
+            "SELECT * FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (max(1, limit),),
+        )
+        return [EventRow(r["id"], r["time"], r["kind"], json.loads(r["fields"])) for r in rows]
+
     # ------------------------------------------------------------------ retention
 
     def prune_history(self, *, now: float | None = None) -> None:

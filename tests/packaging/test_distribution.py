@@ -104,3 +104,25 @@ def test_the_sdist_carries_the_data_and_the_licence(dist: pathlib.Path) -> None:
         assert member.isfile()  # a real file, not a symlink that dangles once unpacked
     assert f"{top}/LICENSE" in members
     assert f"{top}/pyproject.toml" in members
+
+
+def test_the_wheel_carries_the_dashboards_templates_and_assets(dist: pathlib.Path) -> None:
+    """The dashboard renders from package data: a wheel without it serves a 500 at /ui."""
+    ui = ROOT / "reconciler" / "server" / "ui"
+    shipped = sorted(
+        f.relative_to(ROOT).as_posix()
+        for f in [*(ui / "templates").glob("*.html"), *(ui / "static").iterdir()]
+        if f.is_file()
+    )
+    assert "reconciler/server/ui/static/dashboard.js" in shipped
+    assert "reconciler/server/ui/templates/dashboard.html" in shipped
+    wheel = dist / f"compose_reconciler-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        for path in shipped:
+            assert path in names, f"{path} missing from the wheel"
+            assert zf.read(path) == (ROOT / path).read_bytes()
+        info = f"compose_reconciler-{VERSION}.dist-info"
+        metadata = email.parser.Parser().parsestr(zf.read(f"{info}/METADATA").decode())
+    requires = metadata.get_all("Requires-Dist") or []
+    assert any(r.startswith("Jinja2") for r in requires)
