@@ -80,6 +80,8 @@ RESERVED = frozenset(
         "build",
         ".lock",
         "onion",
+        "backups",  # agent.operations.backup keeps the backup hook's output here
+        "history.jsonl",  # agent.statedir.write_record
         BUNDLE_LIST,
     }
 )
@@ -260,6 +262,10 @@ class Executor:
         raises ValueError before any path is made of it (an uninstall with purge would
         otherwise delete whatever ``../../victim`` names)."""
         return app_dir(self.state_dir, dpl_id)
+
+    def locked(self, dpl_id: str) -> contextlib.AbstractContextManager[None]:
+        """The app's lock, for day-2 operations (agent.operations) that change its files."""
+        return self._lock(dpl_id)
 
     @contextlib.contextmanager
     def _lock(self, dpl_id: str) -> Iterator[None]:
@@ -537,8 +543,16 @@ class Executor:
         return ActionResult(action, True, "updated", self.clock() - start, want.url)
 
     def _rollback(self, want: RenderedDeployment, release: pathlib.Path) -> bool:
-        directory = self.app_dir(want.id)
-        project = self._project(want.id)
+        return self.restore_release(
+            want.id, release, f"update to {want.spec_hash[:12]} failed; rolled back"
+        )
+
+    def restore_release(self, dpl_id: str, release: pathlib.Path, note: str | None) -> bool:
+        """Run a kept release again (files, images pinned by id, routes, record); the
+        record's ``last_error`` becomes ``note``.  Used by a failed update and by a manual
+        ``reconcile rollback`` (agent.operations), which holds the lock already."""
+        directory = self.app_dir(dpl_id)
+        project = self._project(dpl_id)
         try:
             for name in ("compose.yaml", ".env"):
                 src = release / name
@@ -552,13 +566,9 @@ class Executor:
             routes = {r.domain: r.upstream for r in (rec.record.routes if rec.record else [])}
             if rec.record and rec.record.onion and rec.onion_address and rec.onion_upstream:
                 routes[rec.onion_address] = rec.onion_upstream
-            self.sync_routes(routes, without=want.id)
+            self.sync_routes(routes, without=dpl_id)
             rec = rec.model_copy(
-                update={
-                    "status": "running",
-                    "updated_at": _now(),
-                    "last_error": f"update to {want.spec_hash[:12]} failed; rolled back",
-                }
+                update={"status": "running", "updated_at": _now(), "last_error": note}
             )
             write_record(self.state_dir, rec)
             self.sync_onion()
@@ -570,6 +580,16 @@ class Executor:
         directory = self.app_dir(action.id)
         project = self._project(action.id)
         rec = read_record(self.state_dir, action.id)
+        hook_note = ""
+        if rec is not None and "uninstall" in rec.hooks and (directory / "compose.yaml").exists():
+            # Before `down`: the hook runs in the app's service, which must still run.  A
+            # failing hook is reported but does not keep the app installed.
+            hook = rec.hooks["uninstall"]
+            self._emit(action.deployment, "uninstall hook", f"in service {hook.service}")
+            code, output = self.driver.exec(project, hook.service, hook.run, float(hook.timeout))
+            if code != 0:
+                tail = " | ".join(output.strip().splitlines()[-3:])
+                hook_note = f" (uninstall hook exited {code}: {tail})"
         self._emit(action.deployment, "down", "docker compose down")
         if (directory / "compose.yaml").exists():
             try:
@@ -587,13 +607,13 @@ class Executor:
                 raise _Failed("onion", str(exc)) from None
         if self.settings.purge:
             shutil.rmtree(directory, ignore_errors=True)
-            return "uninstalled; data purged"
+            return "uninstalled; data purged" + hook_note
         if rec is not None:
             write_record(
                 self.state_dir,
                 rec.model_copy(update={"status": "uninstalled", "updated_at": _now()}),
             )
-        return "uninstalled; data kept"
+        return "uninstalled; data kept" + hook_note
 
     # ------------------------------------------------------------ records
 
@@ -613,6 +633,8 @@ class Executor:
                 "onion_upstream": want.onion_upstream if onion else None,
                 "urls": urls,
                 "url": urls[0] if urls else None,
+                "hooks": dict(want.hooks),
+                "revision": want.source_revision,
                 "from_env": {
                     key: (ref.spec, value_digest(want.id, key, self.environ[ref.spec]))
                     for key, ref in sorted(want.secrets.items())
@@ -628,7 +650,8 @@ class Executor:
 
     def _mark_failed(self, want: RenderedDeployment, exc: _Failed) -> None:
         with contextlib.suppress(OSError, ValueError):
-            self._write_record(want, "failed", f"{exc.step}: {exc.message}"[:500])
+            rec = self._record(want, "failed", f"{exc.step}: {exc.message}"[:500])
+            write_record(self.state_dir, rec.model_copy(update={"hint": exc.hint}))
 
     def _save_release(self, want: RenderedDeployment) -> None:
         """Keep this working release (files + image ids) for a later rollback."""

@@ -235,6 +235,7 @@ def merge(
                 onion_address=record.onion_address,
                 urls=list(record.urls),
                 stale_env=_stale_env(record, environ),
+                held=record.held,
             )
             continue
         first: Mapping[str, str] = items[0].get("Labels") or {}

@@ -19,6 +19,7 @@ from reconciler.cli import (  # noqa: F401  (registers the commands)
     apply,
     backup,
     catalog,
+    day2,
     plan,
     serve,
     status,
@@ -28,7 +29,11 @@ from reconciler.cli.app import app
 
 __all__ = ["app", "main", "not_a_directory", "rewrite_argv"]
 
-COMMANDS = frozenset({"validate", "plan", "catalog", "status", "apply", "serve", "agent", "hook"})
+COMMANDS = frozenset(
+    {"validate", "plan", "catalog", "status", "apply", "serve", "agent", "hook"}
+    # day-2 commands (reconciler.cli.day2)
+    | {"logs", "restart", "show", "history", "rollback", "credentials", "backup", "events"}
+)
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ __all__ = [
     "AgentState",
     "ContainerState",
     "DeployedApp",
+    "Hold",
     "RouteRecord",
     "SpecRecord",
 ]
@@ -67,6 +68,21 @@ class ContainerState(_Frozen):
     one_shot: bool = False  # restart: "no" -- exiting 0 is success, not a crash
 
 
+class Hold(_Frozen):
+    """A manual rollback: the planner leaves the deployment alone until git changes it.
+
+    ``spec_hash`` is the spec the deployment ran when it was rolled back (what git wanted
+    then, normally): a desired spec hash other than this one means its file changed in
+    git, and that releases the hold.  Nothing else has to be remembered about git.
+    """
+
+    release: str  # the release it was rolled back to (a name under ``releases/``)
+    release_spec_hash: str
+    spec_hash: str  # the spec it was held at
+    at: str  # ISO 8601 UTC
+    reason: str = "rolled back by hand"
+
+
 class DeployedApp(_Frozen):
     id: str
     name: str
@@ -82,6 +98,8 @@ class DeployedApp(_Frozen):
     # (DOMAIN_URL, then ``http://<onion>``).  Optional: snapshots from before have neither.
     onion_address: str | None = None
     urls: list[str] = Field(default_factory=list)
+    # Rolled back by hand and held there (``reconcile rollback``); None: git decides.
+    held: Hold | None = None
 
 
 class AgentState(_Frozen):
