@@ -55,7 +55,7 @@ from reconciler.model.digests import value_digest
 from reconciler.model.errors import InvalidSpec, ReconcilerError
 from reconciler.model.ids import LOCAL_AGENT
 from reconciler.model.plan import Action, Plan
-from reconciler.model.state import ContainerState
+from reconciler.model.state import ContainerState, Hold
 from reconciler.render.model import RenderedDeployment, spec_record
 
 __all__ = [
@@ -547,10 +547,14 @@ class Executor:
             want.id, release, f"update to {want.spec_hash[:12]} failed; rolled back"
         )
 
-    def restore_release(self, dpl_id: str, release: pathlib.Path, note: str | None) -> bool:
+    def restore_release(
+        self, dpl_id: str, release: pathlib.Path, note: str | None, *, hold: Hold | None = None
+    ) -> bool:
         """Run a kept release again (files, images pinned by id, routes, record); the
         record's ``last_error`` becomes ``note``.  Used by a failed update and by a manual
-        ``reconcile rollback`` (agent.operations), which holds the lock already."""
+        ``reconcile rollback`` (agent.operations), which holds the lock already and
+        passes its ``hold``: written with the record, in one write, so no report of the
+        host ever shows the rolled-back spec without it (the server would undo it)."""
         directory = self.app_dir(dpl_id)
         project = self._project(dpl_id)
         try:
@@ -568,7 +572,12 @@ class Executor:
                 routes[rec.onion_address] = rec.onion_upstream
             self.sync_routes(routes, without=dpl_id)
             rec = rec.model_copy(
-                update={"status": "running", "updated_at": _now(), "last_error": note}
+                update={
+                    "status": "running",
+                    "updated_at": _now(),
+                    "last_error": note,
+                    "held": hold,
+                }
             )
             write_record(self.state_dir, rec)
             self.sync_onion()

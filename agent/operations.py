@@ -394,19 +394,14 @@ def rollback(executor: Executor, deployment: str, *, to: str | None = None) -> R
         # Rolled back twice: the hold still waits for the spec git wanted the first time.
         held_at = record.held.spec_hash if record.held is not None else record.spec_hash
         release_dir = app_dir(state_dir, record.id) / "releases" / name
-        if not executor.restore_release(record.id, release_dir, None):
+        hold = Hold(
+            release=name, release_spec_hash=target.spec_hash, spec_hash=held_at, at=now_iso()
+        )
+        if not executor.restore_release(record.id, release_dir, None, hold=hold):
             raise OperationError(
                 f"release {name} of {record.name} could not be started again; "
                 "see `reconcile logs` and `reconcile show`"
             )
-        restored = read_record(state_dir, record.id) or target
-        hold = Hold(
-            release=name,
-            release_spec_hash=target.spec_hash,
-            spec_hash=held_at,
-            at=now_iso(),
-        )
-        write_record(state_dir, restored.model_copy(update={"held": hold, "updated_at": hold.at}))
     return RollbackResult(
         release=name,
         spec_hash=target.spec_hash,
