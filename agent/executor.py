@@ -56,7 +56,7 @@ from reconciler.model.digests import value_digest
 from reconciler.model.errors import InvalidSpec, ReconcilerError
 from reconciler.model.ids import LOCAL_AGENT
 from reconciler.model.plan import Action, Plan
-from reconciler.model.state import ContainerState
+from reconciler.model.state import ContainerState, Hold
 from reconciler.render.model import RenderedDeployment, spec_record
 
 __all__ = [
@@ -81,6 +81,8 @@ RESERVED = frozenset(
         "build",
         ".lock",
         "onion",
+        "backups",  # agent.operations.backup keeps the backup hook's output here
+        "history.jsonl",  # agent.statedir.write_record
         BUNDLE_LIST,
     }
 )
@@ -274,6 +276,10 @@ class Executor:
         raises ValueError before any path is made of it (an uninstall with purge would
         otherwise delete whatever ``../../victim`` names)."""
         return app_dir(self.state_dir, dpl_id)
+
+    def locked(self, dpl_id: str) -> contextlib.AbstractContextManager[None]:
+        """The app's lock, for day-2 operations (agent.operations) that change its files."""
+        return self._lock(dpl_id)
 
     @contextlib.contextmanager
     def _lock(self, dpl_id: str) -> Iterator[None]:
@@ -560,8 +566,20 @@ class Executor:
         return ActionResult(action, True, "updated", self.clock() - start, want.url)
 
     def _rollback(self, want: RenderedDeployment, release: pathlib.Path) -> bool:
-        directory = self.app_dir(want.id)
-        project = self._project(want.id)
+        return self.restore_release(
+            want.id, release, f"update to {want.spec_hash[:12]} failed; rolled back"
+        )
+
+    def restore_release(
+        self, dpl_id: str, release: pathlib.Path, note: str | None, *, hold: Hold | None = None
+    ) -> bool:
+        """Run a kept release again (files, images pinned by id, routes, record); the
+        record's ``last_error`` becomes ``note``.  Used by a failed update and by a manual
+        ``reconcile rollback`` (agent.operations), which holds the lock already and
+        passes its ``hold``: written with the record, in one write, so no report of the
+        host ever shows the rolled-back spec without it (the server would undo it)."""
+        directory = self.app_dir(dpl_id)
+        project = self._project(dpl_id)
         try:
             for name in ("compose.yaml", ".env"):
                 src = release / name
@@ -575,12 +593,13 @@ class Executor:
             routes = {r.domain: r.upstream for r in (rec.record.routes if rec.record else [])}
             if rec.record and rec.record.onion and rec.onion_address and rec.onion_upstream:
                 routes[rec.onion_address] = rec.onion_upstream
-            self.sync_routes(routes, without=want.id)
+            self.sync_routes(routes, without=dpl_id)
             rec = rec.model_copy(
                 update={
                     "status": "running",
                     "updated_at": _now(),
-                    "last_error": f"update to {want.spec_hash[:12]} failed; rolled back",
+                    "last_error": note,
+                    "held": hold,
                 }
             )
             write_record(self.state_dir, rec)
@@ -593,6 +612,16 @@ class Executor:
         directory = self.app_dir(action.id)
         project = self._project(action.id)
         rec = read_record(self.state_dir, action.id)
+        hook_note = ""
+        if rec is not None and "uninstall" in rec.hooks and (directory / "compose.yaml").exists():
+            # Before `down`: the hook runs in the app's service, which must still run.  A
+            # failing hook is reported but does not keep the app installed.
+            hook = rec.hooks["uninstall"]
+            self._emit(action.deployment, "uninstall hook", f"in service {hook.service}")
+            code, output = self.driver.exec(project, hook.service, hook.run, float(hook.timeout))
+            if code != 0:
+                tail = " | ".join(output.strip().splitlines()[-3:])
+                hook_note = f" (uninstall hook exited {code}: {tail})"
         self._emit(action.deployment, "down", "docker compose down")
         if (directory / "compose.yaml").exists():
             try:
@@ -610,13 +639,13 @@ class Executor:
                 raise _Failed("onion", str(exc)) from None
         if self.settings.purge:
             shutil.rmtree(directory, ignore_errors=True)
-            return "uninstalled; data purged"
+            return "uninstalled; data purged" + hook_note
         if rec is not None:
             write_record(
                 self.state_dir,
                 rec.model_copy(update={"status": "uninstalled", "updated_at": _now()}),
             )
-        return "uninstalled; data kept"
+        return "uninstalled; data kept" + hook_note
 
     # ------------------------------------------------------------ records
 
@@ -636,6 +665,8 @@ class Executor:
                 "onion_upstream": want.onion_upstream if onion else None,
                 "urls": urls,
                 "url": urls[0] if urls else None,
+                "hooks": dict(want.hooks),
+                "revision": want.source_revision,
                 "from_env": {
                     key: (ref.spec, value_digest(want.id, key, self.environ[ref.spec]))
                     for key, ref in sorted(want.secrets.items())
@@ -651,7 +682,9 @@ class Executor:
 
     def _mark_failed(self, want: RenderedDeployment, exc: _Failed) -> None:
         with contextlib.suppress(OSError, ValueError):
-            self._write_record(want, "failed", exc.classified().text()[:LAST_ERROR_CHARS])
+            failure = exc.classified()
+            rec = self._record(want, "failed", failure.text()[:LAST_ERROR_CHARS])
+            write_record(self.state_dir, rec.model_copy(update={"hint": failure.hint}))
 
     def _save_release(self, want: RenderedDeployment) -> None:
         """Keep this working release (files + image ids) for a later rollback."""

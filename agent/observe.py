@@ -240,6 +240,7 @@ def merge(
                 urls=list(record.urls),
                 stale_env=_stale_env(record, environ),
                 last_error=record.last_error if record.status == "failed" else None,
+                held=record.held,
             )
             continue
         first: Mapping[str, str] = items[0].get("Labels") or {}

@@ -140,6 +140,8 @@ class ProxySettings(BaseModel):
         agent's commands alike)."""
         return cls(
             state_dir=state_dir,
+            # A second proxy on one Docker host (tests running side by side) takes its own name.
+            container=os.environ.get("RECONCILE_PROXY_CONTAINER") or "reconciler-proxy",
             network=config.network,
             http_port=config.http_port,
             https_port=config.https_port,

@@ -168,6 +168,48 @@ class CommandRunner:
         """Remove scratch repos a killed agent left behind (only this agent writes there)."""
         shutil.rmtree(self.state_dir / "agent" / "work", ignore_errors=True)
 
+    def held_by_hand(self, command: Command) -> str | None:
+        """Why this command must not run: its deployment was rolled back by hand and the
+        command brings the very spec the hold is holding against (it was planned before
+        the server saw the hold, e.g. a repair for the containers the rollback was
+        recreating).  A command with another spec (git changed) runs and ends the hold."""
+        from agent.statedir import read_record
+
+        action = command.action
+        if action.action not in ("update", "repair") or action.spec_hash is None:
+            return None
+        record = read_record(self.state_dir, action.id)
+        if record is None or record.held is None or record.held.spec_hash != action.spec_hash:
+            return None
+        return (
+            f"held: rolled back by hand to release {record.held.release}; not applied "
+            "until its file changes in git"
+        )
+
+    def run_operation(self, command: Command) -> CommandResult:
+        """A day-2 operation (agent.operations); its answer goes back as the payload."""
+        from agent.executor import ExecutorSettings
+        from agent.operations import perform
+
+        start = time.monotonic()
+        if command.operation is None:
+            return CommandResult(ok=False, message="the operation command carries no operation")
+
+        def executor() -> Executor:
+            return self.make_executor(
+                self.proxy_settings_saved(), ExecutorSettings(), self.on_event
+            )
+
+        # Held like a command: a rollback pushes routes, which housekeeping must not race.
+        with self._busy:
+            outcome = perform(command.operation, self.state_dir, executor)
+        return CommandResult(
+            ok=outcome.ok,
+            message=outcome.error or f"{command.operation.op} {command.operation.deployment}: done",
+            seconds=time.monotonic() - start,
+            payload=outcome.model_dump(mode="json"),
+        )
+
     def run(self, command: Command) -> CommandResult:
         """Carry out ``command``; a failure of the action is a result with ``ok=False``.
 
@@ -183,6 +225,11 @@ class CommandRunner:
         def failed(message: str) -> CommandResult:
             return CommandResult(ok=False, message=message, seconds=time.monotonic() - start)
 
+        if command.kind == "operation":
+            return self.run_operation(command)
+        held = self.held_by_hand(command)
+        if held is not None:
+            return CommandResult(ok=True, message=held)
         action = command.action
         want: RenderedDeployment | None = None
         if action.action not in ("install", "update", "repair", "uninstall"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import logging
 import os
 import pathlib
@@ -32,9 +33,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reconciler.model.ids import DEPLOYMENT_ID_RE
-from reconciler.model.state import SpecRecord
+from reconciler.model.state import Hold, SpecRecord
+from reconciler.render.model import Hook
 
 __all__ = [
+    "HISTORY_FILE",
+    "KEEP_HISTORY",
     "MAX_RECORD_BYTES",
     "RECORD_FORMAT_VERSION",
     "AppRecord",
@@ -45,6 +49,7 @@ __all__ = [
     "ensure_app_dir",
     "list_records",
     "now_iso",
+    "read_history",
     "read_record",
     "record_path",
     "write_record",
@@ -53,6 +58,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RECORD_FORMAT_VERSION = 1
+HISTORY_FILE = "history.jsonl"  # one line per change of spec hash, status or hold
+KEEP_HISTORY = 50  # lines; older ones are dropped when it is rewritten
 MAX_RECORD_BYTES = 1024 * 1024  # a record is a few KiB; anything this big is not ours
 AppStatus = Literal["running", "failed", "uninstalled"]
 
@@ -107,6 +114,14 @@ class AppRecord(BaseModel):
     from_env: dict[str, tuple[str, str]] = Field(default_factory=dict)
     updated_at: str = Field(default_factory=now_iso)
     last_error: str | None = None  # the failed step and its message (never env values)
+    hint: str | None = None  # what to do about last_error, when the executor knows
+    # The manifest's lifecycle hooks, so ``uninstall`` (before ``down``) and ``backup`` can
+    # run when the repository no longer has the deployment (agent.operations).
+    hooks: dict[str, Hook] = Field(default_factory=dict)
+    # Rolled back by hand (agent.operations.rollback): the planner leaves it alone until
+    # git changes its spec.  A fresh apply writes a record without it.
+    held: Hold | None = None
+    revision: str | None = None  # the repository commit it was applied from, when known
 
     @field_validator("from_env")
     @classmethod
@@ -197,10 +212,59 @@ def atomic_write(path: pathlib.Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def write_record(state_dir: pathlib.Path, record: AppRecord) -> pathlib.Path:
-    """Write ``apps/<id>/state.json`` atomically (0644: it holds no secrets); return its path."""
+    """Write ``apps/<id>/state.json`` atomically (0644: it holds no secrets); return its path.
+
+    A record that changes the spec hash, the status, the error or the hold also adds a
+    line to ``history.jsonl`` (``reconcile history``): records are overwritten, and the
+    releases keep only working applies, so failures would otherwise leave no trace.
+    """
     path = record_path(state_dir, record.id)
     atomic_write(path, (record.model_dump_json(indent=2) + "\n").encode(), 0o644)
+    with contextlib.suppress(OSError, ValueError):
+        _append_history(path.parent, record)
     return path
+
+
+def _history_line(record: AppRecord) -> dict[str, object]:
+    status: str = record.status
+    if record.held is not None:
+        status = "held"
+    elif record.last_error and "rolled back" in record.last_error:
+        status = "rolled back"
+    return {
+        "at": record.updated_at,
+        "spec_hash": record.spec_hash,
+        "status": status,
+        "revision": record.revision,
+        "message": record.last_error,
+    }
+
+
+def read_history(state_dir: pathlib.Path, dpl_id: str) -> list[dict[str, object]]:
+    """The app's history lines, oldest first; unreadable lines are skipped."""
+    try:
+        data = _read_bounded(app_dir(state_dir, dpl_id) / HISTORY_FILE)
+    except (OSError, ValueError):
+        return []
+    out: list[dict[str, object]] = []
+    for line in (data or b"").decode("utf-8", "replace").splitlines():
+        with contextlib.suppress(ValueError):
+            item = json.loads(line)
+            if isinstance(item, dict):
+                out.append(item)
+    return out
+
+
+def _append_history(directory: pathlib.Path, record: AppRecord) -> None:
+    lines = read_history(directory.parent.parent, record.id)
+    entry = _history_line(record)
+    if lines:
+        last = lines[-1]
+        if all(last.get(k) == entry[k] for k in ("spec_hash", "status", "message")):
+            return
+    lines = [*lines, entry][-KEEP_HISTORY:]
+    text = "".join(json.dumps(x, sort_keys=True) + "\n" for x in lines)
+    atomic_write(directory / HISTORY_FILE, text.encode(), 0o644)
 
 
 def _read_bounded(path: pathlib.Path) -> bytes | None:

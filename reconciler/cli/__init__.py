@@ -19,6 +19,7 @@ from reconciler.cli import (  # noqa: F401  (registers the commands)
     apply,
     backup,
     catalog,
+    day2,
     mcp,
     plan,
     serve,
@@ -31,6 +32,8 @@ __all__ = ["app", "main", "not_a_directory", "rewrite_argv"]
 
 COMMANDS = frozenset(
     {"validate", "plan", "catalog", "status", "apply", "serve", "agent", "hook", "mcp"}
+    # day-2 commands (reconciler.cli.day2)
+    | {"logs", "restart", "show", "history", "rollback", "credentials", "backup", "events"}
 )
 
 

@@ -141,6 +141,7 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
     from agent.executor import Executor, ExecutorSettings, StepEvent
     from agent.observe import observe_local
     from agent.onion import TorSettings, TorSidecar
+    from agent.operations import save_proxy_config
     from agent.proxy import CaddyProxy, ProxySettings
     from agent.watch import DockerWatch
     from reconciler.cli.validate import print_problems
@@ -196,6 +197,7 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
         out.print(text(report.summary_line(result), "bold"))
 
     proxy = CaddyProxy(ProxySettings.from_config(config.proxy, opts.state_dir))
+    save_proxy_config(opts.state_dir, config.proxy)  # for `reconcile rollback` (no repository)
     settings = ExecutorSettings(settle_seconds=opts.settle, purge=opts.purge)
 
     def on_event(event: StepEvent) -> None:

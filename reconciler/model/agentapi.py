@@ -35,6 +35,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from reconciler.model.day2 import OperationRequest
 from reconciler.model.deployment import ProxyConfig
 from reconciler.model.ids import COMMAND_ID_RE
 from reconciler.model.plan import Action
@@ -54,7 +55,10 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 
-CommandKind = Literal["install", "update", "uninstall", "repair"]
+# "operation": a day-2 operation on one deployment (``reconcile logs --server``...), in
+# ``Command.operation``; its answer comes back in ``CommandResult.payload``.  An agent from
+# before answers it with a failed result naming the kind, which the CLI shows.
+CommandKind = Literal["install", "update", "uninstall", "repair", "operation"]
 
 
 class _Wire(BaseModel):
@@ -94,6 +98,8 @@ class Command(_Wire):
     revision: str | None = None  # the repository commit the plan was made from
     created: AwareDatetime
     deadline: AwareDatetime  # after this the server gives up on it (result: expired)
+    # kind "operation": what to do (``action`` is then a ``noop`` naming the deployment)
+    operation: OperationRequest | None = None
 
 
 class CommandBatch(_Wire):
@@ -108,6 +114,8 @@ class CommandResult(_Wire):
     seconds: float = 0.0
     url: str | None = None
     logs: str = ""  # last lines of the app's logs on failure (already truncated)
+    # kind "operation": the answer (a reconciler.model.day2 value as JSON)
+    payload: dict[str, object] | None = None
 
 
 class ResultAck(_Wire):

@@ -11,7 +11,7 @@ from reconciler.model.ids import DEPLOYMENT_ID_RE
 
 __all__ = ["ACTION_KINDS", "Action", "ActionKind", "Change", "ChangeField", "Plan"]
 
-ActionKind = Literal["install", "update", "uninstall", "repair", "noop", "blocked"]
+ActionKind = Literal["install", "update", "uninstall", "repair", "noop", "blocked", "held"]
 ACTION_KINDS: tuple[ActionKind, ...] = (
     "install",
     "update",
@@ -19,6 +19,8 @@ ACTION_KINDS: tuple[ActionKind, ...] = (
     "repair",
     "noop",
     "blocked",
+    # rolled back by hand (``reconcile rollback``): left alone until its file changes in git
+    "held",
 )
 ChangeField = Literal[
     "image", "compose", "env", "routes", "domain", "onion", "resources", "source_revision", "spec"
@@ -76,7 +78,7 @@ class Plan(_Frozen):
 
     @property
     def has_changes(self) -> bool:
-        return any(a.action not in ("noop",) for a in self.actions)
+        return any(a.action not in ("noop", "held") for a in self.actions)
 
     def bucket(self, kind: ActionKind) -> list[Action]:
         return [a for a in self.actions if a.action == kind]

@@ -18,6 +18,7 @@ __all__ = [
     "AgentState",
     "ContainerState",
     "DeployedApp",
+    "Hold",
     "RouteRecord",
     "SpecRecord",
 ]
@@ -29,7 +30,10 @@ Health = Literal["healthy", "unhealthy", "starting", "none"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Reports cross versions: an agent one release ahead may add a field (``held``,
+    # ``last_error`` were such), and the server it reports to must still read the rest
+    # rather than refuse the heartbeat and take the host for offline.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class RouteRecord(_Frozen):
@@ -67,6 +71,21 @@ class ContainerState(_Frozen):
     one_shot: bool = False  # restart: "no" -- exiting 0 is success, not a crash
 
 
+class Hold(_Frozen):
+    """A manual rollback: the planner leaves the deployment alone until git changes it.
+
+    ``spec_hash`` is the spec the deployment ran when it was rolled back (what git wanted
+    then, normally): a desired spec hash other than this one means its file changed in
+    git, and that releases the hold.  Nothing else has to be remembered about git.
+    """
+
+    release: str  # the release it was rolled back to (a name under ``releases/``)
+    release_spec_hash: str
+    spec_hash: str  # the spec it was held at
+    at: str  # ISO 8601 UTC
+    reason: str = "rolled back by hand"
+
+
 class DeployedApp(_Frozen):
     id: str
     name: str
@@ -86,6 +105,8 @@ class DeployedApp(_Frozen):
     # then the output's last lines.  Local only: an agent's heartbeat leaves it out (a
     # server from before refuses unknown fields here); the server has the command results.
     last_error: str | None = None
+    # Rolled back by hand and held there (``reconcile rollback``); None: git decides.
+    held: Hold | None = None
 
 
 class AgentState(_Frozen):

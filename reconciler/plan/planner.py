@@ -17,6 +17,7 @@ from reconciler.model.state import (
     AgentState,
     ContainerState,
     DeployedApp,
+    Hold,
     RouteRecord,
     SpecRecord,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "diff_records",
     "domain_conflicts",
     "drift",
+    "held_reason",
     "network_shortage",
     "plan",
 ]
@@ -87,9 +89,10 @@ def plan(
             break
         conflicts = {**found, **conflicts}
     actions.sort(key=lambda a: (a.deployment, a.agent, ACTION_KINDS.index(a.action)))
-    summary = dict.fromkeys(ACTION_KINDS, 0)
+    # "held" is counted only when there is one: plans without holds keep their JSON as it was.
+    summary: dict[str, int] = dict.fromkeys((k for k in ACTION_KINDS if k != "held"), 0)
     for a in actions:
-        summary[a.action] += 1
+        summary[a.action] = summary.get(a.action, 0) + 1
     return Plan(namespace=namespace, against=actual.source, actions=actions, summary=summary)
 
 
@@ -354,6 +357,10 @@ def _for_desired(
         routes = list(dict.fromkeys(r.domain for r in want.routes))
         yield Action(action="install", reason=reason, routes=routes, **base)
         return
+    if have.held is not None and have.held.spec_hash == want.spec_hash:
+        # Git has not changed it since the rollback: leave the rolled-back release running.
+        yield Action(action="held", reason=held_reason(have.name, have.held), **base)
+        return
     if have.spec_hash != want.spec_hash:
         changes = diff_records(have.record, spec_record(want))
         what = ", ".join(sorted({c.field for c in changes})) or "spec"
@@ -367,6 +374,15 @@ def _for_desired(
         yield Action(action="repair", reason="; ".join(problems), **base)
         return
     yield Action(action="noop", reason="up to date", **base)
+
+
+def held_reason(name: str, hold: Hold) -> str:
+    """Why a held deployment is left alone, and the two ways out."""
+    return (
+        f"held: rolled back by hand to release {hold.release} at {hold.at}; "
+        f"released by the next change of its file in git, or by "
+        f"`reconcile rollback --release {name}`"
+    )
 
 
 def _memory_too_big(want: RenderedDeployment, agent: AgentState) -> str | None:

@@ -21,6 +21,7 @@ SYMBOLS = {
     "repair": "!",
     "noop": "=",
     "blocked": "✗",
+    "held": "‖",
 }
 STYLES = {
     "install": "green",
@@ -29,8 +30,9 @@ STYLES = {
     "repair": "magenta",
     "noop": "dim",
     "blocked": "bold red",
+    "held": "cyan",
 }
-_ORDER = ("install", "update", "repair", "uninstall", "blocked")
+_ORDER = ("install", "update", "repair", "uninstall", "blocked", "held")
 
 
 def summary_line(plan: Plan) -> str:
@@ -38,11 +40,15 @@ def summary_line(plan: Plan) -> str:
     changes = [f"{s.get(k, 0)} to {k}" for k in ("install", "update", "repair", "uninstall")]
     unchanged = s.get("noop", 0)
     blocked = s.get("blocked", 0)
+    held = s.get("held", 0)
     if not plan.has_changes:
-        return f"No changes. {unchanged} deployment{'s' if unchanged != 1 else ''} up to date."
+        line = f"No changes. {unchanged} deployment{'s' if unchanged != 1 else ''} up to date"
+        return line + (f", {held} held." if held else ".")
     tail = f", {unchanged} unchanged"
     if blocked:
         tail += f", {blocked} blocked"
+    if held:
+        tail += f", {held} held"
     return "Plan: " + ", ".join(changes) + tail + "."
 
 

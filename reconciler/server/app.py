@@ -41,6 +41,7 @@ from reconciler.server.fields import MAX_TEXT, TooManyDeployments, cap_report, c
 from reconciler.server.limits import BodyLimit, HeaderLimit
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
+from reconciler.server.operations import operation_finished, operations_router
 from reconciler.server.outbound import Router, Sender, Target, result_fields
 from reconciler.server.store import AgentRow, Store, secure_dir
 from reconciler.server.worker import Reconciler, Worker, iso
@@ -279,6 +280,8 @@ def create_app(
             raise _Error(404, f"no command {command_id} for this agent")
         if duplicate:
             return ResultAck(accepted=True, duplicate=True)
+        if row.kind == "operation":
+            operation_finished(row, body.ok and bool((body.payload or {}).get("ok")), worker)
         metrics.actions.labels(kind=row.kind, result="ok" if body.ok else "failed").inc()
         if reconciler.statuses is not None:
             reconciler.statuses.settle()
@@ -351,7 +354,9 @@ def create_app(
                     "agent_reason": agent_state.reason,
                     "desired_spec_hash": row.spec_hash,
                     "actual_spec_hash": have.spec_hash if have else None,
-                    "status": have.status if have else "not installed",
+                    "status": ("held" if have.held else have.status) if have else "not installed",
+                    # rolled back by hand (reconcile rollback): what, when, and at which spec
+                    "held": have.held.model_dump(mode="json") if have and have.held else None,
                     "in_sync": bool(have and have.spec_hash == row.spec_hash),
                     "containers": [c.model_dump(mode="json") for c in have.containers]
                     if have
@@ -499,6 +504,12 @@ def create_app(
         return FileResponse(path, media_type="application/octet-stream", filename=name)
 
     # --------------------------------------------------------------------- ops
+
+    app.include_router(
+        operations_router(
+            store=store, reconciler=reconciler, worker=worker, notifier=notifier, admin=admin
+        )
+    )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -12,6 +12,7 @@ than cut: a report missing deployments would make the planner install them again
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from reconciler.model.agentapi import AgentReport, CommandResult
@@ -21,6 +22,7 @@ __all__ = [
     "MAX_LIST",
     "MAX_LOGS",
     "MAX_MESSAGE",
+    "MAX_PAYLOAD",
     "MAX_TEXT",
     "TooManyDeployments",
     "cap_report",
@@ -33,6 +35,7 @@ MAX_LOGS = 64 * 1024  # the app log lines sent with a failed result
 MAX_TEXT = 1024  # any other text: names, ids, URLs, hostnames, container states
 MAX_LIST = 256  # containers, services, URLs of one deployment; running command ids
 MAX_DEPLOYMENTS_PER_AGENT = 2000
+MAX_PAYLOAD = 256 * 1024  # an operation's answer, as JSON (a chunk of logs is 60 KiB)
 
 
 class TooManyDeployments(ValueError):
@@ -61,8 +64,12 @@ def _cap(value: Any) -> Any:
 
 
 def cap_result(result: CommandResult) -> CommandResult:
+    payload = result.payload
+    if payload is not None and len(json.dumps(payload)) > MAX_PAYLOAD:
+        payload = {"ok": False, "error": f"the agent's answer is over {MAX_PAYLOAD} bytes"}
     return result.model_copy(
         update={
+            "payload": payload,
             "message": clip(result.message, MAX_MESSAGE),
             "logs": clip(result.logs, MAX_LOGS),
             "url": None if result.url is None else clip(result.url, MAX_TEXT),

@@ -727,6 +727,15 @@ class Store:
             self._on_outbox()
         return self._command(fresh), False
 
+    def forget_result_payload(self, command_id: str) -> None:
+        """Drop the payload of a command's result (a credentials reveal, once read)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE commands SET result = json_remove(result, '$.payload') "
+                "WHERE id = ? AND result IS NOT NULL",
+                (command_id,),
+            )
+
     def expire_commands(self, *, now: float | None = None) -> list[CommandRow]:
         now = time.time() if now is None else now
         with self._tx() as db:

@@ -366,7 +366,7 @@ class Reconciler:
         pending = self.store.pending_deployments(agent_id)
         reasons: list[str] = []
         for row in self.store.deployments():
-            if row.agent != agent_id or row.id in pending or row.last_action == "blocked":
+            if row.agent != agent_id or row.id in pending or row.last_action in ("blocked", "held"):
                 continue
             last = self.store.last_command(row.id)
             if (

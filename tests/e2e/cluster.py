@@ -367,9 +367,10 @@ class Cluster:
                 all=True, filters={"label": f"io.reconciler.namespace={self.namespace}"}
             ):
                 c.remove(force=True, v=True)
-            for c in client.containers.list(
-                all=True, filters={"label": "io.reconciler.role=proxy"}
-            ):
+            # A test that named its own proxy (RECONCILE_PROXY_CONTAINER) removes only it.
+            own = os.environ.get("RECONCILE_PROXY_CONTAINER")
+            only = {"name": f"^{own}$"} if own else {"label": "io.reconciler.role=proxy"}
+            for c in client.containers.list(all=True, filters=only):
                 c.remove(force=True)
             for net in client.networks.list(filters={"label": "com.docker.compose.network"}):
                 if net.name.startswith("dpl_") and not net.containers:

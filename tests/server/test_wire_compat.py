@@ -40,3 +40,30 @@ def test_the_fields_the_agent_acts_on_stay_checked() -> None:
         Command.model_validate(_command(id="../../victim"))
     with pytest.raises(ValidationError, match="action"):
         Command.model_validate(_command(action="explode"))
+
+
+def test_a_report_from_a_newer_agent_is_read_without_its_new_fields() -> None:
+    from reconciler.model.agentapi import AgentReport
+
+    report = AgentReport.model_validate(
+        {
+            "state": {
+                "agent": "agt_0123456789abcdef",
+                "online": True,
+                "deployments": {
+                    "dpl_0123456789abcdef": {
+                        "id": "dpl_0123456789abcdef",
+                        "name": "web",
+                        "namespace": "default",
+                        "spec_hash": "h" * 64,
+                        "containers": [{"service": "app", "status": "running", "future": True}],
+                        "next_release_field": {"x": 1},
+                    }
+                },
+                "next_release_field": {"x": 1},
+            },
+            "some_future_field": 3,
+        }
+    )
+    (app,) = report.state.deployments.values()
+    assert app.name == "web" and app.containers[0].status == "running"
