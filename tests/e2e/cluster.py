@@ -105,7 +105,7 @@ class Cluster:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_port}"
 
-    def start_server(self, poll_interval: float = 0) -> None:
+    def start_server(self, poll_interval: float = 0, log_format: str | None = None) -> None:
         log = open(self.logs / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
         cmd = [
             sys.executable, "-m", "reconciler", "serve",
@@ -117,6 +117,8 @@ class Cluster:
             "--poll-interval", str(poll_interval),
             "--heartbeat", str(self.heartbeat),
         ]  # fmt: skip
+        if log_format:
+            cmd += ["--log-format", log_format]
         self.server = subprocess.Popen(
             cmd,
             env=_env(),
@@ -128,6 +130,10 @@ class Cluster:
             30,
             "the server's /healthz",
         )
+
+    def stop_agent(self) -> None:
+        self._stop(self.agent, signal.SIGTERM)
+        self.agent = None
 
     def stop_server(self, sig: int = signal.SIGTERM) -> None:
         self._stop(self.server, sig)
@@ -152,7 +158,11 @@ class Cluster:
         return out.strip().splitlines()[-1].strip()
 
     def start_agent(
-        self, token: str | None = None, settle: float = 1.0, repair_interval: float = 2.0
+        self,
+        token: str | None = None,
+        settle: float = 1.0,
+        repair_interval: float = 2.0,
+        log_format: str | None = None,
     ) -> None:
         log = open(self.logs / "agent.log", "ab")  # noqa: SIM115 - lives as long as the process
         cmd = [
@@ -165,6 +175,8 @@ class Cluster:
         ]  # fmt: skip
         if token:
             cmd += ["--token", token]
+        if log_format:
+            cmd += ["--log-format", log_format]
         self.agent = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
         creds = self.state_dir / "agent" / "credentials.json"
         wait_for(creds.exists, 30, "the agent's credentials file")

@@ -242,7 +242,9 @@ class TestAuditTrail:
         counted = _metric(
             metrics, 'reconcile_webhook_deliveries_total{provider="github",result="unauthorized"}'
         )
-        suppressed = _metric(metrics, 'reconcile_webhook_events_suppressed_total{provider="github"}')
+        suppressed = _metric(
+            metrics, 'reconcile_webhook_events_suppressed_total{provider="github"}'
+        )
         assert counted == self.FORGED
         recorded = [
             e
