@@ -168,22 +168,24 @@ def serve_command(
         plane.reconciler.catalog()  # missing or empty: refuse to start, never plan with it
     except ReconcilerError as exc:
         raise _fail(redact(str(exc))) from None
-    err = _console(stderr=True)
-    err.print(
+    banner = (
         f"reconcile serve: {redact(spec)}" + (f" @ {ref}" if ref else "")
         + (f" path={settings.path}" if settings.path else "")
-        + f", data dir {settings.data_dir}, http://{settings.host}:{settings.port}",
-        highlight=False,
+        + f", data dir {settings.data_dir}, http://{settings.host}:{settings.port}"
     )  # fmt: skip
-    if not secrets.admin_token:
-        err.print(
-            error(
-                "RECONCILE_ADMIN_TOKEN is not set: the status and admin API answers 401 to "
-                "everyone",
-                "warning:",
-                "yellow",
-            )
-        )
+    open_api_warning = (
+        "RECONCILE_ADMIN_TOKEN is not set: the status and admin API answers 401 to everyone"
+    )
+    if log_format is LogFormatChoice.json:  # every line of the process is JSON
+        server_log = logging.getLogger("reconciler.server")
+        server_log.info(banner)
+        if not secrets.admin_token:
+            server_log.warning(open_api_warning)
+    else:
+        err = _console(stderr=True)
+        err.print(text(banner), highlight=False)
+        if not secrets.admin_token:
+            err.print(error(open_api_warning, "warning:", "yellow"))
     logging.getLogger("uvicorn.access").addFilter(redact_deploy_tokens)
     for name in ("uvicorn.error", "uvicorn.access"):
         # uvicorn's loggers have their own handlers: a logger's filter covers them.
