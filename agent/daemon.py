@@ -761,6 +761,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"reconcile-agent: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_SETUP) from None
     args = parser.parse_args(argv)
+    if args.log_format not in LOG_FORMATS:  # argparse checks choices, not the env default
+        parser.error(
+            f"RECONCILE_LOG_FORMAT={args.log_format!r}: choose from {', '.join(LOG_FORMATS)}"
+        )
     root = logging.getLogger()
     saved_logging = (list(root.handlers), root.level)
     _setup_logging(args.verbose, args.log_format)
