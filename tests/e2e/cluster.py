@@ -374,7 +374,11 @@ class Cluster:
             for c in client.containers.list(
                 all=True, filters={"label": "io.reconciler.role=proxy"}
             ):
-                c.remove(force=True)
+                # Only this cluster's proxy (its state dir is mounted): other runs on the
+                # same daemon have theirs.
+                mounts = [m.get("Source", "") for m in c.attrs.get("Mounts", [])]
+                if any(m.startswith(str(self.state_dir.resolve())) for m in mounts):
+                    c.remove(force=True)
             for net in client.networks.list(filters={"label": "com.docker.compose.network"}):
                 if net.name.startswith("dpl_") and not net.containers:
                     with contextlib.suppress(Exception):
