@@ -34,7 +34,9 @@ from reconciler.model.agentapi import (
     BootstrapRequest,
     BootstrapResponse,
     Command,
+    CommandProgress,
     CommandResult,
+    ProgressStep,
     ReportAck,
     ResultAck,
 )
@@ -60,6 +62,7 @@ MAX_BUNDLE_BYTES = 256 * 1024 * 1024  # a build context is at most 100 MB; bundl
 CONNECT_TIMEOUT = 10.0
 CALL_TIMEOUT = 30.0
 LONG_POLL_SLACK = 15.0  # the server may hold a poll a little longer than asked
+PROGRESS_TIMEOUT = 5.0  # seconds: progress is live-only, a late post is worth nothing
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -259,6 +262,16 @@ class AgentClient:
             json=result.model_dump(mode="json"),
         )
         return self._parse(response, ResultAck)
+
+    def post_progress(self, command_id: str, steps: list[ProgressStep]) -> None:
+        """Live steps of a running command (best effort: the caller drops them on error)."""
+        body = CommandProgress(steps=steps).model_dump(mode="json")
+        self._send(
+            "POST",
+            f"/v1/agent/commands/{command_id}/progress",
+            json=body,
+            timeout=httpx.Timeout(PROGRESS_TIMEOUT),
+        )
 
     def report(self, report: AgentReport) -> ReportAck:
         # The host's figures travel as the report's own fields (see AgentReport); the last

@@ -59,9 +59,11 @@ from agent.client import (
     save_credentials,
 )
 from agent.journal import Journal, JournalEntry
+from agent.progress import ProgressForwarder
 from agent.runner import CommandRunner
 from agent.tls import TrustError, agent_trust
 from reconciler.model.agentapi import AgentReport, Command, CommandResult
+from reconciler.model.logformat import LOG_FORMATS, LogFormat, formatter
 from reconciler.model.secretenv import SecretEnvError, secret_from_env
 
 if TYPE_CHECKING:
@@ -371,7 +373,10 @@ class Agent:
 
     def _heard(self, heartbeat_seconds: float) -> None:
         if self._unavailable:
-            log.info("control plane reachable again")
+            log.info(
+                "control plane reachable again",
+                extra={"fields": {"event": "agent.state", "state": "connected"}},
+            )
         self._unavailable = False
         self.backoff.reset()
         if heartbeat_seconds > 0:
@@ -380,7 +385,11 @@ class Agent:
     def _wait_retry(self, exc: Exception, *, quiet: bool = False) -> None:
         delay = self.backoff.next()
         if not self._unavailable and not quiet:
-            log.warning("control plane unavailable: %s; retrying with backoff", exc)
+            log.warning(
+                "control plane unavailable: %s; retrying with backoff",
+                exc,
+                extra={"fields": {"event": "agent.state", "state": "unavailable"}},
+            )
         else:
             log.debug("control plane still unavailable: %s; retrying in %.1f s", exc, delay)
         self._unavailable = True
@@ -436,6 +445,16 @@ class Agent:
             command.kind,
             command.action.deployment,
             f" ({command.action.reason})" if command.action.reason else "",
+            extra={
+                "fields": {
+                    "event": "command.start",
+                    "command": command.id,
+                    "kind": command.kind,
+                    "deployment": command.action.deployment,
+                    "reason": command.action.reason,
+                    "commit": command.revision,
+                }
+            },
         )
         try:
             result = self.runner.run(command)
@@ -466,6 +485,18 @@ class Agent:
             result.message,
             result.seconds,
             "; rolled back" if result.rolled_back and "restored" not in result.message else "",
+            extra={
+                "fields": {
+                    "event": "command.result",
+                    "command": command.id,
+                    "kind": command.kind,
+                    "deployment": command.action.deployment,
+                    "ok": result.ok,
+                    "rolled_back": result.rolled_back,
+                    "seconds": round(result.seconds, 3),
+                    "message": result.message,
+                }
+            },
         )
         if not result.ok and result.logs:
             for line in result.logs.strip().splitlines()[-10:]:
@@ -680,6 +711,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=env.get("RECONCILE_LOG_FORMAT") or "text",
+        help="text (for a terminal or journalctl) or json (one object per line, for a log "
+        "shipper); env RECONCILE_LOG_FORMAT; default text",
+    )
+    p.add_argument(
         "-V",
         "--version",
         action="version",
@@ -688,17 +726,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class _UTCFormatter(logging.Formatter):
-    @staticmethod
-    def converter(seconds: float | None = None) -> time.struct_time:
-        return time.gmtime(seconds)
-
-
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, log_format: LogFormat = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _UTCFormatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")
-    )
+    handler.setFormatter(formatter(log_format, with_name=False))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -707,7 +737,20 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _on_step(event: StepEvent) -> None:
-    log.info("  %s: %s %s", event.deployment, event.step, event.detail)
+    log.info(
+        "  %s: %s %s",
+        event.deployment,
+        event.step,
+        event.detail,
+        extra={
+            "fields": {
+                "event": "command.step",
+                "deployment": event.deployment,
+                "step": event.step,
+                "detail": event.detail,
+            }
+        },
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -719,9 +762,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"reconcile-agent: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_SETUP) from None
     args = parser.parse_args(argv)
+    if args.log_format not in LOG_FORMATS:  # argparse checks choices, not the env default
+        parser.error(
+            f"RECONCILE_LOG_FORMAT={args.log_format!r}: choose from {', '.join(LOG_FORMATS)}"
+        )
     root = logging.getLogger()
     saved_logging = (list(root.handlers), root.level)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format)
     stop = threading.Event()
     holder: list[Agent] = []
 
@@ -797,11 +844,16 @@ def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent])
     def fetch_bundle(command_id: str, target: pathlib.Path) -> None:
         client.download_bundle(command_id, target)
 
+    forwarder = ProgressForwarder(client.post_progress)
     agent = Agent(
         client=client,
         journal=Journal(state_dir),
         runner=CommandRunner(
-            state_dir, fetch_bundle, default_settle=args.settle, on_event=_on_step
+            state_dir,
+            fetch_bundle,
+            default_settle=args.settle,
+            on_event=_on_step,
+            on_progress=forwarder,
         ),
         observe=observe,
         agent_id=creds.agent_id,
@@ -823,6 +875,7 @@ def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent])
     try:
         return agent.run(once=args.once)
     finally:
+        forwarder.close()
         client.close()
 
 

@@ -95,12 +95,16 @@ class CommandRunner:
         *,
         default_settle: float = 3.0,
         on_event: Callable[[StepEvent], None] | None = None,
+        on_progress: Callable[[str, StepEvent], None] | None = None,
     ) -> None:
         self.state_dir = pathlib.Path(state_dir)
         self.fetch_bundle = fetch_bundle
         self.make_executor: ExecutorFactory = make_executor or RealExecutorFactory(self.state_dir)
         self.default_settle = default_settle
         self.on_event = on_event or (lambda _e: None)
+        # (command id, step): the live progress of a command; must be thread-safe, as
+        # the executor may run steps of several deployments at once.
+        self.on_progress = on_progress or (lambda _c, _e: None)
         # Held while a command runs: housekeeping must not push a route set that lacks
         # the routes of a deployment being installed right now (its record comes last).
         self._busy = threading.Lock()
@@ -251,6 +255,11 @@ class CommandRunner:
             ),
             purge=command.purge,
         )
+
+        def on_event(event: StepEvent) -> None:
+            self.on_event(event)
+            self.on_progress(command.id, event)
+
         work = self.state_dir / "agent" / "work"
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
         scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"{command.id}-", dir=work))
@@ -269,9 +278,7 @@ class CommandRunner:
                     archive.unlink(missing_ok=True)
             try:
                 with self._busy:
-                    executor = self.make_executor(
-                        self.proxy_settings(command), settings, self.on_event
-                    )
+                    executor = self.make_executor(self.proxy_settings(command), settings, on_event)
                     outcome = executor.apply_action(action, want, repo_root)
             except Exception as exc:  # the executor types its own failures; this is a bug
                 log.exception("command %s: the executor raised", command.id)

@@ -172,7 +172,7 @@ def standin_app() -> Any:
     def metrics() -> PlainTextResponse:
         lines = [f'reconcile_runs_total{{trigger="webhook"}} {worker.runs}']
         lines += [
-            f'webhook_deliveries_total{{provider="{p}",result="{r}"}} {n}'
+            f'reconcile_webhook_deliveries_total{{provider="{p}",result="{r}"}} {n}'
             for (p, r), n in counts.items()
         ]
         return PlainTextResponse("\n".join(lines) + "\n")
@@ -450,7 +450,7 @@ def scrape(base: str) -> tuple[float, float]:
         name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
         if name == "reconcile_runs_total":
             runs += value
-        elif name == "webhook_deliveries_total" and 'result="accepted"' in labels:
+        elif name == "reconcile_webhook_deliveries_total" and 'result="accepted"' in labels:
             accepted += value
     return runs, accepted
 

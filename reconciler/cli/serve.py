@@ -8,12 +8,15 @@ Secrets come only from the environment (``RECONCILE_ADMIN_TOKEN``,
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
 import pathlib
 import re
 import sys
+from collections.abc import Iterable, Iterator
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -47,6 +50,11 @@ ServerOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+class LogFormatChoice(enum.StrEnum):
+    text = "text"
+    json = "json"
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -106,6 +114,14 @@ def serve_command(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+    log_format: Annotated[
+        LogFormatChoice,
+        typer.Option(
+            "--log-format",
+            help="text (for a terminal or journalctl) or json (one object per line, for a "
+            "log shipper).",
+        ),
+    ] = LogFormatChoice.text,
 ) -> None:
     """Run the control plane: reconcile a repository onto agents, on webhooks and a timer."""
     if ctx.invoked_subcommand is not None:
@@ -136,14 +152,15 @@ def serve_command(
         raise _fail(redact(str(exc)), 2) from None
 
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
+    from reconciler.model.logformat import formatter
     from reconciler.server.app import build_control_plane
     from reconciler.server.transport import TransportLimits, uvicorn_options
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=log_level.upper())
     for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter(log_format.value))
         handler.addFilter(redact_credentials)
     try:
         plane = build_control_plane(settings, secrets)
@@ -151,22 +168,24 @@ def serve_command(
         plane.reconciler.catalog()  # missing or empty: refuse to start, never plan with it
     except ReconcilerError as exc:
         raise _fail(redact(str(exc))) from None
-    err = _console(stderr=True)
-    err.print(
+    banner = (
         f"reconcile serve: {redact(spec)}" + (f" @ {ref}" if ref else "")
         + (f" path={settings.path}" if settings.path else "")
-        + f", data dir {settings.data_dir}, http://{settings.host}:{settings.port}",
-        highlight=False,
+        + f", data dir {settings.data_dir}, http://{settings.host}:{settings.port}"
     )  # fmt: skip
-    if not secrets.admin_token:
-        err.print(
-            error(
-                "RECONCILE_ADMIN_TOKEN is not set: the status and admin API answers 401 to "
-                "everyone",
-                "warning:",
-                "yellow",
-            )
-        )
+    open_api_warning = (
+        "RECONCILE_ADMIN_TOKEN is not set: the status and admin API answers 401 to everyone"
+    )
+    if log_format is LogFormatChoice.json:  # every line of the process is JSON
+        server_log = logging.getLogger("reconciler.server")
+        server_log.info(banner)
+        if not secrets.admin_token:
+            server_log.warning(open_api_warning)
+    else:
+        err = _console(stderr=True)
+        err.print(text(banner), highlight=False)
+        if not secrets.admin_token:
+            err.print(error(open_api_warning, "warning:", "yellow"))
     logging.getLogger("uvicorn.access").addFilter(redact_deploy_tokens)
     for name in ("uvicorn.error", "uvicorn.access"):
         # uvicorn's loggers have their own handlers: a logger's filter covers them.
@@ -174,12 +193,23 @@ def serve_command(
     plane.worker.start()
     if plane.outbox is not None:
         plane.outbox.start()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn waits for open responses before the app's shutdown: end the event
+            # streams first, so a stop is not held up by `status --follow` clients.
+            plane.progress.close()
+            super().handle_exit(sig, frame)
+
     try:
-        uvicorn.run(
+        server_config = uvicorn.Config(
             plane.app,
             host=settings.host,
             port=settings.port,
             log_level=log_level.lower(),
+            # json: uvicorn's own loggers propagate to the root handler, so every line
+            # of the process is JSON; text keeps uvicorn's usual lines.
+            log_config=None if log_format is LogFormatChoice.json else LOGGING_CONFIG,
             access_log=log_level.lower() == "debug",
             timeout_graceful_shutdown=5,
             **uvicorn_options(
@@ -193,6 +223,7 @@ def serve_command(
                 )
             ),
         )
+        Server(server_config).run()
     finally:
         plane.worker.stop(timeout=10)
         if plane.outbox is not None:
@@ -474,3 +505,96 @@ def remote_status(server: str, as_json: bool) -> None:
             "\n".join(d.get("urls") or [u for u in [d.get("url")] if u]) or "-",
         )
     out.print(table)
+
+
+#: Seconds without a byte before `status --follow` gives up on the stream: the server
+#: sends a keep-alive comment every 15 s, so this means it is gone.
+FOLLOW_READ_TIMEOUT = 60.0
+
+
+def follow_events(server: str, as_json: bool, *, deployment: str | None = None) -> None:
+    """``reconcile status --server URL --follow``: the live steps, one plain line each."""
+    import httpx
+
+    token = _admin_token()
+    if not token:
+        raise _fail("--server needs RECONCILE_ADMIN_TOKEN in the environment", 2)
+    url = server.rstrip("/") + "/v1/events/stream"
+    params = {"deployment": deployment} if deployment else {}
+    out = _console()
+    err = _console(stderr=True)
+    timeout = httpx.Timeout(15.0, read=FOLLOW_READ_TIMEOUT)
+    if not as_json:
+        err.print(text(f"following {url} (Ctrl-C to stop)", "dim"), highlight=False)
+    try:
+        with httpx.stream(
+            "GET",
+            url,
+            params=params,
+            headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+            timeout=timeout,
+        ) as response:
+            if response.status_code != 200:
+                response.read()
+                _answer(url, response)
+                raise _fail(f"{url}: HTTP {response.status_code}")
+            ended = None
+            for kind, payload in _sse_events(response.iter_lines()):
+                if kind == "end":
+                    ended = payload
+                    break
+                if as_json:
+                    sys.stdout.write(payload + "\n")
+                    sys.stdout.flush()
+                else:
+                    out.print(text(event_line(json.loads(payload)), newlines=False), soft_wrap=True)
+    except KeyboardInterrupt:
+        return
+    except httpx.HTTPError as exc:
+        raise _fail(f"{url}: {exc}") from None
+    err.print(text(f"stream ended: {ended or 'the server closed it'}", "dim"), highlight=False)
+
+
+def _sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(kind, data) per Server-Sent Event; ("end", why) for the server's closing comment."""
+    data: list[str] = []
+    for line in lines:
+        if line.startswith(":"):
+            if line.startswith(": end:"):
+                yield "end", line[len(": end:") :].strip()
+                return
+            continue
+        if line == "":
+            if data:
+                yield "event", "\n".join(data)
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One line per stream event, e.g. ``12:00:01 blog step up: 2 containers``."""
+    import datetime as dt
+
+    when = event.get("time")
+    stamp = (
+        dt.datetime.fromtimestamp(float(when), dt.UTC).strftime("%H:%M:%S")
+        if isinstance(when, int | float)
+        else "--:--:--"
+    )
+    name = event.get("deployment") or "-"
+    kind = event.get("type")
+    if kind == "step":
+        detail = f": {event['detail']}" if event.get("detail") else ""
+        return f"{stamp} {name} {event.get('step')}{detail}"
+    if kind == "command.sent":
+        return (
+            f"{stamp} {name} {event.get('kind')} sent to {event.get('agent')} "
+            f"({event.get('command')}): {event.get('reason') or 'no reason given'}"
+        )
+    if kind == "command.result":
+        verdict = "ok" if event.get("ok") else "FAILED"
+        rolled = "; rolled back" if event.get("rolled_back") else ""
+        message = f": {event['message']}" if event.get("message") else ""
+        return f"{stamp} {name} {event.get('kind')} {verdict}{rolled}{message}"
+    return f"{stamp} {name} {kind}"

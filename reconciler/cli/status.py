@@ -44,12 +44,33 @@ def status_command(
             show_default=False,
         ),
     ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="With --server: then print the commands' steps as the agents report them "
+            "(GET /v1/events/stream), until interrupted. With -f json, one event per line.",
+        ),
+    ] = False,
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            "--deployment",
+            help="With --follow: only this deployment's events (its name or dpl_ id).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Show the deployments on this host: status, container health, URL, spec hash."""
+    if (follow or deployment is not None) and server is None:
+        _console(stderr=True).print(error("--follow and --deployment need --server URL"))
+        raise typer.Exit(2)
     if server is not None:
-        from reconciler.cli.serve import remote_status
+        from reconciler.cli.serve import follow_events, remote_status
 
         remote_status(server, fmt is StatusFormat.json)
+        if follow:
+            follow_events(server, fmt is StatusFormat.json, deployment=deployment)
         return
     from agent.observe import docker_available, observe_local
     from agent.statedir import default_state_dir, list_records

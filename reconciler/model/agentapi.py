@@ -24,6 +24,11 @@ otherwise):
 ``POST /v1/agent/commands/{id}/result`` CommandResult -> 200 ResultAck
     Idempotent on the command id: a second result for the same id is acknowledged with
     ``duplicate: true`` and changes nothing.
+``POST /v1/agent/commands/{id}/progress`` CommandProgress -> 202 ProgressAck
+    Live steps of a running command, as the executor runs them, for
+    ``GET /v1/events/stream``.  Best effort, never retried: progress is live-only and the
+    result is what counts.  A server from before answers 404 (the agent then stops
+    sending progress to it); unknown fields are ignored both ways.
 ``POST /v1/agent/report``               AgentReport -> 200 ReportAck
     The heartbeat; carries the host's actual state.  An agent whose last report is
     older than ``3 * heartbeat_seconds`` is offline: its actions are ``blocked``.
@@ -48,7 +53,10 @@ __all__ = [
     "BootstrapResponse",
     "Command",
     "CommandBatch",
+    "CommandProgress",
     "CommandResult",
+    "ProgressAck",
+    "ProgressStep",
     "ReportAck",
     "ResultAck",
 ]
@@ -116,6 +124,24 @@ class CommandResult(_Wire):
     logs: str = ""  # last lines of the app's logs on failure (already truncated)
     # kind "operation": the answer (a reconciler.model.day2 value as JSON)
     payload: dict[str, object] | None = None
+
+
+class ProgressStep(_Wire):
+    """One executor step of a command (``agent.executor.StepEvent``), when it ran."""
+
+    deployment: str = ""
+    step: str
+    detail: str = ""
+    time: AwareDatetime | None = None
+
+
+class CommandProgress(_Wire):
+    # Bounded: the agent sends what it has gathered since its last post.
+    steps: list[ProgressStep] = Field(default_factory=list, max_length=200)
+
+
+class ProgressAck(_Wire):
+    accepted: int = 0  # steps passed on to the stream
 
 
 class ResultAck(_Wire):

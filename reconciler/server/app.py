@@ -19,7 +19,13 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -29,7 +35,9 @@ from reconciler.model.agentapi import (
     BootstrapResponse,
     Command,
     CommandBatch,
+    CommandProgress,
     CommandResult,
+    ProgressAck,
     ReportAck,
     ResultAck,
 )
@@ -39,10 +47,11 @@ from reconciler.model.redact import redact
 from reconciler.server.config import Role, ServerConfig, ServerSecrets
 from reconciler.server.fields import MAX_TEXT, TooManyDeployments, cap_report, cap_result, clip
 from reconciler.server.limits import BodyLimit, HeaderLimit
-from reconciler.server.metrics import Metrics
+from reconciler.server.metrics import DeploymentSample, Metrics
 from reconciler.server.notify import Notifier
 from reconciler.server.operations import operation_finished, operations_router
 from reconciler.server.outbound import Router, Sender, Target, result_fields
+from reconciler.server.progress import ProgressHub
 from reconciler.server.store import AgentRow, Store, secure_dir
 from reconciler.server.worker import Reconciler, Worker, iso
 
@@ -65,6 +74,7 @@ class ControlPlane:
     metrics: Metrics
     app: FastAPI = field(repr=False)
     outbox: Sender | None = None  # events out; started with the worker
+    progress: ProgressHub = field(default_factory=ProgressHub, repr=False)
 
 
 def build_control_plane(
@@ -76,7 +86,9 @@ def build_control_plane(
     store = store or Store.in_dir(config.data_dir)
     notifier = Notifier()
     metrics = Metrics()
-    reconciler = Reconciler(config, store, notifier=notifier, metrics=metrics)
+    progress = ProgressHub()
+    progress.on_drop = metrics.stream_dropped.inc
+    reconciler = Reconciler(config, store, notifier=notifier, metrics=metrics, progress=progress)
     outbox = _events_out(config, store, reconciler)
     worker = Worker(reconciler.reconcile, poll_interval=config.poll_interval)
     app = create_app(
@@ -87,9 +99,19 @@ def build_control_plane(
         secrets=secrets,
         metrics=metrics,
         notifier=notifier,
+        progress=progress,
     )
     return ControlPlane(
-        config, secrets, store, reconciler, worker, notifier, metrics, app, outbox=outbox
+        config,
+        secrets,
+        store,
+        reconciler,
+        worker,
+        notifier,
+        metrics,
+        app,
+        outbox=outbox,
+        progress=progress,
     )
 
 
@@ -144,6 +166,7 @@ def create_app(
     secrets: ServerSecrets,
     metrics: Metrics,
     notifier: Notifier,
+    progress: ProgressHub | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="compose-reconciler control plane",
@@ -151,6 +174,8 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
+    progress = progress or reconciler.progress
+    metrics.watch_deployments(lambda: deployment_samples())
     app.add_middleware(BodyLimit)
     app.add_middleware(HeaderLimit, limit=config.max_headers)
 
@@ -230,6 +255,12 @@ def create_app(
             raise _Error(401, "bootstrap token unknown, already used or expired")
         agent_id, secret = created
         store.record_event("agent.bootstrap", {"agent": agent_id, "hostname": hostname})
+        log.info(
+            "agent %s bootstrapped (hostname %r)",
+            agent_id,
+            hostname,
+            extra={"fields": {"event": "agent.bootstrap", "agent": agent_id, "hostname": hostname}},
+        )
         return BootstrapResponse(
             agent_id=agent_id, secret=secret, heartbeat_seconds=config.heartbeat
         )
@@ -285,7 +316,70 @@ def create_app(
         metrics.actions.labels(kind=row.kind, result="ok" if body.ok else "failed").inc()
         if reconciler.statuses is not None:
             reconciler.statuses.settle()
+        name = row.payload.get("action", {}).get("deployment", row.deployment)
+        log.log(
+            logging.INFO if body.ok else logging.WARNING,
+            "command %s result from %s: %s %s %s (%.1f s)%s: %r",
+            command_id,
+            agent,
+            row.kind,
+            name,
+            "ok" if body.ok else "FAILED",
+            body.seconds,
+            "; rolled back" if body.rolled_back else "",
+            body.message,
+            extra={
+                "fields": {
+                    "event": "command.result",
+                    "command": command_id,
+                    "agent": agent,
+                    "kind": row.kind,
+                    "deployment": name,
+                    "ok": body.ok,
+                    "rolled_back": body.rolled_back,
+                    "seconds": body.seconds,
+                    "message": body.message,
+                }
+            },
+        )
+        progress.publish(
+            {
+                "type": "command.result",
+                "command": command_id,
+                "agent": agent,
+                "kind": row.kind,
+                "deployment": name,
+                "deployment_id": row.deployment,
+                "ok": body.ok,
+                "rolled_back": body.rolled_back,
+                "seconds": body.seconds,
+                "message": body.message,
+                "url": body.url,
+            }
+        )
         return ResultAck(accepted=True, duplicate=False)
+
+    @app.post("/v1/agent/commands/{command_id}/progress", status_code=202)
+    def command_progress(command_id: str, body: CommandProgress, agent: Agent) -> ProgressAck:
+        row = store.command(command_id)
+        if row is None or row.agent != agent:
+            raise _Error(404, f"no command {command_id} for this agent")
+        name = row.payload.get("action", {}).get("deployment", row.deployment)
+        for step in body.steps:
+            log.debug("command %s: %s %s %r", command_id, name, step.step, step.detail)
+            progress.publish(
+                {
+                    "type": "step",
+                    "command": command_id,
+                    "agent": agent,
+                    "deployment": name,
+                    "deployment_id": row.deployment,
+                    "step": clip(step.step, MAX_TEXT),
+                    "detail": clip(step.detail, MAX_TEXT),
+                    "time": step.time.timestamp() if step.time else reconciler.clock(),
+                }
+            )
+        return ProgressAck(accepted=len(body.steps))
 
     @app.post("/v1/agent/report")
     def report(body: AgentReport, agent: Agent) -> ReportAck:
@@ -309,6 +403,21 @@ def create_app(
         )
         if previous is None or now - previous > config.offline_after:
             store.record_event("agent.online", {"agent": agent, "hostname": body.hostname})
+            log.info(
+                "agent %s online (hostname %r, reconcile-agent %s, %d deployments)",
+                agent,
+                body.hostname,
+                body.version or "?",
+                len(state.deployments),
+                extra={
+                    "fields": {
+                        "event": "agent.online",
+                        "agent": agent,
+                        "hostname": body.hostname,
+                        "version": body.version,
+                    }
+                },
+            )
             worker.trigger(f"agent: {agent} online")
         else:
             reasons = reconciler.drift_in_report(agent, state)
@@ -385,6 +494,20 @@ def create_app(
             )
         return out
 
+    def deployment_samples() -> list[DeploymentSample]:
+        namespaces = {d.id: d.namespace for d in reconciler.rendered()}
+        return [
+            DeploymentSample(
+                name=v["name"],
+                namespace=namespaces.get(v["id"], ""),
+                agent=v["agent"],
+                status=v["status"],
+                health=health_of(v["status"], v["containers"]),
+                in_sync=v["in_sync"],
+            )
+            for v in deployment_views()
+        ]
+
     @app.get("/v1/deployments", dependencies=reader)
     def list_deployments() -> dict[str, Any]:
         found = store.last_plan()
@@ -438,6 +561,37 @@ def create_app(
             "last": rows[-1].id if rows else after,
         }
 
+    @app.get("/v1/events/stream", dependencies=admin)
+    async def event_stream(
+        deployment: Annotated[str | None, Query(max_length=200)] = None,
+        command: Annotated[str | None, Query(max_length=200)] = None,
+        after: Annotated[int | None, Query(ge=0, le=SQLITE_MAX_INT)] = None,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events: ``command.sent``, ``step`` and ``command.result``, live.
+
+        Filtered by deployment (name or id) and/or command id.  ``after`` (or the
+        ``Last-Event-ID`` a reconnecting EventSource sends) replays the buffered events
+        after that id; a command filter alone replays that command's buffered events.
+        """
+        if after is None and last_event_id and last_event_id.strip().isdigit():
+            after = min(int(last_event_id.strip()), SQLITE_MAX_INT)
+        sub = progress.subscribe(deployment=deployment, command=command, after=after)
+        metrics.stream_clients.inc()
+
+        async def body() -> Any:
+            try:
+                async for chunk in progress.stream(sub):
+                    yield chunk
+            finally:
+                metrics.stream_clients.dec()
+
+        return StreamingResponse(
+            body(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
     @app.get("/v1/agents", dependencies=reader)
     def agents() -> dict[str, Any]:
         now = reconciler.clock()
@@ -448,6 +602,11 @@ def create_app(
         if not store.remove_agent(agent_id):
             raise _Error(404, f"no agent {agent_id!r}")
         store.record_event("agent.removed", {"agent": agent_id, "by": "api"})
+        log.info(
+            "agent %s removed (by the API)",
+            agent_id,
+            extra={"fields": {"event": "agent.removed", "agent": agent_id}},
+        )
         worker.trigger(f"api: agent {agent_id} removed")
         return {"removed": agent_id}
 
@@ -635,3 +794,18 @@ def _include_hooks(
         on_push=on_push,
     )
     app.include_router(hooks.webhook_router(deps))
+
+
+def health_of(status: str, containers: list[dict[str, Any]]) -> str:
+    """One word for a deployment's containers: ``unknown`` when nothing runs, else the
+    worst of them (a container that stopped, restarts or fails its check is unhealthy)."""
+    if status != "running" or not containers:
+        return "unknown"
+    worst = "healthy"
+    for c in containers:
+        exited_ok = c.get("one_shot") and c.get("status") == "exited" and c.get("exit_code") == 0
+        if c.get("health") == "unhealthy" or (c.get("status") != "running" and not exited_ok):
+            return "unhealthy"
+        if c.get("health") == "starting":
+            worst = "starting"
+    return worst

@@ -31,6 +31,7 @@ stall other requests.  So ``DeliveryLog``, ``DeployHooks``, ``trigger``,
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -80,6 +81,8 @@ STATUS: dict[Result, int] = {
     Result.TOO_LARGE: 413,
     Result.MALFORMED: 400,
 }
+
+log = logging.getLogger("reconciler.server")
 
 #: Longer delivery ids are refused: they are attacker-chosen strings headed for the store.
 MAX_DELIVERY_ID = 200
@@ -349,6 +352,21 @@ def _delivery_id(headers: Headers, names: tuple[str, ...]) -> str | None:
     return value.strip() or None
 
 
+def _log_delivery(fields: Mapping[str, object]) -> None:
+    """One log line per delivery, within the same budget as the event log (so forged
+    deliveries flood neither).  The text is the sender's: repr keeps it on one line."""
+    refused = fields["result"] in {r.value for r in REFUSED}
+    log.log(
+        logging.WARNING if refused else logging.INFO,
+        "webhook %s delivery %s: %s (%r)",
+        fields["provider"],
+        fields["delivery"] or "-",
+        fields["result"],
+        fields["detail"],
+        extra={"fields": {"event": "webhook", **fields}},
+    )
+
+
 class _Receiver:
     """The endpoints' shared flow; one instance per router, holding the deps."""
 
@@ -371,6 +389,7 @@ class _Receiver:
         self.deps.observe(provider.value, outcome.result.value)
         if outcome.result not in REFUSED:
             self.deps.record_event("webhook", fields)
+            _log_delivery(fields)
         else:
             record, suppressed = self.budget.take(source)
             if record:
@@ -378,6 +397,7 @@ class _Receiver:
                 if suppressed:
                     extra["suppressed"] = suppressed  # refusals from it not recorded
                 self.deps.record_event("webhook", {**fields, **extra})
+                _log_delivery({**fields, **extra})
             else:
                 self.deps.observe_suppressed(provider.value)
         return JSONResponse(fields, status_code=STATUS[outcome.result])

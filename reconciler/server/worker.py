@@ -45,6 +45,7 @@ from reconciler.server.config import ServerConfig
 from reconciler.server.forges import CommitStatuses
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
+from reconciler.server.progress import ProgressHub
 from reconciler.server.store import AgentRow, Store
 
 __all__ = [
@@ -85,6 +86,55 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def run_result(outcome: Outcome) -> str:
+    """The ``result`` label of ``reconcile_runs_total`` for one finished run."""
+    if outcome.ok:
+        return "ok"
+    return "invalid" if outcome.problems else "failed"
+
+
+def log_outcome(outcome: Outcome, seconds: float) -> None:
+    """One line per reconcile, whatever its end: the server's log tells a push's story."""
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.summary.items()) if v) or "nothing"
+    fields = {
+        "event": "reconcile",
+        "trigger": outcome.reason,
+        "commit": outcome.revision,
+        "result": run_result(outcome),
+        "counts": dict(outcome.summary),
+        "commands": len(outcome.commands),
+        "duration": round(seconds, 3),
+    }
+    if outcome.ok:
+        log.info(
+            "reconcile (%s) at %s: %s; %d commands sent (%.2f s)",
+            outcome.reason,
+            (outcome.revision or "-")[:12],
+            counts,
+            len(outcome.commands),
+            seconds,
+            extra={"fields": fields},
+        )
+    elif outcome.problems:
+        log.warning(
+            "reconcile (%s) at %s: repository invalid, %d errors, nothing planned (%.2f s): %s",
+            outcome.reason,
+            (outcome.revision or "-")[:12],
+            len(outcome.problems),
+            seconds,
+            outcome.problems[0],
+            extra={"fields": {**fields, "errors": len(outcome.problems)}},
+        )
+    else:
+        log.warning(
+            "reconcile (%s) failed (%.2f s): %s",
+            outcome.reason,
+            seconds,
+            outcome.error,
+            extra={"fields": {**fields, "error": outcome.error}},
+        )
 
 
 def trigger_kind(reason: str) -> str:
@@ -261,6 +311,7 @@ class Reconciler:
         *,
         notifier: Notifier | None = None,
         metrics: Metrics | None = None,
+        progress: ProgressHub | None = None,
         catalog: Catalog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -268,7 +319,9 @@ class Reconciler:
         self.store = store
         self.notifier = notifier or Notifier()
         self.metrics = metrics or Metrics()
+        self.progress = progress or ProgressHub()
         self.clock = clock
+        self._online: dict[str, bool] = {}  # agent -> online at the last run: logs changes
         self._catalog = catalog
         self._lock = threading.Lock()  # one run at a time, whoever calls
         self._rendered: dict[str, RenderedDeployment] = {}
@@ -389,6 +442,30 @@ class Reconciler:
                     reasons.append(f"{row.name}: {'; '.join(problems)}")
         return reasons
 
+    def rendered(self) -> list[RenderedDeployment]:
+        """The desired deployments of the last run that rendered (empty before it)."""
+        return list(self._rendered.values())
+
+    def _log_agent_changes(self, actual: ActualState) -> None:
+        """An agent going offline is noticed here, by its silence (its coming back is
+        logged where its report arrives)."""
+        for agent_id, agent in actual.agents.items():
+            was = self._online.get(agent_id)
+            self._online[agent_id] = agent.online
+            if was and not agent.online:
+                log.warning(
+                    "agent %s: %s",
+                    agent_id,
+                    agent.reason or "offline",
+                    extra={
+                        "fields": {
+                            "event": "agent.offline",
+                            "agent": agent_id,
+                            "reason": agent.reason,
+                        }
+                    },
+                )
+
     def allow_mass_prune_once(self) -> None:
         """Let the next run that gets as far as planning prune past the guard."""
         self._mass_prune_once = True
@@ -398,20 +475,24 @@ class Reconciler:
     def reconcile(self, reason: str = "manual") -> Outcome:
         with self._lock:
             started = time.monotonic()
-            self.metrics.reconcile_runs.labels(trigger=trigger_kind(reason)).inc()
+            trigger = trigger_kind(reason)
             try:
                 self.last_outcome = self._reconcile(reason)
                 self._judge_commit(self.last_outcome)
-                return self.last_outcome
             except Exception as exc:
                 # /readyz and the event log report a run that raised as failed, never as
                 # "no reconcile yet" or the previous run's success.
                 error = f"{type(exc).__name__}: {exc}"
                 self.last_outcome = Outcome(ok=False, reason=reason, error=error)
                 self.store.record_event("reconcile.failed", {"reason": reason, "error": error})
+                self.metrics.observe_run(trigger, "error", finished=self.clock())
                 raise
             finally:
                 self.metrics.reconcile_duration.observe(time.monotonic() - started)
+            outcome = self.last_outcome
+            self.metrics.observe_run(trigger, run_result(outcome), finished=self.clock())
+            log_outcome(outcome, time.monotonic() - started)
+            return outcome
 
     def _judge_commit(self, outcome: Outcome) -> None:
         """The commit status of this run's revision (see reconciler.server.forges)."""
@@ -471,6 +552,7 @@ class Reconciler:
         config = state.config
         mass_prune, self._mass_prune_once = self._mass_prune_once, False
         actual = self.actual_state(set(agents_of(state, local=False)), now)
+        self._log_agent_changes(actual)
         # Rendered against the actual state: an auto domain another app serves moves on.
         rendered = render_all(
             state,
@@ -613,6 +695,36 @@ class Reconciler:
                 "reason": action.reason,
                 "superseded": superseded,
             },
+        )
+        log.info(
+            "command %s sent: %s %s to %s (%s)%s",
+            command_id,
+            action.action,
+            action.deployment,
+            action.agent,
+            action.reason or "no reason given",
+            f"; supersedes {', '.join(superseded)}" if superseded else "",
+            extra={
+                "fields": {
+                    "event": "command.sent",
+                    "command": command_id,
+                    "kind": action.action,
+                    "deployment": action.deployment,
+                    "agent": action.agent,
+                    "reason": action.reason,
+                    "commit": revision,
+                }
+            },
+        )
+        self.progress.publish(
+            {
+                "type": "command.sent",
+                "command": command_id,
+                "kind": action.action,
+                "deployment": action.deployment,
+                "agent": action.agent,
+                "reason": action.reason,
+            }
         )
         for old in superseded:
             self.metrics.actions.labels(kind=action.action, result="superseded").inc()

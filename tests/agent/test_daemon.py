@@ -9,6 +9,7 @@ import json
 import pathlib
 import signal
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -51,7 +52,10 @@ class Parts:
         self.applied: list[str] = []  # deployment names, in order
 
     def __call__(
-        self, proxy: ProxySettings, settings: ExecutorSettings, on_event: object
+        self,
+        proxy: ProxySettings,
+        settings: ExecutorSettings,
+        on_event: Callable[[StepEvent], None],
     ) -> Executor:
         self.proxy_settings.append(proxy)
         self.settings.append(settings)
@@ -59,6 +63,7 @@ class Parts:
         def event(e: StepEvent) -> None:
             if e.step == "files" or e.step == "down":
                 self.applied.append(e.deployment)
+            on_event(e)
 
         return Executor(
             state_dir=self.state_dir,
@@ -545,3 +550,25 @@ def test_housekeeping_needs_a_command_first_and_skips_while_one_runs(
     with runner._busy:  # a command in progress
         assert runner.housekeeping() is False
     assert runner.housekeeping() is True
+
+
+def test_the_runner_forwards_each_step_with_its_command_id_in_order(
+    tmp_path: pathlib.Path, repo: pathlib.Path
+) -> None:
+    h = Harness(tmp_path)
+    seen: list[tuple[str, str, str]] = []
+    logged: list[str] = []
+    runner = CommandRunner(
+        h.state_dir,
+        lambda *_: None,
+        h.parts,
+        on_event=lambda e: logged.append(e.step),
+        on_progress=lambda command_id, e: seen.append((command_id, e.deployment, e.step)),
+    )
+    command = make_command(by_name(repo, "web"), settle=0.0)
+    assert runner.run(command).ok
+    assert {c for c, _, _ in seen} == {command.id}
+    assert {d for _, d, _ in seen} == {"web"}
+    steps = [s for _, _, s in seen]
+    assert steps == logged  # the same steps, in the same order, as the log gets
+    assert steps[0] == "files" and steps[-1] == "record" and "up" in steps

@@ -137,3 +137,70 @@ def test_host_message_is_plain_text_with_control_characters_escaped(
     assert r"\x1b]8;;https://evil.example\x1b\here\x1b]8;;\x1b\ \x1b[8mhidden\x1b[0m\r" in row
     assert r"\u202eevil\nfake row" in row
     assert not any(line.startswith("fake row") for line in out.splitlines())
+
+
+def test_follow_prints_the_live_steps_as_plain_text(
+    server: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    """``status --server --follow``: a host's hostile step detail and result message are
+    shown as text, each on its one line, as they arrive."""
+    url, repo = server
+    token = cli("agent", "token", "--server", url)
+    boot = httpx.post(url + "/v1/agent/bootstrap", json={"token": token.stdout.strip()})
+    agent = boot.json()["agent_id"]
+    headers = {"X-Agent-Id": agent, "X-Agent-Secret": boot.json()["secret"]}
+    assert httpx.post(
+        url + "/v1/agent/report", json={"state": {"agent": agent}}, headers=headers
+    ).is_success
+    shown = tmp_path / "follow.txt"
+    follower = subprocess.Popen(
+        [str(SCRIPT), "status", "--server", url, "--follow", "--deployment", "api"],
+        env=env(),
+        stdout=shown.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "following" not in shown.read_text():
+            assert time.monotonic() < deadline, shown.read_text()
+            time.sleep(0.05)
+        (repo / "reconcile.yaml").write_text(f"namespace: status-text\nagents:\n  h1: {agent}\n")
+        (repo / "deployments" / "api.yaml").write_text(
+            "name: api\nimage: busybox:1.36\nagent: h1\n"
+        )
+        (repo / "deployments" / "other.yaml").write_text(
+            "name: other\nimage: busybox:1.36\nagent: h1\n"
+        )
+        hook = cli("hook", "create", "status-text", "--server", url)
+        assert httpx.post(hook.stdout.split()[1]).status_code == 202
+        commands: list[dict[str, object]] = []
+        while len(commands) < 2:
+            assert time.monotonic() < deadline, "no commands for the agent"
+            polled = httpx.get(
+                url + "/v1/agent/commands", params={"wait": 10}, headers=headers, timeout=30
+            )
+            commands = polled.json()["commands"]
+        for c in commands:
+            steps = {"steps": [{"deployment": "x", "step": "up", "detail": HOSTILE}]}
+            base = f"{url}/v1/agent/commands/{c['id']}"
+            assert httpx.post(base + "/progress", json=steps, headers=headers).status_code == 202
+            done = httpx.post(
+                base + "/result", json={"ok": False, "message": HOSTILE}, headers=headers
+            )
+            assert done.status_code == 200
+        while "FAILED" not in shown.read_text():
+            assert time.monotonic() < deadline, shown.read_text()
+            time.sleep(0.05)
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(30)
+    out = shown.read_text()
+    assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
+    lines = [ln for ln in out.splitlines() if " api " in ln]
+    assert [ln.split()[2] for ln in lines] == ["install", "up:", "install"], out
+    assert "api install sent to " + agent in lines[0]
+    assert "api up: [/oops] [link=https://evil.example]click[/link]" in lines[1]
+    assert r"\u202eevil\nfake row" in lines[1] and r"\u202eevil\nfake row" in lines[2]
+    assert "api install FAILED: [/oops]" in lines[2]
+    assert " other " not in out  # filtered by deployment
+    assert not any(line.startswith("fake row") for line in out.splitlines())

@@ -108,6 +108,7 @@ class Cluster:
     def start_server(
         self,
         poll_interval: float = 0,
+        log_format: str | None = None,
         *,
         config: pathlib.Path | None = None,
         env: dict[str, str] | None = None,
@@ -125,6 +126,8 @@ class Cluster:
         ]  # fmt: skip
         if config is not None:
             cmd += ["--config", str(config)]
+        if log_format:
+            cmd += ["--log-format", log_format]
         self.server = subprocess.Popen(
             cmd,
             env={**_env(), **(env or {})},
@@ -136,6 +139,10 @@ class Cluster:
             30,
             "the server's /healthz",
         )
+
+    def stop_agent(self) -> None:
+        self._stop(self.agent, signal.SIGTERM)
+        self.agent = None
 
     def stop_server(self, sig: int = signal.SIGTERM) -> None:
         self._stop(self.server, sig)
@@ -160,7 +167,11 @@ class Cluster:
         return out.strip().splitlines()[-1].strip()
 
     def start_agent(
-        self, token: str | None = None, settle: float = 1.0, repair_interval: float = 2.0
+        self,
+        token: str | None = None,
+        settle: float = 1.0,
+        repair_interval: float = 2.0,
+        log_format: str | None = None,
     ) -> None:
         log = open(self.logs / "agent.log", "ab")  # noqa: SIM115 - lives as long as the process
         cmd = [
@@ -173,6 +184,8 @@ class Cluster:
         ]  # fmt: skip
         if token:
             cmd += ["--token", token]
+        if log_format:
+            cmd += ["--log-format", log_format]
         self.agent = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
         creds = self.state_dir / "agent" / "credentials.json"
         wait_for(creds.exists, 30, "the agent's credentials file")
@@ -367,11 +380,15 @@ class Cluster:
                 all=True, filters={"label": f"io.reconciler.namespace={self.namespace}"}
             ):
                 c.remove(force=True, v=True)
-            # A test that named its own proxy (RECONCILE_PROXY_CONTAINER) removes only it.
+            # A test that named its own proxy (RECONCILE_PROXY_CONTAINER) removes only it;
+            # otherwise only this cluster's proxy (its state dir is mounted): other runs on
+            # the same daemon have theirs.
             own = os.environ.get("RECONCILE_PROXY_CONTAINER")
             only = {"name": f"^{own}$"} if own else {"label": "io.reconciler.role=proxy"}
             for c in client.containers.list(all=True, filters=only):
-                c.remove(force=True)
+                mounts = [m.get("Source", "") for m in c.attrs.get("Mounts", [])]
+                if own or any(m.startswith(str(self.state_dir.resolve())) for m in mounts):
+                    c.remove(force=True)
             for net in client.networks.list(filters={"label": "com.docker.compose.network"}):
                 if net.name.startswith("dpl_") and not net.containers:
                     with contextlib.suppress(Exception):

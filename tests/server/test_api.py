@@ -396,13 +396,14 @@ class TestOps:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").status_code == 200
         _agent(client, plane)
+        assert plane.worker.wait_idle()  # runs are counted when they finish
         text = client.get("/metrics").text
         for name in (
             "reconcile_duration_seconds_bucket",
-            'reconcile_runs_total{trigger="startup"}',
-            'reconcile_runs_total{trigger="agent"}',
-            "agents_online 1.0",
-            "webhook_deliveries_total",
+            'reconcile_runs_total{result="ok",trigger="startup"}',
+            'reconcile_runs_total{result="ok",trigger="agent"}',
+            "reconcile_agents_online 1.0",
+            "reconcile_webhook_deliveries_total",
             "reconcile_actions_total",
         ):
             assert name in text, name
@@ -437,7 +438,7 @@ class TestWebhooksWired:
         assert r.status_code == 202
         assert _until(lambda: plane.worker.runs > runs)
         assert client.post("/hooks/deploy/wrong-token").status_code == 401
-        assert 'webhook_deliveries_total{provider="deploy"' in client.get("/metrics").text
+        assert 'reconcile_webhook_deliveries_total{provider="deploy"' in client.get("/metrics").text
         assert any(e.kind == "webhook" for e in plane.store.events(limit=1000))
 
     def test_github_delivery_is_deduplicated_in_the_store(

@@ -240,9 +240,11 @@ class TestAuditTrail:
 
         metrics = httpx.get(serve.url + "/metrics").text
         counted = _metric(
-            metrics, 'webhook_deliveries_total{provider="github",result="unauthorized"}'
+            metrics, 'reconcile_webhook_deliveries_total{provider="github",result="unauthorized"}'
         )
-        suppressed = _metric(metrics, 'webhook_events_suppressed_total{provider="github"}')
+        suppressed = _metric(
+            metrics, 'reconcile_webhook_events_suppressed_total{provider="github"}'
+        )
         assert counted == self.FORGED
         recorded = [
             e

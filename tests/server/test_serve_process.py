@@ -181,7 +181,7 @@ def test_serve_end_to_end_and_restart(
     assert httpx.post(hook_url).status_code == 202
 
     metrics = httpx.get(url + "/metrics").text
-    assert 'webhook_deliveries_total{provider="github",result="accepted"} 1.0' in metrics
+    assert 'reconcile_webhook_deliveries_total{provider="github",result="accepted"} 1.0' in metrics
     assert server.stop()
 
     # Offline, the data dir holds everything.
