@@ -35,13 +35,15 @@ import pathlib
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import yaml
 
 from agent.compose import ComposeDriver, ComposeError, ComposeProject
-from agent.onion import KEY_DIR, OnionKeyError, ensure_identity, read_identity
+from agent.host import HostWriter, OnionPort, ProxyPort
+from agent.onion import KEY_DIR, SECRET_KEY, OnionKeyError, ensure_identity, read_identity
 from agent.secrets import env_file_text, resolve_secrets
 from agent.statedir import (
     AppRecord,
@@ -87,20 +89,6 @@ KEEP_RELEASES = 5
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 
 
-class ProxyPort(Protocol):
-    def ensure(self) -> None: ...
-
-    def sync(self, routes: Mapping[str, str]) -> object: ...
-
-    def probe(self, domain: str, *, path: str = "/", timeout: float = 5) -> int: ...
-
-
-class OnionPort(Protocol):
-    def sync(self, keys: Mapping[str, pathlib.Path]) -> object:
-        """Publish exactly these hidden services: ``{dpl_id: its key dir}``; an empty set
-        when nothing was published is a cheap no-op."""
-
-
 class ContainerWatch(Protocol):
     def containers(self, deployment_id: str) -> list[ContainerState]:
         """Current state of the deployment's containers, restart counts included."""
@@ -139,11 +127,32 @@ class ExecutorSettings:
 
 
 class _Failed(Exception):
-    def __init__(self, step: str, message: str, hint: str | None = None) -> None:
+    """A step failed; ``after_up``: containers of this spec may run, so the ladder rolls
+    back (an update to its last release, an install down to nothing)."""
+
+    def __init__(
+        self, step: str, message: str, hint: str | None = None, *, after_up: bool = False
+    ) -> None:
         super().__init__(message)
         self.step = step
         self.message = message
         self.hint = hint
+        self.after_up = after_up
+
+
+@contextlib.contextmanager
+def _step(step: str, hint: str | None = None) -> Iterator[None]:
+    """Run one step: whatever it raises becomes a :class:`_Failed` named after it, so
+    every failure takes the same ladder (a proxy error after ``up`` used to skip the
+    rollback and leave the record at the old spec while the containers ran the new)."""
+    try:
+        yield
+    except _Failed:
+        raise
+    except ComposeError as exc:
+        raise _Failed(step, exc.output or str(exc), _hint(step, exc.output)) from exc
+    except Exception as exc:
+        raise _Failed(step, str(exc) or type(exc).__name__, hint) from exc
 
 
 @dataclass
@@ -158,6 +167,15 @@ class Executor:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    max_parallel: int = 4  # deployments applied at once (each one runs its steps in order)
+    # The one writer of the proxy's routes and the Tor set; executors that run side by
+    # side on one host (the agent's concurrent commands) share one.
+    writer: HostWriter | None = None
+
+    def __post_init__(self) -> None:
+        if self.writer is None:
+            self.writer = HostWriter(self.state_dir, self.proxy, self.onion)
+        self.host: HostWriter = self.writer
 
     # ------------------------------------------------------------------ public
 
@@ -167,28 +185,47 @@ class Executor:
         desired: Sequence[RenderedDeployment],
         repo_root: pathlib.Path,
     ) -> list[ActionResult]:
-        """Carry out a plan's actions for this host, uninstalls first (they free domains)."""
+        """Carry out a plan's actions for this host, up to ``max_parallel`` at a time.
+
+        Uninstalls run first, all of them, and only then the rest: they free domains an
+        install may take.  Results come in the order the actions ran before the pool
+        (uninstalls, then by name), and one bad action never stops the others.
+        """
         by_id = {d.id: d for d in desired}
         order = {"uninstall": 0, "install": 1, "update": 1, "repair": 1}
-        results: list[ActionResult] = []
-        todo = [a for a in plan.actions if a.action in order]
-        for action in sorted(todo, key=lambda a: (order[a.action], a.deployment)):
-            if action.agent != LOCAL_AGENT:
-                results.append(
-                    ActionResult(
-                        action,
-                        False,
-                        f"agent {action.agent} is remote; the control plane applies it",
-                        skipped=True,
+        todo = sorted(
+            (a for a in plan.actions if a.action in order),
+            key=lambda a: (order[a.action], a.deployment),
+        )
+        results: dict[int, ActionResult] = {}
+        with ThreadPoolExecutor(
+            max_workers=max(1, self.max_parallel), thread_name_prefix="apply"
+        ) as pool:
+            for phase in (0, 1):
+                futures = {}
+                for i, action in enumerate(todo):
+                    if order[action.action] != phase:
+                        continue
+                    if action.agent != LOCAL_AGENT:
+                        results[i] = ActionResult(
+                            action,
+                            False,
+                            f"agent {action.agent} is remote; the control plane applies it",
+                            skipped=True,
+                        )
+                        continue
+                    futures[i] = pool.submit(
+                        self.apply_action, action, by_id.get(action.id), repo_root
                     )
-                )
-                continue
-            results.append(self.apply_action(action, by_id.get(action.id), repo_root))
-        return results
+                for i, future in futures.items():  # the barrier between the phases
+                    results[i] = future.result()
+        return [results[i] for i in range(len(todo))]
 
     def apply_action(
         self, action: Action, want: RenderedDeployment | None, repo_root: pathlib.Path
     ) -> ActionResult:
+        """One action under the deployment's lock; never raises.  Whatever path it took,
+        the record says how it ended and its overlay in the host writer goes."""
         start = self.clock()
         try:
             self.app_dir(action.id)
@@ -196,59 +233,93 @@ class Executor:
             return ActionResult(action, False, f"refused: {exc}", self.clock() - start)
         try:
             with self._lock(action.id):
-                if action.action == "uninstall":
-                    message = self._uninstall(action)
-                    return ActionResult(action, True, message, self.clock() - start)
-                assert want is not None, action
-                if action.action == "update":
-                    return self._update(action, want, repo_root, start)
-                self._deploy(action, want, repo_root, install=action.action == "install")
-                done = {"install": "installed", "repair": "repaired"}[action.action]
-                return ActionResult(action, True, done, self.clock() - start, self._url(want))
+                try:
+                    return self._attempt(action, want, repo_root, start)
+                finally:
+                    self.host.settled(action.id)
+        except OSError as exc:  # the app dir or its lock file
+            return ActionResult(action, False, f"lock: {exc}", self.clock() - start)
+
+    def repair_host(self) -> None:
+        """The proxy container and the full route and Tor sets again, from the records:
+        a hand-edited or recreated proxy heals on every reconcile."""
+        self.host.ensure_proxy()
+        self.host.repair()
+
+    # ------------------------------------------------------------------ ladder
+
+    def _attempt(
+        self,
+        action: Action,
+        want: RenderedDeployment | None,
+        repo_root: pathlib.Path,
+        start: float,
+    ) -> ActionResult:
+        if action.action == "uninstall":
+            try:
+                message = self._uninstall(action)
+            except _Failed as exc:
+                return ActionResult(action, False, _message(exc), self.clock() - start)
+            return ActionResult(action, True, message, self.clock() - start)
+        if want is None:
+            return ActionResult(
+                action, False, f"no rendered deployment for {action.action}", self.clock() - start
+            )
+        previous = self._latest_release(want.id) if action.action == "update" else None
+        try:
+            self._deploy(action, want, repo_root, install=action.action == "install")
         except _Failed as exc:
-            logs = self._logs(action.id) if exc.step not in ("files", "config") else ""
-            if want is not None:
-                self._mark_failed(want, exc)
-            message = f"{exc.step}: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "")
-            return ActionResult(action, False, message, self.clock() - start, self._url(want), logs)
-        except ReconcilerError as exc:
-            return ActionResult(action, False, str(exc), self.clock() - start)
+            return self._failed(action, want, exc, previous, start)
+        except Exception as exc:  # a bug outside any step: still the same ladder
+            failed = _Failed("agent", f"{type(exc).__name__}: {exc}")
+            return self._failed(action, want, failed, previous, start)
+        done = {"install": "installed", "repair": "repaired", "update": "updated"}
+        return ActionResult(
+            action, True, done[action.action], self.clock() - start, self._url(want)
+        )
 
-    def sync_routes(
-        self, extra: Mapping[str, str] | None = None, without: str | None = None
-    ) -> None:
-        """Push the full route set of this host (from the records) to the proxy."""
-        routes: dict[str, str] = {}
-        for rec in self._records():
-            if rec.status == "uninstalled" or rec.id == without or rec.record is None:
-                continue
-            for r in rec.record.routes:
-                routes[r.domain] = r.upstream
-            if rec.record.onion and rec.onion_address and rec.onion_upstream:
-                routes[rec.onion_address] = rec.onion_upstream
-        routes.update(extra or {})
-        self.proxy.ensure()
-        self.proxy.sync(routes)
+    def _failed(
+        self,
+        action: Action,
+        want: RenderedDeployment,
+        exc: _Failed,
+        previous: pathlib.Path | None,
+        start: float,
+    ) -> ActionResult:
+        """The one failure ladder: logs, then back to what ran before (an update's last
+        release; nothing, for an install that got as far as ``up``), then the record."""
+        logs = self._logs(want.id) if exc.step not in ("files", "config") else ""
+        message = _message(exc)
+        rolled_back = False
+        if action.action == "update" and previous is not None:
+            self._emit(want.name, "rollback", f"restoring release {previous.name}")
+            rolled_back = self._rollback(want, previous)
+            message += "; previous release restored" if rolled_back else "; ROLLBACK FAILED"
+        elif action.action == "install" and exc.after_up:
+            self._emit(want.name, "rollback", "taking the new stack down (data kept)")
+            rolled_back = self._take_down(want)
+            message += "; stack stopped, data kept" if rolled_back else "; ROLLBACK FAILED"
+        if not (action.action == "update" and rolled_back):
+            self._mark_failed(want, exc)
+        return ActionResult(
+            action,
+            False,
+            message,
+            self.clock() - start,
+            self._url(want),
+            logs,
+            rolled_back=rolled_back,
+        )
 
-    def sync_onion(
-        self, extra: Mapping[str, pathlib.Path] | None = None, without: str | None = None
-    ) -> None:
-        """Tell the Tor sidecar the host's onion deployments (from the records).
-
-        Without a sidecar (``onion`` None) nothing happens; the port itself makes an empty
-        set cheap when nothing was published before (no Docker call).
-        """
-        if self.onion is None:
-            return
-        keys: dict[str, pathlib.Path] = {}
-        for rec in self._records():
-            if rec.status == "uninstalled" or rec.id == without or rec.record is None:
-                continue
-            directory = self.app_dir(rec.id) / KEY_DIR
-            if rec.record.onion and (directory / "hs_ed25519_secret_key").exists():
-                keys[rec.id] = directory
-        keys.update(extra or {})
-        self.onion.sync(keys)
+    def _take_down(self, want: RenderedDeployment) -> bool:
+        """A failed install's containers stopped and its routes withdrawn: a crash loop
+        does not keep restarting, nor a route keep answering 502."""
+        try:
+            self.driver.down(self._project(want.id), volumes=False)
+            self.host.withdraw(want.id)
+        except Exception:
+            return False
+        return True
 
     # ------------------------------------------------------------------ steps
 
@@ -356,7 +427,8 @@ class Executor:
             raise _Failed("files", f"cannot write the app dir: {exc}") from None
         if want.routes or want.onion or "impreza-proxy" in want.compose_yaml:
             self._emit(name, "proxy", "network and proxy container")
-            self.proxy.ensure()
+            with _step("proxy"):
+                self.host.ensure_proxy()
         if before is not None and self._routes_only(want, before):
             self._move_routes(want, before)
             return
@@ -364,16 +436,22 @@ class Executor:
         if want.build is not None or "build:" in want.compose_yaml:
             self._emit(name, "build", "docker compose build")
             self._compose(name, "build", lambda: self.driver.build(project))
-        self._emit(name, "up", "docker compose up -d")
-        self._compose(name, "up", lambda: self.driver.up(project))
-        self._publish(want)
-        self._settle(want)
-        if install and "install" in want.hooks:
-            self._hook(want, "install")
-        self._check_health(want)
-        self._emit(name, "record", "state.json")
-        self._save_release(want)
-        self._write_record(want, "running")
+        try:
+            self._emit(name, "up", "docker compose up -d")
+            self._compose(name, "up", lambda: self.driver.up(project))
+            self._publish(want)
+            self._settle(want)
+            if install and "install" in want.hooks:
+                with _step("install hook"):
+                    self._hook(want, "install")
+            self._check_health(want)
+            self._emit(name, "record", "state.json")
+            with _step("record"):
+                self._save_release(want)
+                self._write_record(want, "running")
+        except _Failed as exc:
+            exc.after_up = True
+            raise
 
     def _routes_only(self, want: RenderedDeployment, before: AppRecord) -> bool:
         """Whether this update changes nothing the containers see, so ``up`` is skipped.
@@ -413,39 +491,32 @@ class Executor:
         self._publish(want)
         self._check_health(want)
         self._emit(name, "record", "state.json")
-        self._save_release(want)
-        labels = before.labels_spec_hash or before.spec_hash
-        rec = self._record(want, "running").model_copy(update={"labels_spec_hash": labels})
-        write_record(self.state_dir, rec)
+        with _step("record"):
+            self._save_release(want)
+            labels = before.labels_spec_hash or before.spec_hash
+            rec = self._record(want, "running").model_copy(update={"labels_spec_hash": labels})
+            write_record(self.state_dir, rec)
 
     def _publish(self, want: RenderedDeployment) -> None:
         """Routes (its .onion host included) and the hidden service, as soon as the
         containers run: serving starts before the settle gate, not after."""
         self._emit(want.name, "routes", ", ".join(r.domain for r in want.routes) or "none")
-        self.sync_routes(
-            {r.domain: r.upstream for r in want.routes} | self._onion_route(want),
-            without=want.id,
-        )
-        self._sync_onion_step(want)
+        onion = self._onion_address(want)
+        if onion is not None and self.onion is not None:
+            self._emit(want.name, "onion", f"hidden service {onion}")
+        key = self.app_dir(want.id) / KEY_DIR if onion else None
+        routes = {r.domain: r.upstream for r in want.routes} | self._onion_route(want)
+        with _step("routes", "see the proxy's (or the reconciler-tor container's) logs"):
+            self.host.publish(want.id, routes, key)
 
     def _check_health(self, want: RenderedDeployment) -> None:
         """The app's own health hook, then a request through the proxy."""
         if "health" in want.hooks:
-            self._hook(want, "health")
+            with _step("health hook"):
+                self._hook(want, "health")
         if self.settings.probe:
-            self._probe(want)
-
-    def _sync_onion_step(self, want: RenderedDeployment) -> None:
-        onion = self._onion_address(want)
-        if self.onion is None:
-            return
-        if onion is not None:
-            self._emit(want.name, "onion", f"hidden service {onion}")
-        keys = {want.id: self.app_dir(want.id) / KEY_DIR} if onion else {}
-        try:
-            self.sync_onion(keys, without=want.id)
-        except ReconcilerError as exc:
-            raise _Failed("onion", str(exc), "see the reconciler-tor container's logs") from None
+            with _step("probe"):
+                self._probe(want)
 
     def _compose(self, name: str, step: str, fn: Callable[[], None]) -> None:
         try:
@@ -517,25 +588,6 @@ class Executor:
                     )
                 self.sleep(self.settings.sample_interval)
 
-    def _update(
-        self, action: Action, want: RenderedDeployment, repo_root: pathlib.Path, start: float
-    ) -> ActionResult:
-        previous = self._latest_release(want.id)
-        try:
-            self._deploy(action, want, repo_root, install=False)
-        except _Failed as exc:
-            logs = self._logs(want.id) if exc.step not in ("files", "config") else ""
-            if previous is None:
-                raise
-            self._emit(want.name, "rollback", f"restoring release {previous.name}")
-            restored = self._rollback(want, previous)
-            message = f"{exc.step}: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "")
-            message += "; previous release restored" if restored else "; ROLLBACK FAILED"
-            return ActionResult(
-                action, False, message, self.clock() - start, want.url, logs, rolled_back=restored
-            )
-        return ActionResult(action, True, "updated", self.clock() - start, want.url)
-
     def _rollback(self, want: RenderedDeployment, release: pathlib.Path) -> bool:
         directory = self.app_dir(want.id)
         project = self._project(want.id)
@@ -552,7 +604,11 @@ class Executor:
             routes = {r.domain: r.upstream for r in (rec.record.routes if rec.record else [])}
             if rec.record and rec.record.onion and rec.onion_address and rec.onion_upstream:
                 routes[rec.onion_address] = rec.onion_upstream
-            self.sync_routes(routes, without=want.id)
+            key = directory / KEY_DIR
+            onion_key = (
+                key if rec.record and rec.record.onion and (key / SECRET_KEY).exists() else None
+            )
+            self.host.publish(want.id, routes, onion_key)
             rec = rec.model_copy(
                 update={
                     "status": "running",
@@ -561,9 +617,8 @@ class Executor:
                 }
             )
             write_record(self.state_dir, rec)
-            self.sync_onion()
             return True
-        except (ComposeError, OSError, ValueError, ReconcilerError):
+        except Exception:  # the ladder reports it: "ROLLBACK FAILED"
             return False
 
     def _uninstall(self, action: Action) -> str:
@@ -577,14 +632,10 @@ class Executor:
             except ComposeError as exc:
                 raise _Failed("down", exc.output) from None
         self._emit(action.deployment, "routes", "removing")
-        self.sync_routes(without=action.id)
-        if self.onion is not None:
-            if rec is not None and rec.onion_address:
-                self._emit(action.deployment, "onion", "hidden service removed")
-            try:
-                self.sync_onion(without=action.id)
-            except ReconcilerError as exc:
-                raise _Failed("onion", str(exc)) from None
+        if self.onion is not None and rec is not None and rec.onion_address:
+            self._emit(action.deployment, "onion", "hidden service removed")
+        with _step("routes"):
+            self.host.withdraw(action.id)
         if self.settings.purge:
             shutil.rmtree(directory, ignore_errors=True)
             return "uninstalled; data purged"
@@ -596,11 +647,6 @@ class Executor:
         return "uninstalled; data kept"
 
     # ------------------------------------------------------------ records
-
-    def _records(self) -> list[AppRecord]:
-        from agent.statedir import list_records
-
-        return list_records(self.state_dir)
 
     def _record(
         self, want: RenderedDeployment, status: AppStatus, error: str | None = None
@@ -846,6 +892,10 @@ def _restore_bundle(release: pathlib.Path, directory: pathlib.Path) -> None:
         elif entry.exists() or entry.is_symlink():
             shutil.copy2(entry, directory / name, follow_symlinks=False)
     atomic_write(directory / BUNDLE_LIST, json.dumps(names).encode(), 0o644)
+
+
+def _message(exc: _Failed) -> str:
+    return f"{exc.step}: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "")
 
 
 def _hint(step: str, output: str) -> str | None:

@@ -145,8 +145,7 @@ class CommandRunner:
             executor = self.make_executor(
                 self.proxy_settings_saved(), ExecutorSettings(), self.on_event
             )
-            executor.sync_routes()
-            executor.sync_onion()
+            executor.repair_host()
             return True
         except ReconcilerError as exc:
             log.warning("housekeeping: %s", exc)

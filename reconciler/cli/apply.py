@@ -225,10 +225,9 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
     if to_do:
         results = executor.run(result, rendered, state.root)
     if any(d.routes or d.onion for d in rendered) or to_do:
-        # Routes are repaired on every reconcile: a hand-edited or recreated proxy heals.
-        executor.sync_routes()
-        # so is the Tor sidecar (nothing to do, and no Docker call, without onion apps)
-        executor.sync_onion()
+        # Routes are repaired on every reconcile: a hand-edited or recreated proxy heals;
+        # so is the Tor sidecar (nothing to do, and no Docker call, without onion apps).
+        executor.repair_host()
     blocked = [a for a in result.actions if a.action == "blocked"]
     ok = all(r.ok or r.skipped for r in results) and not blocked
     if machine:
