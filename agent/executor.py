@@ -68,6 +68,7 @@ __all__ = [
     "OnionPort",
     "ProxyPort",
     "StepEvent",
+    "default_parallel",
 ]
 
 BUNDLE_LIST = ".bundle-files.json"  # the top-level entries the bundle put in the app dir
@@ -86,7 +87,13 @@ RESERVED = frozenset(
     }
 )
 KEEP_RELEASES = 5
+MIN_DEFAULT_PARALLEL = 4  # deploys mostly wait (settle windows, Docker): more than the cores
 GATEWAY_ERRORS = frozenset({502, 503, 504})
+
+
+def default_parallel() -> int:
+    """How many deployments apply at once unless told: the core count, at least 4."""
+    return max(MIN_DEFAULT_PARALLEL, os.cpu_count() or 1)
 
 
 class ContainerWatch(Protocol):
@@ -174,7 +181,7 @@ class Executor:
 
     def __post_init__(self) -> None:
         if self.writer is None:
-            self.writer = HostWriter(self.state_dir, self.proxy, self.onion)
+            self.writer = HostWriter(self.state_dir, self.proxy, self.onion, sleep=self.sleep)
         self.host: HostWriter = self.writer
 
     # ------------------------------------------------------------------ public
@@ -225,7 +232,15 @@ class Executor:
         self, action: Action, want: RenderedDeployment | None, repo_root: pathlib.Path
     ) -> ActionResult:
         """One action under the deployment's lock; never raises.  Whatever path it took,
-        the record says how it ended and its overlay in the host writer goes."""
+        the record says how it ended and its overlay in the host writer goes; the last
+        event is ``done`` or ``failed`` with the result's message."""
+        result = self._apply(action, want, repo_root)
+        self._emit(action.deployment, "done" if result.ok else "failed", result.message)
+        return result
+
+    def _apply(
+        self, action: Action, want: RenderedDeployment | None, repo_root: pathlib.Path
+    ) -> ActionResult:
         start = self.clock()
         try:
             self.app_dir(action.id)
@@ -570,12 +585,19 @@ class Executor:
             self._emit(want.name, "probe", f"http://{route.domain} through the proxy")
             deadline = self.clock() + self.settings.probe_timeout
             status = 0
+            healed = False
             while True:
                 try:
                     status = self.proxy.probe(route.domain)
                 except ReconcilerError as exc:
                     status = 0
                     last = str(exc)
+                    if not healed:
+                        # Nothing listens: the proxy went away mid-batch (removed by hand,
+                        # crashed).  Bring it back once; it starts with the pushed config.
+                        healed = True
+                        with contextlib.suppress(ReconcilerError):
+                            self.host.ensure_proxy()
                 else:
                     last = f"HTTP {status}"
                 if status and status not in GATEWAY_ERRORS:

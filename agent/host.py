@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import pathlib
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.onion import KEY_DIR, SECRET_KEY
 from agent.statedir import app_dir, list_records
+from reconciler.model.errors import ReconcilerError
 
 __all__ = ["HostWriter", "OnionPort", "ProxyPort"]
+
+ENSURE_ATTEMPTS = 3  # the proxy container made or found running, tries in a row
+ENSURE_RETRY_DELAY = 1.0  # seconds between them
 
 
 class ProxyPort(Protocol):
@@ -58,6 +63,7 @@ class HostWriter:
     proxy: ProxyPort
     onion: OnionPort | None = None
     pushes: int = 0  # proxy pushes made (a coalesced batch is one)
+    sleep: Callable[[float], None] = time.sleep
     _overlays: dict[str, _Overlay] = field(default_factory=dict, init=False)
     _requested: int = field(default=0, init=False)
     _done: int = field(default=0, init=False)
@@ -71,8 +77,20 @@ class HostWriter:
         """The network and the proxy container; one caller at a time (each is cheap
         when all is in place: one inspect)."""
         self._check_open()
+        self._ensure_proxy()
+
+    def _ensure_proxy(self) -> None:
         with self._ensure:
-            self.proxy.ensure()
+            for attempt in range(ENSURE_ATTEMPTS):
+                try:
+                    self.proxy.ensure()
+                    return
+                except ReconcilerError:
+                    # Another process removing the container this very moment ("removal
+                    # already in progress", an operator's `docker rm -f`) is over soon.
+                    if attempt == ENSURE_ATTEMPTS - 1:
+                        raise
+                    self.sleep(ENSURE_RETRY_DELAY)
 
     def publish(
         self, dpl_id: str, routes: Mapping[str, str], onion_key: pathlib.Path | None
@@ -126,7 +144,13 @@ class HostWriter:
                 upto = self._requested
                 overlays = dict(self._overlays)
             routes, keys = self._sets(overlays)
-            self.proxy.sync(routes)
+            try:
+                self.proxy.sync(routes)
+            except ReconcilerError:
+                # The proxy went away since this batch's ensure (removed, restarting):
+                # bring it back once and push again; a second failure is the caller's.
+                self._ensure_proxy()
+                self.proxy.sync(routes)
             self.pushes += 1
             if self.onion is not None and keys != self._keys_pushed:
                 self.onion.sync(keys)
