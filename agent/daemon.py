@@ -254,7 +254,9 @@ class Agent:
         self._signals += 1
         name = signal.Signals(signum).name
         self.stop()
-        if self._interruptible:
+        if self._interruptible and not self.running():
+            # In the long poll with nothing in progress.  With commands in progress
+            # (they run beside the poll now), the first signal lets them finish below.
             raise _Interrupted
         if self._signals == 1:
             with self._lock:

@@ -8,16 +8,20 @@ how it ended.  The steps for install/update::
     -> compose config -> build (buildable only) -> up -d -> routes -> onion
     -> settle gate -> install hook -> health through the proxy -> record
 
-A failed update puts the previous release back (its files, and its images pinned by
-id) and reports the failure with the last log lines.  Uninstall stops the stack and
-removes routes; the app's ``data/`` (and secrets) stay as a tombstone unless purged.
+Deployments run side by side in a bounded pool (uninstalls first), each one's steps in
+order under its lock.  Every step failure takes one ladder: the last log lines, then a
+failed update puts the previous release back (its files, and its images pinned by id)
+and an install that got as far as ``up`` is taken down; the record says how it ended.
+Uninstall stops the stack and removes routes; the app's ``data/`` (and secrets) stay as
+a tombstone unless purged.
 
 Onion services (``onion: true``): the deployment's key is made (or read back) in
 ``apps/<id>/onion`` when its files are written, so an onion-only deployment boots with
 ``DOMAIN=<addr>.onion`` / ``DOMAIN_URL=http://<addr>.onion``; the proxy gets a plain-HTTP
 route for the ``.onion`` host, and the Tor sidecar is told the full set of onion
-deployments (from the records) after every change.  Turning onion off or uninstalling
-removes the hidden service; the key stays until a purge removes the app dir.
+deployments after every change (by the host writer, :mod:`agent.host`).  Turning onion
+off or uninstalling removes the hidden service; the key stays until a purge removes the
+app dir.
 
 The real parts come in through small seams -- :class:`ComposeDriver`, a
 :class:`ProxyPort`, an optional :class:`OnionPort` and a :class:`ContainerWatch` -- so

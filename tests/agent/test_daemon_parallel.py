@@ -6,6 +6,7 @@ fail."""
 from __future__ import annotations
 
 import pathlib
+import signal
 import threading
 from dataclasses import dataclass, field
 
@@ -86,3 +87,15 @@ def test_a_later_poll_starts_another_deployment_while_one_is_in_progress(
         result = h.server.results[command.id]
         assert result.ok, result.message
     assert sorted(agent.executed) == sorted([first.id, second.id])
+
+
+def test_a_first_signal_in_the_poll_lets_commands_in_progress_finish(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The long poll now runs beside commands: a first SIGTERM there must not end the
+    process under them (the loop stops, then waits for them)."""
+    agent = Harness(tmp_path).agent()
+    agent._interruptible = True
+    agent._running.add("cmd_in_progress")
+    agent.on_signal(signal.SIGTERM, None)  # no _Interrupted: only asks to stop
+    assert agent.stopping
