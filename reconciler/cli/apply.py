@@ -207,7 +207,11 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
             out.print(text(line, style))
         out.print(text(report.summary_line(result), "bold"))
 
-    proxy = CaddyProxy(ProxySettings.from_config(config.proxy, opts.state_dir))
+    try:
+        proxy = CaddyProxy(ProxySettings.from_config(config.proxy, opts.state_dir))
+    except ReconcilerError as exc:
+        err.print(error(f"{exc}; nothing applied"))
+        return False
     settings = ExecutorSettings(settle_seconds=opts.settle, purge=opts.purge)
 
     executor = Executor(
