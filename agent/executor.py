@@ -39,7 +39,7 @@ import pathlib
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,6 +93,7 @@ RESERVED = frozenset(
 KEEP_RELEASES = 5
 MIN_DEFAULT_PARALLEL = 4  # deploys mostly wait (settle windows, Docker): more than the cores
 GATEWAY_ERRORS = frozenset({502, 503, 504})
+ROUTES_HINT = "see the proxy's (or the reconciler-tor container's) logs"
 
 
 def default_parallel() -> int:
@@ -252,6 +253,7 @@ class Executor:
             return ActionResult(action, False, f"refused: {exc}", self.clock() - start)
         try:
             with self._lock(action.id):
+                self.host.begin(action.id)
                 try:
                     return self._attempt(action, want, repo_root, start)
                 finally:
@@ -458,11 +460,13 @@ class Executor:
         try:
             self._emit(name, "up", "docker compose up -d")
             self._compose(name, "up", lambda: self.driver.up(project))
-            self._publish(want)
+            published = self._publish(want)
             self._settle(want)
             if install and "install" in want.hooks:
                 with _step("install hook"):
                     self._hook(want, "install")
+            with _step("routes", ROUTES_HINT):
+                published.result()  # served (pushed during the settle window) or failed
             self._check_health(want)
             self._emit(name, "record", "state.json")
             with _step("record"):
@@ -507,7 +511,9 @@ class Executor:
     def _move_routes(self, want: RenderedDeployment, before: AppRecord) -> None:
         name = want.name
         self._emit(name, "up", "skipped: only routes changed; the containers keep running")
-        self._publish(want)
+        published = self._publish(want)
+        with _step("routes", ROUTES_HINT):
+            published.result()
         self._check_health(want)
         self._emit(name, "record", "state.json")
         with _step("record"):
@@ -516,17 +522,19 @@ class Executor:
             rec = self._record(want, "running").model_copy(update={"labels_spec_hash": labels})
             write_record(self.state_dir, rec)
 
-    def _publish(self, want: RenderedDeployment) -> None:
+    def _publish(self, want: RenderedDeployment) -> Future[None]:
         """Routes (its .onion host included) and the hidden service, as soon as the
-        containers run: serving starts before the settle gate, not after."""
+        containers run: serving starts during the settle gate, not after.  The push
+        (shared with the deployments that got there at the same moment) is awaited
+        before the probe."""
         self._emit(want.name, "routes", ", ".join(r.domain for r in want.routes) or "none")
         onion = self._onion_address(want)
         if onion is not None and self.onion is not None:
             self._emit(want.name, "onion", f"hidden service {onion}")
         key = self.app_dir(want.id) / KEY_DIR if onion else None
         routes = {r.domain: r.upstream for r in want.routes} | self._onion_route(want)
-        with _step("routes", "see the proxy's (or the reconciler-tor container's) logs"):
-            self.host.publish(want.id, routes, key)
+        with _step("routes", ROUTES_HINT):
+            return self.host.publish(want.id, routes, key)
 
     def _check_health(self, want: RenderedDeployment) -> None:
         """The app's own health hook, then a request through the proxy."""
@@ -634,7 +642,7 @@ class Executor:
             onion_key = (
                 key if rec.record and rec.record.onion and (key / SECRET_KEY).exists() else None
             )
-            self.host.publish(want.id, routes, onion_key)
+            self.host.publish(want.id, routes, onion_key).result()
             rec = rec.model_copy(
                 update={
                     "status": "running",

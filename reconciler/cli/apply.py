@@ -247,6 +247,7 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
         # Routes are repaired on every reconcile: a hand-edited or recreated proxy heals;
         # so is the Tor sidecar (nothing to do, and no Docker call, without onion apps).
         executor.repair_host()
+    executor.host.close()
     blocked = [a for a in result.actions if a.action == "blocked"]
     ok = all(r.ok or r.skipped for r in results) and not blocked
     if machine:

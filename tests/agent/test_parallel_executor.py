@@ -267,31 +267,31 @@ class HeldProxy(FakeProxy):
         return super().sync(routes)
 
 
-def test_queued_publishes_coalesce_into_one_push(tmp_path: pathlib.Path) -> None:
+def test_queued_publishes_go_out_in_one_push(tmp_path: pathlib.Path) -> None:
     """Ten pipelines publishing while a push is in flight cause one more push (one
     ``POST /load`` per batch), and it carries all ten routes."""
     proxy = HeldProxy()
-    writer = HostWriter(tmp_path, proxy)
-    first = threading.Thread(
-        target=writer.publish, args=("dpl_" + "0" * 16, {"a.test": "a:80"}, None)
-    )
-    first.start()
+    writer = HostWriter(tmp_path, proxy, gather=0)
+    first = writer.publish("dpl_" + "0" * 16, {"a.test": "a:80"}, None)
     assert proxy.entered.wait(30)
     others = [
-        threading.Thread(
-            target=writer.publish, args=(f"dpl_{i:016x}", {f"d{i}.test": f"d{i}:80"}, None)
-        )
-        for i in range(1, 11)
+        writer.publish(f"dpl_{i:016x}", {f"d{i}.test": f"d{i}:80"}, None) for i in range(1, 11)
     ]
-    for t in others:
-        t.start()
-    while writer.pending() < 11:  # all ten have asked behind the first; none can push yet
-        threading.Event().wait(0.01)
+    assert writer.pending() == 10  # all queued behind the push in flight
     proxy.release.set()
-    for t in [first, *others]:
-        t.join(30)
+    for future in [first, *others]:
+        future.result(30)
     assert len(proxy.pushes) == 2
     assert set(proxy.pushes[-1]) == {"a.test"} | {f"d{i}.test" for i in range(1, 11)}
+
+
+def test_a_failed_push_fails_every_request_it_carried(tmp_path: pathlib.Path) -> None:
+    proxy = RefuseDomain(domain="b.test")
+    writer = HostWriter(tmp_path, proxy, gather=0, sleep=lambda _s: None)
+    writer.publish("dpl_" + "0" * 16, {"a.test": "a:80"}, None).result(30)
+    with pytest.raises(TemporaryError):
+        writer.publish("dpl_" + "1" * 16, {"b.test": "b:80"}, None).result(30)
+    assert proxy.routes == {"a.test": "a:80"}
 
 
 def test_a_closed_writer_refuses(tmp_path: pathlib.Path) -> None:
