@@ -84,6 +84,7 @@ log = logging.getLogger("reconcile-agent")
 EXIT_SETUP = 2  # a refused token, or nothing to start with: no point in restarting
 UNAUTHORIZED_RETRY = 60.0  # seconds between tries while the server refuses our secret
 MIN_EMPTY_POLL = 1.0  # an empty long poll is never repeated faster than this
+MIN_DEFAULT_PARALLEL = 4  # as agent.executor's: deploys mostly wait, so more than the cores
 # A command during which this many agent processes died (a crash, an OOM kill, a restart)
 # is failed instead of started again: the first death may be a reboot, a second in the
 # same command is the command.  Without it one poisoned command crash-loops the agent.
@@ -214,6 +215,9 @@ class Agent:
     stop_event: threading.Event = field(default_factory=threading.Event)
     # Interruptible sleep: True when stopped meanwhile (tests record the delays instead).
     wait: Callable[[float], bool] | None = None
+    # Commands carried out at once, each for its own deployment; 0: the core count, at
+    # least 4 (as ``reconcile apply --parallel``).
+    max_parallel: int = 0
 
     def __post_init__(self) -> None:
         if self.wait is None:
@@ -232,6 +236,11 @@ class Agent:
         self._last_prune = 0.0
         self._last_repair = time.monotonic()  # the first command sets the host up anyway
         self.executed: list[str] = []  # command ids carried out by this process, in order
+        if self.max_parallel <= 0:
+            self.max_parallel = max(MIN_DEFAULT_PARALLEL, os.cpu_count() or 1)
+        self._slots = threading.BoundedSemaphore(self.max_parallel)
+        self._deployments: set[str] = set()  # deployment ids with a command in progress
+        self._workers: list[threading.Thread] = []
 
     # ------------------------------------------------------------ control
 
@@ -247,7 +256,9 @@ class Agent:
         self._signals += 1
         name = signal.Signals(signum).name
         self.stop()
-        if self._interruptible:
+        if self._interruptible and not self.running():
+            # In the long poll with nothing in progress.  With commands in progress
+            # (they run beside the poll now), the first signal lets them finish below.
             raise _Interrupted
         if self._signals == 1:
             with self._lock:
@@ -282,8 +293,9 @@ class Agent:
             heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
             heartbeat.start()
             while not self.stopping:
-                self.poll_once(self.poll_wait)
+                self.poll_once(self.poll_wait, background=True)
                 self._prune()
+            self._join_workers()  # a first signal finishes the commands in progress
             return 0
         except _Interrupted:
             if self._abandoned:
@@ -313,15 +325,21 @@ class Agent:
             self._heard(batch.heartbeat_seconds)
             for bad in batch.refused:
                 self.refuse(bad)
-            ran = [c for c in batch.commands if self.handle(c) == "ran"]
+            ran = [o for o in self._handle_all(batch.commands, background=False) if o == "ran"]
             if not ran:
                 break
         ok = self.repost_unacked() and ok
         ok = self.send_report() and ok
         return 0 if ok else 1
 
-    def poll_once(self, wait: float) -> None:
-        """One long poll and the commands it brings; failures wait before returning."""
+    def poll_once(self, wait: float, *, background: bool = False) -> None:
+        """One long poll and the commands it brings; failures wait before returning.
+
+        Commands for different deployments run side by side, up to ``max_parallel``.
+        ``background``: return once they have started (the daemon loop), so the next poll
+        can bring a command for another deployment while these settle; otherwise wait
+        for them.
+        """
         self._interruptible = True
         started = time.monotonic()
         try:
@@ -355,14 +373,10 @@ class Agent:
         self._heard(batch.heartbeat_seconds)
         for bad in batch.refused:
             self.refuse(bad)
-        outcomes = []
-        for command in batch.commands:
-            if self.stopping:
-                break
-            outcomes.append(self.handle(command))
-            if outcomes[-1] == "abandoned":  # the server went away mid-command
-                self._wait_retry(Unavailable("the bundle download failed"), quiet=True)
-                return
+        outcomes = self._handle_all(batch.commands, background=background)
+        if "abandoned" in outcomes:  # the server went away mid-command
+            self._wait_retry(Unavailable("the bundle download failed"), quiet=True)
+            return
         if batch.commands or self._undelivered:
             self.repost_unacked()
         if "ran" not in outcomes and wait >= 1 and time.monotonic() - started < MIN_EMPTY_POLL:
@@ -398,6 +412,63 @@ class Agent:
     def _sleep(self, seconds: float) -> None:
         assert self.wait is not None
         self.wait(seconds)
+
+    # ------------------------------------------------------------ commands
+
+    def _handle_all(self, commands: Sequence[Command], *, background: bool) -> list[str]:
+        """Each deployment's commands in order, deployments side by side.  A deployment
+        with a command in progress (from an earlier poll) is left for a later poll: the
+        server lists its commands until their results arrive."""
+        groups: dict[str, list[Command]] = {}
+        for command in commands:
+            groups.setdefault(command.action.id, []).append(command)
+        with self._lock:
+            groups = {k: v for k, v in groups.items() if k not in self._deployments}
+            self._deployments.update(groups)
+        if len(groups) == 1 and not background:
+            # One deployment: in this thread, where a second signal can abandon it.
+            ((dpl_id, group),) = groups.items()
+            return self._handle_group(dpl_id, group, slot=False)
+        outcomes: list[str] = []
+        threads = []
+        for dpl_id, group in groups.items():
+            self._slots.acquire()
+            thread = threading.Thread(
+                target=lambda d=dpl_id, g=group: outcomes.extend(self._handle_group(d, g)),
+                name=f"command-{dpl_id}",
+                daemon=True,  # a second signal exits without them: redone when back
+            )
+            thread.start()
+            threads.append(thread)
+        if background:
+            self._workers = [t for t in [*self._workers, *threads] if t.is_alive()]
+            return ["started"] * len(threads)
+        for thread in threads:
+            thread.join()
+        return outcomes
+
+    def _handle_group(
+        self, dpl_id: str, group: Sequence[Command], *, slot: bool = True
+    ) -> list[str]:
+        outcomes: list[str] = []
+        try:
+            for command in group:
+                if self.stopping:
+                    break
+                outcomes.append(self.handle(command))
+                if outcomes[-1] == "abandoned":
+                    break
+        finally:
+            with self._lock:
+                self._deployments.discard(dpl_id)
+            if slot:
+                self._slots.release()
+        return outcomes
+
+    def _join_workers(self) -> None:
+        for thread in self._workers:
+            thread.join()
+        self._workers = []
 
     # ------------------------------------------------------------ one command
 
@@ -698,6 +769,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a deployment must stay stable, unless the command says (default 3)",
     )
     p.add_argument(
+        "--parallel",
+        type=int,
+        default=0,
+        help="commands carried out at once, each for its own deployment (default: the core "
+        "count, at least 4)",
+    )
+    p.add_argument(
         "--repair-interval",
         type=float,
         default=30.0,
@@ -846,6 +924,7 @@ def _serve(args: argparse.Namespace, stop: threading.Event, holder: list[Agent])
 
     forwarder = ProgressForwarder(client.post_progress)
     agent = Agent(
+        max_parallel=args.parallel,
         client=client,
         journal=Journal(state_dir),
         runner=CommandRunner(

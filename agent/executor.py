@@ -8,16 +8,20 @@ how it ended.  The steps for install/update::
     -> compose config -> build (buildable only) -> up -d -> routes -> onion
     -> settle gate -> install hook -> health through the proxy -> record
 
-A failed update puts the previous release back (its files, and its images pinned by
-id) and reports the failure with the last log lines.  Uninstall stops the stack and
-removes routes; the app's ``data/`` (and secrets) stay as a tombstone unless purged.
+Deployments run side by side in a bounded pool (uninstalls first), each one's steps in
+order under its lock.  Every step failure takes one ladder: the last log lines, then a
+failed update puts the previous release back (its files, and its images pinned by id)
+and an install that got as far as ``up`` is taken down; the record says how it ended.
+Uninstall stops the stack and removes routes; the app's ``data/`` (and secrets) stay as
+a tombstone unless purged.
 
 Onion services (``onion: true``): the deployment's key is made (or read back) in
 ``apps/<id>/onion`` when its files are written, so an onion-only deployment boots with
 ``DOMAIN=<addr>.onion`` / ``DOMAIN_URL=http://<addr>.onion``; the proxy gets a plain-HTTP
 route for the ``.onion`` host, and the Tor sidecar is told the full set of onion
-deployments (from the records) after every change.  Turning onion off or uninstalling
-removes the hidden service; the key stays until a purge removes the app dir.
+deployments after every change (by the host writer, :mod:`agent.host`).  Turning onion
+off or uninstalling removes the hidden service; the key stays until a purge removes the
+app dir.
 
 The real parts come in through small seams -- :class:`ComposeDriver`, a
 :class:`ProxyPort`, an optional :class:`OnionPort` and a :class:`ContainerWatch` -- so
@@ -35,6 +39,7 @@ import pathlib
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,7 +47,8 @@ import yaml
 
 from agent.compose import ComposeDriver, ComposeError, ComposeProject
 from agent.failures import Failure, classify
-from agent.onion import KEY_DIR, OnionKeyError, ensure_identity, read_identity
+from agent.host import HostWriter, OnionPort, ProxyPort
+from agent.onion import KEY_DIR, SECRET_KEY, OnionKeyError, ensure_identity, read_identity
 from agent.secrets import env_file_text, resolve_secrets
 from agent.statedir import (
     AppRecord,
@@ -67,6 +73,7 @@ __all__ = [
     "OnionPort",
     "ProxyPort",
     "StepEvent",
+    "default_parallel",
 ]
 
 BUNDLE_LIST = ".bundle-files.json"  # the top-level entries the bundle put in the app dir
@@ -88,21 +95,14 @@ RESERVED = frozenset(
 )
 KEEP_RELEASES = 5
 LAST_ERROR_CHARS = 2000  # state.json's last_error: the classified summary + output's tail
+MIN_DEFAULT_PARALLEL = 4  # deploys mostly wait (settle windows, Docker): more than the cores
 GATEWAY_ERRORS = frozenset({502, 503, 504})
+ROUTES_HINT = "see the proxy's (or the reconciler-tor container's) logs"
 
 
-class ProxyPort(Protocol):
-    def ensure(self) -> None: ...
-
-    def sync(self, routes: Mapping[str, str]) -> object: ...
-
-    def probe(self, domain: str, *, path: str = "/", timeout: float = 5) -> int: ...
-
-
-class OnionPort(Protocol):
-    def sync(self, keys: Mapping[str, pathlib.Path]) -> object:
-        """Publish exactly these hidden services: ``{dpl_id: its key dir}``; an empty set
-        when nothing was published is a cheap no-op."""
+def default_parallel() -> int:
+    """How many deployments apply at once unless told: the core count, at least 4."""
+    return max(MIN_DEFAULT_PARALLEL, os.cpu_count() or 1)
 
 
 class ContainerWatch(Protocol):
@@ -144,14 +144,35 @@ class ExecutorSettings:
 
 
 class _Failed(Exception):
-    def __init__(self, step: str, message: str, hint: str | None = None) -> None:
+    """A step failed; ``after_up``: containers of this spec may run, so the ladder rolls
+    back (an update to its last release, an install down to nothing)."""
+
+    def __init__(
+        self, step: str, message: str, hint: str | None = None, *, after_up: bool = False
+    ) -> None:
         super().__init__(message)
         self.step = step
         self.message = message
         self.hint = hint
+        self.after_up = after_up
 
     def classified(self) -> Failure:
         return classify(self.step, self.message, self.hint)
+
+
+@contextlib.contextmanager
+def _step(step: str, hint: str | None = None) -> Iterator[None]:
+    """Run one step: whatever it raises becomes a :class:`_Failed` named after it, so
+    every failure takes the same ladder (a proxy error after ``up`` used to skip the
+    rollback and leave the record at the old spec while the containers ran the new)."""
+    try:
+        yield
+    except _Failed:
+        raise
+    except ComposeError as exc:
+        raise _Failed(step, exc.output or str(exc), _hint(step, exc.output)) from exc
+    except Exception as exc:
+        raise _Failed(step, str(exc) or type(exc).__name__, hint) from exc
 
 
 @dataclass
@@ -166,6 +187,15 @@ class Executor:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    max_parallel: int = 4  # deployments applied at once (each one runs its steps in order)
+    # The one writer of the proxy's routes and the Tor set; executors that run side by
+    # side on one host (the agent's concurrent commands) share one.
+    writer: HostWriter | None = None
+
+    def __post_init__(self) -> None:
+        if self.writer is None:
+            self.writer = HostWriter(self.state_dir, self.proxy, self.onion, sleep=self.sleep)
+        self.host: HostWriter = self.writer
 
     # ------------------------------------------------------------------ public
 
@@ -175,26 +205,53 @@ class Executor:
         desired: Sequence[RenderedDeployment],
         repo_root: pathlib.Path,
     ) -> list[ActionResult]:
-        """Carry out a plan's actions for this host, uninstalls first (they free domains)."""
+        """Carry out a plan's actions for this host, up to ``max_parallel`` at a time.
+
+        Uninstalls run first, all of them, and only then the rest: they free domains an
+        install may take.  Results come in the order the actions ran before the pool
+        (uninstalls, then by name), and one bad action never stops the others.
+        """
         by_id = {d.id: d for d in desired}
         order = {"uninstall": 0, "install": 1, "update": 1, "repair": 1}
-        results: list[ActionResult] = []
-        todo = [a for a in plan.actions if a.action in order]
-        for action in sorted(todo, key=lambda a: (order[a.action], a.deployment)):
-            if action.agent != LOCAL_AGENT:
-                results.append(
-                    ActionResult(
-                        action,
-                        False,
-                        f"agent {action.agent} is remote; the control plane applies it",
-                        skipped=True,
+        todo = sorted(
+            (a for a in plan.actions if a.action in order),
+            key=lambda a: (order[a.action], a.deployment),
+        )
+        results: dict[int, ActionResult] = {}
+        with ThreadPoolExecutor(
+            max_workers=max(1, self.max_parallel), thread_name_prefix="apply"
+        ) as pool:
+            for phase in (0, 1):
+                futures = {}
+                for i, action in enumerate(todo):
+                    if order[action.action] != phase:
+                        continue
+                    if action.agent != LOCAL_AGENT:
+                        results[i] = ActionResult(
+                            action,
+                            False,
+                            f"agent {action.agent} is remote; the control plane applies it",
+                            skipped=True,
+                        )
+                        continue
+                    futures[i] = pool.submit(
+                        self.apply_action, action, by_id.get(action.id), repo_root
                     )
-                )
-                continue
-            results.append(self.apply_action(action, by_id.get(action.id), repo_root))
-        return results
+                for i, future in futures.items():  # the barrier between the phases
+                    results[i] = future.result()
+        return [results[i] for i in range(len(todo))]
 
     def apply_action(
+        self, action: Action, want: RenderedDeployment | None, repo_root: pathlib.Path
+    ) -> ActionResult:
+        """One action under the deployment's lock; never raises.  Whatever path it took,
+        the record says how it ended and its overlay in the host writer goes; the last
+        event is ``done`` or ``failed`` with the result's message."""
+        result = self._apply(action, want, repo_root)
+        self._emit(action.deployment, "done" if result.ok else "failed", result.message)
+        return result
+
+    def _apply(
         self, action: Action, want: RenderedDeployment | None, repo_root: pathlib.Path
     ) -> ActionResult:
         start = self.clock()
@@ -204,67 +261,99 @@ class Executor:
             return ActionResult(action, False, f"refused: {exc}", self.clock() - start)
         try:
             with self._lock(action.id):
-                if action.action == "uninstall":
-                    message = self._uninstall(action)
-                    return ActionResult(action, True, message, self.clock() - start)
-                assert want is not None, action
-                if action.action == "update":
-                    return self._update(action, want, repo_root, start)
-                self._deploy(action, want, repo_root, install=action.action == "install")
-                done = {"install": "installed", "repair": "repaired"}[action.action]
-                return ActionResult(action, True, done, self.clock() - start, self._url(want))
-        except _Failed as exc:
-            logs = self._logs(action.id) if exc.step not in ("files", "config") else ""
-            if want is not None:
-                self._mark_failed(want, exc)
-            failure = exc.classified()
+                self.host.begin(action.id)
+                try:
+                    return self._attempt(action, want, repo_root, start)
+                finally:
+                    self.host.settled(action.id)
+        except OSError as exc:  # the app dir or its lock file
+            return ActionResult(action, False, f"lock: {exc}", self.clock() - start)
+
+    def repair_host(self) -> None:
+        """The proxy container and the full route and Tor sets again, from the records:
+        a hand-edited or recreated proxy heals on every reconcile."""
+        self.host.ensure_proxy()
+        self.host.repair()
+
+    # ------------------------------------------------------------------ ladder
+
+    def _attempt(
+        self,
+        action: Action,
+        want: RenderedDeployment | None,
+        repo_root: pathlib.Path,
+        start: float,
+    ) -> ActionResult:
+        if action.action == "uninstall":
+            try:
+                message = self._uninstall(action)
+            except _Failed as exc:
+                failure = exc.classified()
+                return ActionResult(
+                    action, False, failure.text(), self.clock() - start, failure=failure
+                )
+            return ActionResult(action, True, message, self.clock() - start)
+        if want is None:
             return ActionResult(
-                action,
-                False,
-                failure.text(),
-                self.clock() - start,
-                self._url(want),
-                logs,
-                failure=failure,
+                action, False, f"no rendered deployment for {action.action}", self.clock() - start
             )
-        except ReconcilerError as exc:
-            return ActionResult(action, False, str(exc), self.clock() - start)
+        previous = self._latest_release(want.id) if action.action == "update" else None
+        try:
+            self._deploy(action, want, repo_root, install=action.action == "install")
+        except _Failed as exc:
+            return self._failed(action, want, exc, previous, start)
+        except Exception as exc:  # a bug outside any step: still the same ladder
+            failed = _Failed("agent", f"{type(exc).__name__}: {exc}")
+            return self._failed(action, want, failed, previous, start)
+        done = {"install": "installed", "repair": "repaired", "update": "updated"}
+        return ActionResult(
+            action, True, done[action.action], self.clock() - start, self._url(want)
+        )
 
-    def sync_routes(
-        self, extra: Mapping[str, str] | None = None, without: str | None = None
-    ) -> None:
-        """Push the full route set of this host (from the records) to the proxy."""
-        routes: dict[str, str] = {}
-        for rec in self._records():
-            if rec.status == "uninstalled" or rec.id == without or rec.record is None:
-                continue
-            for r in rec.record.routes:
-                routes[r.domain] = r.upstream
-            if rec.record.onion and rec.onion_address and rec.onion_upstream:
-                routes[rec.onion_address] = rec.onion_upstream
-        routes.update(extra or {})
-        self.proxy.ensure()
-        self.proxy.sync(routes)
+    def _failed(
+        self,
+        action: Action,
+        want: RenderedDeployment,
+        exc: _Failed,
+        previous: pathlib.Path | None,
+        start: float,
+    ) -> ActionResult:
+        """The one failure ladder: logs, then back to what ran before (an update's last
+        release; nothing, for an install that got as far as ``up``), then the record."""
+        logs = self._logs(want.id) if exc.step not in ("files", "config") else ""
+        failure = exc.classified()
+        note = ""
+        rolled_back = False
+        if action.action == "update" and previous is not None:
+            self._emit(want.name, "rollback", f"restoring release {previous.name}")
+            rolled_back = self._rollback(want, previous)
+            note = "; previous release restored" if rolled_back else "; ROLLBACK FAILED"
+        elif action.action == "install" and exc.after_up:
+            self._emit(want.name, "rollback", "taking the new stack down (data kept)")
+            rolled_back = self._take_down(want)
+            note = "; stack stopped, data kept" if rolled_back else "; ROLLBACK FAILED"
+        if not (action.action == "update" and rolled_back):
+            self._mark_failed(want, exc)
+        return ActionResult(
+            action,
+            False,
+            failure.text(note),
+            self.clock() - start,
+            self._url(want),
+            logs,
+            rolled_back=rolled_back,
+            failure=failure,
+        )
 
-    def sync_onion(
-        self, extra: Mapping[str, pathlib.Path] | None = None, without: str | None = None
-    ) -> None:
-        """Tell the Tor sidecar the host's onion deployments (from the records).
-
-        Without a sidecar (``onion`` None) nothing happens; the port itself makes an empty
-        set cheap when nothing was published before (no Docker call).
-        """
-        if self.onion is None:
-            return
-        keys: dict[str, pathlib.Path] = {}
-        for rec in self._records():
-            if rec.status == "uninstalled" or rec.id == without or rec.record is None:
-                continue
-            directory = self.app_dir(rec.id) / KEY_DIR
-            if rec.record.onion and (directory / "hs_ed25519_secret_key").exists():
-                keys[rec.id] = directory
-        keys.update(extra or {})
-        self.onion.sync(keys)
+    def _take_down(self, want: RenderedDeployment) -> bool:
+        """A failed install's containers stopped and its routes withdrawn: a crash loop
+        does not keep restarting, nor a route keep answering 502."""
+        try:
+            self.driver.down(self._project(want.id), volumes=False)
+            self.host.withdraw(want.id)
+        except Exception:
+            return False
+        return True
 
     # ------------------------------------------------------------------ steps
 
@@ -376,7 +465,8 @@ class Executor:
             raise _Failed("files", f"cannot write the app dir: {exc}") from None
         if want.routes or want.onion or "impreza-proxy" in want.compose_yaml:
             self._emit(name, "proxy", "network and proxy container")
-            self.proxy.ensure()
+            with _step("proxy"):
+                self.host.ensure_proxy()
         if before is not None and self._routes_only(want, before):
             self._move_routes(want, before)
             return
@@ -384,16 +474,24 @@ class Executor:
         if want.build is not None or "build:" in want.compose_yaml:
             self._emit(name, "build", "docker compose build")
             self._compose(name, "build", lambda: self.driver.build(project))
-        self._emit(name, "up", "docker compose up -d")
-        self._compose(name, "up", lambda: self.driver.up(project))
-        self._publish(want)
-        self._settle(want)
-        if install and "install" in want.hooks:
-            self._hook(want, "install")
-        self._check_health(want)
-        self._emit(name, "record", "state.json")
-        self._save_release(want)
-        self._write_record(want, "running")
+        try:
+            self._emit(name, "up", "docker compose up -d")
+            self._compose(name, "up", lambda: self.driver.up(project))
+            published = self._publish(want)
+            self._settle(want)
+            if install and "install" in want.hooks:
+                with _step("install hook"):
+                    self._hook(want, "install")
+            with _step("routes", ROUTES_HINT):
+                published.result()  # served (pushed during the settle window) or failed
+            self._check_health(want)
+            self._emit(name, "record", "state.json")
+            with _step("record"):
+                self._save_release(want)
+                self._write_record(want, "running")
+        except _Failed as exc:
+            exc.after_up = True
+            raise
 
     def _routes_only(self, want: RenderedDeployment, before: AppRecord) -> bool:
         """Whether this update changes nothing the containers see, so ``up`` is skipped.
@@ -430,42 +528,39 @@ class Executor:
     def _move_routes(self, want: RenderedDeployment, before: AppRecord) -> None:
         name = want.name
         self._emit(name, "up", "skipped: only routes changed; the containers keep running")
-        self._publish(want)
+        published = self._publish(want)
+        with _step("routes", ROUTES_HINT):
+            published.result()
         self._check_health(want)
         self._emit(name, "record", "state.json")
-        self._save_release(want)
-        labels = before.labels_spec_hash or before.spec_hash
-        rec = self._record(want, "running").model_copy(update={"labels_spec_hash": labels})
-        write_record(self.state_dir, rec)
+        with _step("record"):
+            self._save_release(want)
+            labels = before.labels_spec_hash or before.spec_hash
+            rec = self._record(want, "running").model_copy(update={"labels_spec_hash": labels})
+            write_record(self.state_dir, rec)
 
-    def _publish(self, want: RenderedDeployment) -> None:
+    def _publish(self, want: RenderedDeployment) -> Future[None]:
         """Routes (its .onion host included) and the hidden service, as soon as the
-        containers run: serving starts before the settle gate, not after."""
+        containers run: serving starts during the settle gate, not after.  The push
+        (shared with the deployments that got there at the same moment) is awaited
+        before the probe."""
         self._emit(want.name, "routes", ", ".join(r.domain for r in want.routes) or "none")
-        self.sync_routes(
-            {r.domain: r.upstream for r in want.routes} | self._onion_route(want),
-            without=want.id,
-        )
-        self._sync_onion_step(want)
+        onion = self._onion_address(want)
+        if onion is not None and self.onion is not None:
+            self._emit(want.name, "onion", f"hidden service {onion}")
+        key = self.app_dir(want.id) / KEY_DIR if onion else None
+        routes = {r.domain: r.upstream for r in want.routes} | self._onion_route(want)
+        with _step("routes", ROUTES_HINT):
+            return self.host.publish(want.id, routes, key)
 
     def _check_health(self, want: RenderedDeployment) -> None:
         """The app's own health hook, then a request through the proxy."""
         if "health" in want.hooks:
-            self._hook(want, "health")
+            with _step("health hook"):
+                self._hook(want, "health")
         if self.settings.probe:
-            self._probe(want)
-
-    def _sync_onion_step(self, want: RenderedDeployment) -> None:
-        onion = self._onion_address(want)
-        if self.onion is None:
-            return
-        if onion is not None:
-            self._emit(want.name, "onion", f"hidden service {onion}")
-        keys = {want.id: self.app_dir(want.id) / KEY_DIR} if onion else {}
-        try:
-            self.sync_onion(keys, without=want.id)
-        except ReconcilerError as exc:
-            raise _Failed("onion", str(exc), "see the reconciler-tor container's logs") from None
+            with _step("probe"):
+                self._probe(want)
 
     def _compose(self, name: str, step: str, fn: Callable[[], None]) -> None:
         try:
@@ -519,12 +614,19 @@ class Executor:
             self._emit(want.name, "probe", f"http://{route.domain} through the proxy")
             deadline = self.clock() + self.settings.probe_timeout
             status = 0
+            healed = False
             while True:
                 try:
                     status = self.proxy.probe(route.domain)
                 except ReconcilerError as exc:
                     status = 0
                     last = str(exc)
+                    if not healed:
+                        # Nothing listens: the proxy went away mid-batch (removed by hand,
+                        # crashed).  Bring it back once; it starts with the pushed config.
+                        healed = True
+                        with contextlib.suppress(ReconcilerError):
+                            self.host.ensure_proxy()
                 else:
                     last = f"HTTP {status}"
                 if status and status not in GATEWAY_ERRORS:
@@ -536,34 +638,6 @@ class Executor:
                         "the route's upstream port may be wrong",
                     )
                 self.sleep(self.settings.sample_interval)
-
-    def _update(
-        self, action: Action, want: RenderedDeployment, repo_root: pathlib.Path, start: float
-    ) -> ActionResult:
-        previous = self._latest_release(want.id)
-        try:
-            self._deploy(action, want, repo_root, install=False)
-        except _Failed as exc:
-            logs = self._logs(want.id) if exc.step not in ("files", "config") else ""
-            if previous is None:
-                raise
-            self._emit(want.name, "rollback", f"restoring release {previous.name}")
-            restored = self._rollback(want, previous)
-            failure = exc.classified()
-            message = failure.text(
-                "; previous release restored" if restored else "; ROLLBACK FAILED"
-            )
-            return ActionResult(
-                action,
-                False,
-                message,
-                self.clock() - start,
-                want.url,
-                logs,
-                rolled_back=restored,
-                failure=failure,
-            )
-        return ActionResult(action, True, "updated", self.clock() - start, want.url)
 
     def _rollback(self, want: RenderedDeployment, release: pathlib.Path) -> bool:
         return self.restore_release(
@@ -593,7 +667,11 @@ class Executor:
             routes = {r.domain: r.upstream for r in (rec.record.routes if rec.record else [])}
             if rec.record and rec.record.onion and rec.onion_address and rec.onion_upstream:
                 routes[rec.onion_address] = rec.onion_upstream
-            self.sync_routes(routes, without=dpl_id)
+            key = directory / KEY_DIR
+            onion_key = (
+                key if rec.record and rec.record.onion and (key / SECRET_KEY).exists() else None
+            )
+            self.host.publish(dpl_id, routes, onion_key).result()
             rec = rec.model_copy(
                 update={
                     "status": "running",
@@ -603,9 +681,8 @@ class Executor:
                 }
             )
             write_record(self.state_dir, rec)
-            self.sync_onion()
             return True
-        except (ComposeError, OSError, ValueError, ReconcilerError):
+        except Exception:  # the ladder reports it: "ROLLBACK FAILED"
             return False
 
     def _uninstall(self, action: Action) -> str:
@@ -629,14 +706,10 @@ class Executor:
             except ComposeError as exc:
                 raise _Failed("down", exc.output) from None
         self._emit(action.deployment, "routes", "removing")
-        self.sync_routes(without=action.id)
-        if self.onion is not None:
-            if rec is not None and rec.onion_address:
-                self._emit(action.deployment, "onion", "hidden service removed")
-            try:
-                self.sync_onion(without=action.id)
-            except ReconcilerError as exc:
-                raise _Failed("onion", str(exc)) from None
+        if self.onion is not None and rec is not None and rec.onion_address:
+            self._emit(action.deployment, "onion", "hidden service removed")
+        with _step("routes"):
+            self.host.withdraw(action.id)
         if self.settings.purge:
             shutil.rmtree(directory, ignore_errors=True)
             return "uninstalled; data purged" + hook_note
@@ -648,11 +721,6 @@ class Executor:
         return "uninstalled; data kept" + hook_note
 
     # ------------------------------------------------------------ records
-
-    def _records(self) -> list[AppRecord]:
-        from agent.statedir import list_records
-
-        return list_records(self.state_dir)
 
     def _record(
         self, want: RenderedDeployment, status: AppStatus, error: str | None = None

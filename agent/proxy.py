@@ -114,6 +114,8 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
 _UPSTREAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}:[0-9]{1,5}$")
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the NUL
+PROXY_CONTAINER_ENV = "RECONCILE_PROXY_CONTAINER"
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")  # what Docker takes
 
 
 class ProxySettings(BaseModel):
@@ -138,10 +140,16 @@ class ProxySettings(BaseModel):
     def from_config(cls, config: ProxyConfig, state_dir: pathlib.Path) -> ProxySettings:
         """The repository's ``proxy:`` settings on this host (``reconcile apply`` and the
         agent's commands alike)."""
+        # A second proxy beside the host's (tests and benchmarks on a shared daemon).
+        container = os.environ.get(PROXY_CONTAINER_ENV) or "reconciler-proxy"
+        if not _CONTAINER_NAME.match(container):
+            raise HostError(
+                f"{PROXY_CONTAINER_ENV}={container!r} is not a container name Docker takes "
+                "(a letter or digit, then letters, digits, '_', '.' or '-')"
+            )
         return cls(
             state_dir=state_dir,
-            # A second proxy on one Docker host (tests running side by side) takes its own name.
-            container=os.environ.get("RECONCILE_PROXY_CONTAINER") or "reconciler-proxy",
+            container=container,
             network=config.network,
             http_port=config.http_port,
             https_port=config.https_port,

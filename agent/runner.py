@@ -31,6 +31,8 @@ from reconciler.model.errors import ReconcilerError
 
 if TYPE_CHECKING:
     from agent.executor import Executor, ExecutorSettings, StepEvent
+    from agent.host import HostWriter
+    from agent.onion import TorSidecar
     from agent.proxy import CaddyProxy, ProxySettings
     from reconciler.render.model import RenderedDeployment
 
@@ -52,12 +54,15 @@ class RealExecutorFactory:
     """Docker Compose, the Caddy proxy container and the Docker Engine, as on a local apply.
 
     The proxy object is kept while the settings stay the same: its Docker client and
-    its warm check of the proxy container are reused from one command to the next.
+    its warm check of the proxy container are reused from one command to the next.  So
+    is the host writer, which commands running side by side must share: it is what
+    keeps one command's push from dropping another's routes.
     """
 
     def __init__(self, state_dir: pathlib.Path) -> None:
         self.state_dir = state_dir
-        self._proxy: tuple[ProxySettings, CaddyProxy] | None = None
+        self._proxy: tuple[ProxySettings, CaddyProxy, TorSidecar, HostWriter] | None = None
+        self._lock = threading.Lock()
 
     def __call__(
         self,
@@ -67,22 +72,32 @@ class RealExecutorFactory:
     ) -> Executor:
         from agent.compose import WhalesComposeDriver
         from agent.executor import Executor
+        from agent.host import HostWriter
         from agent.onion import TorSettings, TorSidecar
         from agent.proxy import CaddyProxy
         from agent.watch import DockerWatch
 
-        if self._proxy is None or self._proxy[0] != proxy_settings:
-            if self._proxy is not None:
-                self._proxy[1].close()
-            self._proxy = (proxy_settings, CaddyProxy(proxy_settings))
+        with self._lock:
+            if self._proxy is None or self._proxy[0] != proxy_settings:
+                if self._proxy is not None:
+                    self._proxy[3].close()
+                    self._proxy[1].close()
+                proxy = CaddyProxy(proxy_settings)
+                tor = TorSidecar(
+                    TorSettings.from_env(self.state_dir, network=proxy_settings.network)
+                )
+                writer = HostWriter(self.state_dir, proxy, tor)
+                self._proxy = (proxy_settings, proxy, tor, writer)
+            _settings, proxy, tor, writer = self._proxy
         return Executor(
             state_dir=self.state_dir,
             driver=WhalesComposeDriver(),
-            proxy=self._proxy[1],
+            proxy=proxy,
             watch=DockerWatch(),
             settings=settings,
-            onion=TorSidecar(TorSettings.from_env(self.state_dir, network=proxy_settings.network)),
+            onion=tor,
             on_event=on_event,
+            writer=writer,
         )
 
 
@@ -105,9 +120,9 @@ class CommandRunner:
         # (command id, step): the live progress of a command; must be thread-safe, as
         # the executor may run steps of several deployments at once.
         self.on_progress = on_progress or (lambda _c, _e: None)
-        # Held while a command runs: housekeeping must not push a route set that lacks
-        # the routes of a deployment being installed right now (its record comes last).
-        self._busy = threading.Lock()
+        # Commands in progress; housekeeping waits for a quiet moment.  (The host writer
+        # already keeps its push from dropping an in-flight deployment's routes.)
+        self._busy = _Busy()
 
     @property
     def proxy_file(self) -> pathlib.Path:
@@ -143,20 +158,17 @@ class CommandRunner:
         records = [r for r in list_records(self.state_dir) if r.status != "uninstalled"]
         if not any(r.record and (r.record.routes or r.record.onion) for r in records):
             return False
-        if not self._busy.acquire(blocking=False):
+        if not self._busy.idle():
             return False
         try:
             executor = self.make_executor(
                 self.proxy_settings_saved(), ExecutorSettings(), self.on_event
             )
-            executor.sync_routes()
-            executor.sync_onion()
+            executor.repair_host()
             return True
         except ReconcilerError as exc:
             log.warning("housekeeping: %s", exc)
             return False
-        finally:
-            self._busy.release()
 
     def proxy_settings_saved(self) -> ProxySettings:
         """The proxy settings the last command brought (housekeeping has no command)."""
@@ -293,3 +305,23 @@ class CommandRunner:
             url=outcome.url,
             logs=outcome.logs[-MAX_LOG_CHARS:],
         )
+
+
+class _Busy:
+    """How many commands run now (they run side by side, so a lock no longer fits)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._running += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            self._running -= 1
+
+    def idle(self) -> bool:
+        with self._lock:
+            return self._running == 0

@@ -67,6 +67,15 @@ def apply_command(
     settle: Annotated[
         float, typer.Option("--settle", help="Seconds a deployment must stay stable.")
     ] = 3.0,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            "--parallel",
+            min=1,
+            help="Deployments applied at once (uninstalls first). Default: the core count, "
+            "at least 4.",
+        ),
+    ] = None,
     state_dir: StateDirOption = None,
     fmt: Annotated[ApplyFormat, typer.Option("--format", "-f")] = ApplyFormat.text,
     catalog: CatalogOption = None,
@@ -93,6 +102,7 @@ def apply_command(
         purge=purge,
         allow_mass_prune=allow_mass_prune,
         settle=settle,
+        parallel=parallel,
         state_dir=state_dir or default_state_dir(),
         fmt=fmt,
         catalog=catalog,
@@ -130,6 +140,7 @@ class _Options:
     purge: bool
     allow_mass_prune: bool
     settle: float
+    parallel: int | None
     state_dir: pathlib.Path
     fmt: ApplyFormat
     catalog: pathlib.Path | None
@@ -138,7 +149,7 @@ class _Options:
 def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
     """One reconcile.  True when the host matches the repository afterwards."""
     from agent.compose import WhalesComposeDriver
-    from agent.executor import Executor, ExecutorSettings, StepEvent
+    from agent.executor import Executor, ExecutorSettings, default_parallel
     from agent.observe import observe_local
     from agent.onion import TorSettings, TorSidecar
     from agent.operations import save_proxy_config
@@ -147,6 +158,7 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
     from reconciler.cli.validate import print_problems
     from reconciler.load.desired import load_desired
     from reconciler.model.errors import ReconcilerError
+    from reconciler.model.ids import LOCAL_AGENT
     from reconciler.model.state import ActualState
     from reconciler.plan import PlanOptions, plan, report
     from reconciler.render import RenderContext, render_all
@@ -196,14 +208,13 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
             out.print(text(line, style))
         out.print(text(report.summary_line(result), "bold"))
 
-    proxy = CaddyProxy(ProxySettings.from_config(config.proxy, opts.state_dir))
+    try:
+        proxy = CaddyProxy(ProxySettings.from_config(config.proxy, opts.state_dir))
+    except ReconcilerError as exc:
+        err.print(error(f"{exc}; nothing applied"))
+        return False
     save_proxy_config(opts.state_dir, config.proxy)  # for `reconcile rollback` (no repository)
     settings = ExecutorSettings(settle_seconds=opts.settle, purge=opts.purge)
-
-    def on_event(event: StepEvent) -> None:
-        if not machine:
-            step = (f"{event.deployment}: {event.step}", "dim")
-            out.print(styled("  ", step, f" {event.detail}"))
 
     executor = Executor(
         state_dir=opts.state_dir,
@@ -212,7 +223,7 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
         watch=DockerWatch(),
         settings=settings,
         onion=TorSidecar(TorSettings.from_env(opts.state_dir, network=config.proxy.network)),
-        on_event=on_event,
+        max_parallel=opts.parallel or default_parallel(),
     )
     to_do = [a for a in result.actions if a.action in ("install", "update", "repair", "uninstall")]
     if to_do and interactive and not opts.yes:
@@ -224,13 +235,21 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
             return False
     results: list[ActionResult] = []
     started = time.monotonic()
-    if to_do:
+    if to_do and machine:
         results = executor.run(result, rendered, state.root)
+    elif to_do:
+        from reconciler.cli.progress import Progress
+
+        console = out.get()
+        local = [a for a in to_do if a.agent == LOCAL_AGENT]
+        with Progress(console, local, live=console.is_terminal) as progress:
+            executor.on_event = progress.on_event
+            results = executor.run(result, rendered, state.root)
     if any(d.routes or d.onion for d in rendered) or to_do:
-        # Routes are repaired on every reconcile: a hand-edited or recreated proxy heals.
-        executor.sync_routes()
-        # so is the Tor sidecar (nothing to do, and no Docker call, without onion apps)
-        executor.sync_onion()
+        # Routes are repaired on every reconcile: a hand-edited or recreated proxy heals;
+        # so is the Tor sidecar (nothing to do, and no Docker call, without onion apps).
+        executor.repair_host()
+    executor.host.close()
     blocked = [a for a in result.actions if a.action == "blocked"]
     ok = all(r.ok or r.skipped for r in results) and not blocked
     if machine:

@@ -589,3 +589,21 @@ def test_tls_internal_serves_https_and_redirects_http(env: Env) -> None:
         assert response.text == "two\n"
     finally:
         tls.close()
+
+
+def test_proxy_container_name_from_the_environment(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second proxy beside the host's (tests, benchmarks); a name Docker would refuse
+    is a typed error before any Docker call."""
+    from agent.proxy import PROXY_CONTAINER_ENV
+    from reconciler.model.deployment import ProxyConfig
+    from reconciler.model.errors import HostError
+
+    monkeypatch.delenv(PROXY_CONTAINER_ENV, raising=False)
+    assert ProxySettings.from_config(ProxyConfig(), tmp_path).container == "reconciler-proxy"
+    monkeypatch.setenv(PROXY_CONTAINER_ENV, "reconciler-proxy-ci.2")
+    assert ProxySettings.from_config(ProxyConfig(), tmp_path).container == "reconciler-proxy-ci.2"
+    monkeypatch.setenv(PROXY_CONTAINER_ENV, "../evil name")
+    with pytest.raises(HostError, match=PROXY_CONTAINER_ENV):
+        ProxySettings.from_config(ProxyConfig(), tmp_path)
