@@ -72,6 +72,8 @@ HM_VENV = (
     / "venv-hm"
 )
 RECONCILE = str(pathlib.Path(sys.executable).with_name("reconcile"))
+OWN_SUBNETS = "10.200.0.0/14"  # --own-dockerd: its pool and proxy network live in here
+PROXY_SUBNET = "10.202.0.0/20"  # --own-dockerd: the proxy network, room for 4,000 apps
 POLL_STEP = 0.02
 STALL = 0.5  # one request this slow waited for a SYN retransmit (1 s RTO): see the report
 MAX_REQUESTS = 20_000  # across the whole run: a runaway poller stops here
@@ -86,7 +88,7 @@ services:
   app:
     image: {IMAGE}
     init: true
-    container_name: ${{{{DEPLOYMENT_ID}}}}-app
+    container_name: ${{DEPLOYMENT_ID}}-app
     command: {HTTPD}
     networks: [{{networks}}]
 {{extra}}networks:
@@ -418,9 +420,9 @@ def bench_install(b: Bench, runs: int) -> dict[str, Any]:
         )
         stdout, stderr = proc.communicate()
         done = mono() - t0
-        first = poller.wait()
         if proc.returncode != 0:
             raise SystemExit(f"install failed ({proc.returncode}):\n{stdout}\n{stderr}")
+        first = poller.wait()
         doc = json.loads(stdout)
         if actions(doc) != {name: "install"} or not all(r["ok"] for r in doc["results"]):
             raise SystemExit(f"unexpected install result: {doc['results']}")
@@ -938,8 +940,7 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
     the chain Docker leaves to users, accepts exactly the pool's own traffic; it is
     deleted at the end."""
     root.mkdir(parents=True, exist_ok=True)
-    subnet = dict(kv.split("=", 1) for kv in pool.split(","))["base"]
-    rule = ["-s", subnet, "-d", subnet, "-j", "ACCEPT"]
+    rule = ["-s", OWN_SUBNETS, "-d", OWN_SUBNETS, "-j", "ACCEPT"]
     chain = (
         "DOCKER-USER"
         if sh(["iptables", "-S", "DOCKER-USER"], check=False).returncode == 0
@@ -987,6 +988,11 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
                     capture_output=True,
                 )  # fmt: skip
                 save.wait()
+        # Every app joins the proxy network: one pool-sized subnet (/28: 13 addresses)
+        # would stop the 14th app.  Made beforehand with room for all of them.
+        # (This daemon is ours alone: a proxy network a past run left behind goes.)
+        sh(["docker", "network", "rm", PROXY_NETWORK], check=False, env=env)
+        sh(["docker", "network", "create", "--subnet", PROXY_SUBNET, PROXY_NETWORK], env=env)
         yield host_url
     finally:
         proc.terminate()
@@ -1302,7 +1308,11 @@ def main() -> None:
         help="start a second dockerd of our own under DIR (small address pools), load the "
         "images into it, run everything against it, and kill it at the end",
     )
-    parser.add_argument("--address-pool", default="base=10.201.0.0/16,size=28")
+    parser.add_argument(
+        "--address-pool",
+        default="base=10.201.0.0/16,size=28",
+        help="the second dockerd's default-address-pools (inside 10.200.0.0/14)",
+    )
     parser.add_argument(
         "--wait", type=float, default=60, help="seconds to wait for other pytest runs to end"
     )
