@@ -1,37 +1,63 @@
-"""Benchmark: ``reconcile apply`` on the local Docker host, against Compose floors and a peer.
+"""Benchmark: ``reconcile apply`` on one Docker host, against Compose floors and a peer.
 
-Run: ``.venv/bin/python benchmarks/apply.py [--runs 5] [--apps 20] [--drift-runs 3]``
+Run (one command, every size): ``.venv/bin/python benchmarks/apply.py [--sizes 20,100,200]
+[--runs 5] [--own-dockerd /var/tmp/bench-dockerd | --docker-host URL] [--parallel N]``;
+``--sizes 20`` is the quick run.
 
 Needs the Docker Engine (``bash scripts/setup.sh --docker``) with ``busybox:1.36`` and
 ``caddy:2`` present locally; traffic goes to 127.0.0.1 only.  Everything it makes lives in
 a temp dir (repositories, ``--state-dir``, git repos) or carries the namespace ``bench``,
 and is removed at the end.  Prints, measured in the same run, each figure next to its
-floor (medians after one warm-up):
+floor or peer (medians after one warm-up):
+
+Size 20 (``--apps``), with docker-harbormaster 0.5.0 in the same run:
 
 1. install of one busybox compose app with ``reconcile apply --yes`` until the FIRST 200
    through the proxy (polled from the start of the command, 20 ms steps), and until the
-   command exits (settle window included), against a bare ``docker compose -p X up -d`` of
+   command exits (settle gate included), against a bare ``docker compose -p X up -d`` of
    an equivalent file with a published port, to its first 200 (polled once ``up`` returned,
    as the peer bench's floor A2; and polled from invocation, floor A).
    Goal: overhead <= 1.5 s.
-2. no-op reconcile of ``--apps`` running deployments: ``reconcile apply --yes`` as a
-   process and ``reconcile_once`` in process, with a ``docker`` shim first on PATH that
-   logs every CLI call.  Goal: <= 0.3 s and zero ``docker compose`` subprocesses.
-3. the same apps under docker-harbormaster 0.5.0 (a Python peer tool, installed from PyPI
-   into its own venv under ``~/.cache``, apps in ``file://`` git repos, ``pull_policy:
-   missing``): its no-op run beside ours.  Goal: ours >= 10x faster.
+2. first deploy of the 20 apps (default gate), then their no-op: ``reconcile apply --yes``
+   as a process and ``reconcile_once`` in process, with a ``docker`` shim first on PATH
+   that logs every CLI call.  Goal: <= 0.3 s and zero ``docker compose`` subprocesses.
+3. the same apps under docker-harbormaster 0.5.0 (a Python peer tool with no health gate,
+   installed from PyPI into its own venv under ``~/.cache``, apps in ``file://`` git
+   repos, ``pull_policy: missing``): its first deploy, no-op runs and one-app changes
+   (a new env value in one app's compose file, committed), paired with ours.  Goals: first
+   deploy and one-app change at most harbormaster's time (then half of it), no-op >= 10x
+   faster.  App 0 has a healthcheck (the gate's other path): its one-app change is
+   reported too, and where a one-app change's time goes, step by step (3b).
 4. drift repair under ``reconcile apply --watch``: ``docker rm -f`` of one app container
    until the app serves 200 again through the proxy.  Goal: <= 5 s.
 5. resident memory of the idle ``--watch`` process (VmRSS, children included), max over
    ~5 s after its first pass.  Goal: <= 60 MB.
 
+Sizes 100 and 200 (after the 20 are purged; 200 grows from the 100):
+
+6. first deploy, no-op and one-app change, as time and as the ratio to the 20-app
+   figures.  Goal: the no-op grows less than linearly.
+7. all 200 answer 200 through the proxy; idle RSS of ``apply --watch`` and of
+   ``reconcile-agent`` (connected to a real local ``reconcile serve`` whose source is an
+   empty repository, so it plans and prunes nothing) on the same state dir.  Goal: each
+   <= 80 MB.
+
+Docker's default address pools hold ~30 networks.  ``--own-dockerd DIR`` starts a second
+dockerd (socket, data-root, exec-root, pidfile under DIR; ``--address-pool``, default
+``base=10.201.0.0/16,size=28``; no iptables or bridge of its own), copies the images into
+it, creates the proxy network with a /20 (every app joins it: a /28 holds 13), accepts
+its subnets' traffic with one rule in ``DOCKER-USER`` (removed at the end), runs
+everything against it and stops it.  ``--parallel N`` is passed to ``apply`` when its
+``--help`` lists it (the parallel executor); otherwise the run says it was ignored.
+
 The measured install app joins ``default`` and the proxy network, as the floor's file has
 its own ``default`` network; the 20 apps join only the proxy network, because 20 more
 bridge networks next to the peer's 20 exhaust Docker's default address pools (~31).
 
-The proxy container's name is fixed (``reconciler-proxy``): do not run this while other
-Docker tests run (it waits up to ``--wait`` s for ``pytest``, another ``reconcile apply``
-or harbormaster to end, then warns and goes on).
+The proxy container's name is fixed (``reconciler-proxy``): on the host's own daemon, do
+not run this while other Docker tests run (it waits up to ``--wait`` s for ``pytest``,
+another ``reconcile apply`` or harbormaster to end, then warns and goes on); a second
+dockerd (``--own-dockerd``) has no such neighbours.
 """
 
 from __future__ import annotations
