@@ -20,8 +20,8 @@ busy 2-core machine: process start to the first step 1.3 s, ``proxy.ensure`` 1.1
   saves little for a new container: measured, the gate still took 2.1 s of a 2 s window).
   The window (``--settle``, default 2 s, was 3 s) must be longer than the time a broken
   service takes to fail: a service that crashes 1.5 s after it starts fails, and that
-  case is a test (``tests/agent/test_gate_docker.py``; with a 1 s window that test fails: the crash is
-  missed).
+  case is a test (``tests/agent/test_gate_docker.py``; with a 1 s window that test
+  fails: the crash is missed).
 
 A crash loop shows as a rising restart count (Docker restarts it: ``restart: always`` or
 ``unless-stopped``), as ``restarting``, or as an exited long-running service (``restart:

@@ -146,3 +146,33 @@ def test_ready_now_ignores_the_window() -> None:
     assert not ready_now(["app"], [], [app(health="starting")])
     assert not ready_now(["app"], [], [app(status="exited", exit_code=0)])
     assert not ready_now(["app"], [], [])
+
+
+class _Listed:
+    def __init__(self, started: str) -> None:
+        self.attrs = {
+            "Name": "/c1",
+            "State": {"Status": "running", "StartedAt": started},
+            "Config": {"Labels": {"com.docker.compose.service": "app"}},
+            "RestartCount": 0,
+        }
+
+
+class _Client:
+    def __init__(self, *started: str) -> None:
+        self.containers = self
+        self._listed = [_Listed(s) for s in started]
+
+    def list(self, **_kw: object) -> list[_Listed]:
+        return self._listed
+
+
+def test_the_watch_reads_docker_start_times_to_the_second() -> None:
+    """Docker's nanosecond RFC 3339 stamp becomes epoch seconds; the zero time of a
+    container that never started, and garbage, become None (aged by the samples)."""
+    from agent.watch import DockerWatch
+
+    states = DockerWatch(
+        _Client("2026-12-04T17:40:01.123456789Z", "0001-01-01T00:00:00Z", "soon")
+    ).containers("dpl_0000000000000001")
+    assert [s.started_at for s in states] == [1796406001.123456, None, None]
