@@ -765,8 +765,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--settle",
         type=float,
-        default=3.0,
-        help="seconds a deployment must stay stable, unless the command says (default 3)",
+        default=2.0,
+        help="seconds a service without a healthcheck must run without a restart, unless the "
+        "command says (default 2)",
     )
     p.add_argument(
         "--parallel",

@@ -47,6 +47,7 @@ import yaml
 
 from agent.compose import ComposeDriver, ComposeError, ComposeProject
 from agent.failures import Failure, classify
+from agent.gate import Outcome, Sample, SettleGate, ready_now
 from agent.host import HostWriter, OnionPort, ProxyPort
 from agent.onion import KEY_DIR, SECRET_KEY, OnionKeyError, ensure_identity, read_identity
 from agent.secrets import env_file_text, resolve_secrets
@@ -135,7 +136,9 @@ class ActionResult:
 
 @dataclass
 class ExecutorSettings:
-    settle_seconds: float = 3.0  # nothing restarted or exited for this long = settled
+    # a service without a healthcheck must have run this long (from its start) without a
+    # restart; one with a healthcheck is settled once healthy (agent/gate.py)
+    settle_seconds: float = 2.0
     settle_timeout: float = 180.0  # give up waiting for healthchecks after this
     sample_interval: float = 0.25
     probe_timeout: float = 20.0
@@ -522,8 +525,7 @@ class Executor:
         changed = {k for k in old.env.keys() | new.env.keys() if old.env.get(k) != new.env.get(k)}
         if any(_references(want.compose_yaml, key) for key in changed):
             return False
-        verdict = _verdict(want, self.watch.containers(want.id), {}, 0.0)
-        return verdict.ready and verdict.failure is None
+        return ready_now(want.services, want.one_shot, self.watch.containers(want.id))
 
     def _move_routes(self, want: RenderedDeployment, before: AppRecord) -> None:
         name = want.name
@@ -569,28 +571,25 @@ class Executor:
             raise _Failed(step, exc.output or str(exc), _hint(step, exc.output)) from None
 
     def _settle(self, want: RenderedDeployment) -> None:
-        """Healthy once healthchecks pass and nothing restarted for the settle window."""
+        """Sample the containers until the gate (``agent.gate``) says settled or failed;
+        its decision is emitted as the ``settled`` step, so logs and tests see why."""
         s = self.settings
-        self._emit(want.name, "settle", f"waiting {s.settle_seconds:g} s for a stable state")
+        self._emit(want.name, "settle", f"healthy, or up {s.settle_seconds:g} s without a restart")
+        gate = SettleGate(want.services, want.one_shot, s.settle_seconds)
         start = self.clock()
-        baseline: dict[str, int] = {}
-        settled_since: float | None = None
         while True:
-            now = self.clock()
-            containers = self.watch.containers(want.id)
-            verdict = _verdict(want, containers, baseline, now - start)
-            if verdict.failure:
-                raise _Failed("settle", verdict.failure, "see the log lines below")
-            if verdict.ready:
-                settled_since = settled_since if settled_since is not None else now
-                if now - settled_since >= s.settle_seconds:
-                    return
-            else:
-                settled_since = None
-            if now - start > s.settle_timeout:
+            now = self.clock() - start
+            sample = Sample(now, tuple(self.watch.containers(want.id)), time.time())
+            decision = gate.observe(sample)
+            if decision.outcome is Outcome.FAILED:
+                raise _Failed("settle", decision.reason, "see the log lines below")
+            if decision.outcome is Outcome.SETTLED:
+                self._emit(want.name, "settled", f"after {now:.1f} s: {decision.reason}")
+                return
+            if now > s.settle_timeout:
                 raise _Failed(
                     "settle",
-                    f"not ready after {s.settle_timeout:g} s: {verdict.waiting or 'waiting'}",
+                    f"not ready after {s.settle_timeout:g} s: {decision.reason}",
                     "is the healthcheck right?",
                 )
             self.sleep(s.sample_interval)
@@ -789,55 +788,6 @@ class Executor:
             return self.driver.logs(self._project(dpl_id), tail=20)
         except Exception:
             return ""
-
-
-@dataclass
-class _Verdict:
-    ready: bool
-    failure: str | None = None
-    waiting: str | None = None
-
-
-def _verdict(
-    want: RenderedDeployment,
-    containers: Sequence[ContainerState],
-    baseline: dict[str, int],
-    elapsed: float,
-) -> _Verdict:
-    """One sample of the settle gate: failed, waiting, or ready."""
-    by_service: dict[str, list[ContainerState]] = {}
-    for c in containers:
-        by_service.setdefault(c.service, []).append(c)
-    waiting: list[str] = []
-    for service in want.services:
-        one_shot = service in want.one_shot
-        found = by_service.get(service, [])
-        if not found:
-            if one_shot:
-                continue
-            if elapsed > 10:
-                return _Verdict(False, f"service {service}: no container")
-            waiting.append(f"{service}: starting")
-            continue
-        for c in found:
-            key = c.name or service
-            if key not in baseline:
-                baseline[key] = c.restarts
-            if c.restarts > baseline[key] or c.status == "restarting":
-                return _Verdict(
-                    False, f"service {service} is crash-looping ({c.restarts} restarts)"
-                )
-            if c.status in ("exited", "dead"):
-                if one_shot and c.exit_code == 0:
-                    continue
-                return _Verdict(False, f"service {service} exited (code {c.exit_code})")
-            if c.health == "unhealthy":
-                return _Verdict(False, f"service {service} is unhealthy")
-            if c.health == "starting":
-                waiting.append(f"{service}: health starting")
-            elif c.status != "running" and not (one_shot and c.status == "created"):
-                waiting.append(f"{service}: {c.status}")
-    return _Verdict(not waiting, None, ", ".join(waiting) or None)
 
 
 def _app_record(want: RenderedDeployment, status: AppStatus, error: str | None = None) -> AppRecord:

@@ -108,7 +108,7 @@ class CommandRunner:
         fetch_bundle: BundleFetcher,
         make_executor: ExecutorFactory | None = None,
         *,
-        default_settle: float = 3.0,
+        default_settle: float = 2.0,
         on_event: Callable[[StepEvent], None] | None = None,
         on_progress: Callable[[str, StepEvent], None] | None = None,
     ) -> None:

@@ -7,6 +7,7 @@ through ``agent.engine`` (stdlib): a ``--watch`` process that repairs never load
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from reconciler.model.ids import LABEL_DEPLOYMENT
@@ -56,6 +57,7 @@ class DockerWatch:
                     health=health if health in ("healthy", "unhealthy", "starting") else "none",
                     restarts=int(attrs.get("RestartCount") or 0),
                     exit_code=state.get("ExitCode") if status in ("exited", "dead") else None,
+                    started_at=_epoch(state.get("StartedAt")),
                 )
             )
         return out
@@ -68,6 +70,17 @@ class DockerWatch:
             if service:
                 out[service] = str(attrs.get("Image", ""))
         return out
+
+
+def _epoch(stamp: object) -> float | None:
+    """Docker's ``StartedAt`` (RFC 3339, nanoseconds) in epoch seconds; None for the zero
+    time of a container that never started, or anything unreadable."""
+    if not isinstance(stamp, str) or stamp.startswith("0001-"):
+        return None
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
 
 
 _STATUSES = frozenset({"running", "exited", "restarting", "created", "paused", "dead", "removing"})

@@ -1,37 +1,63 @@
-"""Benchmark: ``reconcile apply`` on the local Docker host, against Compose floors and a peer.
+"""Benchmark: ``reconcile apply`` on one Docker host, against Compose floors and a peer.
 
-Run: ``.venv/bin/python benchmarks/apply.py [--runs 5] [--apps 20] [--drift-runs 3]``
+Run (one command, every size): ``.venv/bin/python benchmarks/apply.py [--sizes 20,100,200]
+[--runs 5] [--own-dockerd /var/tmp/bench-dockerd | --docker-host URL] [--parallel N]``;
+``--sizes 20`` is the quick run.
 
 Needs the Docker Engine (``bash scripts/setup.sh --docker``) with ``busybox:1.36`` and
 ``caddy:2`` present locally; traffic goes to 127.0.0.1 only.  Everything it makes lives in
 a temp dir (repositories, ``--state-dir``, git repos) or carries the namespace ``bench``,
 and is removed at the end.  Prints, measured in the same run, each figure next to its
-floor (medians after one warm-up):
+floor or peer (medians after one warm-up):
+
+Size 20 (``--apps``), with docker-harbormaster 0.5.0 in the same run:
 
 1. install of one busybox compose app with ``reconcile apply --yes`` until the FIRST 200
    through the proxy (polled from the start of the command, 20 ms steps), and until the
-   command exits (settle window included), against a bare ``docker compose -p X up -d`` of
+   command exits (settle gate included), against a bare ``docker compose -p X up -d`` of
    an equivalent file with a published port, to its first 200 (polled once ``up`` returned,
    as the peer bench's floor A2; and polled from invocation, floor A).
    Goal: overhead <= 1.5 s.
-2. no-op reconcile of ``--apps`` running deployments: ``reconcile apply --yes`` as a
-   process and ``reconcile_once`` in process, with a ``docker`` shim first on PATH that
-   logs every CLI call.  Goal: <= 0.3 s and zero ``docker compose`` subprocesses.
-3. the same apps under docker-harbormaster 0.5.0 (a Python peer tool, installed from PyPI
-   into its own venv under ``~/.cache``, apps in ``file://`` git repos, ``pull_policy:
-   missing``): its no-op run beside ours.  Goal: ours >= 10x faster.
+2. first deploy of the 20 apps (default gate), then their no-op: ``reconcile apply --yes``
+   as a process and ``reconcile_once`` in process, with a ``docker`` shim first on PATH
+   that logs every CLI call.  Goal: <= 0.3 s and zero ``docker compose`` subprocesses.
+3. the same apps under docker-harbormaster 0.5.0 (a Python peer tool with no health gate,
+   installed from PyPI into its own venv under ``~/.cache``, apps in ``file://`` git
+   repos, ``pull_policy: missing``): its first deploy, no-op runs and one-app changes
+   (a new env value in one app's compose file, committed), paired with ours.  Goals: first
+   deploy and one-app change at most harbormaster's time (then half of it), no-op >= 10x
+   faster.  App 0 has a healthcheck (the gate's other path): its one-app change is
+   reported too, and where a one-app change's time goes, step by step (3b).
 4. drift repair under ``reconcile apply --watch``: ``docker rm -f`` of one app container
    until the app serves 200 again through the proxy.  Goal: <= 5 s.
 5. resident memory of the idle ``--watch`` process (VmRSS, children included), max over
    ~5 s after its first pass.  Goal: <= 60 MB.
 
+Sizes 100 and 200 (after the 20 are purged; 200 grows from the 100):
+
+6. first deploy, no-op and one-app change, as time and as the ratio to the 20-app
+   figures.  Goal: the no-op grows less than linearly.
+7. all 200 answer 200 through the proxy; idle RSS of ``apply --watch`` and of
+   ``reconcile-agent`` (connected to a real local ``reconcile serve`` whose source is an
+   empty repository, so it plans and prunes nothing) on the same state dir.  Goal: each
+   <= 80 MB.
+
+Docker's default address pools hold ~30 networks.  ``--own-dockerd DIR`` starts a second
+dockerd (socket, data-root, exec-root, pidfile under DIR; ``--address-pool``, default
+``base=10.201.0.0/16,size=28``; no iptables or bridge of its own), copies the images into
+it, creates the proxy network with a /20 (every app joins it: a /28 holds 13), accepts
+its subnets' traffic with one rule in ``DOCKER-USER`` (removed at the end), runs
+everything against it and stops it.  ``--parallel N`` is passed to ``apply`` when its
+``--help`` lists it (the parallel executor); otherwise the run says it was ignored.
+
 The measured install app joins ``default`` and the proxy network, as the floor's file has
 its own ``default`` network; the 20 apps join only the proxy network, because 20 more
 bridge networks next to the peer's 20 exhaust Docker's default address pools (~31).
 
-The proxy container's name is fixed (``reconciler-proxy``): do not run this while other
-Docker tests run (it waits up to ``--wait`` s for ``pytest``, another ``reconcile apply``
-or harbormaster to end, then warns and goes on).
+The proxy container's name is fixed (``reconciler-proxy``): on the host's own daemon, do
+not run this while other Docker tests run (it waits up to ``--wait`` s for ``pytest``,
+another ``reconcile apply`` or harbormaster to end, then warns and goes on); a second
+dockerd (``--own-dockerd``) has no such neighbours.
 """
 
 from __future__ import annotations
@@ -40,9 +66,11 @@ import argparse
 import contextlib
 import http.client
 import io
+import itertools
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -70,6 +98,8 @@ HM_VENV = (
     / "venv-hm"
 )
 RECONCILE = str(pathlib.Path(sys.executable).with_name("reconcile"))
+OWN_SUBNETS = "10.200.0.0/14"  # --own-dockerd: its pool and proxy network live in here
+PROXY_SUBNET = "10.202.0.0/20"  # --own-dockerd: the proxy network, room for 4,000 apps
 POLL_STEP = 0.02
 STALL = 0.5  # one request this slow waited for a SYN retransmit (1 s RTO): see the report
 MAX_REQUESTS = 20_000  # across the whole run: a runaway poller stops here
@@ -87,9 +117,21 @@ services:
     container_name: ${{DEPLOYMENT_ID}}-app
     command: {HTTPD}
     networks: [{{networks}}]
-networks:
+{{extra}}networks:
   {PROXY_NETWORK}:
     external: true
+"""
+# The one-app change: a new environment value, so `up` recreates the container.
+CHANGE = """\
+    environment:
+      REV: "{rev}"
+"""
+# busybox's own wget as the healthcheck of the variant that has one (--settle is then
+# not waited out: the gate settles it once healthy).
+HEALTHCHECK = """\
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:80/"]
+      interval: 500ms
 """
 # The floor: the same service, reached on a published port instead of through the proxy.
 FLOOR_COMPOSE = """\
@@ -258,6 +300,13 @@ class Bench:
     network_existed: bool
     env: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    apply_extra: list[str] = field(default_factory=list)  # e.g. --parallel N, when supported
+
+    def argv(self, *args: str) -> list[str]:
+        """``reconcile ARGS``, with the apply options of this run after ``apply``."""
+        if args and args[0] == "apply":
+            return [RECONCILE, "apply", *self.apply_extra, *args[1:]]
+        return [RECONCILE, *args]
 
     def reconcile(
         self, *args: str, path_env: bool = False, check: bool = True
@@ -266,7 +315,7 @@ class Bench:
         if path_env:
             env["PATH"] = f"{self.shim_dir}:{env['PATH']}"
         t0 = mono()
-        r = subprocess.run([RECONCILE, *args], capture_output=True, text=True, env=env, check=False)
+        r = subprocess.run(self.argv(*args), capture_output=True, text=True, env=env, check=False)
         dt = mono() - t0
         if check and r.returncode != 0:
             raise SystemExit(
@@ -286,9 +335,19 @@ class Bench:
         return self.shim_log.read_text().splitlines() if self.shim_log.exists() else []
 
 
+def app_compose(networks: str = PROXY_NETWORK, rev: int | None = None, health: bool = False) -> str:
+    extra = (CHANGE.format(rev=rev) if rev is not None else "") + (HEALTHCHECK if health else "")
+    return APP_COMPOSE.replace("{networks}", networks).replace("{extra}", extra)
+
+
 def write_repo(
-    root: pathlib.Path, port: int, names: list[str], networks: str = PROXY_NETWORK
+    root: pathlib.Path,
+    port: int,
+    names: list[str],
+    networks: str = PROXY_NETWORK,
+    healthy: frozenset[str] = frozenset(),
 ) -> None:
+    """The repository of ``names``; those in ``healthy`` carry a healthcheck."""
     shutil.rmtree(root, ignore_errors=True)
     (root / "deployments").mkdir(parents=True)
     (root / "reconcile.yaml").write_text(
@@ -297,11 +356,16 @@ def write_repo(
     for name in names:
         d = root / "deployments" / name
         d.mkdir()
-        (d / "compose.yaml").write_text(APP_COMPOSE.replace("{networks}", networks))
+        (d / "compose.yaml").write_text(app_compose(networks, health=name in healthy))
         (d / "deployment.yaml").write_text(
             f"name: {name}\ncompose: ./compose.yaml\ndomain: {domain(name)}\n"
             "routes:\n  - upstream: '{deployment_id}-app:80'\n"
         )
+
+
+def change_app(repo: pathlib.Path, name: str, rev: int, healthy: bool = False) -> None:
+    """The one-app change: a new env value in one app's compose file."""
+    (repo / "deployments" / name / "compose.yaml").write_text(app_compose(rev=rev, health=healthy))
 
 
 def domain(name: str) -> str:
@@ -374,7 +438,7 @@ def bench_install(b: Bench, runs: int) -> dict[str, Any]:
         t0 = mono()
         poller = Poller(b.port, host, t0, limit=60).start()
         proc = subprocess.Popen(
-            [RECONCILE, "apply", str(repo), "--yes", "-f", "json"],
+            b.argv("apply", str(repo), "--yes", "-f", "json"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -382,9 +446,9 @@ def bench_install(b: Bench, runs: int) -> dict[str, Any]:
         )
         stdout, stderr = proc.communicate()
         done = mono() - t0
-        first = poller.wait()
         if proc.returncode != 0:
             raise SystemExit(f"install failed ({proc.returncode}):\n{stdout}\n{stderr}")
+        first = poller.wait()
         doc = json.loads(stdout)
         if actions(doc) != {name: "install"} or not all(r["ok"] for r in doc["results"]):
             raise SystemExit(f"unexpected install result: {doc['results']}")
@@ -409,7 +473,8 @@ def bench_install(b: Bench, runs: int) -> dict[str, Any]:
 
 def bench_noop(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    t, doc = b.reconcile("apply", str(repo), "--yes", "--settle", "0", "-f", "json")
+    # The first deploy of all of them, with the default gate: figure A of the ratios.
+    t, doc = b.reconcile("apply", str(repo), "--yes", "-f", "json")
     if set(actions(doc).values()) != {"install"} or not all(r["ok"] for r in doc["results"]):
         raise SystemExit(f"installing {len(names)} apps failed: {doc.get('results')}")
     out["setup_install_all"] = t
@@ -440,7 +505,7 @@ def bench_noop(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dic
         prune=None,
         purge=False,
         allow_mass_prune=False,
-        settle=3.0,
+        settle=2.0,
         state_dir=b.state,
         fmt=ApplyFormat.json,
         catalog=None,
@@ -550,9 +615,11 @@ def hm_setup(b: Bench, n: int) -> tuple[list[str], list[str], pathlib.Path]:
     return apps, cmd, base
 
 
-def bench_peer(b: Bench, repo: pathlib.Path, n: int, runs: int) -> dict[str, Any]:
+def bench_peer(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dict[str, Any]:
+    """Harbormaster's first deploy, then no-ops and one-app changes paired with ours."""
+    n = len(names)
     out: dict[str, Any] = {}
-    apps, cmd, _base = hm_setup(b, n)
+    apps, cmd, base = hm_setup(b, n)
     out["version"] = sh([cmd[0], "--version"]).stdout.strip()
     t0 = mono()
     r = sh(cmd)
@@ -581,7 +648,76 @@ def bench_peer(b: Bench, repo: pathlib.Path, n: int, runs: int) -> dict[str, Any
     pairs = [(retried("no-op (paired)", b, ours), hm_noop()) for _ in range(runs)]
     out["ours"] = [p[0] for p in pairs]
     out["theirs"] = [p[1] for p in pairs]
+
+    genv = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost"}
+    genv |= {"GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+
+    def hm_change(i: int) -> float:
+        d = base / "src" / apps[(i * 7 + 1) % n]
+        (d / "compose.yaml").write_text(HM_COMPOSE + CHANGE.format(rev=i))
+        sh(["git", "commit", "-qam", f"rev {i}"], cwd=d, env=genv)
+        t0 = mono()
+        sh(cmd)
+        return mono() - t0
+
+    changes: list[tuple[float, float]] = []
+    for i in range(runs):
+
+        def change(i: int = i) -> float:
+            return ours_change(b, repo, names, i)
+
+        changes.append((retried("change (paired)", b, change), hm_change(i)))
+    out["change_ours"] = [c[0] for c in changes]
+    out["change_theirs"] = [c[1] for c in changes]
     return out
+
+
+def ours_change(
+    b: Bench, repo: pathlib.Path, names: list[str], i: int, healthy: bool = False
+) -> float:
+    """One-app change among ``names`` (an app chosen by ``i``; ``healthy``: app 0, the one
+    with a healthcheck), as a process until it exits; checked: one update, ok."""
+    name = names[0] if healthy else names[(i * 7 + 1) % (len(names) - 1) + 1]
+    change_app(repo, name, rev=1000 + i, healthy=healthy)
+    dt, d = b.reconcile("apply", str(repo), "--yes", "-f", "json")
+    got = [(r["deployment"], r["action"], r["ok"]) for r in d.get("results", [])]
+    if got != [(name, "update", True)]:
+        raise SystemExit(f"the one-app change did not update {name} alone: {d.get('results')}")
+    return dt
+
+
+STEP_LINE = re.compile(r"^\s+(?P<name>[a-z0-9-]+): (?P<step>[a-z ]+?) ")
+
+
+def change_breakdown(
+    b: Bench, repo: pathlib.Path, name: str, rev: int, healthy: bool
+) -> dict[str, float]:
+    """Where a one-app change's time goes: each step line of the text output, timed as it
+    arrives (unbuffered), from the moment the process is started."""
+    change_app(repo, name, rev=rev, healthy=healthy)
+    env = {**b.env, "PYTHONUNBUFFERED": "1", "COLUMNS": "300"}
+    t0 = mono()
+    proc = subprocess.Popen(
+        b.argv("apply", str(repo), "--yes"), stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    marks: list[tuple[str, float]] = []
+    for line in proc.stdout:
+        m = STEP_LINE.match(line)
+        if m and m["name"] == name:
+            marks.append((m["step"], mono() - t0))
+    proc.wait()
+    total = mono() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"the one-app change (text) failed: rc {proc.returncode}")
+    at = dict(marks)
+    phases: dict[str, float] = {}
+    order = [("start", 0.0), *marks, ("exit", total)]
+    for (step, t), (_nxt, t2) in itertools.pairwise(order):
+        phases[step] = phases.get(step, 0.0) + (t2 - t)
+    phases["total"] = total
+    phases["settled_at"] = at.get("settled", 0.0) - at.get("settle", 0.0)
+    return phases
 
 
 # ----------------------------------------------------------------------------- 4 + 5. watch
@@ -592,7 +728,7 @@ class Watch:
 
     def __init__(self, b: Bench, repo: pathlib.Path) -> None:
         self.proc = subprocess.Popen(
-            [RECONCILE, "apply", str(repo), "--watch", "--yes", "-f", "json"],
+            b.argv("apply", str(repo), "--watch", "--yes", "-f", "json"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -719,6 +855,181 @@ def bench_watch(
     return out
 
 
+# ----------------------------------------------------------------------------- 6 + 7. many apps
+
+
+def purge_all(b: Bench, repo: pathlib.Path) -> float:
+    """Uninstall every bench deployment through the product (``--purge``): the next size
+    starts from an empty host.  Returns the seconds it took."""
+    write_repo(repo, b.port, [])
+    dt, d = b.reconcile("apply", str(repo), "--yes", "--purge", "--allow-mass-prune", "-f", "json")
+    if not all(r["ok"] for r in d.get("results", [])):
+        raise SystemExit(f"purging the bench deployments failed: {d.get('results')}")
+    return dt
+
+
+def hm_down(b: Bench) -> None:
+    """Stop harbormaster's apps (they are plain compose projects): the big sizes are ours."""
+    api = b.docker.api
+    for c in api.containers(all=True, filters={"label": "com.docker.compose.project"}):
+        project = str(c["Labels"].get("com.docker.compose.project", ""))
+        if project.startswith(f"{NAMESPACE}-hm-"):
+            sh(["docker", "compose", "-p", project, "down", "-t", "0"], check=False)
+
+
+def serving(b: Bench, names: list[str]) -> list[str]:
+    """The names that do NOT answer 200 through the proxy."""
+    return [n for n in names if http_status(b.port, domain(n)) != 200]
+
+
+def bench_many(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dict[str, Any]:
+    """First deploy of ``names`` (from the apps already running in ``repo``, if any), then
+    no-op and one-app change as processes, medians of ``runs``."""
+    before = sorted(p.name for p in (repo / "deployments").iterdir()) if repo.exists() else []
+    write_repo(repo, b.port, names)
+    t, doc = b.reconcile("apply", str(repo), "--yes", "-f", "json", check=False)
+    bad = [r for r in doc.get("results", []) if not r["ok"]]
+    out: dict[str, Any] = {"first_deploy": t, "grown_from": len(before), "failed": bad[:5]}
+    out["installed"] = sum(r["action"] == "install" for r in doc.get("results", []))
+    out["not_serving"] = serving(b, names)
+    if bad or out["not_serving"]:
+        b.notes.append(
+            f"{len(names)} apps: {len(bad)} failed ({bad[:2]}), "
+            f"{len(out['not_serving'])} not serving ({out['not_serving'][:5]})"
+        )
+
+    def noop() -> float:
+        dt, d = b.reconcile("apply", str(repo), "--yes", "-f", "json")
+        if d.get("results") != []:
+            raise SystemExit(f"the {len(names)}-app no-op did something: {d.get('results')}")
+        return dt
+
+    noop()
+    out["noop"] = [noop() for _ in range(runs)]
+    out["change"] = [ours_change(b, repo, names, 100 + i) for i in range(runs)]
+    return out
+
+
+def idle_agent_rss(b: Bench, seconds: float = 5.0) -> dict[str, Any]:
+    """``reconcile-agent`` on the bench's state dir (all apps), connected to a real local
+    control plane whose source is an empty repository (it plans nothing, prunes nothing):
+    its resident memory once it has reported the host's state a few times."""
+    from tests.e2e.cluster import Cluster, wait_for
+
+    cluster = Cluster(b.tmp / "agent-cluster", namespace=f"{NAMESPACE}-agent")
+    cluster.state_dir = b.state
+    out: dict[str, Any] = {}
+    try:
+        cluster.start_server()
+        cluster.start_agent(token=cluster.agent_token(), settle=2.0, repair_interval=30.0)
+        agent = cluster.agent
+        assert agent is not None
+        log = cluster.logs / "agent.log"
+        wait_for(lambda: agent.poll() is None and log.exists(), 30, "the agent")
+        time.sleep(3 * cluster.heartbeat + 1)  # a few heartbeats with the full state
+        if agent.poll() is not None:
+            raise SystemExit(f"the agent exited: {log.read_text()[-2000:]}")
+        out["rss_kb"], out["children"] = sample_rss(agent.pid, seconds)
+    finally:
+        if cluster.agent is not None:
+            cluster._stop(cluster.agent, signal.SIGTERM)
+        cluster.stop_server()
+        cluster.http.close()
+    return out
+
+
+def bench_200(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dict[str, Any]:
+    out = bench_many(b, repo, names, runs)
+    w = Watch(b, repo)
+    try:
+        t0 = mono()
+        w.wait_passes(1, 600)
+        out["watch_first_pass"] = w.passes[0][0] - t0
+        time.sleep(0.5)
+        out["watch_rss_kb"], out["watch_children"] = sample_rss(w.proc.pid, 5.0)
+    finally:
+        w.stop()
+    out["agent"] = idle_agent_rss(b)
+    return out
+
+
+@contextlib.contextmanager
+def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
+    """A second dockerd of our own (socket, data-root, exec-root and pidfile under ``root``,
+    small address pools, no iptables or default bridge of its own, so it cannot clash with
+    the host's daemon), with the images copied in from the host's daemon; killed at the end.
+    Yields its ``DOCKER_HOST``.
+
+    With ``--iptables=false`` nothing lets traffic between its containers (the proxy to an
+    app) through the host's FORWARD chain, whose policy the host's dockerd set to DROP
+    (bridged packets pass iptables under ``br_netfilter``).  One rule in ``DOCKER-USER``,
+    the chain Docker leaves to users, accepts exactly the pool's own traffic; it is
+    deleted at the end."""
+    root.mkdir(parents=True, exist_ok=True)
+    rule = ["-s", OWN_SUBNETS, "-d", OWN_SUBNETS, "-j", "ACCEPT"]
+    chain = (
+        "DOCKER-USER"
+        if sh(["iptables", "-S", "DOCKER-USER"], check=False).returncode == 0
+        else "FORWARD"
+    )
+    sh(["iptables", "-I", chain, *rule])
+    sock = root / "docker.sock"
+    host_url = f"unix://{sock}"
+    log = open(root / "dockerd.log", "ab")  # noqa: SIM115 - lives as long as the daemon
+    proc = subprocess.Popen(
+        [
+            "dockerd",
+            "--host",
+            host_url,
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "docker.pid"),
+            "--bridge",
+            "none",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--ip-forward=false",
+            "--default-address-pool",
+            pool,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        env = {**os.environ, "DOCKER_HOST": host_url}
+        deadline = mono() + 60
+        while sh(["docker", "info"], check=False, env=env).returncode != 0:
+            if proc.poll() is not None or mono() > deadline:
+                raise SystemExit(f"the second dockerd did not start; see {root / 'dockerd.log'}")
+            time.sleep(0.2)
+        for image in (IMAGE, "caddy:2"):
+            if sh(["docker", "image", "inspect", image], check=False, env=env).returncode:
+                save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+                subprocess.run(
+                    ["docker", "load", "-q"], stdin=save.stdout, env=env, check=True,
+                    capture_output=True,
+                )  # fmt: skip
+                save.wait()
+        # Every app joins the proxy network: one pool-sized subnet (/28: 13 addresses)
+        # would stop the 14th app.  Made beforehand with room for all of them.
+        # (This daemon is ours alone: a proxy network a past run left behind goes.)
+        sh(["docker", "network", "rm", PROXY_NETWORK], check=False, env=env)
+        sh(["docker", "network", "create", "--subnet", PROXY_SUBNET, PROXY_NETWORK], env=env)
+        yield host_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        sh(["iptables", "-D", chain, *rule], check=False)
+
+
 # ----------------------------------------------------------------------------- set-up/clean
 
 
@@ -838,7 +1149,7 @@ def report_install(inst: dict[str, Any]) -> None:
     print(row("floor A2: compose up -d, 200 polled after up returned", inst["floor_A2"]))
     print(row("  (compose up -d returned)", inst["floor_A2_up_returned"]))
     print(row("floor A: compose up -d, 200 polled from invocation", inst["floor_A"]))
-    print(row("reconcile apply --yes: until it exits (settle 3 s incl.)", inst["ours_exit"]))
+    print(row("reconcile apply --yes: until it exits (settle gate incl.)", inst["ours_exit"]))
     print(row("  (its own 'seconds' in the JSON summary)", inst["ours_inner_seconds"]))
     print(
         f"  overhead to the first 200 vs floor A2: {first - a2:+.3f} s "
@@ -859,7 +1170,7 @@ def report_noop(noop: dict[str, Any], apps: int, runs: int) -> None:
     compose_ip = [c for c in noop["in_process_calls"] if c.startswith("compose")]
     print(f"\n2. no-op reconcile of {apps} running deployments")
     print(
-        f"  (set-up: the first apply of the {apps} apps, --settle 0: "
+        f"  (set-up: the first apply of the {apps} apps, default gate: "
         f"{noop['setup_install_all']:.1f} s)"
     )
     print(row("reconcile apply --yes (process, end to end)", noop["process"]))
@@ -896,17 +1207,77 @@ def report_peer(peer: dict[str, Any], noop: dict[str, Any], apps: int) -> None:
     ours, theirs, ip = med(peer["ours"]), med(peer["theirs"]), med(noop["in_process"])
     print(
         f"\n3. the same {apps} apps under docker-harbormaster ({peer['version']}), "
-        "no-op, runs paired"
+        "same run, runs paired"
     )
-    print(f"  (its first deploy of the {apps} apps: {peer['first_deploy']:.1f} s)")
-    print(row("reconcile apply --yes (process)", peer["ours"]))
-    print(row("harbormaster run (process)", peer["theirs"]))
+    first, hm_first = noop["setup_install_all"], peer["first_deploy"]
+    print(row(f"first deploy of {apps}: reconcile apply --yes (default gate)", first))
+    print(row(f"first deploy of {apps}: harbormaster run", hm_first))
+    print(
+        f"  ours / harbormaster: {first / hm_first:.2f}x (goal <= 1: {verdict(first <= hm_first)})"
+    )
+    c, hc = med(peer["change_ours"]), med(peer["change_theirs"])
+    print(row("one-app change: reconcile apply --yes (process)", peer["change_ours"]))
+    print(row("one-app change: harbormaster run (process, no gate)", peer["change_theirs"]))
+    print(
+        f"  ours / harbormaster: {c / hc:.2f}x (goal <= 1: {verdict(c <= hc)}; "
+        f"then <= 0.5: {verdict(c <= hc / 2)})"
+    )
+    print(row("no-op: reconcile apply --yes (process)", peer["ours"]))
+    print(row("no-op: harbormaster run (process)", peer["theirs"]))
     print(row("  (ours in process, from 2.)", noop["in_process"]))
     print(
         f"  harbormaster / ours: process {theirs / ours:.1f}x "
         f"(goal >= 10x: {verdict(theirs / ours >= 10)}); in process {theirs / ip:.1f}x "
         f"({verdict(theirs / ip >= 10)})"
     )
+
+
+def report_breakdown(parts: dict[str, dict[str, float]]) -> None:
+    print("\n3b. where a one-app change's time goes (one run each, text output timed per line)")
+    for label, ph in parts.items():
+        steps = ", ".join(
+            f"{k} {v * 1000:.0f}" for k, v in ph.items() if k not in ("total", "settled_at")
+        )
+        print(
+            f"  {label}: total {ph['total'] * 1000:.0f} ms; gate {ph['settled_at'] * 1000:.0f} ms"
+        )
+        print(f"    ms from each step's line to the next: {steps}")
+
+
+def report_many(size: int, many: dict[str, Any], base: dict[str, float] | None) -> None:
+    grown = f" (grown from {many['grown_from']})" if many["grown_from"] else ""
+    print(f"\n6. {size} apps on one host{grown}")
+    figures = {
+        "first_deploy": many["first_deploy"],
+        "noop": med(many["noop"]),
+        "change": med(many["change"]),
+    }
+    labels = {
+        "first_deploy": f"first deploy ({many['installed']} installs)",
+        "noop": "no-op (process)",
+        "change": "one-app change (process)",
+    }
+    for key, value in figures.items():
+        ratio = ""
+        if base is not None:
+            ratio = f"  x{value / base[key]:.2f} the 20-app figure"
+        print(f"  {labels[key]:58} {ms(value)}{ratio}")
+    if base is not None:
+        grow = figures["noop"] / base["noop"]
+        print(
+            f"  no-op grows x{grow:.2f} for x{size / 20:g} the apps "
+            f"(goal: less than linear: {verdict(grow < size / 20)})"
+        )
+    print(f"  not serving through the proxy: {len(many['not_serving'])}; failed: {many['failed']}")
+
+
+def report_200(big: dict[str, Any], size: int) -> None:
+    w, a = big["watch_rss_kb"] / 1024, big["agent"]["rss_kb"] / 1024
+    ok = not big["not_serving"] and not big["failed"]
+    print(f"\n7. {size} deployments on one host, all serving through the proxy: {verdict(ok)}")
+    print(f"  reconcile apply --watch: first pass {big['watch_first_pass']:.2f} s")
+    print(f"  idle RSS, max over 5 s: apply --watch {w:5.1f} MB ({verdict(w <= 80)} <= 80 MB)")
+    print(f"  idle RSS, max over 5 s: reconcile-agent {a:5.1f} MB ({verdict(a <= 80)} <= 80 MB)")
 
 
 def report_watch(watch: dict[str, Any], drift_runs: int) -> None:
@@ -932,55 +1303,138 @@ def report_watch(watch: dict[str, Any], drift_runs: int) -> None:
     )
 
 
+def parallel_supported() -> bool:
+    """Whether this ``reconcile apply`` takes ``--parallel N`` (the parallel executor)."""
+    r = sh([RECONCILE, "apply", "--help"], check=False, env={**os.environ, "COLUMNS": "300"})
+    return "--parallel" in r.stdout
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--apps", type=int, default=20)
+    parser.add_argument("--apps", type=int, default=20, help="the base size, against the peer")
+    parser.add_argument(
+        "--sizes",
+        default="20,100,200",
+        help="which sizes to run, comma-separated, of 20 (the base, with the peer), 100 and "
+        "200; e.g. --sizes 20 for a quick run",
+    )
     parser.add_argument("--drift-runs", type=int, default=3)
+    parser.add_argument(
+        "--parallel", type=int, default=None, help="pass --parallel N to apply, if it takes it"
+    )
+    parser.add_argument(
+        "--docker-host", default=None, help="DOCKER_HOST for everything this run starts"
+    )
+    parser.add_argument(
+        "--own-dockerd",
+        type=pathlib.Path,
+        default=None,
+        metavar="DIR",
+        help="start a second dockerd of our own under DIR (small address pools), load the "
+        "images into it, run everything against it, and kill it at the end",
+    )
+    parser.add_argument(
+        "--address-pool",
+        default="base=10.201.0.0/16,size=28",
+        help="the second dockerd's default-address-pools (inside 10.200.0.0/14)",
+    )
     parser.add_argument(
         "--wait", type=float, default=60, help="seconds to wait for other pytest runs to end"
     )
     args = parser.parse_args()
+    sizes = {int(x) for x in args.sizes.split(",") if x.strip()}
+    if not sizes <= {20, 100, 200}:
+        parser.error(f"--sizes takes 20, 100 and 200, not {sorted(sizes - {20, 100, 200})}")
     started = mono()
-    others = busy_elsewhere()
-    while others and mono() - started < args.wait:
-        time.sleep(2)
-        others = busy_elsewhere()
-    if others:
-        print(f"WARNING: after waiting {args.wait:g} s, other processes may still drive Docker")
-        print("and the shared proxy (and load the CPUs):")
-        for o in others[:5]:
-            print("   ", o)
-    elif mono() - started > 1:
-        print(f"(waited {mono() - started:.0f} s for other Docker/pytest processes to end)")
+    with contextlib.ExitStack() as stack:
+        if args.own_dockerd is not None:
+            os.environ["DOCKER_HOST"] = stack.enter_context(
+                own_dockerd(args.own_dockerd, args.address_pool)
+            )
+        elif args.docker_host:
+            os.environ["DOCKER_HOST"] = args.docker_host
+        else:
+            others = busy_elsewhere()
+            while others and mono() - started < args.wait:
+                time.sleep(2)
+                others = busy_elsewhere()
+            if others:
+                print(f"WARNING: after waiting {args.wait:g} s, other processes may still drive")
+                print("Docker and the shared proxy (and load the CPUs):")
+                for o in others[:5]:
+                    print("   ", o)
+            elif mono() - started > 1:
+                print(f"(waited {mono() - started:.0f} s for other Docker/pytest processes to end)")
+        run(args, sizes, started)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"HTTP requests sent: {_requests}; total {mono() - started:.0f} s; load average {load}")
+
+
+def run(args: argparse.Namespace, sizes: set[int], started: float) -> None:
     names = [f"app-{i:02d}" for i in range(args.apps)]
     with host() as b:
         fmt = "{{.Client.Version}} / engine {{.Server.Version}}"
         dv = sh(["docker", "version", "--format", fmt]).stdout.strip()
         cv = sh(["docker", "compose", "version", "--short"]).stdout.strip()
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        if args.parallel is not None:
+            if parallel_supported():
+                b.apply_extra = ["--parallel", str(args.parallel)]
+            else:
+                b.notes.append(f"--parallel {args.parallel}: this apply has no --parallel; ignored")
         print(
-            f"docker {dv}, compose {cv}, python {sys.version.split()[0]}, {os.cpu_count()} cpus,"
-            f" load average {load}; medians of {args.runs} runs after a warm-up"
+            f"docker {dv} ({os.environ.get('DOCKER_HOST') or 'the default socket'}), "
+            f"compose {cv}, python {sys.version.split()[0]}, {os.cpu_count()} cpus,"
+            f" load average {load}; medians of {args.runs} runs after a warm-up; "
+            f"apply {' '.join(b.apply_extra) or '(sequential)'}"
         )
         print(
             f"proxy {PROXY_CONTAINER} on 127.0.0.1:{b.port}: "
             f"{'already ran' if b.proxy_existed else 'created by this run'}"
         )
-        inst = bench_install(b, args.runs)
-        repo20 = b.tmp / "repo-20"
-        write_repo(repo20, b.port, names)
-        noop = bench_noop(b, repo20, names, args.runs)
-        peer = bench_peer(b, repo20, args.apps, args.runs)
-        watch = bench_watch(b, repo20, names, noop["ids"], args.drift_runs)
-        report_install(inst)
-        report_noop(noop, args.apps, args.runs)
-        report_peer(peer, noop, args.apps)
-        report_watch(watch, args.drift_runs)
+        base: dict[str, float] | None = None
+        repo = b.tmp / "repo"
+        if 20 in sizes:
+            inst = bench_install(b, args.runs)
+            healthy = frozenset(names[:1])  # app 0 has a healthcheck: the gate's other path
+            write_repo(repo, b.port, names, healthy=healthy)
+            noop = bench_noop(b, repo, names, args.runs)
+            peer = bench_peer(b, repo, names, args.runs)
+            parts = {
+                "no healthcheck (settled by the window)": change_breakdown(
+                    b, repo, names[3], 1, healthy=False
+                ),
+                "with a healthcheck (settled once healthy)": change_breakdown(
+                    b, repo, names[0], 2, healthy=True
+                ),
+            }
+            healthy_change = [ours_change(b, repo, names, 10 + i, True) for i in range(args.runs)]
+            watch = bench_watch(b, repo, names, noop["ids"], args.drift_runs)
+            report_install(inst)
+            report_noop(noop, args.apps, args.runs)
+            report_peer(peer, noop, args.apps)
+            print(row("one-app change, the app with a healthcheck (process)", healthy_change))
+            report_breakdown(parts)
+            report_watch(watch, args.drift_runs)
+            base = {
+                "first_deploy": noop["setup_install_all"],
+                "noop": med(peer["ours"]),
+                "change": med(peer["change_ours"]),
+            }
+            hm_down(b)
+            if sizes & {100, 200}:
+                print(f"  (purged the {args.apps} apps in {purge_all(b, repo):.1f} s)")
+        if 100 in sizes:
+            many = bench_many(b, repo, [f"app-{i:03d}" for i in range(100)], args.runs)
+            report_many(100, many, base)
+        if 200 in sizes:
+            big = bench_200(b, repo, [f"app-{i:03d}" for i in range(200)], args.runs)
+            report_many(200, big, base)
+            report_200(big, 200)
         for n in b.notes:
             print("note:", n)
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"HTTP requests sent: {_requests}; total {mono() - started:.0f} s; load average {load}")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

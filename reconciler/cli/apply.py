@@ -65,8 +65,12 @@ def apply_command(
         float, typer.Option("--interval", help="With --watch: seconds between timed runs.")
     ] = 60.0,
     settle: Annotated[
-        float, typer.Option("--settle", help="Seconds a deployment must stay stable.")
-    ] = 3.0,
+        float,
+        typer.Option(
+            "--settle",
+            help="Seconds a service without a healthcheck must run without a restart.",
+        ),
+    ] = 2.0,
     parallel: Annotated[
         int | None,
         typer.Option(

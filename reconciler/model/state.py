@@ -69,6 +69,9 @@ class ContainerState(_Frozen):
     restarts: int = 0
     exit_code: int | None = None
     one_shot: bool = False  # restart: "no" -- exiting 0 is success, not a crash
+    # When its current run began (epoch seconds, Docker's State.StartedAt), if known: the
+    # settle gate ages a container by it (agent/gate.py).
+    started_at: float | None = None
 
 
 class Hold(_Frozen):

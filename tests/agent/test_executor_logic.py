@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.compose import FakeComposeDriver
-from agent.executor import Executor, ExecutorSettings, _verdict
+from agent.executor import Executor, ExecutorSettings, StepEvent
 from agent.statedir import read_record
 from reconciler.load.repo import load_repository
 from reconciler.model.state import ActualState, AgentState, ContainerState, DeployedApp
@@ -173,13 +173,31 @@ def test_exit_during_settle_is_failure_not_running(make_repo: RepoFactory, tmp_p
     assert "exited (code 1)" in result.message
 
 
-def test_healthcheck_starting_waits_then_settles(make_repo: RepoFactory, tmp_path) -> None:
-    ex, _d, _p, watch, clock, root, rendered = setup(make_repo, tmp_path)
+def test_healthcheck_starting_waits_then_settles_once_healthy(
+    make_repo: RepoFactory, tmp_path
+) -> None:
+    """A healthy service does not wait out the window: the gate's decision says so."""
+    ex, _d, _p, watch, _clock, root, rendered = setup(make_repo, tmp_path)
+    events: list[StepEvent] = []
+    ex.on_event = events.append
     watch.script = [[ContainerState(service="app", name="c1", health="starting")]] * 8
     watch.default = [ContainerState(service="app", name="c1", health="healthy")]
     (result,) = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
     assert result.ok
-    assert clock.now >= 8 * 0.25 + 1.0  # waited for health, then the settle window
+    (settled,) = [e.detail for e in events if e.step == "settled"]
+    assert settled == "after 2.0 s: app: healthy"  # the 9th sample, 8 x 0.25 s
+
+
+def test_no_healthcheck_waits_out_the_window_from_the_first_sample(
+    make_repo: RepoFactory, tmp_path
+) -> None:
+    ex, _d, _p, _watch, _clock, root, rendered = setup(make_repo, tmp_path)
+    events: list[StepEvent] = []
+    ex.on_event = events.append
+    (result,) = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    assert result.ok
+    (settled,) = [e.detail for e in events if e.step == "settled"]
+    assert settled == "after 1.0 s: app: window"
 
 
 def test_never_healthy_times_out(make_repo: RepoFactory, tmp_path) -> None:
@@ -188,39 +206,6 @@ def test_never_healthy_times_out(make_repo: RepoFactory, tmp_path) -> None:
     (result,) = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
     assert not result.ok
     assert "not ready after 5 s" in result.message
-
-
-def test_one_shot_exit_zero_is_success() -> None:
-    want = RenderedDeployment(
-        id="dpl_0000000000000001",
-        name="x",
-        namespace="t",
-        agent="local",
-        kind="manifest",
-        compose_yaml="",
-        services=("app", "seed"),
-        one_shot=("seed",),
-    )
-    ok = _verdict(
-        want,
-        [
-            ContainerState(service="app", name="a"),
-            ContainerState(service="seed", name="s", status="exited", exit_code=0),
-        ],
-        {},
-        1.0,
-    )
-    assert ok.ready and ok.failure is None
-    bad = _verdict(
-        want,
-        [
-            ContainerState(service="app", name="a"),
-            ContainerState(service="seed", name="s", status="exited", exit_code=3),
-        ],
-        {},
-        1.0,
-    )
-    assert bad.failure == "service seed exited (code 3)"
 
 
 def test_failed_update_rolls_back(make_repo: RepoFactory, tmp_path) -> None:
