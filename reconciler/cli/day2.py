@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["remote_operation"]
 
 FOLLOW_INTERVAL = 1.0  # seconds between two chunks of `logs -f --server`
-REMOTE_TIMEOUT = 150.0  # seconds to wait for an agent's answer (its command TTL is 120)
 
 
 class Day2Format(enum.StrEnum):
@@ -86,44 +85,22 @@ def _local_executor(state_dir: pathlib.Path) -> Executor:
 
 
 def remote_operation(
-    server: str, request: OperationRequest, *, timeout: float = REMOTE_TIMEOUT
+    server: str, request: OperationRequest, *, timeout: float | None = None
 ) -> OperationResult:
     """Ask the control plane to run ``request`` on the deployment's agent; its answer.
 
     Raises :class:`OperationError` when the server refuses (unknown deployment, agent
-    offline) or the agent does not answer in time.
+    offline) or the agent does not answer in time; exits on a transport or HTTP error.
     """
-    import httpx
-
-    from reconciler.model.day2 import OperationError, OperationResult
+    from reconciler.client.operations import ServerRefused, ServerUnreachable, run_operation
 
     token = _admin_token()
     if not token:
         raise _fail("--server needs RECONCILE_ADMIN_TOKEN in the environment", 2)
-    headers = {"Authorization": f"Bearer {token}"}
-    base = server.rstrip("/")
     try:
-        with httpx.Client(headers=headers, timeout=45.0) as client:
-            response = client.post(base + "/v1/operations", json=request.model_dump(mode="json"))
-            if response.status_code in (404, 409):
-                raise OperationError(str(response.json().get("error")))
-            command = str(_answer(base + "/v1/operations", response)["command"])
-            deadline = time.monotonic() + timeout
-            while True:
-                url = f"{base}/v1/operations/{command}"
-                data = _answer(url, client.get(url, params={"wait": 25}))
-                if data["state"] != "pending":
-                    break
-                if time.monotonic() > deadline:
-                    raise OperationError(f"the agent did not answer within {timeout:g} s")
-    except httpx.HTTPError as exc:
-        raise _fail(f"{base}: {exc}") from None
-    if data["state"] == "expired":
-        raise OperationError("the agent did not pick the operation up in time (is it online?)")
-    if data.get("result") is None:
-        # an agent from before day-2 operations refuses the kind with a message
-        raise OperationError(str(data.get("message") or f"operation {data['state']}"))
-    return OperationResult.model_validate(data["result"])
+        return run_operation(server, token, request, timeout=timeout)
+    except (ServerUnreachable, ServerRefused) as exc:
+        raise _fail(str(exc)) from None
 
 
 def _run(

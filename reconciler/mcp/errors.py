@@ -29,9 +29,11 @@ class ToolFailure(Exception):
     """The tool could not do what was asked, and changed nothing.
 
     ``code`` says what to do next: ``invalid`` (fix the input or the repository, see
-    ``problems``), ``not_found``, ``exists``, ``conflict``, ``unavailable`` (the server or
-    Docker did not answer: retry later), ``not_supported`` (this server or host lacks the
-    feature), ``git`` (the clone refused the change).
+    ``problems``), ``not_found``, ``exists``, ``conflict``, ``unauthorized`` (set the
+    admin token), ``unavailable`` (the server or Docker did not answer: retry later),
+    ``refused`` (the server or the agent would not do it, and says why),
+    ``not_supported`` (this server or host lacks the feature), ``git`` (the clone refused
+    the change).
     """
 
     code: str

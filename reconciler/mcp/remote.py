@@ -18,6 +18,7 @@ class ServerClient:
 
     def __init__(self, base_url: str, token: str | None, *, timeout: float = TIMEOUT) -> None:
         self.base_url = base_url
+        self.token = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 

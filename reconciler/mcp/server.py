@@ -591,11 +591,28 @@ class Tools:
         _name, dpl = self._resolve(deployment)
         return actions.restart(dpl, service=service, server=self.server)
 
-    def rollback_deployment(self, deployment: DeploymentArg) -> dict[str, Any]:
-        """Roll a deployment back to its previous release on its host (the control plane
-        holds it until its file changes in git). Needs a server that supports rollback."""
+    def rollback_deployment(
+        self,
+        deployment: DeploymentArg,
+        to: Annotated[
+            str | None,
+            Field(
+                description="The release to run (a name from the deployment's history, or a "
+                "spec hash prefix); default: the one before the running one."
+            ),
+        ] = None,
+        release: Annotated[
+            bool,
+            Field(
+                description="Lift the hold a rollback left instead (git decides again); "
+                "takes no `to`."
+            ),
+        ] = False,
+    ) -> dict[str, Any]:
+        """Run an earlier release of a deployment on its host and hold it there until its
+        file changes in git; or, with release, lift that hold."""
         _name, dpl = self._resolve(deployment)
-        return actions.rollback(dpl, server=self.server)
+        return actions.rollback(dpl, to=to, release=release, server=self.server)
 
 
 TOOLS: tuple[tuple[str, ToolAnnotations], ...] = (

@@ -86,6 +86,17 @@ def _apply(clone: pathlib.Path, state: pathlib.Path) -> dict[str, Any]:
     raise AssertionError(output)
 
 
+def _show(dpl: str, state: pathlib.Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [RECONCILE, "show", dpl, "-f", "json", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return dict(json.loads(proc.stdout))
+
+
 def _started_at(dpl: str) -> dict[str, str]:
     client = docker_client()
     try:
@@ -151,3 +162,36 @@ def test_a_catalog_app_deployed_through_mcp_is_planned_applied_logged_and_restar
     assert sum(SERVING in line for line in out["first"]) == 1
     assert sum(SERVING in line for line in out["after"]) == 2  # the restart's own start
     assert out["unknown"]["error"] == "not_found"
+
+    # a local rollback runs `reconcile rollback` beside the MCP server (which never
+    # imports the agent): first refused (one release only), then done after a change
+    state_env = {"RECONCILE_STATE_DIR": str(host["state"])}
+
+    async def no_earlier(s: Session) -> dict[str, Any]:
+        return await s.fail("rollback_deployment", {"deployment": "site"})
+
+    refused = run_mcp(clone, no_earlier, env=state_env)
+    assert refused["error"] == "refused", refused
+    first = _show(dpl, host["state"])
+    (clone / "deployments" / "site.yaml").write_text(
+        (clone / "deployments" / "site.yaml").read_text()
+        + f"domain: other-{host['namespace']}.localhost\n"
+    )
+    git(clone, "commit", "-qam", "another domain")
+    _apply(clone, host["state"])
+    changed = _show(dpl, host["state"])
+    assert changed["spec_hash"] != first["spec_hash"]
+
+    async def roll(s: Session) -> dict[str, Any]:
+        return {
+            "back": await s.call("rollback_deployment", {"deployment": "site"}),
+            "release": await s.call("rollback_deployment", {"deployment": "site", "release": True}),
+        }
+
+    rolled = run_mcp(clone, roll, env=state_env)
+    assert rolled["back"]["via"] == "local"
+    assert "held until its file changes in git" in rolled["back"]["message"]
+    assert "hold lifted" in rolled["release"]["message"]
+    after_roll = _show(dpl, host["state"])
+    assert after_roll["spec_hash"] == first["spec_hash"]  # the earlier release runs again
+    assert after_roll["held"] is None  # and the hold is lifted

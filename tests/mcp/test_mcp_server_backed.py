@@ -1,7 +1,9 @@
 """``reconcile mcp`` in front of a real ``reconcile serve`` (uvicorn on a 127.0.0.1 port).
 
-The token comes through ``RECONCILE_TOKEN_FILE``; the control plane of this tree has no
-logs, restart or rollback endpoint yet, and the tools must say so as a structured error.
+The token comes through ``RECONCILE_TOKEN_FILE``.  logs, restart and rollback are the
+control plane's day-2 operations (``POST /v1/operations``): with no agent online the
+tools answer a structured refusal; with a real ``reconcile-agent`` on real Docker
+(tests/e2e/cluster.py) they act on the host, through the SDK's own client over stdio.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import pytest
 
 from reconciler.mcp.settings import token_from_env
 from reconciler.model.secretenv import SecretEnvError
+from tests.agent.docker_helpers import docker_client
+from tests.day2.test_day2_agent_docker import deploy, page, view
+from tests.e2e.cluster import ADMIN_TOKEN, Cluster, running_cluster, wait_for
 from tests.mcp.mcp_helpers import Session, make_clone, run_mcp
 from tests.server.conftest import ADMIN
 from tests.server.serve_helpers import Serve
@@ -36,7 +41,7 @@ def served(tmp_path: pathlib.Path) -> Iterator[tuple[pathlib.Path, Serve]]:
         serve.stop()
 
 
-def test_tools_read_the_control_plane_and_name_what_it_lacks(
+def test_tools_read_the_control_plane_and_refuse_what_no_agent_can_run(
     served: tuple[pathlib.Path, Serve], tmp_path: pathlib.Path
 ) -> None:
     clone, serve = served
@@ -60,8 +65,9 @@ def test_tools_read_the_control_plane_and_name_what_it_lacks(
     [site] = out["deployments"]["deployments"]
     assert site["name"] == "site"
     for key in ("logs", "restart", "rollback"):
-        assert out[key]["error"] == "not_supported", out[key]
-        assert "not supported by this server yet" in out[key]["message"]
+        # the server knows the deployment, but no agent of its can run the operation
+        assert out[key]["error"] == "refused", out[key]
+        assert "agent local of site is not served by the control plane" in out[key]["message"]
 
 
 def test_a_wrong_token_is_a_structured_refusal(served: tuple[pathlib.Path, Serve]) -> None:
@@ -84,3 +90,81 @@ def test_the_token_comes_from_either_name_or_its_file(tmp_path: pathlib.Path) ->
     assert token_from_env({}) is None
     with pytest.raises(SecretEnvError):
         token_from_env({"RECONCILE_TOKEN": "a", "RECONCILE_TOKEN_FILE": str(secret)})
+
+
+@pytest.fixture
+def cluster(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    docker_client()  # fails loudly without Docker
+    with running_cluster(tmp_path) as c:
+        # its own proxy: other tests on this Docker host run theirs
+        monkeypatch.setenv("RECONCILE_PROXY_CONTAINER", f"reconciler-proxy-{c.namespace}")
+        yield c
+
+
+def _started_at(dpl: str) -> dict[str, str]:
+    client = docker_client()
+    try:
+        return {
+            c.id: c.attrs["State"]["StartedAt"]
+            for c in client.containers.list(filters={"label": f"io.reconciler.deployment={dpl}"})
+        }
+    finally:
+        client.close()
+
+
+@pytest.mark.docker
+def test_logs_restart_and_rollback_reach_a_real_agent_through_the_control_plane(
+    cluster: Cluster,
+) -> None:
+    cluster.start_server()
+    cluster.start_agent(cluster.agent_token(), settle=0.5)
+    deploy(cluster, "v1")
+    wait_for(lambda: page(cluster, "page v1"), 60, "v1 through the proxy")
+    deploy(cluster, "v2")
+    wait_for(lambda: page(cluster, "page v2"), 60, "v2 through the proxy")
+    dpl = view(cluster)["id"]
+    before = _started_at(dpl)
+
+    def held() -> bool:
+        row = view(cluster)
+        return row["status"] == "held" and row["plan_action"] == "held"
+
+    async def body(s: Session) -> dict[str, Any]:
+        out = {
+            "logs": await s.call("get_logs", {"deployment": "notes", "tail": 10}),
+            "restart": await s.call("restart_deployment", {"deployment": "notes"}),
+            "after_restart": _started_at(dpl),
+            "one_service": await s.fail(
+                "restart_deployment", {"deployment": "notes", "service": "app"}
+            ),
+            "no_release": await s.fail("rollback_deployment", {"deployment": "notes", "to": "zz"}),
+            "both": await s.fail(
+                "rollback_deployment", {"deployment": "notes", "to": "x", "release": True}
+            ),
+            "rollback": await s.call("rollback_deployment", {"deployment": "notes"}),
+        }
+        wait_for(lambda: page(cluster, "page v1"), 30, "v1 again after the rollback")
+        wait_for(held, 30, "the server's plan and status to show notes held")
+        out["release"] = await s.call(
+            "rollback_deployment", {"deployment": "notes", "release": True}
+        )
+        return out
+
+    env = {"RECONCILE_SERVER": cluster.url, "RECONCILE_TOKEN": ADMIN_TOKEN}
+    out = run_mcp(cluster.work, body, env=env)
+
+    assert out["logs"]["via"] == "server"
+    assert any("day2 app starting v2" in line for line in out["logs"]["lines"]), out["logs"]
+    assert out["restart"]["restarted"] == ["app"]
+    after = out["after_restart"]
+    assert set(after) == set(before)  # the same containers, started again
+    assert all(after[c] != before[c] for c in before)
+    assert out["one_service"]["error"] == "not_supported"
+    assert out["no_release"]["error"] == "refused"
+    assert out["both"]["error"] == "invalid"
+    assert out["rollback"]["via"] == "server"
+    assert out["rollback"]["held"] is not None, out["rollback"]
+    assert out["release"]["released"] is True
+    # the hold is lifted: git (v2) decides again, without a push
+    wait_for(lambda: page(cluster, "page v2"), 60, "v2 again after the hold is lifted")
+    assert view(cluster)["held"] is None
