@@ -256,15 +256,19 @@ def _quoted(source: str, start: int, text: str, *, double: bool) -> list[int] | 
                 chars.pop()
                 out.pop()
                 escaped.pop()
-            at = i
+            # As PyYAML folds a flow scalar's line break: the first becomes a space when
+            # no blank line follows, each later one a newline; a line or paragraph
+            # separator (U+2028, U+2029) is kept as itself wherever it stands.
+            breaks = [(_line_break(source, i), i)]
             i = _skip_blank(source, _skip_break(source, i))
-            blank_lines = 0
             while i < len(source) and source[i] in _BREAK_CHARS:
-                blank_lines += 1
+                breaks.append((_line_break(source, i), i))
                 i = _skip_blank(source, _skip_break(source, i))
-            for _ in range(blank_lines or 1):
-                chars.append("\n" if blank_lines else " ")
-                out.append(at)
+            first, at = breaks[0]
+            folded = [(first, at)] if first != "\n" else [] if len(breaks) > 1 else [(" ", at)]
+            for ch, pos in folded + breaks[1:]:
+                chars.append(ch)
+                out.append(pos)
                 escaped.append(False)
             continue
         chars.append(c)
@@ -275,6 +279,11 @@ def _quoted(source: str, start: int, text: str, *, double: bool) -> list[int] | 
         return None
     out.append(i)
     return out
+
+
+def _line_break(source: str, i: int) -> str:
+    """The character a line break at ``i`` reads as (PyYAML keeps U+2028/U+2029)."""
+    return source[i] if source[i] in "\u2028\u2029" else "\n"
 
 
 def _skip_break(source: str, i: int) -> int:

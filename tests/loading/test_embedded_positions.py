@@ -11,7 +11,7 @@ import json
 import pathlib
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from reconciler.load.catalog import Catalog
@@ -217,6 +217,8 @@ def test_unfollowed_style_falls_back_to_the_scalar() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",))), st.booleans())
+@example("\u2028", False)  # PyYAML keeps a raw line separator as itself, never folded
+@example("a\n\u2029\u2028b", False)
 def test_json_strings_map_every_character(text: str, ascii_only: bool) -> None:
     """Any string written as JSON maps back character by character, escapes included."""
     source = "key: " + json.dumps(text, ensure_ascii=ascii_only)
