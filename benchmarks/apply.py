@@ -99,6 +99,8 @@ HM_VENV = (
 )
 RECONCILE = str(pathlib.Path(sys.executable).with_name("reconcile"))
 OWN_SUBNETS = "10.200.0.0/14"  # --own-dockerd: its pool and proxy network live in here
+OWN_BRIDGE = "benchbr0"  # --own-dockerd: its default bridge (never --bridge none)
+OWN_BRIDGE_ADDRESS = "10.203.255.1/24"  # inside OWN_SUBNETS
 PROXY_SUBNET = "10.202.0.0/20"  # --own-dockerd: the proxy network, room for 4,000 apps
 POLL_STEP = 0.02
 STALL = 0.5  # one request this slow waited for a SYN retransmit (1 s RTO): see the report
@@ -956,9 +958,10 @@ def bench_200(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dict
 @contextlib.contextmanager
 def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
     """A second dockerd of our own (socket, data-root, exec-root and pidfile under ``root``,
-    small address pools, no iptables or default bridge of its own, so it cannot clash with
+    small address pools, no iptables, a default bridge of its own, so it cannot clash with
     the host's daemon), with the images copied in from the host's daemon; killed at the end.
-    Yields its ``DOCKER_HOST``.
+    Yields its ``DOCKER_HOST``.  (Never ``--bridge none``: dockerd then deletes the host's
+    ``docker0``, and the host daemon's default network with it.)
 
     With ``--iptables=false`` nothing lets traffic between its containers (the proxy to an
     app) through the host's FORWARD chain, whose policy the host's dockerd set to DROP
@@ -973,6 +976,12 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
         else "FORWARD"
     )
     sh(["iptables", "-I", chain, *rule])
+    for cmd in (
+        ["ip", "link", "add", OWN_BRIDGE, "type", "bridge"],
+        ["ip", "addr", "add", OWN_BRIDGE_ADDRESS, "dev", OWN_BRIDGE],
+        ["ip", "link", "set", OWN_BRIDGE, "up"],
+    ):
+        sh(cmd, check=False)  # left by a killed run: then already there
     sock = root / "docker.sock"
     host_url = f"unix://{sock}"
     log = open(root / "dockerd.log", "ab")  # noqa: SIM115 - lives as long as the daemon
@@ -988,7 +997,7 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
             "--pidfile",
             str(root / "docker.pid"),
             "--bridge",
-            "none",
+            OWN_BRIDGE,
             "--iptables=false",
             "--ip-masq=false",
             "--ip-forward=false",
@@ -1028,6 +1037,7 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
             proc.kill()
             proc.wait()
         sh(["iptables", "-D", chain, *rule], check=False)
+        sh(["ip", "link", "delete", OWN_BRIDGE], check=False)
 
 
 # ----------------------------------------------------------------------------- set-up/clean
