@@ -285,7 +285,7 @@ def test_compose_server_behind_caddy_and_an_agent_in_the_image_serve_a_pushed_ap
                 ),
                 "deployments/hello.yaml": (
                     f"name: hello\nagent: host1\napp: hello\ndomain: {kit.domain}\n"
-                    "vars:\n  GREETING: shipped-in-a-container\n"
+                    "vars:\n  greeting: shipped-in-a-container\n"
                 ),
             }
         )

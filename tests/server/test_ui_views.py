@@ -71,6 +71,18 @@ def test_a_failed_steps_hint_is_split_from_its_message() -> None:
     assert views.split_hint("no hint here (really)") == ("no hint here (really)", None)
 
 
+def test_the_classified_failure_text_splits_into_message_and_hint() -> None:
+    """What the agent sends (agent.failures): the hint holds parentheses, a note follows
+    it, and the output's last lines come after the first line."""
+    from agent.failures import classify
+
+    failure = classify("up", "Error response: pull access denied for nosuch/app", None)
+    assert failure.hint is not None and "(" in failure.hint
+    error, hint = views.split_hint(failure.text("; stack stopped, data kept"))
+    assert hint == failure.hint
+    assert error.splitlines()[0] == f"{failure.headline()}; stack stopped, data kept"
+
+
 def test_a_blocked_action_shows_its_reason_as_the_error() -> None:
     (row,) = views.deployment_rows([view(plan_action="blocked", plan_reason="needs 4096 MB")])
     assert row.error == "needs 4096 MB" and row.hint is None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +32,7 @@ __all__ = [
 Tone = Literal["good", "bad", "busy", "idle"]
 
 # The agent appends "(hint: …)" to a failed step's message (agent.executor).
-_HINT_RE = re.compile(r"\s*\(hint: (?P<hint>[^()]*)\)\s*$")
+_HINT_OPEN = " (hint: "
 SHORT_HASH = 12  # characters of a spec hash or commit shown; the full value is in a title
 _IN_FLIGHT = {"install": "installing", "update": "updating", "uninstall": "uninstalling"}
 _IN_FLIGHT_DEFAULT = "applying"
@@ -88,11 +87,19 @@ class EventLine:
 
 
 def split_hint(message: str) -> tuple[str, str | None]:
-    """``"pull: … (hint: the image is not available …)"`` -> message and hint apart."""
-    found = _HINT_RE.search(message)
-    if found is None:
+    """``"pull: … (hint: the image is not available …)"`` -> message and hint apart.
+
+    The agent writes the hint on the message's first line (``agent.failures``), possibly
+    followed by a note (``; previous release restored``) and the output's last lines;
+    the hint itself may hold parentheses (``(`docker image ls`)``).
+    """
+    first, sep, rest = message.partition("\n")
+    start = first.find(_HINT_OPEN)
+    close = first.rfind(")")
+    if start < 0 or close < start:
         return message, None
-    return message[: found.start()], found["hint"]
+    hint = first[start + len(_HINT_OPEN) : close]
+    return first[:start] + first[close + 1 :] + sep + rest, hint
 
 
 def _status(view: Mapping[str, Any]) -> tuple[str, Tone, str | None, str | None]:
