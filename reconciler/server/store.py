@@ -753,6 +753,10 @@ class Store:
         return {r[0] for r in self._query("SELECT id FROM commands WHERE state = 'pending'")}
 
     @staticmethod
+    def _event(r: sqlite3.Row) -> EventRow:
+        return EventRow(r["id"], r["time"], r["kind"], json.loads(r["fields"]))
+
+    @staticmethod
     def _command(r: sqlite3.Row) -> CommandRow:
         return CommandRow(
             id=r["id"],
@@ -907,7 +911,7 @@ class Store:
             "ORDER BY id LIMIT ?",
             (after, wanted, wanted, max(1, limit)),
         )
-        return [EventRow(r["id"], r["time"], r["kind"], json.loads(r["fields"])) for r in rows]
+        return [self._event(r) for r in rows]
 
     # --------------------------------------------------------------------- outbox
 
@@ -1060,7 +1064,7 @@ class Store:
             "SELECT * FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
             (max(1, limit),),
         )
-        return [EventRow(r["id"], r["time"], r["kind"], json.loads(r["fields"])) for r in rows]
+        return [self._event(r) for r in rows]
 
     # ------------------------------------------------------------------ retention
 
