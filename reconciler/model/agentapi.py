@@ -32,10 +32,18 @@ otherwise):
 ``POST /v1/agent/report``               AgentReport -> 200 ReportAck
     The heartbeat; carries the host's actual state.  An agent whose last report is
     older than ``3 * heartbeat_seconds`` is offline: its actions are ``blocked``.
+    The state travels only when it changed: the agent always sends ``state_digest``
+    (``state_digest()`` of its state) and leaves ``state`` out while the digest equals
+    the one the server last acknowledged in ``ReportAck.state_digest``.  A server that
+    holds another digest (or none) answers with the digest it holds, and the agent sends
+    the full state at once.  A server from before answers no digest, so the agent always
+    sends the full state to it; an agent from before sends no digest and always a state.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -59,6 +67,7 @@ __all__ = [
     "ProgressStep",
     "ReportAck",
     "ResultAck",
+    "state_digest",
 ]
 
 PROTOCOL_VERSION = 1
@@ -152,7 +161,9 @@ class ResultAck(_Wire):
 class AgentReport(_Wire):
     """The heartbeat: what runs on the host now, and what the agent is working on."""
 
-    state: AgentState
+    # None when unchanged since the server last acknowledged ``state_digest``.
+    state: AgentState | None = None
+    state_digest: str | None = None
     running: list[str] = Field(default_factory=list)  # command ids in progress
     version: str = ""
     hostname: str = ""
@@ -166,3 +177,14 @@ class AgentReport(_Wire):
 
 class ReportAck(_Wire):
     heartbeat_seconds: float = 10.0
+    # The digest of the state the server now holds for this agent; None from a server
+    # from before (the agent then keeps sending full states).
+    state_digest: str | None = None
+
+
+def state_digest(state: AgentState) -> str:
+    """The digest a heartbeat carries: sha256 of the state's canonical JSON, so equal
+    states have equal digests on every Python and pydantic version that writes the same
+    JSON."""
+    body = json.dumps(state.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()

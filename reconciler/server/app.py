@@ -388,6 +388,9 @@ def create_app(
         except TooManyDeployments as exc:
             raise _Error(413, str(exc)) from None
         now = reconciler.clock()
+        if body.state is None:
+            # This server acknowledges no digest yet, so an agent never has cause to omit it.
+            raise _Error(422, "the report carries no state")
         state = body.state.model_copy(
             update={
                 "agent": agent,

@@ -79,6 +79,17 @@ def cap_result(result: CommandResult) -> CommandResult:
 
 def cap_report(report: AgentReport) -> AgentReport:
     """The report with every text and list capped (raises :class:`TooManyDeployments`)."""
+    if report.state is None:
+        return report.model_copy(
+            update={
+                "running": [clip(r, MAX_TEXT) for r in report.running[:MAX_LIST]],
+                "version": clip(report.version, MAX_TEXT),
+                "hostname": clip(report.hostname, MAX_TEXT),
+                "state_digest": None
+                if report.state_digest is None
+                else clip(report.state_digest, MAX_TEXT),
+            }
+        )
     deployments = report.state.deployments
     if len(deployments) > MAX_DEPLOYMENTS_PER_AGENT:
         raise TooManyDeployments(
