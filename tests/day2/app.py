@@ -6,6 +6,9 @@ where)."""
 from __future__ import annotations
 
 import pathlib
+from typing import Any
+
+from tests.e2e.cluster import Cluster
 
 MANIFEST = """\
 runtime:
@@ -65,3 +68,28 @@ def write_repo(
         f"domain: notes-{namespace}.localhost\nmanifest: ./manifest.yaml\n"
     )
     (repo / "deployments" / "notes" / "manifest.yaml").write_text(MANIFEST.format(version=version))
+
+
+# The steps the agent-backed day-2 tests share (tests/day2, tests/mcp).
+
+
+def deploy(cluster: Cluster, version: str) -> None:
+    write_repo(
+        cluster.work,
+        namespace=cluster.namespace,
+        port=cluster.proxy_port,
+        version=version,
+        agent=cluster.agent_id,
+    )
+    sha = cluster.commit_and_push(version)
+    assert cluster.github_push(sha).status_code == 202
+    cluster.settled("notes")
+
+
+def page(cluster: Cluster, text: str) -> bool:
+    return cluster.serves(text, f"notes-{cluster.namespace}.localhost")
+
+
+def view(cluster: Cluster) -> dict[str, Any]:
+    rows = cluster.admin("/v1/deployments")["deployments"]
+    return next(d for d in rows if d["name"] == "notes")

@@ -12,12 +12,11 @@ import pathlib
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from tests.agent.docker_helpers import docker_client
-from tests.day2.app import write_repo
+from tests.day2.app import deploy, page, view
 from tests.e2e.cluster import ADMIN_TOKEN, Cluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
@@ -44,28 +43,6 @@ def cli(cluster: Cluster, *args: str, check: bool = True) -> subprocess.Complete
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def deploy(cluster: Cluster, version: str) -> None:
-    write_repo(
-        cluster.work,
-        namespace=cluster.namespace,
-        port=cluster.proxy_port,
-        version=version,
-        agent=cluster.agent_id,
-    )
-    sha = cluster.commit_and_push(version)
-    assert cluster.github_push(sha).status_code == 202
-    cluster.settled("notes")
-
-
-def page(cluster: Cluster, text: str) -> bool:
-    return cluster.serves(text, f"notes-{cluster.namespace}.localhost")
-
-
-def view(cluster: Cluster) -> dict[str, Any]:
-    rows = cluster.admin("/v1/deployments")["deployments"]
-    return next(d for d in rows if d["name"] == "notes")
 
 
 def test_logs_restart_history_rollback_through_the_agent(cluster: Cluster) -> None:

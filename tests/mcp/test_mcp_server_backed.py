@@ -17,7 +17,7 @@ import pytest
 from reconciler.mcp.settings import token_from_env
 from reconciler.model.secretenv import SecretEnvError
 from tests.agent.docker_helpers import docker_client
-from tests.day2.test_day2_agent_docker import deploy, page, view
+from tests.day2.app import deploy, page, view
 from tests.e2e.cluster import ADMIN_TOKEN, Cluster, running_cluster, wait_for
 from tests.mcp.mcp_helpers import Session, make_clone, run_mcp
 from tests.server.conftest import ADMIN
