@@ -63,6 +63,11 @@ CONNECT_TIMEOUT = 10.0
 CALL_TIMEOUT = 30.0
 LONG_POLL_SLACK = 15.0  # the server may hold a poll a little longer than asked
 PROGRESS_TIMEOUT = 5.0  # seconds: progress is live-only, a late post is worth nothing
+#: An idle pooled connection is dropped after this long: longer than a heartbeat interval
+#: (httpx's default of 5 s opened a new connection for every 10 s heartbeat), and shorter
+#: than the server's keep-alive (``reconcile serve``: at least 75 s), so the agent drops a
+#: connection before the server closes it under a request in flight.
+KEEPALIVE_EXPIRY = 60.0
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -228,6 +233,7 @@ class AgentClient:
             timeout=httpx.Timeout(CALL_TIMEOUT, connect=CONNECT_TIMEOUT),
             headers={"User-Agent": user_agent},
             follow_redirects=False,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
         )
 
     def close(self) -> None:

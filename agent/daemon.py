@@ -62,7 +62,7 @@ from agent.journal import Journal, JournalEntry
 from agent.progress import ProgressForwarder
 from agent.runner import CommandRunner
 from agent.tls import TrustError, agent_trust
-from reconciler.model.agentapi import AgentReport, Command, CommandResult
+from reconciler.model.agentapi import AgentReport, Command, CommandResult, state_digest
 from reconciler.model.logformat import LOG_FORMATS, LogFormat, formatter
 from reconciler.model.secretenv import SecretEnvError, secret_from_env
 
@@ -228,6 +228,11 @@ class Agent:
         self._started: set[str] = set()  # command ids this process has started
         self._refused_seen: set[str] = set()  # commands with an unusable id, logged once
         self._heartbeat_wake = threading.Event()
+        # One report at a time, each observed after the previous one was answered: the
+        # server relies on it (a report counted after a result was observed after it; see
+        # reconciler.server.store.Store.create_commands), and the digest below is per report.
+        self._report_lock = threading.Lock()
+        self._acked_digest: str | None = None  # the state digest the server last held
         self._interruptible = False
         self._signals = 0
         self._abandoned: list[str] = []
@@ -661,27 +666,37 @@ class Agent:
     # ------------------------------------------------------------ heartbeat
 
     def send_report(self) -> bool:
-        try:
-            state = self.observe()
-        except Exception as exc:  # observe reports an unreachable Docker as offline itself
-            log.warning("observing the host failed: %s", exc)
-            return False
-        report = AgentReport(
-            state=state,
-            running=self.running(),
-            version=self.version,
-            hostname=self.hostname,
-            total_memory_mb=state.total_memory_mb,
-            free_networks=state.free_networks,
-        )
-        try:
-            ack = self.client.report(report)
-        except AgentClientError as exc:
-            log.debug("heartbeat not delivered: %s", exc)
-            return False
-        if ack.heartbeat_seconds > 0:
-            self.heartbeat_seconds = ack.heartbeat_seconds
-        return True
+        """Post a heartbeat: the state's digest always, the state itself only when the
+        server does not hold that digest already (see reconciler.model.agentapi)."""
+        with self._report_lock:
+            try:
+                state = self.observe()
+            except Exception as exc:  # observe reports an unreachable Docker as offline itself
+                log.warning("observing the host failed: %s", exc)
+                return False
+            digest = state_digest(state)
+            report = AgentReport(
+                state=None if digest == self._acked_digest else state,
+                state_digest=digest,
+                running=self.running(),
+                version=self.version,
+                hostname=self.hostname,
+                total_memory_mb=state.total_memory_mb,
+                free_networks=state.free_networks,
+            )
+            try:
+                ack = self.client.report(report)
+                if report.state is None and ack.state_digest != digest:
+                    # The server holds another state (restored, or it lost ours): at once.
+                    ack = self.client.report(report.model_copy(update={"state": state}))
+            except AgentClientError as exc:
+                log.debug("heartbeat not delivered: %s", exc)
+                self._acked_digest = None  # unknown what the server holds now
+                return False
+            self._acked_digest = ack.state_digest
+            if ack.heartbeat_seconds > 0:
+                self.heartbeat_seconds = ack.heartbeat_seconds
+            return True
 
     def housekeeping(self) -> None:
         """Every ``repair_seconds``: the proxy and Tor sidecar repaired as on a local apply."""

@@ -98,6 +98,15 @@ def serve_command(
         float | None,
         typer.Option("--heartbeat", help="Agent heartbeat seconds; offline after 3 missed."),
     ] = None,
+    keep_alive: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-alive",
+            min=1,
+            help="Seconds an idle connection is kept open (default: max(75, 3 x heartbeat)).",
+            show_default=False,
+        ),
+    ] = None,
     config: Annotated[
         pathlib.Path | None,
         typer.Option(
@@ -139,6 +148,7 @@ def serve_command(
         "data_dir": data_dir,
         "poll_interval": poll_interval,
         "heartbeat": heartbeat,
+        "keep_alive": keep_alive,
         "catalog": catalog,
         "dist_dir": dist_dir,
     }
@@ -217,7 +227,7 @@ def serve_command(
                     max_head_bytes=settings.max_head_bytes,
                     head_timeout=settings.head_timeout,
                     body_timeout=settings.body_timeout,
-                    keep_alive=settings.keep_alive,
+                    keep_alive=settings.keep_alive_seconds,
                     max_connections=settings.max_connections,
                     connection_reserve=settings.connection_reserve,
                 )

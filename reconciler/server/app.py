@@ -11,6 +11,7 @@ Build one with :func:`build_control_plane` (store + worker + app from a
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,15 +41,17 @@ from reconciler.model.agentapi import (
     ProgressAck,
     ReportAck,
     ResultAck,
+    state_digest,
 )
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import NAME_RE
 from reconciler.model.redact import redact
+from reconciler.model.state import AgentState
 from reconciler.server.config import Role, ServerConfig, ServerSecrets
 from reconciler.server.fields import MAX_TEXT, TooManyDeployments, cap_report, cap_result, clip
 from reconciler.server.limits import BodyLimit, HeaderLimit
 from reconciler.server.metrics import DeploymentSample, Metrics
-from reconciler.server.notify import Notifier
+from reconciler.server.notify import Notifier, spread_wait
 from reconciler.server.operations import operation_finished, operations_router
 from reconciler.server.outbound import Router, Sender, Target, result_fields
 from reconciler.server.progress import ProgressHub
@@ -167,6 +170,7 @@ def create_app(
     metrics: Metrics,
     notifier: Notifier,
     progress: ProgressHub | None = None,
+    rng: random.Random | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="compose-reconciler control plane",
@@ -175,6 +179,7 @@ def create_app(
         openapi_url=None,
     )
     progress = progress or reconciler.progress
+    jitter = rng or random.Random()  # noqa: S311 - spreading load, not a secret
     metrics.watch_deployments(lambda: deployment_samples())
     app.add_middleware(BodyLimit)
     app.add_middleware(HeaderLimit, limit=config.max_headers)
@@ -271,7 +276,9 @@ def create_app(
 
     @app.get("/v1/agent/commands")
     async def commands(agent: Agent, wait: float = 0.0) -> CommandBatch:
-        wait = max(0.0, min(wait, config.long_poll_max))
+        # An empty answer comes a little early, at random: polls that a restart bunched
+        # into one second drift apart instead of arriving together every ``wait`` seconds.
+        wait = spread_wait(max(0.0, min(wait, config.long_poll_max)), jitter)
         deadline = time.monotonic() + wait
         with notifier.waiting(agent) as wake:
             while True:
@@ -388,30 +395,44 @@ def create_app(
         except TooManyDeployments as exc:
             raise _Error(413, str(exc)) from None
         now = reconciler.clock()
-        if body.state is None:
-            # This server acknowledges no digest yet, so an agent never has cause to omit it.
-            raise _Error(422, "the report carries no state")
-        state = body.state.model_copy(
-            update={
-                "agent": agent,
-                "online": True,
-                "reason": None,
-                "total_memory_mb": body.total_memory_mb,
-                "free_networks": body.free_networks,
-            }
+        if body.state is None and body.state_digest is None:
+            raise _Error(422, "the report carries neither a state nor a state_digest")
+        state: AgentState | None = None
+        stored_state: dict[str, Any] | None = None
+        digest = body.state_digest
+        if body.state is not None:
+            # The agent's digest is kept as it says (it is what it compares with); an agent
+            # from before sends none, and its state's own digest tells a change all the same.
+            digest = digest or state_digest(body.state)
+            state = body.state.model_copy(
+                update={
+                    "agent": agent,
+                    "online": True,
+                    "reason": None,
+                    "total_memory_mb": body.total_memory_mb,
+                    "free_networks": body.free_networks,
+                }
+            )
+            stored_state = state.model_dump(mode="json")
+        rest = body.model_dump(mode="json", exclude={"state"})
+        seen = store.record_report(
+            agent,
+            rest,
+            state=stored_state,
+            digest=digest,
+            hostname=body.hostname,
+            version=body.version,
+            now=now,
         )
-        stored = body.model_copy(update={"state": state}).model_dump(mode="json")
-        previous = store.record_report(
-            agent, stored, hostname=body.hostname, version=body.version, now=now
-        )
+        previous = seen.previous
         if previous is None or now - previous > config.offline_after:
             store.record_event("agent.online", {"agent": agent, "hostname": body.hostname})
             log.info(
-                "agent %s online (hostname %r, reconcile-agent %s, %d deployments)",
+                "agent %s online (hostname %r, reconcile-agent %s, %s deployments)",
                 agent,
                 body.hostname,
                 body.version or "?",
-                len(state.deployments),
+                len(state.deployments) if state is not None else "unchanged",
                 extra={
                     "fields": {
                         "event": "agent.online",
@@ -422,12 +443,13 @@ def create_app(
                 },
             )
             worker.trigger(f"agent: {agent} online")
-        else:
+        elif state is not None and seen.changed:
+            # Only a changed state can show new drift: an unchanged heartbeat costs one row.
             reasons = reconciler.drift_in_report(agent, state)
             if reasons:
                 store.record_event("drift", {"agent": agent, "reasons": reasons[:20]})
                 worker.trigger(f"drift: {agent}: {reasons[0]}")
-        return ReportAck(heartbeat_seconds=config.heartbeat)
+        return ReportAck(heartbeat_seconds=config.heartbeat, state_digest=seen.digest)
 
     # ----------------------------------------------------------- status/admin
 

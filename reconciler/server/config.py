@@ -8,6 +8,7 @@ lists and backups): only from the environment, or a file it names (``*_FILE``), 
 from __future__ import annotations
 
 import hmac
+import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -93,12 +94,22 @@ class ServerConfig(BaseModel):
     max_headers: Annotated[int, Field(ge=16)] = 100
     head_timeout: Annotated[float, Field(gt=0)] = 10.0
     body_timeout: Annotated[float, Field(gt=0)] = 60.0
-    keep_alive: Annotated[int, Field(ge=1)] = 5
+    # Idle seconds of a kept-alive connection; None: max(75, 3 * heartbeat), so the
+    # server never closes the connection an agent is about to send its heartbeat on.
+    keep_alive: Annotated[int, Field(ge=1)] | None = None
     max_connections: Annotated[int, Field(ge=64)] = 2048
     connection_reserve: Annotated[int, Field(ge=1)] = 128
     # Events out (see reconciler.server.outbound and README "Notifications").
     notify: list[NotifyTarget] = Field(default_factory=list)
     commit_status: CommitStatusSettings | None = None
+
+    @property
+    def keep_alive_seconds(self) -> int:
+        """``keep_alive``, or by default longer than three heartbeats (and at least 75 s,
+        nginx's default, longer than any agent's connection pool keeps a connection)."""
+        if self.keep_alive is not None:
+            return self.keep_alive
+        return max(75, math.ceil(3 * self.heartbeat))
 
     @property
     def offline_after(self) -> float:

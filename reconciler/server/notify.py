@@ -10,10 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 from collections.abc import Iterator
 
-__all__ = ["Notifier"]
+__all__ = ["EMPTY_ANSWER_SPREAD", "Notifier", "spread_wait"]
+
+#: An empty long poll is answered after ``wait`` times a uniform draw from this range.
+EMPTY_ANSWER_SPREAD = (0.7, 1.0)
+
+
+def spread_wait(wait: float, rng: random.Random) -> float:
+    """How long an empty long poll waits: a uniform share of ``wait``.
+
+    After a restart every agent polls again within the same second, and with a fixed wait
+    they would come back together every ``wait`` seconds for ever (552 of 1,000 answers in
+    one second of every 30 were measured).  Answering each empty poll at a random 70-100%
+    of its wait spreads them over 30% of the period within a few rounds; the agent polls
+    again at once, so nothing waits longer than it asked."""
+    low, high = EMPTY_ANSWER_SPREAD
+    return wait * rng.uniform(low, high)
 
 
 class Notifier:

@@ -43,7 +43,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,8 +60,11 @@ __all__ = [
     "CommitStatusRow",
     "DeploymentRow",
     "EventRow",
+    "Issued",
+    "NewCommand",
     "OutboxRouter",
     "OutboxRow",
+    "ReportSeen",
     "SchemaError",
     "Store",
     "hash_secret",
@@ -187,6 +190,25 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE agents ADD COLUMN offline_announced INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: exactly-once commands and O(1) heartbeats.  The state travels apart from the rest
+    # of the report (a heartbeat with an unchanged digest rewrites neither), ``reports``
+    # counts the reports that told the current state, and a finished command keeps that
+    # count (``finish_mark``): see Store.create_commands.  At most one pending deploy
+    # command per (agent, deployment): older duplicates are superseded first.
+    """
+    ALTER TABLE agents ADD COLUMN state TEXT;
+    ALTER TABLE agents ADD COLUMN state_digest TEXT;
+    ALTER TABLE agents ADD COLUMN reports INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE commands ADD COLUMN finish_mark INTEGER;
+    UPDATE commands SET state = 'superseded' WHERE state = 'pending' AND kind != 'operation'
+        AND EXISTS (SELECT 1 FROM commands newer WHERE newer.agent = commands.agent
+        AND newer.deployment = commands.deployment AND newer.state = 'pending'
+        AND newer.kind != 'operation' AND (newer.created > commands.created
+        OR (newer.created = commands.created AND newer.id > commands.id)));
+    CREATE UNIQUE INDEX commands_one_pending ON commands (agent, deployment)
+        WHERE state = 'pending' AND kind != 'operation';
+    CREATE INDEX deployments_agent ON deployments (agent, desired);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -226,8 +248,44 @@ class AgentRow:
     hostname: str
     created: float
     last_seen: float | None
-    report: dict[str, Any] | None
+    report: dict[str, Any] | None  # the last report, its last known ``state`` included
     version: str
+    state_digest: str | None = None
+    #: Reports so far that told the server the agent's current state (a full one, or a
+    #: digest equal to the one held): the clock of :meth:`Store.create_commands`.
+    reports: int = 0
+
+
+@dataclass(frozen=True)
+class NewCommand:
+    """A command to issue (see :meth:`Store.create_commands`)."""
+
+    id: str
+    agent: str
+    deployment: str
+    kind: str
+    spec_hash: str | None
+    payload: dict[str, Any]
+    created: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A command the store accepted, and the pending ones it superseded."""
+
+    command: NewCommand
+    superseded: list[str]
+
+
+@dataclass(frozen=True)
+class ReportSeen:
+    """What :meth:`Store.record_report` found and did."""
+
+    previous: float | None  # the previous ``last_seen`` (None: the first report)
+    digest: str | None  # the state digest the server now holds for the agent
+    changed: bool  # the report brought a state other than the one held
+    known: bool  # the server holds the agent's current state (full, or digest equal)
 
 
 @dataclass(frozen=True)
@@ -478,21 +536,59 @@ class Store:
         agent_id: str,
         report: dict[str, Any],
         *,
+        state: dict[str, Any] | None = None,
+        digest: str | None = None,
         hostname: str = "",
         version: str = "",
         now: float | None = None,
-    ) -> float | None:
-        """Store the heartbeat; returns the previous ``last_seen`` (None: first report)."""
+    ) -> ReportSeen:
+        """Store the heartbeat: one row update, whatever the fleet's size.
+
+        ``report`` without its state; ``state`` (None: unchanged, says the agent) with
+        its ``digest``.  A report without a state tells the current state only when its
+        digest is the one held; only such reports (and full ones) count in ``reports``.
+        A ``state`` key inside ``report`` (callers from before) is taken as the state.
+        """
         now = time.time() if now is None else now
+        if state is None and "state" in report:
+            report = dict(report)
+            state = report.pop("state")
         with self._tx() as db:
-            row = db.execute("SELECT last_seen FROM agents WHERE id = ?", (agent_id,)).fetchone()
+            row = db.execute(
+                "SELECT last_seen, state_digest FROM agents WHERE id = ?", (agent_id,)
+            ).fetchone()
             previous = None if row is None else row[0]
+            held = None if row is None else row[1]
+            known = state is not None or (digest is not None and digest == held)
+            full = state is not None
             db.execute(
                 "UPDATE agents SET last_seen = ?, report = ?, version = ?, offline_announced = 0, "
-                "hostname = CASE WHEN ? != '' THEN ? ELSE hostname END WHERE id = ?",
-                (now, json.dumps(report), version[:100], hostname, hostname[:255], agent_id),
+                "hostname = CASE WHEN ? != '' THEN ? ELSE hostname END, "
+                "reports = reports + ?, state = CASE WHEN ? = 1 THEN ? ELSE state END, "
+                "state_digest = CASE WHEN ? = 1 THEN ? ELSE state_digest END WHERE id = ?",
+                (
+                    now,
+                    json.dumps(report),
+                    version[:100],
+                    hostname,
+                    hostname[:255],
+                    int(known),
+                    int(full),
+                    json.dumps(state) if full else None,
+                    int(full),
+                    digest,
+                    agent_id,
+                ),
             )
-        return None if previous is None else float(previous)
+            changed = full and (digest is None or digest != held)
+            if full:
+                held = digest
+        return ReportSeen(
+            previous=None if previous is None else float(previous),
+            digest=held,
+            changed=changed,
+            known=known,
+        )
 
     def remove_agent(self, agent_id: str, *, now: float | None = None) -> bool:
         """Forget an agent (a host decommissioned, or its secret leaked): its credentials
@@ -519,8 +615,18 @@ class Store:
 
     @staticmethod
     def _agent(r: sqlite3.Row) -> AgentRow:
+        report = _loads(r["report"])
+        if r["state"] is not None:  # else a report from before migration 4 holds it
+            report = {**(report or {}), "state": json.loads(r["state"])}
         return AgentRow(
-            r["id"], r["hostname"], r["created"], r["last_seen"], _loads(r["report"]), r["version"]
+            r["id"],
+            r["hostname"],
+            r["created"],
+            r["last_seen"],
+            report,
+            r["version"],
+            state_digest=r["state_digest"],
+            reports=int(r["reports"]),
         )
 
     # --------------------------------------------------------------- deploy hooks
@@ -575,38 +681,107 @@ class Store:
         deadline: float,
         supersede: bool = True,
     ) -> list[str]:
-        """Insert a pending command; older pending commands for the same deployment on the
-        same agent are marked superseded (returned)."""
+        """Insert one pending command, superseding the deployment's other pending ones on
+        that agent (returned); ``supersede=False`` (day-2 operations) leaves them be.
+        Unlike :meth:`create_commands`, an equivalent command on its way does not stop it."""
+        new = NewCommand(command_id, agent, deployment, kind, spec_hash, payload, created, deadline)
         with self._tx() as db:
-            superseded: list[str] = []
-            if supersede:
-                superseded = [
-                    r[0]
-                    for r in db.execute(
-                        "SELECT id FROM commands WHERE deployment = ? AND agent = ? "
-                        "AND state = 'pending'",
-                        (deployment, agent),
-                    )
-                ]
-                db.execute(
-                    "UPDATE commands SET state = 'superseded', finished = ? "
-                    "WHERE deployment = ? AND agent = ? AND state = 'pending'",
-                    (created, deployment, agent),
+            return self._insert_command(db, new, supersede=supersede)
+
+    def create_commands(
+        self,
+        commands: Sequence[NewCommand],
+        *,
+        seen: Mapping[str, int] | None = None,
+        event: Callable[[Issued], tuple[str, dict[str, Any]]] | None = None,
+    ) -> list[Issued]:
+        """Issue deploy commands in one transaction: see :meth:`_issue`."""
+        with self._tx() as db:
+            issued, queued = self._issue(db, commands, seen, event)
+        if queued:
+            self._on_outbox()
+        return issued
+
+    def _issue(
+        self,
+        db: sqlite3.Connection,
+        commands: Sequence[NewCommand],
+        seen: Mapping[str, int] | None,
+        event: Callable[[Issued], tuple[str, dict[str, Any]]] | None,
+    ) -> tuple[list[Issued], int]:
+        """Each command unless an equivalent one (same deployment, agent, kind and spec)
+        is still on its way, which is decided here, inside the writing transaction, so
+        two reconciles (or two replicas) can never both issue it:
+
+        - a pending one is on its way (and the partial unique index
+          ``commands_one_pending`` makes a second pending one impossible);
+        - a done one is on its way until the planner's view of the agent (``seen``: the
+          agent's ``reports`` count the plan was made from; default: the current count)
+          holds two reports counted after the result.  The first may have been observed
+          before the command finished and arrived after it; the agent sends its reports
+          one at a time, so the second was observed after the first was answered, hence
+          after the result: whatever it shows (the new spec, or an app gone since) is the
+          truth, and only then may the same spec be issued again.
+        - a failed, expired or superseded one is not: retrying is the caller's policy.
+
+        Other pending commands of the deployment on that agent are superseded, and each
+        issued command's ``event`` (with its outbox rows) is written in this transaction.
+        Returns what was issued and how many outbox rows were queued.
+        """
+        issued: list[Issued] = []
+        queued = 0
+        reports: dict[str, int] = dict(seen or {})
+        for new in commands:
+            if new.agent not in reports:
+                row = db.execute("SELECT reports FROM agents WHERE id = ?", (new.agent,)).fetchone()
+                reports[new.agent] = 0 if row is None else int(row[0])
+            same = db.execute(
+                "SELECT 1 FROM commands WHERE agent = ? AND deployment = ? AND kind = ? "
+                "AND COALESCE(spec_hash, '') = ? AND (state = 'pending' OR (state = 'done' "
+                "AND COALESCE(finish_mark, -2) + 2 > ?)) LIMIT 1",
+                (new.agent, new.deployment, new.kind, new.spec_hash or "", reports[new.agent]),
+            ).fetchone()
+            if same is not None:
+                continue
+            done = Issued(new, self._insert_command(db, new, supersede=True))
+            issued.append(done)
+            if event is not None:
+                kind, fields = event(done)
+                queued += self._insert_event(db, kind, fields, new.created)[1]
+        return issued, queued
+
+    @staticmethod
+    def _insert_command(db: sqlite3.Connection, new: NewCommand, *, supersede: bool) -> list[str]:
+        superseded: list[str] = []
+        if supersede:
+            superseded = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM commands WHERE deployment = ? AND agent = ? "
+                    "AND state = 'pending' AND kind != 'operation'",
+                    (new.deployment, new.agent),
                 )
+            ]
             db.execute(
-                "INSERT INTO commands (id, agent, deployment, kind, spec_hash, payload, state, "
-                "created, deadline) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                (
-                    command_id,
-                    agent,
-                    deployment,
-                    kind,
-                    spec_hash,
-                    json.dumps(payload),
-                    created,
-                    deadline,
-                ),
+                "UPDATE commands SET state = 'superseded', finished = ? "
+                "WHERE deployment = ? AND agent = ? AND state = 'pending' "
+                "AND kind != 'operation'",
+                (new.created, new.deployment, new.agent),
             )
+        db.execute(
+            "INSERT INTO commands (id, agent, deployment, kind, spec_hash, payload, state, "
+            "created, deadline) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (
+                new.id,
+                new.agent,
+                new.deployment,
+                new.kind,
+                new.spec_hash,
+                json.dumps(new.payload),
+                new.created,
+                new.deadline,
+            ),
+        )
         return superseded
 
     def pending_commands(self, agent: str, *, now: float | None = None) -> list[CommandRow]:
@@ -629,15 +804,25 @@ class Store:
         )
 
     def in_flight(
-        self, deployment: str, agent: str, spec_hash: str | None, kind: str, *, since: float
+        self,
+        deployment: str,
+        agent: str,
+        spec_hash: str | None,
+        kind: str,
+        *,
+        seen: int | None = None,
     ) -> CommandRow | None:
-        """An equivalent command still on its way: pending, or done after ``since`` (the
-        agent's last report, which therefore cannot show its effect yet)."""
+        """An equivalent command still on its way, by the rule of :meth:`_issue` (``seen``:
+        the agent's ``reports`` count of the caller's view; default: the current one).  A
+        read, so only a hint: :meth:`create_commands` decides again as it writes."""
+        if seen is None:
+            rows = self._query("SELECT reports FROM agents WHERE id = ?", (agent,))
+            seen = int(rows[0][0]) if rows else 0
         rows = self._query(
             "SELECT * FROM commands WHERE deployment = ? AND agent = ? AND kind = ? "
-            "AND spec_hash IS ? AND (state = 'pending' OR (state = 'done' AND finished > ?)) "
-            "ORDER BY created DESC LIMIT 1",
-            (deployment, agent, kind, spec_hash, since),
+            "AND COALESCE(spec_hash, '') = ? AND (state = 'pending' OR (state = 'done' "
+            "AND COALESCE(finish_mark, -2) + 2 > ?)) ORDER BY created DESC LIMIT 1",
+            (deployment, agent, kind, spec_hash or "", seen),
         )
         return self._command(rows[0]) if rows else None
 
@@ -711,8 +896,9 @@ class Store:
                 return self._command(row), True
             db.execute(
                 "UPDATE commands SET state = CASE WHEN state = 'pending' THEN ? ELSE state END, "
-                "result = ?, finished = ? WHERE id = ?",
-                (state, json.dumps(result), now, command_id),
+                "result = ?, finished = ?, finish_mark = (SELECT reports FROM agents "
+                "WHERE id = ?) WHERE id = ?",
+                (state, json.dumps(result), now, agent, command_id),
             )
             db.execute(
                 "UPDATE deployments SET last_command = ?, last_result = ?, "
@@ -780,13 +966,19 @@ class Store:
         *,
         revision: str | None,
         desired: Sequence[tuple[str, str, str, str | None, str | None]],
+        commands: Sequence[NewCommand] = (),
+        seen: Mapping[str, int] | None = None,
+        event: Callable[[Issued], tuple[str, dict[str, Any]]] | None = None,
         now: float | None = None,
-    ) -> None:
-        """Store the plan and each action's deployment row.
+    ) -> list[Issued]:
+        """Store the plan, each action's deployment row and the plan's commands, in one
+        transaction: nobody ever sees the new plan without its commands (a heartbeat in
+        between would look like drift), and a crash keeps both or neither.
 
         ``desired``: ``(id, name, agent, spec_hash, url)`` of every desired deployment;
         rows of deployments no longer desired stay (their last result is history) but
-        are flagged ``desired = 0``.
+        are flagged ``desired = 0``.  ``commands``, ``seen``, ``event``: as in
+        :meth:`create_commands`.
         """
         now = time.time() if now is None else now
         actions = {a["id"]: a for a in plan.get("actions", []) if a.get("action") != "uninstall"}
@@ -819,6 +1011,10 @@ class Store:
                         now,
                     ),
                 )
+            issued, queued = self._issue(db, commands, seen, event)
+        if queued:
+            self._on_outbox()
+        return issued
 
     def last_plan(self) -> tuple[dict[str, Any], str | None, float] | None:
         rows = self._query("SELECT plan, revision, created FROM plans WHERE id = 1")
@@ -831,6 +1027,25 @@ class Store:
         if desired_only:
             sql += " WHERE desired = 1"
         return [self._deployment(r) for r in self._query(sql + " ORDER BY name, id")]
+
+    def agent_deployments(self, agent: str) -> list[DeploymentRow]:
+        """The desired deployments of one agent (an index probe: a heartbeat's drift check
+        must not read the whole fleet's rows)."""
+        rows = self._query(
+            "SELECT * FROM deployments WHERE agent = ? AND desired = 1 ORDER BY name, id",
+            (agent,),
+        )
+        return [self._deployment(r) for r in rows]
+
+    def recently_failed(self, agent: str, *, since: float) -> set[str]:
+        """Deployments of ``agent`` whose newest command finished after ``since`` and failed."""
+        rows = self._query(
+            "SELECT deployment, state FROM commands WHERE agent = ? AND finished > ? "
+            "ORDER BY created, id",
+            (agent, since),
+        )
+        newest = {r[0]: r[1] for r in rows}
+        return {deployment for deployment, state in newest.items() if state == "failed"}
 
     @staticmethod
     def _deployment(r: sqlite3.Row) -> DeploymentRow:

@@ -15,7 +15,11 @@ protocol class):
   ``max_incomplete_event_size``, counted here too, so the refusal is a 431 and not
   uvicorn's generic 400).  Memory per connection is bounded by that, whatever is sent.
 - **head deadline**: a request head must arrive whole within ``head_timeout`` of the
-  connection (or of the previous response, on a kept-alive connection) -> 408, closed.
+  connection (or of its first byte, on a kept-alive connection) -> 408, closed.  An idle
+  kept-alive connection is closed by uvicorn after ``keep_alive`` seconds, which outlives
+  the agents' heartbeat interval (``max(75, 3 * heartbeat)`` by default): an agent reuses
+  one connection for all its heartbeats instead of racing a close every few beats (at
+  ``--heartbeat 5`` and a 5 s keep-alive, 1% of heartbeats failed that way).
 - **body deadline**: once the head is in, the body must arrive whole within
   ``body_timeout`` (not counted while the app itself stops reading) -> 408, closed.
 - **connections**: at most ``max_connections`` (lowered to what the file-handle limit
@@ -57,7 +61,7 @@ class TransportLimits:
     max_head_bytes: int = 64 * 1024
     head_timeout: float = 10.0
     body_timeout: float = 60.0
-    keep_alive: int = 5
+    keep_alive: int = 75
     max_connections: int = 2048
     connection_reserve: int = 128
 
@@ -114,7 +118,7 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._tail = b""  # the last bytes of the head so far: its end may span two reads
-        self._phase = "head"  # head | body | received
+        self._phase = "head"  # head | body | received | idle (kept alive, between requests)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,6 +144,9 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._phase == "idle":
+            self._phase = "head"
+            self._arm(self.limits.head_timeout)
         if self._phase == "head":
             # Only the head counts: the same read may carry the start of the body.
             window = self._tail + data
@@ -182,7 +189,7 @@ class GuardedH11Protocol(H11Protocol):
             and self.conn.their_state is h11.IDLE
             and self._phase == "received"
         ):
-            self._await_head()  # kept alive: the next request gets the same deadline
+            self._await_next()
 
     # ------------------------------------------------------------------- helpers
 
@@ -192,6 +199,16 @@ class GuardedH11Protocol(H11Protocol):
         self._tail = b""
         self.gate.unfinished[self] = None
         self._arm(self.limits.head_timeout)
+
+    def _await_next(self) -> None:
+        """Kept alive: idle (uvicorn's ``timeout_keep_alive`` closes it) until the next
+        request's first byte, which starts its head deadline.  Still evictable, oldest
+        first, when slow connections crowd the cap."""
+        self._await_head()
+        self._phase = "idle"
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _settle(self) -> None:
         """The request arrived whole (or the connection ends): no deadline, no eviction."""

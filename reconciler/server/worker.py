@@ -37,6 +37,7 @@ from reconciler.model.agentapi import Command
 from reconciler.model.bundle import LINK_INSIDE, LINK_PAX_KEY, link_scope
 from reconciler.model.errors import InvalidSpec, ReconcilerError
 from reconciler.model.ids import LOCAL_AGENT
+from reconciler.model.plan import Action
 from reconciler.model.state import ActualState, AgentState
 from reconciler.plan import PlanOptions, plan
 from reconciler.plan.planner import drift
@@ -46,7 +47,7 @@ from reconciler.server.forges import CommitStatuses
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier
 from reconciler.server.progress import ProgressHub
-from reconciler.server.store import AgentRow, Store
+from reconciler.server.store import AgentRow, Issued, NewCommand, Store
 
 __all__ = [
     "ACTIONABLE",
@@ -400,11 +401,19 @@ class Reconciler:
 
     def actual_state(self, referenced: Iterable[str] = (), now: float | None = None) -> ActualState:
         """Every registered agent, plus every agent the desired state names."""
+        return self._view(referenced, now)[0]
+
+    def _view(
+        self, referenced: Iterable[str] = (), now: float | None = None
+    ) -> tuple[ActualState, dict[str, int]]:
+        """The actual state, and each agent's ``reports`` count it was read at: the clock
+        the store checks a plan's commands against (Store.create_commands)."""
         now = self.clock() if now is None else now
         rows = {a.id: a for a in self.store.agents()}
         names = set(rows) | set(referenced) | {d.agent for d in self._rendered.values()}
         agents = {a: self.agent_state(rows.get(a), a, now) for a in sorted(names)}
-        return ActualState(source="control-plane", agents=agents)
+        seen = {a: row.reports for a, row in rows.items()}
+        return ActualState(source="control-plane", agents=agents), seen
 
     def online(self, row: AgentRow, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
@@ -414,19 +423,15 @@ class Reconciler:
 
     def drift_in_report(self, agent_id: str, state: AgentState) -> list[str]:
         """Why this report calls for a reconcile: desired deployments of this agent that are
-        missing, drifted or at another spec than asked, with no command on its way."""
+        missing, drifted or at another spec than asked, with no command on its way.
+
+        Reads this agent's rows only (three indexed queries, none over the fleet)."""
         now = self.clock()
         pending = self.store.pending_deployments(agent_id)
+        failed = self.store.recently_failed(agent_id, since=now - FAILURE_BACKOFF)
         reasons: list[str] = []
-        for row in self.store.deployments():
-            if row.agent != agent_id or row.id in pending or row.last_action in ("blocked", "held"):
-                continue
-            last = self.store.last_command(row.id)
-            if (
-                last is not None
-                and last.state == "failed"
-                and (last.finished or 0) > now - FAILURE_BACKOFF
-            ):
+        for row in self.store.agent_deployments(agent_id):
+            if row.id in pending or row.id in failed or row.last_action in ("blocked", "held"):
                 continue
             have = state.deployments.get(row.id)
             if have is None or have.status == "uninstalled":
@@ -551,7 +556,7 @@ class Reconciler:
             return Outcome(ok=False, reason=reason, revision=desired.revision, problems=problems)
         config = state.config
         mass_prune, self._mass_prune_once = self._mass_prune_once, False
-        actual = self.actual_state(set(agents_of(state, local=False)), now)
+        actual, seen = self._view(set(agents_of(state, local=False)), now)
         self._log_agent_changes(actual)
         # Rendered against the actual state: an auto domain another app serves moves on.
         rendered = render_all(
@@ -576,17 +581,12 @@ class Reconciler:
             ),
             unresolved=desired.unresolved,
         )
-        self.store.save_plan(
-            result.model_dump(mode="json"),
-            revision=desired.revision,
-            desired=[(d.id, d.name, d.agent, d.spec_hash, d.url) for d in rendered],
-            now=now,
-        )
         outcome = Outcome(
             ok=True, reason=reason, revision=desired.revision, summary=dict(result.summary)
         )
-        rows = {a.id: a for a in self.store.agents()}
-        woken: set[str] = set()
+        # Planned from the view above; the store checks every command against that same
+        # view as it writes them, with the plan, in one transaction (Store.save_plan).
+        prepared: list[NewCommand] = []
         for action in result.actions:
             if action.action == "blocked":
                 self.metrics.actions.labels(kind="blocked", result="blocked").inc()
@@ -604,22 +604,24 @@ class Reconciler:
                 continue
             if action.action not in ACTIONABLE:
                 continue
-            want = self._rendered.get(action.id) if action.action != "uninstall" else None
-            row = rows.get(action.agent)
-            since = (row.last_seen or 0.0) if row is not None else 0.0
             if self.store.in_flight(
-                action.id, action.agent, action.spec_hash, action.action, since=since
+                action.id,
+                action.agent,
+                action.spec_hash,
+                action.action,
+                seen=seen.get(action.agent),
             ):
-                continue
+                continue  # a hint, to build no payload for nothing; the store decides
             failed, last_failure = self.store.failures(
                 action.id, action.agent, action.spec_hash, action.action
             )
             if failed and now < last_failure + retry_delay(failed):
                 outcome.backoff.append(action.deployment)
                 continue
+            want = self._rendered.get(action.id) if action.action != "uninstall" else None
             try:
-                command_id, superseded = self._issue(
-                    action, want, state.root, config, desired.revision, now
+                prepared.append(
+                    self._prepare(action, want, state.root, config, desired.revision, now)
                 )
             except InvalidSpec as exc:
                 self.store.record_event(
@@ -627,11 +629,29 @@ class Reconciler:
                     {"deployment": action.deployment, "agent": action.agent, "error": str(exc)},
                 )
                 self.metrics.actions.labels(kind=action.action, result="refused").inc()
-                continue
-            outcome.commands.append(command_id)
-            outcome.superseded.extend(superseded)
-            woken.add(action.agent)
-        for agent in sorted(woken):
+        # by deployment and agent: a deployment moving hosts has an action on each
+        by_id = {(a.id, a.agent): a for a in result.actions}
+        issued = self.store.save_plan(
+            result.model_dump(mode="json"),
+            revision=desired.revision,
+            desired=[(d.id, d.name, d.agent, d.spec_hash, d.url) for d in rendered],
+            commands=prepared,
+            seen=seen,
+            event=lambda done: ("command.created", _created_fields(by_id, done)),
+            now=now,
+        )
+        accepted = {done.command.id for done in issued}
+        for new in prepared:
+            if new.id not in accepted:
+                self._drop_bundle(new.id)  # an equivalent one was on its way after all
+        for done in issued:
+            self._announce(
+                by_id[done.command.deployment, done.command.agent], done, desired.revision
+            )
+            outcome.commands.append(done.command.id)
+            outcome.superseded.extend(done.superseded)
+        # Woken after the commit, every agent of the batch: a poll reads what is there.
+        for agent in sorted({done.command.agent for done in issued}):
             self.notifier.notify(agent)
         self._clean_bundles()
         self.store.prune_history(now=now)
@@ -648,15 +668,17 @@ class Reconciler:
         )
         return outcome
 
-    def _issue(
+    def _prepare(
         self,
-        action: Any,
+        action: Action,
         want: RenderedDeployment | None,
         root: pathlib.Path,
         config: Any,
         revision: str | None,
         now: float,
-    ) -> tuple[str, list[str]]:
+    ) -> NewCommand:
+        """The command for one action, its bundle written (dropped again when the store
+        does not issue it)."""
         command_id = f"cmd_{secrets.token_hex(8)}"
         dirs = bundle_dirs(want) if want is not None else []
         if dirs:
@@ -673,8 +695,8 @@ class Reconciler:
             created=datetime.fromtimestamp(now, UTC),
             deadline=datetime.fromtimestamp(now + self.config.command_ttl, UTC),
         )
-        superseded = self.store.create_command(
-            command_id=command_id,
+        return NewCommand(
+            id=command_id,
             agent=action.agent,
             deployment=action.id,
             kind=action.action,
@@ -683,19 +705,11 @@ class Reconciler:
             created=now,
             deadline=now + self.config.command_ttl,
         )
+
+    def _announce(self, action: Action, done: Issued, revision: str | None) -> None:
+        """What follows an issued command's commit: metrics, the log, the live stream."""
+        command_id, superseded = done.command.id, done.superseded
         self.metrics.actions.labels(kind=action.action, result="issued").inc()
-        self.store.record_event(
-            "command.created",
-            {
-                "command": command_id,
-                "kind": action.action,
-                "deployment": action.deployment,
-                "deployment_id": action.id,
-                "agent": action.agent,
-                "reason": action.reason,
-                "superseded": superseded,
-            },
-        )
         log.info(
             "command %s sent: %s %s to %s (%s)%s",
             command_id,
@@ -729,7 +743,6 @@ class Reconciler:
         for old in superseded:
             self.metrics.actions.labels(kind=action.action, result="superseded").inc()
             self._drop_bundle(old)
-        return command_id, superseded
 
     def bundle_path(self, command_id: str) -> pathlib.Path:
         return self.bundle_dir / f"{command_id}.tar"
@@ -747,6 +760,20 @@ class Reconciler:
             if item.suffix == ".tar" and item.stem not in active:
                 with contextlib.suppress(FileNotFoundError):
                     item.unlink()
+
+
+def _created_fields(actions: Mapping[tuple[str, str], Action], done: Issued) -> dict[str, Any]:
+    """The ``command.created`` event of an issued command (written in its transaction)."""
+    action = actions[done.command.deployment, done.command.agent]
+    return {
+        "command": done.command.id,
+        "kind": action.action,
+        "deployment": action.deployment,
+        "deployment_id": action.id,
+        "agent": action.agent,
+        "reason": action.reason,
+        "superseded": done.superseded,
+    }
 
 
 # --------------------------------------------------------------------------- bundles

@@ -55,6 +55,9 @@ class FakeControlPlane:
     refuse_secrets: bool = False
     heartbeat_seconds: float = 10.0
     requests: list[str] = field(default_factory=list)
+    # A server that acknowledges state digests (issue 17); None: one from before.
+    held_digest: str | None = None
+    acks_digest: bool = False
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -103,10 +106,15 @@ class FakeControlPlane:
             batch["commands"] = [*self.raw.values(), *batch["commands"]]
             return httpx.Response(200, content=json.dumps(batch))
         if path == "/v1/agent/report":
-            self.reports.append(json.loads(request.content))
-            return httpx.Response(
-                200, content=ReportAck(heartbeat_seconds=self.heartbeat_seconds).model_dump_json()
+            report = json.loads(request.content)
+            self.reports.append(report)
+            if self.acks_digest and report.get("state") is not None:
+                self.held_digest = report.get("state_digest")
+            ack = ReportAck(
+                heartbeat_seconds=self.heartbeat_seconds,
+                state_digest=self.held_digest if self.acks_digest else None,
             )
+            return httpx.Response(200, content=ack.model_dump_json())
         parts = path.split("/")
         if path.startswith("/v1/agent/commands/") and parts[-1] == "bundle":
             if parts[-2] not in self.bundles:

@@ -324,7 +324,13 @@ def test_push_deploys_through_the_agent_and_a_killed_agent_converges(fleet: Flee
     )
     assert view["last_command"]["id"] == update_id, view
     assert view["last_command"]["result"]["ok"], view
-    entry = json.loads((journal / f"{update_id}.json").read_text())
+    # The agent journals the ack once the server's answer is back: after the server shows it.
+    entry = wait_for(
+        lambda: (e := json.loads((journal / f"{update_id}.json").read_text()))["acked"] and e,
+        30,
+        "the agent to journal the server's ack",
+        fleet.logs,
+    )
     assert entry["attempts"] == 2 and entry["status"] == "done" and entry["acked"]
     assert "interrupted earlier (attempt 1); redoing it" in fleet.agent.output()
     assert "bootstrapped" in fleet.agent.output()  # once, by the first process only

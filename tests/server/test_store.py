@@ -87,8 +87,8 @@ class TestAgents:
         created = store.bootstrap_agent(store.create_bootstrap_token())
         assert created is not None
         agent_id = created[0]
-        assert store.record_report(agent_id, {"state": {}}, now=100.0) is None
-        assert store.record_report(agent_id, {"state": {"x": 1}}, now=110.0) == 100.0
+        assert store.record_report(agent_id, {"state": {}}, now=100.0).previous is None
+        assert store.record_report(agent_id, {"state": {"x": 1}}, now=110.0).previous == 100.0
         row = store.agent(agent_id)
         assert row is not None and row.last_seen == 110.0 and row.report == {"state": {"x": 1}}
 
