@@ -37,7 +37,10 @@ import contextlib
 import decimal
 import functools
 import hashlib
+import json
+import logging
 import re
+import secrets
 import sqlite3
 import threading
 import urllib.parse
@@ -60,6 +63,7 @@ __all__ = [
     "Row",
     "SqliteDatabase",
     "is_postgres_url",
+    "lock_key",
     "postgres_ddl",
     "postgres_sql",
     "redact_url",
@@ -71,6 +75,25 @@ POOL_MAX = 10
 POOL_MIN = 1
 #: Seconds to wait for a connection (the pool's, and the first connect) before failing.
 CONNECT_TIMEOUT = 10.0
+#: TCP keepalives on the connections that hold a leadership lock or LISTEN: the server
+#: notices a replica whose host vanished (no FIN) after 5 + 3 x 2 = 11 s and frees its locks;
+#: a replica that died on a live host is noticed at once (the kernel closes its socket).
+KEEPALIVE: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+#: How often a watcher looks up from LISTEN to see whether it was stopped (seconds); a
+#: notification itself is handed over as soon as it arrives.
+WATCH_POLL = 0.25
+#: A lost LISTEN connection is made again after this, doubling up to WATCH_BACKOFF_MAX.
+WATCH_BACKOFF = 0.1
+WATCH_BACKOFF_MAX = 5.0
+#: NOTIFY payloads are at most 8000 bytes; a signal is a channel and a key (an agent id).
+SIGNAL_MAX = 1000
+
+log = logging.getLogger("reconciler.server")
 
 
 class DatabaseError(ReconcilerError):
@@ -332,7 +355,7 @@ class _PgConnection:
         return cur
 
 
-def _lock_key(*parts: str) -> int:
+def lock_key(*parts: str) -> int:
     """A signed 64-bit advisory lock key from text (PostgreSQL's lock ids are bigint)."""
     digest = hashlib.sha256("\0".join(parts).encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
@@ -369,6 +392,9 @@ class PostgresDatabase:
             name="reconciler-store",
         )
         try:
+            # One plain connection first: a wrong password or an unknown database fails here
+            # at once with the server's reason, where the pool would retry it until timeout.
+            psycopg.Connection.connect(url, **self._connect_kwargs()).close()
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
             schema = self.query("SELECT current_schema()")[0][0]
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
@@ -384,8 +410,16 @@ class PostgresDatabase:
         #: Advisory locks and NOTIFY channels are per database; the schema is part of their
         #: names, so two installations (or tests) in two schemas of one database never meet.
         self.schema = str(schema)
-        self._serial_key = _lock_key(self.schema, "store:serial")
+        self._serial_key = lock_key(self.schema, "store:serial")
         self._functions: list[str] = []
+        # replicas: the leadership connection and what it holds, the watchers, and this
+        # Store's id in its signals (a replica does not wake itself)
+        self._lead_lock = threading.Lock()
+        self._lead_conn: psycopg.Connection[Any] | None = None
+        self._leading: dict[str, str] = {}
+        self._watchers: list[Callable[[], None]] = []
+        self._origin = secrets.token_hex(8)
+        self._channel = "reconcile_" + hashlib.sha256(self.schema.encode()).hexdigest()[:16]
 
     def _connect_kwargs(self) -> dict[str, Any]:
         import psycopg
@@ -461,7 +495,7 @@ class PostgresDatabase:
         """Every migration not yet applied, in one transaction, in turn with any other
         replica migrating at the same moment (a transaction-scoped advisory lock)."""
         with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(self.schema, "migrate"),))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.schema, "migrate"),))
             tables = {
                 r[0]
                 for r in conn.execute(
@@ -493,15 +527,178 @@ class PostgresDatabase:
 
     # ------------------------------------------------------------ replicas (issue 17)
 
+    # Several replicas on one database: leadership with session advisory locks, wake-ups
+    # with NOTIFY/LISTEN.  The Store's try_lead/resign/signal/watch dispatch here on
+    # PostgreSQL (the portable versions use the leases and signals tables).
+
     def connect(self) -> psycopg.Connection[Any]:
         """A connection of its own, outside the pool (leadership, LISTEN): it lives as long
-        as what it holds."""
+        as what it holds, with TCP keepalives (:data:`KEEPALIVE`)."""
         try:
-            return self._psycopg.Connection.connect(self.url, **self._connect_kwargs())
+            return self._psycopg.Connection.connect(self.url, **self._connect_kwargs(), **KEEPALIVE)
         except self._psycopg.Error as exc:
             raise DatabaseError(
                 f"cannot connect to PostgreSQL {self.location}: {self._why(exc)}"
             ) from exc
 
+    def try_lead(self, name: str, holder: str, *, ttl: float, now: float | None = None) -> bool:
+        """Take or keep leadership ``name`` for ``holder``: True while ``holder`` leads.
+
+        A session advisory lock (``pg_try_advisory_lock``) on a connection kept for it:
+        the lock lasts exactly as long as that connection, so a replica that dies (or
+        whose connection is cut) stops leading at once, whatever ``ttl`` says (it is the
+        lease length of the portable version; unused here).  Each call checks that the
+        connection still answers: a leader that lost it learns so on its next call.
+        Never raises: a database that does not answer means "not leading".
+        """
+        key = lock_key(self.schema, "lead", name)
+        with self._lead_lock:
+            conn = self._lead_conn
+            if conn is not None:
+                try:
+                    conn.execute("SELECT 1")
+                except self._psycopg.Error as exc:
+                    lost = sorted(self._leading)
+                    log.warning(
+                        "leadership connection lost (%s); no longer leading %s",
+                        self._why(exc),
+                        ", ".join(lost) or "anything",
+                    )
+                    self._drop_lead_conn()
+                    conn = None
+            current = self._leading.get(name)
+            if current is not None:
+                # Session locks are re-entrant: a second holder in this process must not
+                # take it through the same connection.
+                return current == holder and conn is not None
+            try:
+                if conn is None:
+                    conn = self._lead_conn = self.connect()
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                got = row is not None and bool(row[0])
+            except (DatabaseError, self._psycopg.Error) as exc:
+                log.warning("cannot try leadership %s: %s", name, self._why(exc))
+                self._drop_lead_conn()
+                return False
+            if got:
+                self._leading[name] = holder
+            return got
+
+    def resign(self, name: str, holder: str) -> None:
+        """Give up ``name`` if ``holder`` leads it (another replica may take it at once)."""
+        with self._lead_lock:
+            if self._leading.get(name) != holder:
+                return
+            del self._leading[name]
+            conn = self._lead_conn
+            if conn is None:
+                return
+            try:
+                conn.execute(
+                    "SELECT pg_advisory_unlock(%s)", (lock_key(self.schema, "lead", name),)
+                )
+            except self._psycopg.Error:  # the connection is gone: so is the lock
+                self._drop_lead_conn()
+
+    def _drop_lead_conn(self) -> None:
+        conn, self._lead_conn = self._lead_conn, None
+        self._leading.clear()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def signal(self, channel: str, key: str) -> None:
+        """Tell the other replicas' watchers ``(channel, key)``.  Inside a store
+        transaction on this thread it is sent when that transaction commits (and never if
+        it rolls back): NOTIFY is transactional."""
+        payload = json.dumps([self._origin, channel, key])
+        if len(payload.encode()) > SIGNAL_MAX:
+            raise ValueError(f"signal too long ({len(payload)} bytes): {channel!r}")
+        with self._connection() as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
+
+    def watch(self, callback: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call ``callback(channel, key)`` (from a thread of its own) for every signal
+        another replica sends; returns the function that stops it.
+
+        Returns once LISTEN is in place, so a signal sent after this call is seen.  A lost
+        connection is made again (backoff :data:`WATCH_BACKOFF` to
+        :data:`WATCH_BACKOFF_MAX`); signals sent meanwhile are lost, which the callers'
+        own timers cover (a long poll ends, the reconcile timer fires).
+        """
+        stop = threading.Event()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def deliver(payload: str) -> None:
+            try:
+                origin, channel, key = json.loads(payload)
+            except (ValueError, TypeError):
+                log.warning("ignored a malformed signal on %s", self._channel)
+                return
+            if origin == self._origin:
+                return
+            try:
+                callback(str(channel), str(key))
+            except Exception:
+                log.exception("signal watcher failed on (%s, %s)", channel, key)
+
+        def run() -> None:
+            from psycopg import sql
+
+            backoff = WATCH_BACKOFF
+            while not stop.is_set():
+                try:
+                    conn = self.connect()
+                except DatabaseError as exc:
+                    if not ready.is_set():
+                        failure.append(exc)
+                        ready.set()
+                        return
+                    log.warning("signal watcher: %s; retrying in %.1f s", exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+                    continue
+                try:
+                    with conn:
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                        ready.set()
+                        backoff = WATCH_BACKOFF
+                        while not stop.is_set():
+                            for note in conn.notifies(timeout=WATCH_POLL):
+                                deliver(note.payload)
+                except self._psycopg.Error as exc:
+                    if stop.is_set():
+                        return
+                    log.warning(
+                        "signal watcher lost its connection (%s); listening again in %.1f s",
+                        self._why(exc),
+                        backoff,
+                    )
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+
+        thread = threading.Thread(target=run, name="store-watch", daemon=True)
+        thread.start()
+        ready.wait(CONNECT_TIMEOUT * 2)
+        if failure or not ready.is_set():
+            stop.set()
+            raise failure[0] if failure else DatabaseError(f"LISTEN on {self.location} timed out")
+
+        def stop_watching() -> None:
+            stop.set()
+            thread.join(CONNECT_TIMEOUT)
+            with self._lead_lock:
+                if stop_watching in self._watchers:
+                    self._watchers.remove(stop_watching)
+
+        with self._lead_lock:
+            self._watchers.append(stop_watching)
+        return stop_watching
+
     def close(self) -> None:
+        for stop_watching in list(self._watchers):
+            stop_watching()
+        with self._lead_lock:
+            self._drop_lead_conn()
         self._pool.close()

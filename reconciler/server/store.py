@@ -427,9 +427,10 @@ class Store:
         """True exactly once per valid token, however many callers race for it.
 
         One conditional UPDATE: SQLite applies it atomically, so of all concurrent
-        callers (threads or processes) only one sees a changed row.
+        callers (threads or processes) only one sees a changed row.  On PostgreSQL the
+        losers wait for the winner's row lock, then re-check the WHERE and change nothing.
         """
-        with self._tx() as db:
+        with self._tx(serial=False) as db:
             return self._consume(db, token, time.time() if now is None else now)
 
     @staticmethod
@@ -451,7 +452,7 @@ class Store:
         now = time.time() if now is None else now
         agent_id = new_agent_id()
         secret = f"ras_{secrets.token_urlsafe(32)}"
-        with self._tx() as db:
+        with self._tx(serial=False) as db:  # the conditional UPDATE decides
             if not self._consume(db, token, now):
                 return None
             db.execute(
@@ -548,7 +549,7 @@ class Store:
         self, provider: str, delivery_id: str, *, now: float | None = None
     ) -> bool:
         """True when this delivery is new (and now remembered), False on a replay."""
-        with self._tx(fsync=False) as db:
+        with self._tx(fsync=False, serial=False) as db:  # the primary key decides
             cur = db.execute(
                 "INSERT OR IGNORE INTO deliveries (provider, delivery_id, received) "
                 "VALUES (?, ?, ?)",
