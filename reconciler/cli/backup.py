@@ -19,8 +19,24 @@ __all__ = ["backup_command", "restore_command"]
 
 
 def _data_dir(data_dir: pathlib.Path | None) -> pathlib.Path:
-    from reconciler.server.config import default_data_dir
+    from reconciler.model.errors import ReconcilerError
+    from reconciler.server.config import database_from_env, default_data_dir
 
+    try:
+        database = database_from_env()
+    except ReconcilerError:
+        database = "(unreadable)"
+    if database and data_dir is None:
+        # The SQLite file in the data dir is not the server's store then: copying it would
+        # give a backup that restores nothing.
+        raise _fail(
+            "RECONCILE_DATABASE(_FILE) is set: the store is on PostgreSQL, and `reconcile serve "
+            "backup|restore` copy only the SQLite store. Use PostgreSQL's tools: `pg_dump "
+            "--format=custom --file=reconcile.dump <url>` (online, consistent) and `pg_restore "
+            "--clean --if-exists --dbname=<url> reconcile.dump` with every replica stopped "
+            '(see README, "Choosing a database"). Pass --data-dir to act on an SQLite store.',
+            2,
+        )
     return data_dir if data_dir is not None else default_data_dir()
 
 
