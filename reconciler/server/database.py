@@ -75,15 +75,19 @@ POOL_MAX = 10
 POOL_MIN = 1
 #: Seconds to wait for a connection (the pool's, and the first connect) before failing.
 CONNECT_TIMEOUT = 10.0
-#: TCP keepalives on the connections that hold a leadership lock or LISTEN: the server
-#: notices a replica whose host vanished (no FIN) after 5 + 3 x 2 = 11 s and frees its locks;
-#: a replica that died on a live host is noticed at once (the kernel closes its socket).
+#: TCP keepalives on the connections that hold a leadership lock or LISTEN, on both ends:
+#: the client's (libpq) so a replica learns its connection is gone, the server's (the
+#: session's ``tcp_keepalives_*``) so PostgreSQL frees the lock of a replica whose host
+#: vanished without closing its socket, after 5 + 3 x 2 = 11 s.  A replica that dies on a
+#: live host is noticed at once: the kernel closes its socket.
 KEEPALIVE: dict[str, Any] = {
     "keepalives": 1,
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 3,
 }
+#: The server's side, added to the URL's own ``options`` (a search_path, say).
+SERVER_KEEPALIVE = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
 #: How often a watcher looks up from LISTEN to see whether it was stopped (seconds); a
 #: notification itself is handed over as soon as it arrives.
 WATCH_POLL = 0.25
@@ -534,8 +538,16 @@ class PostgresDatabase:
     def connect(self) -> psycopg.Connection[Any]:
         """A connection of its own, outside the pool (leadership, LISTEN): it lives as long
         as what it holds, with TCP keepalives (:data:`KEEPALIVE`)."""
+        from psycopg.conninfo import conninfo_to_dict
+
         try:
-            return self._psycopg.Connection.connect(self.url, **self._connect_kwargs(), **KEEPALIVE)
+            options = str(conninfo_to_dict(self.url).get("options") or "")
+            return self._psycopg.Connection.connect(
+                self.url,
+                **self._connect_kwargs(),
+                **KEEPALIVE,
+                options=f"{options} {SERVER_KEEPALIVE}".strip(),
+            )
         except self._psycopg.Error as exc:
             raise DatabaseError(
                 f"cannot connect to PostgreSQL {self.location}: {self._why(exc)}"

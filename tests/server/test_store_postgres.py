@@ -405,6 +405,17 @@ class TestLeadership:
             a.close()
             c.close()
 
+    def test_its_own_connections_keep_the_url_s_schema_and_set_keepalives(self, url: str) -> None:
+        store = Store(url)
+        try:
+            conn = pg(store).connect()
+            with conn:
+                assert conn.execute("SELECT current_schema()").fetchone()[0] == schema_of(url)
+                assert conn.execute("SHOW tcp_keepalives_idle").fetchone()[0] in ("5", "5s")
+                assert conn.execute("SHOW tcp_keepalives_count").fetchone()[0] == "3"
+        finally:
+            store.close()
+
     def test_two_installations_in_two_schemas_never_share_a_lock(self) -> None:
         with fresh_schema("one") as one, fresh_schema("two") as two:
             a, b = Store(one), Store(two)
