@@ -258,6 +258,93 @@ class TestMigrations:
             Store(path)
 
 
+class TestAppendedMigrations:
+    """The rule for the next migrations: SQLite DDL appended to MIGRATIONS runs on both
+    backends (PostgreSQL gets it translated), and what it makes behaves the same."""
+
+    NEXT = """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires REAL NOT NULL
+    );
+    CREATE TABLE signals (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        key TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE bundles (
+        id TEXT PRIMARY KEY,
+        body BLOB NOT NULL,
+        size INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX commands_one_pending ON commands (deployment, agent)
+        WHERE state = 'pending';
+    """
+
+    def test_sqlite_ddl_appended_runs_on_both_backends(
+        self, database: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        Store(database).close()  # at today's version first: the new one is an upgrade
+        monkeypatch.setattr("reconciler.server.store.MIGRATIONS", (*MIGRATIONS, self.NEXT))
+        store = Store(database)
+        try:
+            assert store.schema_version() == SCHEMA_VERSION + 1
+            with store._tx() as db:
+                for channel in ("command", "command", "bundle"):
+                    db.execute(
+                        "INSERT INTO signals (channel, key, created) VALUES (?, ?, ?)",
+                        (channel, "agt_1", 1_733_333_333.25),
+                    )
+                db.execute(
+                    "INSERT INTO bundles (id, body, size) VALUES (?, ?, ?)",
+                    ("b1", b"\x00\xffbundle", 8),
+                )
+                taken = db.execute(
+                    "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                    "expires = excluded.expires "
+                    "WHERE leases.holder = excluded.holder OR leases.expires < ?",
+                    ("reconcile:main", "replica-a", 100.0, 50.0),
+                ).rowcount
+            rows = store._query("SELECT seq, channel, created FROM signals ORDER BY seq")
+            assert [(r["seq"], r[1], r["created"]) for r in rows] == [
+                (1, "command", 1_733_333_333.25),
+                (2, "command", 1_733_333_333.25),
+                (3, "bundle", 1_733_333_333.25),
+            ]
+            [bundle] = store._query("SELECT body, size FROM bundles")
+            assert bytes(bundle["body"]) == b"\x00\xffbundle" and bundle["size"] == 8
+            assert taken == 1
+            with store._tx() as db:  # another holder while the lease runs: not taken
+                assert (
+                    db.execute(
+                        "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder "
+                        "WHERE leases.holder = excluded.holder OR leases.expires < ?",
+                        ("reconcile:main", "replica-b", 130.0, 60.0),
+                    ).rowcount
+                    == 0
+                )
+            # the partial unique index: one pending command per (deployment, agent)
+            TestCommands()._make(store, "cmd_a")
+            with pytest.raises(store.db.errors):
+                store.create_command(
+                    command_id="cmd_b",
+                    agent="agt_1",
+                    deployment="dpl_1",
+                    kind="install",
+                    spec_hash="h",
+                    payload={},
+                    created=time.time(),
+                    deadline=time.time() + 60,
+                    supersede=False,
+                )
+        finally:
+            store.close()
+
+
 class TestEventsAndPlan:
     def test_events_page_by_id(self, store: Store) -> None:
         ids = [store.record_event("e", {"n": n}) for n in range(5)]

@@ -6,6 +6,10 @@ tests at the end; the rest runs on the test PostgreSQL (``postgres`` marker)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +27,7 @@ from reconciler.server.database import (
     redact_url,
 )
 from reconciler.server.store import MIGRATIONS, SCHEMA_VERSION, SchemaError, Store
+from tests.conftest import REPO_ROOT
 from tests.server.postgres_helpers import (
     admin_connection,
     fresh_schema,
@@ -387,6 +392,40 @@ class TestLeadership:
         took = wait_for(lambda: b.try_lead(name, "replica-b", ttl=15), "fail-over")
         assert not a.try_lead(name, "replica-a", ttl=15)  # the old leader knows it lost
         print(f"fail-over after the leader's backend died: {took:.3f} s")
+
+    def test_a_leader_killed_with_sigkill_is_replaced(
+        self, replicas: tuple[Store, Store], url: str
+    ) -> None:
+        """Another process leads; ``kill -9`` it: its session ends, and this one takes over."""
+        script = (
+            "import sys, time\n"
+            "from reconciler.server.store import Store\n"
+            "store = Store(sys.argv[1])\n"
+            "assert store.db.try_lead('reconcile:main', 'child', ttl=15)\n"
+            "print('leading', flush=True)\n"
+            "time.sleep(600)\n"
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line.strip() == "leading", child.stderr.read() if child.stderr else ""
+            a = pg(replicas[0])
+            assert not a.try_lead("reconcile:main", "replica-a", ttl=15)
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            took = wait_for(lambda: a.try_lead("reconcile:main", "replica-a", ttl=15), "take-over")
+            print(f"take-over after kill -9 of the leader: {took:.3f} s")
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
 
     def test_resign_and_close_hand_leadership_over(self, url: str) -> None:
         a, b, c = Store(url), Store(url), Store(url)
