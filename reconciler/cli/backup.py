@@ -15,12 +15,28 @@ import typer
 from reconciler.cli.app import _console
 from reconciler.cli.serve import DataDirOption, _fail, serve_app
 
-__all__ = ["backup_command", "restore_command"]
+__all__ = ["backup_command", "copy_to_postgres_command", "restore_command"]
 
 
 def _data_dir(data_dir: pathlib.Path | None) -> pathlib.Path:
-    from reconciler.server.config import default_data_dir
+    from reconciler.model.errors import ReconcilerError
+    from reconciler.server.config import database_from_env, default_data_dir
 
+    try:
+        database = database_from_env()
+    except ReconcilerError:
+        database = "(unreadable)"
+    if database and data_dir is None:
+        # The SQLite file in the data dir is not the server's store then: copying it would
+        # give a backup that restores nothing.
+        raise _fail(
+            "RECONCILE_DATABASE(_FILE) is set: the store is on PostgreSQL, and `reconcile serve "
+            "backup|restore` copy only the SQLite store. Use PostgreSQL's tools: `pg_dump "
+            "--format=custom --file=reconcile.dump <url>` (online, consistent) and `pg_restore "
+            "--clean --if-exists --dbname=<url> reconcile.dump` with every replica stopped "
+            '(see README, "Choosing a database"). Pass --data-dir to act on an SQLite store.',
+            2,
+        )
     return data_dir if data_dir is not None else default_data_dir()
 
 
@@ -93,3 +109,45 @@ def restore_command(
         err.print(
             f"the previous database is kept as {result.replaced}", highlight=False, markup=False
         )
+
+
+@serve_app.command("copy-to-postgres")
+def copy_to_postgres_command(
+    data_dir: DataDirOption = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="The empty PostgreSQL store to fill (default: $RECONCILE_DATABASE or the file "
+            "$RECONCILE_DATABASE_FILE names). Put a password in those, not in this flag.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Copy the SQLite store into an empty PostgreSQL one (stop the server first)."""
+    from rich.markup import escape
+
+    from reconciler.model.errors import ReconcilerError
+    from reconciler.server.config import database_from_env, default_data_dir
+    from reconciler.server.copystore import copy_to_postgres
+    from reconciler.server.database import redact_url
+    from reconciler.server.store import DB_NAME
+
+    try:
+        url = database or database_from_env()
+    except ReconcilerError as exc:
+        raise _fail(escape(redact_url(str(exc))), 2) from None
+    if not url:
+        raise _fail("no target: set RECONCILE_DATABASE(_FILE) or pass --database", 2)
+    source = (data_dir if data_dir is not None else default_data_dir()) / DB_NAME
+    try:
+        result = copy_to_postgres(source, url)
+    except ReconcilerError as exc:
+        raise _fail(escape(redact_url(str(exc)))) from None
+    counts = ", ".join(f"{n} {table}" for table, n in result.counts.items() if n)
+    _console(stderr=True).print(
+        f"copied {source} into {redact_url(url)} (schema {result.schema_version}: "
+        f"{counts or 'no rows'}); start `reconcile serve` with that database now",
+        highlight=False,
+        markup=False,
+    )

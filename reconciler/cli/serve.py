@@ -3,7 +3,9 @@
 
 Secrets come only from the environment (``RECONCILE_ADMIN_TOKEN``,
 ``RECONCILE_WEBHOOK_SECRET``, ``RECONCILE_GITLAB_TOKEN``), or from the file each one's
-``*_FILE`` variable names: flags end up in shell history, process lists and backups.
+``*_FILE`` variable names: flags end up in shell history, process lists and backups.  The
+PostgreSQL URL of the store may carry a password: ``--database`` takes one without it (libpq
+reads ``PGPASSWORD`` or ``~/.pgpass``), ``RECONCILE_DATABASE(_FILE)`` one with it.
 """
 
 from __future__ import annotations
@@ -88,6 +90,16 @@ def serve_command(
     ] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default 8800).")] = None,
     data_dir: DataDirOption = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="postgresql://user@host/db: the store on PostgreSQL, shared by several "
+            "replicas (default: $RECONCILE_DATABASE or the file $RECONCILE_DATABASE_FILE names; "
+            "else SQLite in the data dir). Put a password in those, not in this flag.",
+            show_default=False,
+        ),
+    ] = None,
     poll_interval: Annotated[
         float | None,
         typer.Option(
@@ -137,8 +149,12 @@ def serve_command(
         return
     from reconciler.model.errors import ReconcilerError
     from reconciler.model.redact import redact
-    from reconciler.server.config import ServerSecrets, load_server_config
+    from reconciler.server.config import ServerSecrets, database_from_env, load_server_config
 
+    try:
+        database = database or database_from_env()
+    except ReconcilerError as exc:
+        raise _fail(redact(str(exc)), 2) from None
     overrides = {
         "source": source,
         "branch": branch,
@@ -146,6 +162,7 @@ def serve_command(
         "host": host,
         "port": port,
         "data_dir": data_dir,
+        "database": database,
         "poll_interval": poll_interval,
         "heartbeat": heartbeat,
         "keep_alive": keep_alive,
@@ -166,6 +183,7 @@ def serve_command(
 
     from reconciler.model.logformat import formatter
     from reconciler.server.app import build_control_plane
+    from reconciler.server.database import redact_url
     from reconciler.server.transport import TransportLimits, uvicorn_options
 
     logging.basicConfig(level=log_level.upper())
@@ -181,7 +199,9 @@ def serve_command(
     banner = (
         f"reconcile serve: {redact(spec)}" + (f" @ {ref}" if ref else "")
         + (f" path={settings.path}" if settings.path else "")
-        + f", data dir {settings.data_dir}, http://{settings.host}:{settings.port}"
+        + f", data dir {settings.data_dir}"
+        + (f", database {redact_url(settings.database)}" if settings.database else "")
+        + f", http://{settings.host}:{settings.port}"
     )  # fmt: skip
     open_api_warning = (
         "RECONCILE_ADMIN_TOKEN is not set: the status and admin API answers 401 to everyone"
@@ -289,9 +309,18 @@ def _one_target(data_dir: pathlib.Path | None, server: str | None) -> None:
 
 
 def _local_store(data_dir: pathlib.Path | None) -> Any:
-    from reconciler.server.config import default_data_dir
+    from reconciler.model.errors import ReconcilerError
+    from reconciler.model.redact import redact
+    from reconciler.server.config import database_from_env, default_data_dir
     from reconciler.server.store import DB_NAME, SchemaError, Store
 
+    if data_dir is None:  # the server's store on PostgreSQL: the same variables as serve's
+        try:
+            database = database_from_env()
+            if database:
+                return Store(database)
+        except ReconcilerError as exc:
+            raise _fail(redact(str(exc))) from None
     directory = data_dir if data_dir is not None else default_data_dir()
     if not (directory / DB_NAME).is_file():
         raise _fail(

@@ -86,7 +86,8 @@ def build_control_plane(
     """Every part wired together; the worker is *not* started (``plane.worker.start()``)."""
     secrets = secrets or ServerSecrets()
     secure_dir(config.data_dir)
-    store = store or Store.in_dir(config.data_dir)
+    if store is None:
+        store = Store(config.database) if config.database else Store.in_dir(config.data_dir)
     notifier = Notifier()
     metrics = Metrics()
     progress = ProgressHub()

@@ -27,6 +27,7 @@ __all__ = [
     "Role",
     "ServerConfig",
     "ServerSecrets",
+    "database_from_env",
     "default_data_dir",
     "load_server_config",
 ]
@@ -82,6 +83,12 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_PORT
     data_dir: pathlib.Path = Field(default_factory=default_data_dir)
+    # The store: None is SQLite in data_dir; a postgresql:// URL puts it on PostgreSQL (several
+    # replicas can share it).  Its password is better in RECONCILE_DATABASE(_FILE), PGPASSWORD
+    # or ~/.pgpass than in a flag or server.yaml; it is never printed (repr=False, redacted).
+    database: Annotated[
+        Annotated[str, Field(pattern=r"^postgres(ql)?://\S+$")] | None, Field(repr=False)
+    ] = None
     poll_interval: Annotated[float, Field(ge=0)] = 60.0  # 0: no timer
     heartbeat: Annotated[float, Field(gt=0)] = 10.0
     catalog: pathlib.Path | None = None
@@ -155,6 +162,13 @@ class ServerSecrets:
         if admin:
             return "admin"
         return "read" if read else None
+
+
+def database_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """``RECONCILE_DATABASE``, or the file ``RECONCILE_DATABASE_FILE`` names: the store's
+    PostgreSQL URL, password included, kept out of flags and process lists.  Raises
+    SecretEnvError when both are set or the file cannot be read."""
+    return secret_from_env("RECONCILE_DATABASE", env)
 
 
 def load_server_config(file: pathlib.Path | None, overrides: Mapping[str, Any]) -> ServerConfig:

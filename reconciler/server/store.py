@@ -1,4 +1,9 @@
-"""The control plane's durable state: one SQLite file in WAL mode.
+"""The control plane's durable state: one SQLite file in WAL mode, or a PostgreSQL database.
+
+The SQL below is written once, in SQLite's dialect; :mod:`reconciler.server.database` runs it
+on either backend (its docstring has the rules that keep a statement portable).  What
+follows about connections and fsync describes SQLite; on PostgreSQL each transaction takes a
+pooled connection, and ``fsync=False`` is ``synchronous_commit = off`` for that transaction.
 
 Everything the server needs to carry on after a crash or a restart lives here (agents
 and their secrets' hashes, one-time tokens, commands and their results, webhook delivery
@@ -39,16 +44,22 @@ import json
 import os
 import pathlib
 import secrets
-import sqlite3
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reconciler.model.errors import ReconcilerError
 from reconciler.model.redact import redact
+from reconciler.server.database import (
+    Connection,
+    Database,
+    PostgresDatabase,
+    Row,
+    SchemaError,
+    SqliteDatabase,
+    is_postgres_url,
+)
 
 __all__ = [
     "AUDIT_KINDS",
@@ -211,10 +222,25 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+#: PostgreSQL's text of a migration (by version) where translating the SQLite text above
+#: (``database.postgres_ddl``: REAL -> DOUBLE PRECISION, INTEGER -> BIGINT, BLOB -> BYTEA,
+#: INTEGER PRIMARY KEY [AUTOINCREMENT] -> an identity column) would not do.  Most migrations
+#: need none: write portable DDL and append it to MIGRATIONS only.
+PG_MIGRATIONS: dict[int, str] = {}
 
-
-class SchemaError(ReconcilerError):
-    """The database was written by a newer version of the server, or is not ours."""
+# The SQL functions the store's queries use, on PostgreSQL (SQLite runs the Python ones).
+_PG_IS_AUDIT = (
+    "CREATE OR REPLACE FUNCTION is_audit(kind TEXT) RETURNS BIGINT LANGUAGE sql IMMUTABLE "
+    "AS $$ SELECT CASE WHEN "
+    + " OR ".join(f"starts_with(kind, '{prefix}')" for prefix in AUDIT_KINDS)
+    + " THEN 1 ELSE 0 END $$"
+)
+# SQLite's json_remove(doc, '$.a.b') for the ``$.key`` paths the store uses.
+_PG_JSON_REMOVE = (
+    "CREATE OR REPLACE FUNCTION json_remove(doc TEXT, path TEXT) RETURNS TEXT "
+    "LANGUAGE sql IMMUTABLE AS $$ SELECT (doc::jsonb #- string_to_array(substr(path, 3), '.'))"
+    "::text $$"
+)
 
 
 def secure_dir(directory: pathlib.Path) -> None:
@@ -377,99 +403,69 @@ def _loads(text: str | None) -> Any:
 
 
 class Store:
-    """The server's SQLite database.  Thread-safe; every write commits before returning."""
+    """The server's database: SQLite (a file) or PostgreSQL (a URL, for several replicas).
+    Thread-safe; every write commits before returning."""
 
     def __init__(self, path: pathlib.Path | str, *, synchronous: str = "FULL") -> None:
-        self.path = pathlib.Path(path)
-        secure_dir(self.path.parent)
-        # Created 0600 before SQLite opens it: SQLite gives the WAL and shm files the
-        # database file's mode, so none of the three is ever readable by others.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.create_function("is_audit", 1, is_audit, deterministic=True)
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":  # pragma: no cover - e.g. a network filesystem
-            raise SchemaError(f"{self.path}: SQLite refused WAL mode (got {mode})")
-        secure_files(self.path)
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError(synchronous)
-        self._db.execute(f"PRAGMA synchronous = {synchronous}")
-        self._synchronous = synchronous
-        self._db.execute("PRAGMA foreign_keys = ON")
+        """``path``: the SQLite file, or a ``postgresql://`` URL (module docstring of
+        :mod:`reconciler.server.database`); ``synchronous`` is SQLite's."""
         self._router: OutboxRouter | None = None
         self._on_outbox: Callable[[], None] = lambda: None
-        self._migrate()
+        self.db: Database
+        if isinstance(path, str) and is_postgres_url(path):
+            self.path: pathlib.Path | None = None
+            self.db = PostgresDatabase(path)
+            self.location = self.db.location
+        else:
+            self.path = pathlib.Path(path)
+            self.location = str(self.path)
+            secure_dir(self.path.parent)
+            # Created 0600 before SQLite opens it: SQLite gives the WAL and shm files the
+            # database file's mode, so none of the three is ever readable by others.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            self.db = SqliteDatabase(str(self.path), synchronous=synchronous)
+            secure_files(self.path)
+        self.db.define_function("is_audit", 1, is_audit, _PG_IS_AUDIT)
+        self.db.define_function("json_remove", 2, None, _PG_JSON_REMOVE)  # SQLite's own
+        try:
+            self._migrate()
+        except BaseException:
+            self.db.close()
+            raise
 
     @classmethod
     def in_dir(cls, data_dir: pathlib.Path | str) -> Store:
         return cls(pathlib.Path(data_dir) / DB_NAME)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     # ------------------------------------------------------------------ plumbing
 
-    @contextlib.contextmanager
-    def _tx(self, *, fsync: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction, taken up front (IMMEDIATE) so it never fails half-way on a
-        lock upgrade; committed when the block ends (fsynced unless ``fsync=False``: see
-        the module docstring for which writes may skip it)."""
-        with self._lock:
-            relaxed = not fsync and self._synchronous == "FULL"
-            if relaxed:
-                self._db.execute("PRAGMA synchronous = NORMAL")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            finally:
-                if relaxed:
-                    self._db.execute("PRAGMA synchronous = FULL")
+    def _tx(
+        self, *, fsync: bool = True, serial: bool = True
+    ) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction, taken up front so it never fails half-way on a lock
+        upgrade; committed when the block ends (fsynced unless ``fsync=False``: see the
+        module docstring for which writes may skip it).  ``serial=False``: on PostgreSQL,
+        not in turn with the other writers; only for a transaction whose outcome a unique
+        constraint or one conditional UPDATE decides (:mod:`reconciler.server.database`)."""
+        return self.db.tx(fsync=fsync, serial=serial)
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.db.query(sql, params)
 
     def _migrate(self) -> None:
-        with self._tx() as db:
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise SchemaError(
-                    f"{self.path} has schema version {version}, newer than this server's "
-                    f"{SCHEMA_VERSION}: it was written by a newer compose-reconciler; "
-                    "upgrade this one (or use a fresh --data-dir)"
-                )
-            if (
-                version == 0
-                and db.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-                ).fetchone()[0]
-            ):
-                raise SchemaError(f"{self.path} is an SQLite database, but not ours")
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target - 1].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {target}")
+        self.db.migrate(MIGRATIONS, PG_MIGRATIONS)
 
     def schema_version(self) -> int:
-        return int(self._query("PRAGMA user_version")[0][0])
+        return self.db.schema_version()
 
     def ping(self) -> bool:
         """Whether the database answers a query (``/readyz``)."""
         try:
             self._query("SELECT 1 FROM plans LIMIT 1")
-        except sqlite3.Error:
+        except self.db.errors:
             return False
         return True
 
@@ -489,13 +485,14 @@ class Store:
         """True exactly once per valid token, however many callers race for it.
 
         One conditional UPDATE: SQLite applies it atomically, so of all concurrent
-        callers (threads or processes) only one sees a changed row.
+        callers (threads or processes) only one sees a changed row.  On PostgreSQL the
+        losers wait for the winner's row lock, then re-check the WHERE and change nothing.
         """
-        with self._tx() as db:
+        with self._tx(serial=False) as db:
             return self._consume(db, token, time.time() if now is None else now)
 
     @staticmethod
-    def _consume(db: sqlite3.Connection, token: str, now: float) -> bool:
+    def _consume(db: Connection, token: str, now: float) -> bool:
         cur = db.execute(
             "UPDATE bootstrap_tokens SET used_at = ? "
             "WHERE hash = ? AND used_at IS NULL AND expires > ?",
@@ -513,7 +510,7 @@ class Store:
         now = time.time() if now is None else now
         agent_id = new_agent_id()
         secret = f"ras_{secrets.token_urlsafe(32)}"
-        with self._tx() as db:
+        with self._tx(serial=False) as db:  # the conditional UPDATE decides
             if not self._consume(db, token, now):
                 return None
             db.execute(
@@ -614,7 +611,7 @@ class Store:
         return self._agent(rows[0]) if rows else None
 
     @staticmethod
-    def _agent(r: sqlite3.Row) -> AgentRow:
+    def _agent(r: Row) -> AgentRow:
         report = _loads(r["report"])
         if r["state"] is not None:  # else a report from before migration 4 holds it
             report = {**(report or {}), "state": json.loads(r["state"])}
@@ -658,7 +655,7 @@ class Store:
         self, provider: str, delivery_id: str, *, now: float | None = None
     ) -> bool:
         """True when this delivery is new (and now remembered), False on a replay."""
-        with self._tx(fsync=False) as db:
+        with self._tx(fsync=False, serial=False) as db:  # the primary key decides
             cur = db.execute(
                 "INSERT OR IGNORE INTO deliveries (provider, delivery_id, received) "
                 "VALUES (?, ?, ?)",
@@ -704,7 +701,7 @@ class Store:
 
     def _issue(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         commands: Sequence[NewCommand],
         seen: Mapping[str, int] | None,
         event: Callable[[Issued], tuple[str, dict[str, Any]]] | None,
@@ -751,7 +748,7 @@ class Store:
         return issued, queued
 
     @staticmethod
-    def _insert_command(db: sqlite3.Connection, new: NewCommand, *, supersede: bool) -> list[str]:
+    def _insert_command(db: Connection, new: NewCommand, *, supersede: bool) -> list[str]:
         superseded: list[str] = []
         if supersede:
             superseded = [
@@ -939,11 +936,11 @@ class Store:
         return {r[0] for r in self._query("SELECT id FROM commands WHERE state = 'pending'")}
 
     @staticmethod
-    def _event(r: sqlite3.Row) -> EventRow:
+    def _event(r: Row) -> EventRow:
         return EventRow(r["id"], r["time"], r["kind"], json.loads(r["fields"]))
 
     @staticmethod
-    def _command(r: sqlite3.Row) -> CommandRow:
+    def _command(r: Row) -> CommandRow:
         return CommandRow(
             id=r["id"],
             agent=r["agent"],
@@ -1048,7 +1045,7 @@ class Store:
         return {deployment for deployment, state in newest.items() if state == "failed"}
 
     @staticmethod
-    def _deployment(r: sqlite3.Row) -> DeploymentRow:
+    def _deployment(r: Row) -> DeploymentRow:
         return DeploymentRow(
             id=r["id"],
             name=r["name"],
@@ -1083,11 +1080,11 @@ class Store:
         return event_id
 
     def _insert_event(
-        self, db: sqlite3.Connection, kind: str, fields: dict[str, Any], now: float
+        self, db: Connection, kind: str, fields: dict[str, Any], now: float
     ) -> tuple[int, int]:
         """The event row and its outbox rows: ``(event row id, outbox rows written)``."""
         cur = db.execute(
-            "INSERT INTO events (time, kind, fields) VALUES (?, ?, ?)",
+            "INSERT INTO events (time, kind, fields) VALUES (?, ?, ?) RETURNING id",
             (
                 now,
                 kind,
@@ -1095,7 +1092,7 @@ class Store:
                 redact(json.dumps(fields, default=str)),
             ),
         )
-        row_id = int(cur.lastrowid or 0)
+        row_id = int(cur.fetchone()[0])
         if self._router is None or not self._router.wants(kind):
             return row_id, 0
         clean = json.loads(redact(json.dumps(fields, default=str)))
@@ -1107,7 +1104,7 @@ class Store:
 
     @staticmethod
     def _enqueue(
-        db: sqlite3.Connection, target: str, kind: str, event_id: str, body: str, now: float
+        db: Connection, target: str, kind: str, event_id: str, body: str, now: float
     ) -> None:
         db.execute(
             "INSERT INTO outbox (target, event_id, delivery_id, kind, body, created, next_at) "
@@ -1170,7 +1167,7 @@ class Store:
             )
 
     @staticmethod
-    def _outbox(r: sqlite3.Row) -> OutboxRow:
+    def _outbox(r: Row) -> OutboxRow:
         return OutboxRow(
             id=r["id"],
             target=r["target"],
@@ -1264,7 +1261,7 @@ class Store:
         return True
 
     @staticmethod
-    def _status(r: sqlite3.Row) -> CommitStatusRow:
+    def _status(r: Row) -> CommitStatusRow:
         return CommitStatusRow(
             sha=r["sha"],
             repo=r["repo"],
@@ -1276,7 +1273,7 @@ class Store:
     def newest_events(self, limit: int) -> list[EventRow]:
         """The newest ``limit`` events, oldest first (the dashboard's tail of the log)."""
         rows = self._query(
-            "SELECT * FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
+            "SELECT * FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) AS newest ORDER BY id",
             (max(1, limit),),
         )
         return [self._event(r) for r in rows]

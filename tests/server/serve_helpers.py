@@ -46,6 +46,7 @@ class Serve:
         settings: dict[str, object] | None = None,
         *,
         ready: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,7 +59,9 @@ class Serve:
             config.write_text(yaml.safe_dump(settings))
             args += ["--config", str(config)]
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(args, env=serve_env(), stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                args, env={**serve_env(), **(env or {})}, stdout=log, stderr=log
+            )
         path = "/readyz" if ready else "/healthz"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

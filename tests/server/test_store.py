@@ -1,4 +1,8 @@
-"""The SQLite store on real files: tokens, agents, deliveries, hooks, commands, migrations."""
+"""The store on both real backends: tokens, agents, deliveries, hooks, commands, migrations.
+
+Every test taking ``store`` (or ``database``) runs twice: on an SQLite file and on a fresh
+schema of the test PostgreSQL server (``postgres`` marker; see postgres_helpers).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,50 @@ import pathlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from reconciler.server.store import MIGRATIONS, SCHEMA_VERSION, SchemaError, Store
+from tests.server.postgres_helpers import admin_connection, fresh_schema
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[str]:
+    """Where a Store lives: an SQLite file's path, or a PostgreSQL URL (a fresh schema)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "reconcile.db")
+    else:
+        with fresh_schema("store") as url:
+            yield url
 
 
 @pytest.fixture
-def store(tmp_path: pathlib.Path) -> Store:
-    return Store(tmp_path / "reconcile.db")
+def store(database: str) -> Iterator[Store]:
+    opened = Store(database)
+    yield opened
+    opened.close()
+
+
+def stored_bytes(store: Store) -> bytes:
+    """Everything the database holds, as bytes: the SQLite file (WAL checkpointed by the
+    close), or every row of every table of the store's PostgreSQL schema as text."""
+    store.close()
+    if store.path is not None:
+        return store.path.read_bytes()
+    schema = store.db.schema  # type: ignore[attr-defined]
+    chunks: list[str] = []
+    with admin_connection() as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (schema,),
+        ).fetchall()
+        for (table,) in tables:
+            rows = conn.execute(f'SELECT row_to_json(t)::text FROM "{schema}"."{table}" t')
+            chunks.extend(r[0] for r in rows)
+    assert chunks, "nothing stored at all: the check would prove nothing"
+    return "\n".join(chunks).encode()
 
 
 class TestBootstrapTokens:
@@ -38,8 +76,7 @@ class TestBootstrapTokens:
 
     def test_tokens_are_stored_hashed(self, store: Store) -> None:
         token = store.create_bootstrap_token()
-        store.close()
-        assert token.encode() not in store.path.read_bytes()
+        assert token.encode() not in stored_bytes(store)
 
     def test_exactly_once_across_threads_of_one_store(self, store: Store) -> None:
         token = store.create_bootstrap_token()
@@ -54,10 +91,10 @@ class TestBootstrapTokens:
         assert sum(r is not None for r in results) == 1
         assert len(store.agents()) == 1
 
-    def test_exactly_once_across_connections(self, tmp_path: pathlib.Path) -> None:
-        """Separate connections, as the server and `reconcile agent token --data-dir`."""
-        path = tmp_path / "reconcile.db"
-        stores = [Store(path) for _ in range(8)]
+    def test_exactly_once_across_connections(self, database: str) -> None:
+        """Separate connections, as the server and `reconcile agent token --data-dir` (or,
+        on PostgreSQL, eight replicas)."""
+        stores = [Store(database) for _ in range(8)]
         tokens = [stores[0].create_bootstrap_token() for _ in range(5)]
         barrier = threading.Barrier(40)
 
@@ -69,6 +106,8 @@ class TestBootstrapTokens:
             results = list(pool.map(race, range(40)))
         for column in zip(*results, strict=True):
             assert sum(column) == 1
+        for opened in stores:
+            opened.close()
 
 
 class TestAgents:
@@ -94,13 +133,14 @@ class TestAgents:
 
 
 class TestDeliveriesAndHooks:
-    def test_delivery_is_new_once_and_survives_reopen(self, store: Store) -> None:
+    def test_delivery_is_new_once_and_survives_reopen(self, store: Store, database: str) -> None:
         assert store.remember_delivery("github", "d-1")
         assert not store.remember_delivery("github", "d-1")
         assert store.remember_delivery("gitlab", "d-1")  # ids are per provider
         store.close()
-        again = Store(store.path)
+        again = Store(database)
         assert not again.remember_delivery("github", "d-1")
+        again.close()
 
     def test_concurrent_replays_count_once(self, store: Store) -> None:
         with ThreadPoolExecutor(16) as pool:
@@ -114,8 +154,7 @@ class TestDeliveriesAndHooks:
         rotated = store.create_deploy_hook("prod")
         assert store.check_deploy_hook(rotated) == "prod"
         assert store.check_deploy_hook(token) is None
-        store.close()  # checkpoints the WAL into the file
-        assert rotated.encode() not in store.path.read_bytes()
+        assert rotated.encode() not in stored_bytes(store)
 
 
 class TestCommands:
@@ -168,8 +207,12 @@ class TestCommands:
 
 
 class TestMigrations:
-    def test_fresh_database_is_at_the_current_version_in_wal_mode(self, store: Store) -> None:
+    def test_fresh_database_is_at_the_current_version_in_wal_mode(
+        self, tmp_path: pathlib.Path
+    ) -> None:
+        store = Store(tmp_path / "reconcile.db")
         assert store.schema_version() == SCHEMA_VERSION
+        assert store.path is not None
         db = sqlite3.connect(store.path)
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -213,6 +256,93 @@ class TestMigrations:
         db.close()
         with pytest.raises(SchemaError, match="not ours"):
             Store(path)
+
+
+class TestAppendedMigrations:
+    """The rule for the next migrations: SQLite DDL appended to MIGRATIONS runs on both
+    backends (PostgreSQL gets it translated), and what it makes behaves the same."""
+
+    NEXT = """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires REAL NOT NULL
+    );
+    CREATE TABLE signals (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        key TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE bundles (
+        id TEXT PRIMARY KEY,
+        body BLOB NOT NULL,
+        size INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX commands_one_pending ON commands (deployment, agent)
+        WHERE state = 'pending';
+    """
+
+    def test_sqlite_ddl_appended_runs_on_both_backends(
+        self, database: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        Store(database).close()  # at today's version first: the new one is an upgrade
+        monkeypatch.setattr("reconciler.server.store.MIGRATIONS", (*MIGRATIONS, self.NEXT))
+        store = Store(database)
+        try:
+            assert store.schema_version() == SCHEMA_VERSION + 1
+            with store._tx() as db:
+                for channel in ("command", "command", "bundle"):
+                    db.execute(
+                        "INSERT INTO signals (channel, key, created) VALUES (?, ?, ?)",
+                        (channel, "agt_1", 1_733_333_333.25),
+                    )
+                db.execute(
+                    "INSERT INTO bundles (id, body, size) VALUES (?, ?, ?)",
+                    ("b1", b"\x00\xffbundle", 8),
+                )
+                taken = db.execute(
+                    "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                    "expires = excluded.expires "
+                    "WHERE leases.holder = excluded.holder OR leases.expires < ?",
+                    ("reconcile:main", "replica-a", 100.0, 50.0),
+                ).rowcount
+            rows = store._query("SELECT seq, channel, created FROM signals ORDER BY seq")
+            assert [(r["seq"], r[1], r["created"]) for r in rows] == [
+                (1, "command", 1_733_333_333.25),
+                (2, "command", 1_733_333_333.25),
+                (3, "bundle", 1_733_333_333.25),
+            ]
+            [bundle] = store._query("SELECT body, size FROM bundles")
+            assert bytes(bundle["body"]) == b"\x00\xffbundle" and bundle["size"] == 8
+            assert taken == 1
+            with store._tx() as db:  # another holder while the lease runs: not taken
+                assert (
+                    db.execute(
+                        "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder "
+                        "WHERE leases.holder = excluded.holder OR leases.expires < ?",
+                        ("reconcile:main", "replica-b", 130.0, 60.0),
+                    ).rowcount
+                    == 0
+                )
+            # the partial unique index: one pending command per (deployment, agent)
+            TestCommands()._make(store, "cmd_a")
+            with pytest.raises(store.db.errors):
+                store.create_command(
+                    command_id="cmd_b",
+                    agent="agt_1",
+                    deployment="dpl_1",
+                    kind="install",
+                    spec_hash="h",
+                    payload={},
+                    created=time.time(),
+                    deadline=time.time() + 60,
+                    supersede=False,
+                )
+        finally:
+            store.close()
 
 
 class TestEventsAndPlan:
