@@ -24,6 +24,7 @@ SQLITE_ONLY = (
     "tests/server/test_serve_postgres.py::",
     "tests/server/test_store_postgres.py::",
     "tests/server/test_store.py::",
+    "tests/server/test_fleet_hot_paths.py::TestHeartbeat::",  # traces SQLite statements
     "tests/server/test_hold.py::TestFileModes::",
     "tests/server/test_hold.py::TestCredentialsInUrls::test_a_source_url_token_is_nowhere",
     "tests/server/test_serve_process.py::test_serve_end_to_end_and_restart",

@@ -24,6 +24,7 @@ from reconciler.model.agentapi import ReportAck, state_digest
 from reconciler.model.state import AgentState, ContainerState, DeployedApp
 from reconciler.server.app import ControlPlane, create_app
 from reconciler.server.config import ServerConfig, ServerSecrets
+from reconciler.server.database import SqliteDatabase
 from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier, spread_wait
 from reconciler.server.store import Store
@@ -52,11 +53,15 @@ class _Trace:
         self.sql: list[str] = []
 
     def __enter__(self) -> _Trace:
-        self.store._db.set_trace_callback(self.sql.append)
+        self._connection().set_trace_callback(self.sql.append)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.store._db.set_trace_callback(None)
+        self._connection().set_trace_callback(None)
+
+    def _connection(self) -> sqlite3.Connection:
+        assert isinstance(self.store.db, SqliteDatabase), "traced on SQLite only"
+        return self.store.db._db
 
     def touching(self, table: str) -> list[str]:
         return [s for s in self.sql if f" {table} " in f"{s} " or f" {table}\n" in s]

@@ -263,23 +263,23 @@ class TestAppendedMigrations:
     backends (PostgreSQL gets it translated), and what it makes behaves the same."""
 
     NEXT = """
-    CREATE TABLE leases (
+    CREATE TABLE next_leases (
         name TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
         expires REAL NOT NULL
     );
-    CREATE TABLE signals (
+    CREATE TABLE next_signals (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         channel TEXT NOT NULL,
         key TEXT NOT NULL,
         created REAL NOT NULL
     );
-    CREATE TABLE bundles (
+    CREATE TABLE next_bundles (
         id TEXT PRIMARY KEY,
         body BLOB NOT NULL,
         size INTEGER NOT NULL
     ) WITHOUT ROWID;
-    CREATE UNIQUE INDEX commands_one_pending ON commands (deployment, agent)
+    CREATE UNIQUE INDEX next_one_pending ON commands (deployment, agent)
         WHERE state = 'pending';
     """
 
@@ -294,35 +294,35 @@ class TestAppendedMigrations:
             with store._tx() as db:
                 for channel in ("command", "command", "bundle"):
                     db.execute(
-                        "INSERT INTO signals (channel, key, created) VALUES (?, ?, ?)",
+                        "INSERT INTO next_signals (channel, key, created) VALUES (?, ?, ?)",
                         (channel, "agt_1", 1_733_333_333.25),
                     )
                 db.execute(
-                    "INSERT INTO bundles (id, body, size) VALUES (?, ?, ?)",
+                    "INSERT INTO next_bundles (id, body, size) VALUES (?, ?, ?)",
                     ("b1", b"\x00\xffbundle", 8),
                 )
                 taken = db.execute(
-                    "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
+                    "INSERT INTO next_leases (name, holder, expires) VALUES (?, ?, ?) "
                     "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
                     "expires = excluded.expires "
-                    "WHERE leases.holder = excluded.holder OR leases.expires < ?",
+                    "WHERE next_leases.holder = excluded.holder OR next_leases.expires < ?",
                     ("reconcile:main", "replica-a", 100.0, 50.0),
                 ).rowcount
-            rows = store._query("SELECT seq, channel, created FROM signals ORDER BY seq")
+            rows = store._query("SELECT seq, channel, created FROM next_signals ORDER BY seq")
             assert [(r["seq"], r[1], r["created"]) for r in rows] == [
                 (1, "command", 1_733_333_333.25),
                 (2, "command", 1_733_333_333.25),
                 (3, "bundle", 1_733_333_333.25),
             ]
-            [bundle] = store._query("SELECT body, size FROM bundles")
+            [bundle] = store._query("SELECT body, size FROM next_bundles")
             assert bytes(bundle["body"]) == b"\x00\xffbundle" and bundle["size"] == 8
             assert taken == 1
             with store._tx() as db:  # another holder while the lease runs: not taken
                 assert (
                     db.execute(
-                        "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
+                        "INSERT INTO next_leases (name, holder, expires) VALUES (?, ?, ?) "
                         "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder "
-                        "WHERE leases.holder = excluded.holder OR leases.expires < ?",
+                        "WHERE next_leases.holder = excluded.holder OR next_leases.expires < ?",
                         ("reconcile:main", "replica-b", 130.0, 60.0),
                     ).rowcount
                     == 0

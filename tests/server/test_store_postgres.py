@@ -317,8 +317,8 @@ class TestSameResultsOnBothBackends:
                     deadline=200.0,
                 )
             )
-        out.append(store.in_flight("dpl_1", agent, "h2", "install", since=0.0) is not None)
-        out.append(store.in_flight("dpl_1", agent, None, "install", since=0.0))
+        out.append(store.in_flight("dpl_1", agent, "h2", "install") is not None)
+        out.append(store.in_flight("dpl_1", agent, None, "install"))
         out.append(store.has_pending(agent, now=150.0))
         out.append(store.pending_deployments(agent))
         done, dup = store.finish_command(
