@@ -510,6 +510,7 @@ def bench_noop(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dic
         purge=False,
         allow_mass_prune=False,
         settle=2.0,
+        parallel=None,
         state_dir=b.state,
         fmt=ApplyFormat.json,
         catalog=None,
