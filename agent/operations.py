@@ -36,6 +36,8 @@ from agent.statedir import (
     now_iso,
     read_history,
     read_record,
+    save_proxy_config,
+    saved_proxy_config,
     write_record,
 )
 from reconciler.model.day2 import (
@@ -51,7 +53,6 @@ from reconciler.model.day2 import (
     RestartResult,
     RollbackResult,
 )
-from reconciler.model.deployment import ProxyConfig
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import DEPLOYMENT_ID_RE
 from reconciler.model.state import ContainerState, Hold
@@ -83,8 +84,6 @@ MAX_LOG_BYTES = 1024 * 1024  # one answer of `reconcile logs`; a follow streams 
 MAX_WIRE_LOG_CHARS = 60 * 1024  # one chunk sent through the control plane (its cap: 64 KiB)
 AUDIT_FILE = "audit.jsonl"  # <state dir>/audit.jsonl: every credentials reveal on this host
 COMPOSE_TIMEOUT = 120.0  # seconds for `docker compose restart` / `logs` (not a follow)
-PROXY_CONFIG = "proxy-settings.json"  # the proxy: settings of the last local apply
-AGENT_PROXY_CONFIG = "agent/proxy.json"  # ... of the agent's last command (agent.runner)
 BACKUP_TAIL = 20  # lines of the backup hook's output returned (all of it is kept)
 
 # What `docker compose logs --since` accepts: a Go duration (10m, 1h30m), a unix time,
@@ -94,26 +93,6 @@ _SINCE_RE = re.compile(
     r"|\d+(?:\.\d+)?"
     r"|\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2})?)?)$"
 )
-
-
-def save_proxy_config(state_dir: pathlib.Path, config: ProxyConfig) -> None:
-    """Remember the repository's proxy settings (``reconcile apply`` does, as the agent
-    does for its commands): a later ``reconcile rollback`` has no repository to read them
-    from, and the proxy container is recreated when its settings differ."""
-    with contextlib.suppress(OSError):
-        atomic_write(
-            pathlib.Path(state_dir) / PROXY_CONFIG, config.model_dump_json().encode(), 0o600
-        )
-
-
-def saved_proxy_config(state_dir: pathlib.Path) -> ProxyConfig:
-    """The proxy settings the last apply used here (a local apply's, else the agent's)."""
-    for rel in (PROXY_CONFIG, AGENT_PROXY_CONFIG):
-        try:
-            return ProxyConfig.model_validate_json((pathlib.Path(state_dir) / rel).read_bytes())
-        except (OSError, ValueError):
-            continue
-    return ProxyConfig()
 
 
 def find(state_dir: pathlib.Path, deployment: str) -> AppRecord:

@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from reconciler.model.deployment import ProxyConfig
 from reconciler.model.ids import DEPLOYMENT_ID_RE
 from reconciler.model.state import Hold, SpecRecord
 from reconciler.render.model import Hook
@@ -52,6 +53,8 @@ __all__ = [
     "read_history",
     "read_record",
     "record_path",
+    "save_proxy_config",
+    "saved_proxy_config",
     "write_record",
 ]
 
@@ -329,3 +332,33 @@ def list_records(state_dir: pathlib.Path) -> list[AppRecord]:
         if record is not None:
             out.append(record)
     return out
+
+
+PROXY_CONFIG = "proxy-settings.json"  # the proxy: settings of the last local apply
+AGENT_PROXY_CONFIG = "agent/proxy.json"  # ... of the agent's last command (agent.runner)
+
+
+def save_proxy_config(state_dir: pathlib.Path, config: ProxyConfig) -> None:
+    """Remember the repository's proxy settings (``reconcile apply`` does, as the agent
+    does for its commands): a later ``reconcile rollback`` has no repository to read them
+    from, and the proxy container is recreated when its settings differ.
+
+    Unchanged settings are not written again: a no-op reconcile writes nothing (and
+    waits for no fsync)."""
+    path = pathlib.Path(state_dir) / PROXY_CONFIG
+    data = config.model_dump_json().encode()
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == data:
+            return
+    with contextlib.suppress(OSError):
+        atomic_write(path, data, 0o600)
+
+
+def saved_proxy_config(state_dir: pathlib.Path) -> ProxyConfig:
+    """The proxy settings the last apply used here (a local apply's, else the agent's)."""
+    for rel in (PROXY_CONFIG, AGENT_PROXY_CONFIG):
+        try:
+            return ProxyConfig.model_validate_json((pathlib.Path(state_dir) / rel).read_bytes())
+        except (OSError, ValueError):
+            continue
+    return ProxyConfig()

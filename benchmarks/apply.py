@@ -2,7 +2,7 @@
 
 Run (one command, every size): ``.venv/bin/python benchmarks/apply.py [--sizes 20,100,200]
 [--runs 5] [--own-dockerd /var/tmp/bench-dockerd | --docker-host URL] [--parallel N]``;
-``--sizes 20`` is the quick run.
+``--sizes 20`` is the quick run, ``--only noop`` the no-op of 20 against the peer alone.
 
 Needs the Docker Engine (``bash scripts/setup.sh --docker``) with ``busybox:1.36`` and
 ``caddy:2`` present locally; traffic goes to 127.0.0.1 only.  Everything it makes lives in
@@ -89,7 +89,9 @@ sys.path.insert(0, str(ROOT))
 
 NAMESPACE = "bench"
 IMAGE = "busybox:1.36"
-PROXY_CONTAINER = "reconciler-proxy"
+# RECONCILE_PROXY_CONTAINER (which `reconcile` reads too) names a proxy of this run's own
+# on a shared daemon, where tests of others run the default one.
+PROXY_CONTAINER = os.environ.get("RECONCILE_PROXY_CONTAINER") or "reconciler-proxy"
 PROXY_NETWORK = "impreza-proxy"
 HM_VERSION = "0.5.0"
 HM_VENV = (
@@ -508,6 +510,7 @@ def bench_noop(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dic
         purge=False,
         allow_mass_prune=False,
         settle=2.0,
+        parallel=None,
         state_dir=b.state,
         fmt=ApplyFormat.json,
         catalog=None,
@@ -617,8 +620,11 @@ def hm_setup(b: Bench, n: int) -> tuple[list[str], list[str], pathlib.Path]:
     return apps, cmd, base
 
 
-def bench_peer(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dict[str, Any]:
-    """Harbormaster's first deploy, then no-ops and one-app changes paired with ours."""
+def bench_peer(
+    b: Bench, repo: pathlib.Path, names: list[str], runs: int, changes: bool = True
+) -> dict[str, Any]:
+    """Harbormaster's first deploy, then no-ops and (``changes``) one-app changes paired
+    with ours."""
     n = len(names)
     out: dict[str, Any] = {}
     apps, cmd, base = hm_setup(b, n)
@@ -650,6 +656,8 @@ def bench_peer(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dic
     pairs = [(retried("no-op (paired)", b, ours), hm_noop()) for _ in range(runs)]
     out["ours"] = [p[0] for p in pairs]
     out["theirs"] = [p[1] for p in pairs]
+    if not changes:
+        return out
 
     genv = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost"}
     genv |= {"GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
@@ -1225,13 +1233,14 @@ def report_peer(peer: dict[str, Any], noop: dict[str, Any], apps: int) -> None:
     print(
         f"  ours / harbormaster: {first / hm_first:.2f}x (goal <= 1: {verdict(first <= hm_first)})"
     )
-    c, hc = med(peer["change_ours"]), med(peer["change_theirs"])
-    print(row("one-app change: reconcile apply --yes (process)", peer["change_ours"]))
-    print(row("one-app change: harbormaster run (process, no gate)", peer["change_theirs"]))
-    print(
-        f"  ours / harbormaster: {c / hc:.2f}x (goal <= 1: {verdict(c <= hc)}; "
-        f"then <= 0.5: {verdict(c <= hc / 2)})"
-    )
+    if "change_ours" in peer:
+        c, hc = med(peer["change_ours"]), med(peer["change_theirs"])
+        print(row("one-app change: reconcile apply --yes (process)", peer["change_ours"]))
+        print(row("one-app change: harbormaster run (process, no gate)", peer["change_theirs"]))
+        print(
+            f"  ours / harbormaster: {c / hc:.2f}x (goal <= 1: {verdict(c <= hc)}; "
+            f"then <= 0.5: {verdict(c <= hc / 2)})"
+        )
     print(row("no-op: reconcile apply --yes (process)", peer["ours"]))
     print(row("no-op: harbormaster run (process)", peer["theirs"]))
     print(row("  (ours in process, from 2.)", noop["in_process"]))
@@ -1331,6 +1340,13 @@ def main() -> None:
     )
     parser.add_argument("--drift-runs", type=int, default=3)
     parser.add_argument(
+        "--only",
+        choices=["noop"],
+        default=None,
+        help="noop: only the 20 apps' first deploy and the no-op, ours and harbormaster's "
+        "(2. and 3. without the one-app changes; --sizes is ignored)",
+    )
+    parser.add_argument(
         "--parallel", type=int, default=None, help="pass --parallel N to apply, if it takes it"
     )
     parser.add_argument(
@@ -1353,7 +1369,7 @@ def main() -> None:
         "--wait", type=float, default=60, help="seconds to wait for other pytest runs to end"
     )
     args = parser.parse_args()
-    sizes = {int(x) for x in args.sizes.split(",") if x.strip()}
+    sizes = {20} if args.only == "noop" else {int(x) for x in args.sizes.split(",") if x.strip()}
     if not sizes <= {20, 100, 200}:
         parser.error(f"--sizes takes 20, 100 and 200, not {sorted(sizes - {20, 100, 200})}")
     started = mono()
@@ -1405,6 +1421,14 @@ def run(args: argparse.Namespace, sizes: set[int], started: float) -> None:
         )
         base: dict[str, float] | None = None
         repo = b.tmp / "repo"
+        if args.only == "noop":
+            write_repo(repo, b.port, names, healthy=frozenset(names[:1]))
+            noop = bench_noop(b, repo, names, args.runs)
+            peer = bench_peer(b, repo, names, args.runs, changes=False)
+            report_noop(noop, args.apps, args.runs)
+            report_peer(peer, noop, args.apps)
+            hm_down(b)
+            sizes = set()
         if 20 in sizes:
             inst = bench_install(b, args.runs)
             healthy = frozenset(names[:1])  # app 0 has a healthcheck: the gate's other path

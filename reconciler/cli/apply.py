@@ -156,8 +156,8 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
     from agent.executor import Executor, ExecutorSettings, default_parallel
     from agent.observe import observe_local
     from agent.onion import TorSettings, TorSidecar
-    from agent.operations import save_proxy_config
     from agent.proxy import CaddyProxy, ProxySettings
+    from agent.statedir import save_proxy_config
     from agent.watch import DockerWatch
     from reconciler.cli.validate import print_problems
     from reconciler.load.desired import load_desired

@@ -272,3 +272,23 @@ def test_record_never_contains_secret_values(tmp_path: pathlib.Path) -> None:
     path = write_record(tmp_path / "state", rec)
     assert "s3cr3t-value-xyz" not in path.read_text()
     assert "PASSWORD" in path.read_text()
+
+
+def test_proxy_settings_are_written_once_and_again_only_when_they_change(
+    tmp_path: pathlib.Path,
+) -> None:
+    from reconciler.model.deployment import ProxyConfig
+
+    path = tmp_path / statedir.PROXY_CONFIG
+    assert statedir.saved_proxy_config(tmp_path) == ProxyConfig()  # nothing saved yet
+    first = ProxyConfig(http_port=8080, tls="off")
+    statedir.save_proxy_config(tmp_path, first)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    inode = path.stat().st_ino
+    statedir.save_proxy_config(tmp_path, first)  # a no-op reconcile: no new file
+    assert path.stat().st_ino == inode
+    assert statedir.saved_proxy_config(tmp_path) == first
+    second = ProxyConfig(http_port=8081, tls="off")
+    statedir.save_proxy_config(tmp_path, second)  # atomic_write renames a new file in
+    assert path.stat().st_ino != inode
+    assert statedir.saved_proxy_config(tmp_path) == second
