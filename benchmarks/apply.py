@@ -984,10 +984,16 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
         sh(cmd, check=False)  # left by a killed run: then already there
     sock = root / "docker.sock"
     host_url = f"unix://{sock}"
+    # A config file of its own: the host's /etc/docker/daemon.json (where
+    # scripts/setup.sh puts its address pools) would clash with --default-address-pool.
+    config = root / "daemon.json"
+    config.write_text("{}\n")
     log = open(root / "dockerd.log", "ab")  # noqa: SIM115 - lives as long as the daemon
     proc = subprocess.Popen(
         [
             "dockerd",
+            "--config-file",
+            str(config),
             "--host",
             host_url,
             "--data-root",
