@@ -955,6 +955,26 @@ def bench_200(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dict
     return out
 
 
+def stale_bridges() -> list[str]:
+    """Bridges with an address in ``OWN_SUBNETS`` and no port attached, other than
+    ``OWN_BRIDGE``: left by a second dockerd that was killed (this range is the bench's
+    alone, and none of its daemons runs yet when this is called)."""
+    import ipaddress
+
+    own = ipaddress.ip_network(OWN_SUBNETS)
+    out = sh(["ip", "-o", "-4", "addr", "show"], check=False).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        name, addr = parts[1], parts[3]
+        if name == OWN_BRIDGE or ipaddress.ip_interface(addr).ip not in own:
+            continue
+        brif = pathlib.Path(f"/sys/class/net/{name}/brif")
+        if brif.is_dir() and not any(brif.iterdir()):
+            found.append(name)
+    return found
+
+
 @contextlib.contextmanager
 def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
     """A second dockerd of our own (socket, data-root, exec-root and pidfile under ``root``,
@@ -976,6 +996,9 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
         else "FORWARD"
     )
     sh(["iptables", "-I", chain, *rule])
+    for stale in stale_bridges():
+        print(f"(removed {stale}: a bridge a killed run left in {OWN_SUBNETS}, routes clash)")
+        sh(["ip", "link", "delete", stale], check=False)
     for cmd in (
         ["ip", "link", "add", OWN_BRIDGE, "type", "bridge"],
         ["ip", "addr", "add", OWN_BRIDGE_ADDRESS, "dev", OWN_BRIDGE],
@@ -1036,6 +1059,12 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
         sh(["docker", "network", "create", "--subnet", PROXY_SUBNET, PROXY_NETWORK], env=env)
         yield host_url
     finally:
+        # dockerd leaves its networks' bridges behind when it stops: remove them first, or
+        # the next run's proxy network (same subnet) is routed to a dead bridge.
+        env = {**os.environ, "DOCKER_HOST": host_url}
+        for c in sh(["docker", "ps", "-aq"], check=False, env=env).stdout.split():
+            sh(["docker", "rm", "-f", c], check=False, env=env)
+        sh(["docker", "network", "prune", "-f"], check=False, env=env)
         proc.terminate()
         try:
             proc.wait(timeout=60)
