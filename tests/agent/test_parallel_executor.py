@@ -248,7 +248,7 @@ def test_uninstalls_finish_before_any_install_starts(
     assert all(r.ok for r in results), [r.message for r in results]
     steps = [s for s, _p in driver.calls]
     assert steps.count("down") == 3
-    assert max(i for i, s in enumerate(steps) if s == "down") < steps.index("config")
+    assert max(i for i, s in enumerate(steps) if s == "down") < steps.index("up")
 
 
 @dataclass
