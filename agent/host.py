@@ -57,10 +57,10 @@ ENSURE_RETRY_DELAY = 1.0  # seconds between them
 # While pipelines in progress have not made their request yet, a push waits for them,
 # but not once no request came for GATHER_IDLE seconds (a long build, a pull), and never
 # longer than GATHER_MAX after its first request.  `up`s end about a second apart with
-# two at a time on a busy 2-core host, so 3 s of quiet means a step far longer than `up`.
+# two at a time on a busy 2-core host, so 5 s of quiet means a step far longer than `up`.
 # Measured with 20 apps (4 in the pool, a fixed 1 s wait before each push): 7 `POST
 # /load`; with all 20 in the pool and these bounds: 1 (README, apply figures).
-GATHER_IDLE = 3.0
+GATHER_IDLE = 5.0
 GATHER_MAX = 15.0
 
 

@@ -299,3 +299,112 @@ def test_a_closed_writer_refuses(tmp_path: pathlib.Path) -> None:
     writer.close()
     with pytest.raises(RuntimeError, match="closed"):
         writer.publish("dpl_" + "0" * 16, {}, None)
+
+
+@dataclass
+class CountingProxy(FakeProxy):
+    """Counts the pushes (``sync``) the host writer makes; thread-safe."""
+
+    syncs: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sync(self, routes: Mapping[str, str]) -> object:
+        with self.lock:
+            self.syncs += 1
+        return super().sync(routes)
+
+
+def test_a_batch_in_the_pool_costs_one_push_and_one_proxy_check(
+    make_repo: RepoFactory, tmp_path: pathlib.Path
+) -> None:
+    """20 installs, all in the pool at once: the writer waits for every registered
+    pipeline's request, so their routes go out in one push; the proxy container is
+    checked once for the batch, and again by the repair after it."""
+    names = [f"app{i:02d}" for i in range(20)]
+    root, rendered = render(make_repo, {n: f"name: {n}\nimage: busybox:1.36\n" for n in names})
+    proxy = CountingProxy()
+    ex = executor(tmp_path, FakeComposeDriver(), proxy, max_parallel=20)
+    results = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    assert all(r.ok for r in results), [r.message for r in results]
+    assert proxy.syncs == 1 and ex.host.pushes == 1
+    assert proxy.routes == {d.domain: f"{d.id}-app:80" for d in rendered}
+    assert proxy.ensured == 1
+    ex.repair_host()
+    assert proxy.ensured == 2  # a new batch checks again
+
+
+def test_pushes_are_bounded_by_the_pool_waves_not_the_apps(
+    make_repo: RepoFactory, tmp_path: pathlib.Path
+) -> None:
+    """12 installs, 4 at a time: a push waits for the pipelines in the pool, never for
+    the ones queued behind them, so it costs at most one push per pipeline that started
+    (the old fixed wait gave 7 for 20 with 4) and every route is served."""
+    names = [f"app{i:02d}" for i in range(12)]
+    root, rendered = render(make_repo, {n: f"name: {n}\nimage: busybox:1.36\n" for n in names})
+    proxy = CountingProxy()
+    ex = executor(tmp_path, FakeComposeDriver(), proxy, max_parallel=4)
+    results = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    assert all(r.ok for r in results), [r.message for r in results]
+    assert 1 <= proxy.syncs <= 12
+    assert proxy.routes == {d.domain: f"{d.id}-app:80" for d in rendered}
+
+
+def test_an_update_that_keeps_its_routes_pushes_nothing(
+    make_repo: RepoFactory, tmp_path: pathlib.Path
+) -> None:
+    root, v1 = render(make_repo, {"web": "name: web\nimage: busybox:1.36\ndomain: a.localhost\n"})
+    proxy = CountingProxy()
+    ex = executor(tmp_path, FakeComposeDriver(), proxy)
+    (first,) = ex.run(plan(v1, ActualState.empty(["local"]), namespace="t"), v1, root)
+    assert first.ok and proxy.syncs == 1
+    root2, v2 = render(
+        make_repo,
+        {"web": "name: web\nimage: busybox:1.36\ndomain: a.localhost\nvars: {X: '2'}\n"},
+    )
+    p2 = plan(v2, actual_from(ex), namespace="t")
+    assert [a.action for a in p2.actions] == ["update"]
+    (second,) = ex.run(p2, v2, root2)
+    assert second.ok, second.message
+    assert proxy.syncs == 1 and ex.host.unchanged == 1  # same routes: no push at all
+    ex.repair_host()
+    assert proxy.syncs == 2  # a repair always asks the proxy
+
+
+def test_the_writer_reads_a_record_again_only_when_it_changed(tmp_path: pathlib.Path) -> None:
+    """Records are cached by their file's identity: a repair with nothing changed parses
+    none; a record rewritten (by anyone: here straight through the state dir) or removed
+    is seen by the next push."""
+    import shutil
+
+    from agent.statedir import AppRecord, write_record
+    from reconciler.model.state import RouteRecord, SpecRecord
+
+    state = tmp_path / "state"
+
+    def record(i: int, domain: str, status: str = "running") -> AppRecord:
+        spec = SpecRecord(routes=[RouteRecord(domain=domain, upstream=f"u{i}:80")])
+        return AppRecord(
+            id=f"dpl_{i:016x}",
+            name=f"app{i}",
+            namespace="t",
+            spec_hash="0" * 64,
+            status=status,  # type: ignore[arg-type]
+            record=spec,
+            updated_at="2026-01-01T00:00:00Z",
+        )
+
+    for i in range(5):
+        (state / "apps" / f"dpl_{i:016x}").mkdir(parents=True)
+        write_record(state, record(i, f"d{i}.test"))
+    proxy = CountingProxy()
+    writer = HostWriter(state, proxy, gather=0)
+    writer.repair()
+    assert writer.records_read == 5 and len(proxy.routes) == 5
+    writer.repair()
+    assert writer.records_read == 5  # nothing changed: nothing parsed
+    write_record(state, record(2, "moved.test"))
+    write_record(state, record(3, "d3.test", status="failed"))
+    shutil.rmtree(state / "apps" / f"dpl_{4:016x}")
+    writer.repair()
+    assert writer.records_read == 7
+    assert proxy.routes == {"d0.test": "u0:80", "d1.test": "u1:80", "moved.test": "u2:80"}
