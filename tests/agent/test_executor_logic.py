@@ -353,11 +353,15 @@ def test_the_probe_answers_during_the_settle_window_and_is_not_repeated(
 def test_an_app_that_answers_then_crashes_in_the_window_still_fails(
     make_repo: RepoFactory, tmp_path
 ) -> None:
-    """The early probe gets its 200, the container restarts before the window ends: the
-    install fails and goes down, as without the early probe."""
-    ex, driver, _p, watch, _c, root, rendered = setup(make_repo, tmp_path)
-    ok = ContainerState(service="app", name="c1")
-    watch.script = [[ok], [ok], [ok.model_copy(update={"restarts": 1})]]
+    """The early probe gets its 200, the container restarts at 0.6 s of a 1 s window:
+    the install fails and goes down, as without the early probe, however seldom the
+    gate samples while only the window is left."""
+    ex, driver, _p, watch, clock, root, rendered = setup(make_repo, tmp_path)
+
+    def restarts_at_0_6(dpl_id: str) -> list[ContainerState]:
+        return [ContainerState(service="app", name="c1", restarts=int(clock.now >= 0.6))]
+
+    watch.containers = restarts_at_0_6  # type: ignore[method-assign]
     (result,) = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
     assert not result.ok and "crash-looping" in result.message
     assert driver.steps()[-1] == "down"
