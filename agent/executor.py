@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import pathlib
 import shutil
@@ -41,21 +40,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-import yaml
-
+from agent.appdir import AppDir
 from agent.compose import ComposeDriver, ComposeError, ComposeProject
 from agent.failures import Failure, classify
 from agent.gate import Outcome, Sample, SettleGate, ready_now
 from agent.host import HostWriter, OnionPort, ProxyPort, default_compose_parallel
-from agent.onion import KEY_DIR, SECRET_KEY, OnionKeyError, ensure_identity, read_identity
-from agent.secrets import env_file_text, resolve_secrets
+from agent.onion import KEY_DIR, SECRET_KEY, OnionKeyError, read_identity
 from agent.statedir import (
     AppRecord,
     AppStatus,
     app_dir,
-    atomic_write,
     read_record,
     write_record,
 )
@@ -77,24 +73,6 @@ __all__ = [
     "default_parallel",
 ]
 
-BUNDLE_LIST = ".bundle-files.json"  # the top-level entries the bundle put in the app dir
-RESERVED = frozenset(
-    {
-        "compose.yaml",
-        ".env",
-        "state.json",
-        "secrets.json",
-        "data",
-        "releases",
-        "build",
-        ".lock",
-        "onion",
-        "backups",  # agent.operations.backup keeps the backup hook's output here
-        "history.jsonl",  # agent.statedir.write_record
-        BUNDLE_LIST,
-    }
-)
-KEEP_RELEASES = 5
 LAST_ERROR_CHARS = 2000  # state.json's last_error: the classified summary + output's tail
 MIN_DEFAULT_PARALLEL = 4  # deploys mostly wait (settle windows, Docker): more than the cores
 GATEWAY_ERRORS = frozenset({502, 503, 504})
@@ -443,46 +421,12 @@ class Executor:
         onion = self._onion_address(want)
         return {onion: want.onion_upstream} if onion and want.onion_upstream else {}
 
+    def _app(self, dpl_id: str) -> AppDir:
+        """The app dir's file I/O (the id checked: see :meth:`app_dir`)."""
+        return AppDir(self.state_dir, dpl_id)
+
     def _write_files(self, want: RenderedDeployment, repo_root: pathlib.Path) -> None:
-        directory = self.app_dir(want.id)
-        (directory / "data").mkdir(parents=True, exist_ok=True)
-        values, keep = resolve_secrets(want, directory, self.environ)
-        if keep:
-            atomic_write(
-                directory / "secrets.json", json.dumps(keep, sort_keys=True).encode(), 0o600
-            )
-        env = {**want.env, **values}
-        if want.onion:
-            # made before the first `up`, so an onion-only app boots with its address
-            address = ensure_identity(directory / KEY_DIR).address
-            if not want.domain:
-                env["DOMAIN"] = address
-                env["DOMAIN_URL"] = f"http://{address}"
-        atomic_write(directory / ".env", env_file_text(env).encode(), 0o600)
-        if want.bundle and want.build is None:
-            _place_bundle(repo_root / want.bundle, directory)
-        if want.build is not None:
-            self._prepare_build(want, repo_root, directory / "build")
-        atomic_write(directory / "compose.yaml", want.compose_yaml.encode(), 0o644)
-
-    def _prepare_build(
-        self, want: RenderedDeployment, repo_root: pathlib.Path, target: pathlib.Path
-    ) -> None:
-        build = want.build
-        assert build is not None
-        fresh = target.with_name("build.new")
-        shutil.rmtree(fresh, ignore_errors=True)
-        if build.kind == "repo":
-            assert build.path is not None
-            shutil.copytree(repo_root / build.path, fresh, symlinks=True)
-        else:
-            from agent.gitfetch import fetch_revision
-
-            assert build.url is not None
-            assert build.revision is not None
-            fetch_revision(build.url, build.revision, fresh)
-        shutil.rmtree(target, ignore_errors=True)
-        fresh.rename(target)
+        self._app(want.id).write_files(want, repo_root, self.environ)
 
     def _deploy(
         self, action: Action, want: RenderedDeployment, repo_root: pathlib.Path, *, install: bool
@@ -756,18 +700,12 @@ class Executor:
         ``reconcile rollback`` (agent.operations), which holds the lock already and
         passes its ``hold``: written with the record, in one write, so no report of the
         host ever shows the rolled-back spec without it (the server would undo it)."""
-        directory = self.app_dir(dpl_id)
+        app = self._app(dpl_id)
+        directory = app.path
         project = self._project(dpl_id)
         try:
-            for name in ("compose.yaml", ".env"):
-                src = release / name
-                if src.exists():
-                    atomic_write(
-                        directory / name, src.read_bytes(), 0o600 if name == ".env" else 0o644
-                    )
-            _restore_bundle(release, directory)
+            rec = app.restore_files(release)
             self.driver.up(project)
-            rec = AppRecord.model_validate_json((release / "state.json").read_text())
             routes = {r.domain: r.upstream for r in (rec.record.routes if rec.record else [])}
             if rec.record and rec.record.onion and rec.onion_address and rec.onion_upstream:
                 routes[rec.onion_address] = rec.onion_upstream
@@ -860,33 +798,11 @@ class Executor:
 
     def _save_release(self, want: RenderedDeployment) -> None:
         """Keep this working release (files + image ids) for a later rollback."""
-        directory = self.app_dir(want.id)
-        releases = directory / "releases"
-        releases.mkdir(exist_ok=True)
-        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{want.spec_hash[:12]}"
-        target = releases / name
-        tmp = releases / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        pinned = _pin_images(want.compose_yaml, self.watch.image_ids(want.id))
-        (tmp / "compose.yaml").write_text(pinned)
-        shutil.copy2(directory / ".env", tmp / ".env")
-        os.chmod(tmp / ".env", 0o600)
-        _save_bundle(directory, tmp)
-        rec = self._record(want, "running")
-        (tmp / "state.json").write_text(rec.model_dump_json(indent=2))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        kept = sorted(p for p in releases.iterdir() if not p.name.startswith("."))
-        for old in kept[:-KEEP_RELEASES]:
-            shutil.rmtree(old, ignore_errors=True)
+        image_ids = self.watch.image_ids(want.id)
+        self._app(want.id).save_release(want, image_ids, self._record(want, "running"))
 
     def _latest_release(self, dpl_id: str) -> pathlib.Path | None:
-        releases = self.app_dir(dpl_id) / "releases"
-        if not releases.is_dir():
-            return None
-        kept = sorted(p for p in releases.iterdir() if not p.name.startswith("."))
-        return kept[-1] if kept else None
+        return self._app(dpl_id).latest_release()
 
     def _logs(self, dpl_id: str) -> str:
         try:
@@ -919,112 +835,6 @@ def _references(compose_yaml: str, key: str) -> bool:
     import re
 
     return re.search(rf"\$\{{?{re.escape(key)}(?![A-Za-z0-9_])", compose_yaml) is not None
-
-
-def _pin_images(compose_yaml: str, image_ids: Mapping[str, str]) -> str:
-    """The compose file with each service's image pinned to the id that ran."""
-    data: dict[str, Any] = yaml.safe_load(compose_yaml) or {}
-    for service, spec in (data.get("services") or {}).items():
-        if service in image_ids and isinstance(spec, dict):
-            spec["image"] = image_ids[service]
-            spec.pop("build", None)
-            spec["pull_policy"] = "never"
-    return yaml.safe_dump(data, sort_keys=False, width=1 << 16)
-
-
-def _copy_bundle(source: pathlib.Path, target: pathlib.Path) -> list[str]:
-    """Files shipped with a manifest (e.g. ``./public``) beside the compose file; returns
-    the top-level names it placed."""
-    placed = []
-    for entry in sorted(source.iterdir()):
-        if entry.name in RESERVED or entry.name in (
-            "deployment.yaml",
-            "deployment.yml",
-            "deployment.json",
-        ):
-            continue
-        dest = target / entry.name
-        _clear_way(entry, dest)
-        if entry.is_dir() and not entry.is_symlink():
-            for dirpath, dirnames, filenames in os.walk(entry):
-                here = dest / pathlib.Path(dirpath).relative_to(entry)
-                for name in [*filenames, *dirnames]:
-                    _clear_way(pathlib.Path(dirpath, name), here / name)
-            shutil.copytree(entry, dest, symlinks=True, dirs_exist_ok=True)
-        else:
-            shutil.copy2(entry, dest, follow_symlinks=False)
-        placed.append(entry.name)
-    return placed
-
-
-def _clear_way(source: pathlib.Path, dest: pathlib.Path) -> None:
-    """Remove ``dest`` when a copy of ``source`` must replace it rather than write into
-    or through it: a link on either side (bundles carry the repository's inner links, and
-    a copy onto a link would write to its target), or a file where a directory goes."""
-    if not os.path.lexists(dest):
-        return
-    if source.is_symlink() or dest.is_symlink() or source.is_dir() != dest.is_dir():
-        _remove_entry(dest)
-
-
-def _bundle_entries(directory: pathlib.Path) -> list[str]:
-    """The names the last bundle placed in ``directory`` (never a reserved one)."""
-    try:
-        names = json.loads((directory / BUNDLE_LIST).read_text())
-    except (OSError, ValueError):
-        return []
-    if not isinstance(names, list):
-        return []
-    return [n for n in names if isinstance(n, str) and n not in RESERVED and "/" not in n]
-
-
-def _remove_entry(path: pathlib.Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _place_bundle(source: pathlib.Path, directory: pathlib.Path) -> None:
-    """Copy the bundle in, and take out what the previous bundle placed that this one no
-    longer ships (a file deleted from the repository is deleted here too).  The list of
-    placed names is what a release saves and a rollback puts back."""
-    before = set(_bundle_entries(directory))
-    placed = _copy_bundle(source, directory)
-    for stale in sorted(before - set(placed)):
-        _remove_entry(directory / stale)
-    atomic_write(directory / BUNDLE_LIST, json.dumps(placed).encode(), 0o644)
-
-
-def _save_bundle(directory: pathlib.Path, release: pathlib.Path) -> None:
-    names = _bundle_entries(directory)
-    if not (directory / BUNDLE_LIST).exists():
-        return  # not a bundle deployment
-    target = release / "bundle"
-    target.mkdir()
-    for name in names:
-        entry = directory / name
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, target / name, symlinks=True)
-        elif entry.exists() or entry.is_symlink():
-            shutil.copy2(entry, target / name, follow_symlinks=False)
-    (release / BUNDLE_LIST).write_text(json.dumps(names))
-
-
-def _restore_bundle(release: pathlib.Path, directory: pathlib.Path) -> None:
-    """Put the release's bundle files back, replacing the failed update's."""
-    if not (release / "bundle").is_dir():
-        return  # saved before releases kept bundles, or not a bundle deployment
-    for name in _bundle_entries(directory):
-        _remove_entry(directory / name)
-    names = _bundle_entries(release)
-    for name in names:
-        entry = release / "bundle" / name
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, directory / name, symlinks=True)
-        elif entry.exists() or entry.is_symlink():
-            shutil.copy2(entry, directory / name, follow_symlinks=False)
-    atomic_write(directory / BUNDLE_LIST, json.dumps(names).encode(), 0o644)
 
 
 def _hint(step: str, output: str) -> str | None:

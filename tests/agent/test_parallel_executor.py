@@ -324,6 +324,8 @@ def test_a_batch_in_the_pool_costs_one_push_and_one_proxy_check(
     root, rendered = render(make_repo, {n: f"name: {n}\nimage: busybox:1.36\n" for n in names})
     proxy = CountingProxy()
     ex = executor(tmp_path, FakeComposeDriver(), proxy, max_parallel=20)
+    # Bounds far above any scheduling delay: the push waits for the 20 requests alone.
+    ex.host.gather, ex.host.gather_max = 600.0, 600.0
     results = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
     assert all(r.ok for r in results), [r.message for r in results]
     assert proxy.syncs == 1 and ex.host.pushes == 1
