@@ -76,8 +76,8 @@ def apply_command(
         typer.Option(
             "--parallel",
             min=1,
-            help="Deployments applied at once (uninstalls first). Default: the core count, "
-            "at least 4.",
+            help="Deployments applied at once (uninstalls first; `docker compose up` is "
+            "bounded apart, one per core). Default: 16 per core, at least 4.",
         ),
     ] = None,
     state_dir: StateDirOption = None,
