@@ -335,20 +335,32 @@ def test_a_batch_in_the_pool_costs_one_push_and_one_proxy_check(
     assert proxy.ensured == 2  # a new batch checks again
 
 
-def test_pushes_are_bounded_by_the_pool_waves_not_the_apps(
-    make_repo: RepoFactory, tmp_path: pathlib.Path
+def test_a_pipeline_that_never_publishes_holds_the_push_back_only_so_long(
+    tmp_path: pathlib.Path,
 ) -> None:
-    """12 installs, 4 at a time: a push waits for the pipelines in the pool, never for
-    the ones queued behind them, so it costs at most one push per pipeline that started
-    (the old fixed wait gave 7 for 20 with 4) and every route is served."""
-    names = [f"app{i:02d}" for i in range(12)]
-    root, rendered = render(make_repo, {n: f"name: {n}\nimage: busybox:1.36\n" for n in names})
+    """A pipeline stuck before its request (a long build) does not keep the others'
+    routes from being served: the push goes once no request came for ``gather``."""
     proxy = CountingProxy()
-    ex = executor(tmp_path, FakeComposeDriver(), proxy, max_parallel=4)
-    results = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
-    assert all(r.ok for r in results), [r.message for r in results]
-    assert 1 <= proxy.syncs <= 12
-    assert proxy.routes == {d.domain: f"{d.id}-app:80" for d in rendered}
+    writer = HostWriter(tmp_path, proxy, gather=0.2, gather_max=600.0)
+    writer.begin("dpl_" + "1" * 16)  # registered, never publishes
+    writer.begin("dpl_" + "2" * 16)
+    writer.publish("dpl_" + "2" * 16, {"b.test": "b:80"}, None).result(30)
+    assert proxy.routes == {"b.test": "b:80"} and proxy.syncs == 1
+
+
+def test_the_push_waits_for_every_registered_pipeline(tmp_path: pathlib.Path) -> None:
+    """Two pipelines registered: the first one's request is not pushed alone; the
+    second's request completes the batch, and one push carries both."""
+    proxy = CountingProxy()
+    writer = HostWriter(tmp_path, proxy, gather=600.0, gather_max=600.0)
+    for dpl in ("dpl_" + "1" * 16, "dpl_" + "2" * 16):
+        writer.begin(dpl)
+    first = writer.publish("dpl_" + "1" * 16, {"a.test": "a:80"}, None)
+    assert writer.pending() == 1 and proxy.syncs == 0  # held for the other pipeline
+    second = writer.publish("dpl_" + "2" * 16, {"b.test": "b:80"}, None)
+    first.result(30)
+    second.result(30)
+    assert proxy.syncs == 1 and set(proxy.routes) == {"a.test", "b.test"}
 
 
 def test_an_update_that_keeps_its_routes_pushes_nothing(
