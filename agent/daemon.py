@@ -216,7 +216,7 @@ class Agent:
     # Interruptible sleep: True when stopped meanwhile (tests record the delays instead).
     wait: Callable[[float], bool] | None = None
     # Commands carried out at once, each for its own deployment; 0: the core count, at
-    # least 4 (as ``reconcile apply --parallel``).
+    # least 4 (``reconcile apply --parallel`` defaults to more: see executor.default_parallel).
     max_parallel: int = 0
 
     def __post_init__(self) -> None:

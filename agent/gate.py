@@ -89,6 +89,11 @@ class Decision:
     reason: str  # the failure, what is awaited, or how it settled
     at: float  # the sample it was decided on (seconds since the gate began)
     settled_by: dict[str, SettledBy] = field(default_factory=dict)  # service -> why
+    # Waiting only for windows to pass: the seconds until the first of them could end.
+    # Nothing the gate reads can settle sooner, and a crash meanwhile stays visible (the
+    # restart count only rises, an exited container stays exited), so the caller may
+    # sample again after this long instead of every interval.
+    window_left: float | None = None
 
     @property
     def early(self) -> bool:
@@ -107,6 +112,7 @@ class SettleGate:
         self.window = window
         self._baseline: dict[str, int] = {}  # container -> restarts at its first sample
         self._running_since: dict[tuple[str, int], float] = {}  # (container, restarts) -> at
+        self._left: list[float] = []  # this sample's window waits: seconds left of each
 
     def observe(self, sample: Sample) -> Decision:
         by_service: dict[str, list[ContainerState]] = {}
@@ -114,6 +120,7 @@ class SettleGate:
             by_service.setdefault(c.service, []).append(c)
         waiting: list[str] = []
         settled: dict[str, SettledBy] = {}
+        self._left = []  # window waits among ``waiting``
         for service in self.services:
             found = by_service.get(service, [])
             one_shot = service in self.one_shot
@@ -139,7 +146,8 @@ class SettleGate:
             elif ways:  # replicas settled in different ways: the slower one names it
                 settled[service] = SettledBy.WINDOW
         if waiting:
-            return Decision(Outcome.WAITING, ", ".join(waiting), sample.at, settled)
+            left = min(self._left) if len(self._left) == len(waiting) else None
+            return Decision(Outcome.WAITING, ", ".join(waiting), sample.at, settled, left)
         how = ", ".join(f"{s}: {w.value}" for s, w in settled.items()) or "no services"
         return Decision(Outcome.SETTLED, how, sample.at, settled)
 
@@ -174,6 +182,7 @@ class SettleGate:
         up = self._up_for(key, c, sample)
         if up >= self.window:
             return SettledBy.WINDOW
+        self._left.append(self.window - up)
         return f"{service}: up {up:.1f} of {self.window:g} s"
 
     def _up_for(self, key: str, c: ContainerState, sample: Sample) -> float:

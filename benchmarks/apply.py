@@ -47,8 +47,10 @@ dockerd (socket, data-root, exec-root, pidfile under DIR; ``--address-pool``, de
 ``base=10.201.0.0/16,size=28``; no iptables or bridge of its own), copies the images into
 it, creates the proxy network with a /20 (every app joins it: a /28 holds 13), accepts
 its subnets' traffic with one rule in ``DOCKER-USER`` (removed at the end), runs
-everything against it and stops it.  ``--parallel N`` is passed to ``apply`` when its
-``--help`` lists it (the parallel executor); otherwise the run says it was ignored.
+everything against it and stops it.  Every ``apply`` runs the parallel executor with
+``--parallel N`` (default: the pool ``apply`` itself defaults to; the header names it).
+The first deploy of the 20 is timed step by step (its plain progress lines), and the
+proxy's ``POST /load`` are counted from Caddy's admin log.
 
 The measured install app joins ``default`` and the proxy network, as the floor's file has
 its own ``default`` network; the 20 apps join only the proxy network, because 20 more
@@ -478,10 +480,19 @@ def bench_install(b: Bench, runs: int) -> dict[str, Any]:
 def bench_noop(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # The first deploy of all of them, with the default gate: figure A of the ratios.
-    t, doc = b.reconcile("apply", str(repo), "--yes", "-f", "json")
-    if set(actions(doc).values()) != {"install"} or not all(r["ok"] for r in doc["results"]):
-        raise SystemExit(f"installing {len(names)} apps failed: {doc.get('results')}")
+    loads = proxy_loads(b)
+    t, steps = first_deploy(b, repo, names)
     out["setup_install_all"] = t
+    out["first_deploy_steps"] = steps
+    out["first_deploy_loads"] = proxy_loads(b) - loads
+    print(
+        f"(first deploy of {len(names)}: {t:.1f} s, {out['first_deploy_loads']} POST /load; "
+        f"load average {os.getloadavg()[0]:.2f})",
+        flush=True,
+    )
+    _t, doc = b.reconcile("apply", str(repo), "--yes", "-f", "json")
+    if set(actions(doc).values()) != {"noop"}:
+        raise SystemExit(f"the apply after the first deploy was not a no-op: {actions(doc)}")
     out["ids"] = ids(doc)
     for n in names:
         if http_status(b.port, domain(n)) != 200:
@@ -510,7 +521,7 @@ def bench_noop(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dic
         purge=False,
         allow_mass_prune=False,
         settle=2.0,
-        parallel=None,
+        parallel=int(b.apply_extra[1]) if b.apply_extra else None,
         state_dir=b.state,
         fmt=ApplyFormat.json,
         catalog=None,
@@ -567,6 +578,54 @@ def bench_noop(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dic
         rounds.append(mono() - t0)
     out["floor_compose_ps_all"] = rounds
     return out
+
+
+def proxy_loads(b: Bench) -> int:
+    """How many ``POST /load`` the proxy's admin API has received (Caddy logs each
+    admin request): the route pushes, counted on the real proxy."""
+    r = sh(["docker", "logs", PROXY_CONTAINER], check=False)
+    text = r.stdout + r.stderr
+    return sum('"uri":"/load"' in line and '"POST"' in line for line in text.splitlines())
+
+
+def first_deploy(b: Bench, repo: pathlib.Path, names: list[str]) -> tuple[float, dict[str, Any]]:
+    """The first deploy of ``names`` as a process with text output (plain lines: not a
+    TTY), each step line timed as it arrives: where the time goes with the pool.  Per
+    step: the seconds from its line to the app's next line, summed over the apps, and
+    the most apps that were in that step at once."""
+    env = {**b.env, "PYTHONUNBUFFERED": "1", "COLUMNS": "300"}
+    t0 = mono()
+    proc = subprocess.Popen(
+        b.argv("apply", str(repo), "--yes"), stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    marks: dict[str, list[tuple[str, float]]] = {}
+    for line in proc.stdout:
+        m = STEP_LINE.match(line)
+        if m and m["name"] in names:
+            marks.setdefault(m["name"], []).append((m["step"], mono() - t0))
+    proc.wait()
+    total = mono() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"installing {len(names)} apps failed: rc {proc.returncode}")
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for seq in marks.values():
+        for (step, t), (_nxt, t2) in itertools.pairwise(seq):
+            spans.setdefault(step, []).append((t, t2))
+    steps: dict[str, Any] = {}
+    for step, xs in spans.items():
+        edges = sorted([(a, 1) for a, _ in xs] + [(z, -1) for _, z in xs])
+        most = high = 0
+        for _t, d in edges:
+            high += d
+            most = max(most, high)
+        steps[step] = {"sum": sum(z - a for a, z in xs), "max": max(z - a for a, z in xs)}
+        steps[step]["concurrent"] = most
+    firsts = [seq[0][1] for seq in marks.values() if seq]
+    lasts = [seq[-1][1] for seq in marks.values() if seq]
+    steps["_first_step_at"] = min(firsts, default=0.0)
+    steps["_last_done_at"] = max(lasts, default=0.0)
+    return total, steps
 
 
 # ----------------------------------------------------------------------------- 3. peer
@@ -963,6 +1022,26 @@ def bench_200(b: Bench, repo: pathlib.Path, names: list[str], runs: int) -> dict
     return out
 
 
+def stale_bridges() -> list[str]:
+    """Bridges with an address in ``OWN_SUBNETS`` and no port attached, other than
+    ``OWN_BRIDGE``: left by a second dockerd that was killed (this range is the bench's
+    alone, and none of its daemons runs yet when this is called)."""
+    import ipaddress
+
+    own = ipaddress.ip_network(OWN_SUBNETS)
+    out = sh(["ip", "-o", "-4", "addr", "show"], check=False).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        name, addr = parts[1], parts[3]
+        if name == OWN_BRIDGE or ipaddress.ip_interface(addr).ip not in own:
+            continue
+        brif = pathlib.Path(f"/sys/class/net/{name}/brif")
+        if brif.is_dir() and not any(brif.iterdir()):
+            found.append(name)
+    return found
+
+
 @contextlib.contextmanager
 def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
     """A second dockerd of our own (socket, data-root, exec-root and pidfile under ``root``,
@@ -984,6 +1063,9 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
         else "FORWARD"
     )
     sh(["iptables", "-I", chain, *rule])
+    for stale in stale_bridges():
+        print(f"(removed {stale}: a bridge a killed run left in {OWN_SUBNETS}, routes clash)")
+        sh(["ip", "link", "delete", stale], check=False)
     for cmd in (
         ["ip", "link", "add", OWN_BRIDGE, "type", "bridge"],
         ["ip", "addr", "add", OWN_BRIDGE_ADDRESS, "dev", OWN_BRIDGE],
@@ -992,10 +1074,16 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
         sh(cmd, check=False)  # left by a killed run: then already there
     sock = root / "docker.sock"
     host_url = f"unix://{sock}"
+    # A config file of its own: the host's /etc/docker/daemon.json (where
+    # scripts/setup.sh puts its address pools) would clash with --default-address-pool.
+    config = root / "daemon.json"
+    config.write_text("{}\n")
     log = open(root / "dockerd.log", "ab")  # noqa: SIM115 - lives as long as the daemon
     proc = subprocess.Popen(
         [
             "dockerd",
+            "--config-file",
+            str(config),
             "--host",
             host_url,
             "--data-root",
@@ -1038,6 +1126,12 @@ def own_dockerd(root: pathlib.Path, pool: str) -> Iterator[str]:
         sh(["docker", "network", "create", "--subnet", PROXY_SUBNET, PROXY_NETWORK], env=env)
         yield host_url
     finally:
+        # dockerd leaves its networks' bridges behind when it stops: remove them first, or
+        # the next run's proxy network (same subnet) is routed to a dead bridge.
+        env = {**os.environ, "DOCKER_HOST": host_url}
+        for c in sh(["docker", "ps", "-aq"], check=False, env=env).stdout.split():
+            sh(["docker", "rm", "-f", c], check=False, env=env)
+        sh(["docker", "network", "prune", "-f"], check=False, env=env)
         proc.terminate()
         try:
             proc.wait(timeout=60)
@@ -1230,6 +1324,15 @@ def report_peer(peer: dict[str, Any], noop: dict[str, Any], apps: int) -> None:
     first, hm_first = noop["setup_install_all"], peer["first_deploy"]
     print(row(f"first deploy of {apps}: reconcile apply --yes (default gate)", first))
     print(row(f"first deploy of {apps}: harbormaster run", hm_first))
+    steps = noop["first_deploy_steps"]
+    print(
+        f"  ours: first step line at {steps['_first_step_at']:.2f} s, last app done at "
+        f"{steps['_last_done_at']:.2f} s; {noop['first_deploy_loads']} POST /load"
+    )
+    print("  ours, per step (s summed over the apps / longest / most at once):")
+    for step, v in steps.items():
+        if not step.startswith("_"):
+            print(f"    {step:12} {v['sum']:7.2f} {v['max']:6.2f} {v['concurrent']:3d}")
     print(
         f"  ours / harbormaster: {first / hm_first:.2f}x (goal <= 1: {verdict(first <= hm_first)})"
     )
@@ -1347,7 +1450,10 @@ def main() -> None:
         "(2. and 3. without the one-app changes; --sizes is ignored)",
     )
     parser.add_argument(
-        "--parallel", type=int, default=None, help="pass --parallel N to apply, if it takes it"
+        "--parallel",
+        type=int,
+        default=None,
+        help="the pool of apply's parallel executor (default: apply's own default)",
     )
     parser.add_argument(
         "--docker-host", default=None, help="DOCKER_HOST for everything this run starts"
@@ -1404,11 +1510,14 @@ def run(args: argparse.Namespace, sizes: set[int], started: float) -> None:
         dv = sh(["docker", "version", "--format", fmt]).stdout.strip()
         cv = sh(["docker", "compose", "version", "--short"]).stdout.strip()
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        if args.parallel is not None:
-            if parallel_supported():
-                b.apply_extra = ["--parallel", str(args.parallel)]
-            else:
-                b.notes.append(f"--parallel {args.parallel}: this apply has no --parallel; ignored")
+        if parallel_supported():
+            # The parallel executor is the default path: its pool as given, else the
+            # apply's own default, named in the header.
+            from agent.executor import default_parallel
+
+            b.apply_extra = ["--parallel", str(args.parallel or default_parallel())]
+        elif args.parallel is not None:
+            b.notes.append(f"--parallel {args.parallel}: this apply has no --parallel; ignored")
         print(
             f"docker {dv} ({os.environ.get('DOCKER_HOST') or 'the default socket'}), "
             f"compose {cv}, python {sys.version.split()[0]}, {os.cpu_count()} cpus,"

@@ -76,8 +76,8 @@ def apply_command(
         typer.Option(
             "--parallel",
             min=1,
-            help="Deployments applied at once (uninstalls first). Default: the core count, "
-            "at least 4.",
+            help="Deployments applied at once (uninstalls first; `docker compose up` is "
+            "bounded apart, one per core). Default: 16 per core, at least 4.",
         ),
     ] = None,
     state_dir: StateDirOption = None,
@@ -239,6 +239,7 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
             return False
     results: list[ActionResult] = []
     started = time.monotonic()
+    pushes = executor.host.pushes
     if to_do and machine:
         results = executor.run(result, rendered, state.root)
     elif to_do:
@@ -249,7 +250,10 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
         with Progress(console, local, live=console.is_terminal) as progress:
             executor.on_event = progress.on_event
             results = executor.run(result, rendered, state.root)
-    if any(d.routes or d.onion for d in rendered) or to_do:
+    # A batch that pushed and all went well left the proxy and Tor serving exactly the
+    # records (its pushes carried them): repairing again would only repeat the check.
+    pushed = executor.host.pushes > pushes and all(r.ok for r in results)
+    if (any(d.routes or d.onion for d in rendered) or to_do) and not pushed:
         # Routes are repaired on every reconcile: a hand-edited or recreated proxy heals;
         # so is the Tor sidecar (nothing to do, and no Docker call, without onion apps).
         executor.repair_host()

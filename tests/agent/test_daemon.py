@@ -139,7 +139,7 @@ def test_install_with_bundle_runs_the_executor_and_reports(
     assert result.message == "installed" and result.url == blog.url
     app = h.state_dir / "apps" / blog.id
     assert (app / "public" / "index.html").read_text() == "<h1>hello from the bundle</h1>\n"
-    assert h.parts.driver.steps(blog.id) == ["config", "up"]
+    assert h.parts.driver.steps(blog.id) == ["up"]
     assert h.parts.proxy.routes == {blog.domain: f"{blog.id}-app:80"}
     (proxy,) = h.parts.proxy_settings
     assert (proxy.http_port, proxy.tls, proxy.state_dir) == (18080, "off", h.state_dir)

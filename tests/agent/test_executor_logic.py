@@ -10,7 +10,9 @@ import json
 import os
 import pathlib
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -125,7 +127,7 @@ def test_install_runs_steps_in_order_and_records(make_repo: RepoFactory, tmp_pat
     p = plan(rendered, ActualState.empty(["local"]), namespace="t")
     (result,) = ex.run(p, rendered, root)
     assert result.ok, result.message
-    assert driver.steps() == ["config", "up"]
+    assert driver.steps() == ["up"]  # `up` checks the file itself: no `config` first
     web = rendered[0]
     assert proxy.routes == {web.domain: f"{web.id}-app:80"}
     record = read_record(ex.state_dir, web.id)
@@ -277,6 +279,92 @@ def test_compose_failure_reports_step_and_hint(make_repo: RepoFactory, tmp_path)
     assert result.message.startswith("up: ")
     assert "no registry answered" in result.message
     assert result.logs == "fake log line"
+
+
+def test_a_file_compose_refuses_fails_as_config_and_nothing_is_taken_down(
+    make_repo: RepoFactory, tmp_path
+) -> None:
+    """``up`` failed and ``compose config`` refuses the file too: the failure is the
+    file's (step ``config``), and an install that started nothing is not taken down."""
+    ex, driver, proxy, _w, _c, root, rendered = setup(make_repo, tmp_path)
+    driver.fail["up"] = "validating compose.yaml: services.app Additional property x"
+    driver.fail["config"] = "validating compose.yaml: services.app Additional property x"
+    (result,) = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    assert not result.ok and result.message.startswith("config: ")
+    assert driver.steps() == ["up", "config"]
+    assert not result.rolled_back and proxy.routes == {}
+    record = read_record(ex.state_dir, rendered[0].id)
+    assert record is not None and record.status == "failed"
+
+
+def test_a_failed_up_with_a_good_file_is_the_ups_and_goes_down(
+    make_repo: RepoFactory, tmp_path
+) -> None:
+    ex, driver, _p, _w, _c, root, rendered = setup(make_repo, tmp_path)
+    driver.fail["up"] = "Error response from daemon: port is already allocated"
+    (result,) = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    assert not result.ok and result.message.startswith("up: ")
+    assert driver.steps() == ["up", "config", "logs", "down"]
+    assert result.rolled_back
+
+
+@dataclass
+class CountingProxy(FakeProxy):
+    clock: Clock = field(default_factory=Clock)
+    probes: list[float] = field(default_factory=list)
+
+    def probe(self, domain: str, *, path: str = "/", timeout: float = 5) -> int:
+        self.probes.append(self.clock.now)
+        return super().probe(domain, path=path, timeout=timeout)
+
+
+def test_the_probe_answers_during_the_settle_window_and_is_not_repeated(
+    make_repo: RepoFactory, tmp_path
+) -> None:
+    """Once the route is pushed, the probe is asked during the settle window; an answer
+    there is not asked again after the gate, and the gate still decides."""
+    ex, _d, _p, watch, clock, root, rendered = setup(make_repo, tmp_path)
+    proxy = CountingProxy(clock=clock)
+    ex.proxy = ex.host.proxy = proxy
+    pushed: list[Future[None]] = []
+    publish = ex.host.publish
+
+    def publish_and_keep(*args: Any) -> Future[None]:
+        pushed.append(publish(*args))
+        return pushed[-1]
+
+    ex.host.publish = publish_and_keep  # type: ignore[method-assign]
+    sample = watch.containers
+
+    def after_the_push(dpl_id: str) -> list[ContainerState]:
+        if pushed:
+            pushed[0].result(10)  # the samples after it see the route served
+        return sample(dpl_id)
+
+    watch.containers = after_the_push  # type: ignore[method-assign]
+    events: list[str] = []
+    ex.on_event = lambda e: events.append(f"{e.step}: {e.detail}")
+    (result,) = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    assert result.ok, result.message
+    assert len(proxy.probes) == 1 and proxy.probes[0] < 1.0  # inside the 1 s window
+    assert any("answered during the settle" in e for e in events), events
+
+
+def test_an_app_that_answers_then_crashes_in_the_window_still_fails(
+    make_repo: RepoFactory, tmp_path
+) -> None:
+    """The early probe gets its 200, the container restarts at 0.6 s of a 1 s window:
+    the install fails and goes down, as without the early probe, however seldom the
+    gate samples while only the window is left."""
+    ex, driver, _p, watch, clock, root, rendered = setup(make_repo, tmp_path)
+
+    def restarts_at_0_6(dpl_id: str) -> list[ContainerState]:
+        return [ContainerState(service="app", name="c1", restarts=int(clock.now >= 0.6))]
+
+    watch.containers = restarts_at_0_6  # type: ignore[method-assign]
+    (result,) = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    assert not result.ok and "crash-looping" in result.message
+    assert driver.steps()[-1] == "down"
 
 
 def test_probe_gateway_error_fails(make_repo: RepoFactory, tmp_path) -> None:

@@ -176,3 +176,25 @@ def test_the_watch_reads_docker_start_times_to_the_second() -> None:
         _Client("2026-12-04T17:40:01.123456789Z", "0001-01-01T00:00:00Z", "soon")
     ).containers("dpl_0000000000000001")
     assert [s.started_at for s in states] == [1796406001.123456, None, None]
+
+
+def test_waiting_only_for_windows_says_how_long_is_left() -> None:
+    """The caller may sleep until the first window ends: nothing settles sooner."""
+    gate = SettleGate(["a", "b"], [], window=2.0)
+    both = (
+        ContainerState(service="a", name="a1", started_at=100.0),
+        ContainerState(service="b", name="b1", started_at=100.5),
+    )
+    decision = gate.observe(Sample(0.0, both, wall=100.5))
+    assert decision.outcome is Outcome.WAITING
+    assert decision.window_left == pytest.approx(1.5)
+
+
+def test_waiting_for_a_health_check_too_gives_no_window_hint() -> None:
+    gate = SettleGate(["a", "b"], [], window=2.0)
+    containers = (
+        ContainerState(service="a", name="a1", started_at=100.0),
+        ContainerState(service="b", name="b1", health="starting"),
+    )
+    decision = gate.observe(Sample(0.0, containers, wall=100.5))
+    assert decision.outcome is Outcome.WAITING and decision.window_left is None

@@ -52,20 +52,22 @@ DEPLOYMENT = (
 )
 
 
-def write_repo(root: pathlib.Path, namespace: str, port: int) -> None:
+def write_repo(
+    root: pathlib.Path, namespace: str, port: int, apps: int = APPS, crashing: str = CRASHING
+) -> None:
     (root / "deployments").mkdir(parents=True)
     (root / "reconcile.yaml").write_text(
         f"namespace: {namespace}\nproxy: {{tls: off, http_port: {port}, network: {namespace}}}\n"
     )
-    for i in range(APPS):
+    for i in range(apps):
         name = f"app{i:02d}"
         app = root / "deployments" / name
         (app / "www").mkdir(parents=True)
         (app / "www" / "index.html").write_text(f"hello from {name}\n")
         (app / "deployment.yaml").write_text(DEPLOYMENT.replace("NAME", name))
-        command = CRASH if name == CRASHING else SERVE
+        command = CRASH if name == crashing else SERVE
         compose = COMPOSE.replace("COMMAND", command).replace("NETWORK", namespace)
-        if name != CRASHING:
+        if name != crashing:
             compose = compose.replace(
                 "    networks:", "    volumes: ['./www:/www:ro']\n    networks:"
             )
@@ -73,14 +75,21 @@ def write_repo(root: pathlib.Path, namespace: str, port: int) -> None:
 
 
 class Host:
-    def __init__(self, base: pathlib.Path) -> None:
+    def __init__(self, base: pathlib.Path, apps: int = APPS, crashing: str = CRASHING) -> None:
         self.docker = docker_client()
         self.namespace = unique_namespace("par")
         self.proxy = f"reconciler-proxy-{self.namespace}"
         self.port = free_port()
         self.repo = base / "repo"
         self.state = base / "state"
-        write_repo(self.repo, self.namespace, self.port)
+        write_repo(self.repo, self.namespace, self.port, apps, crashing)
+
+    def config_loads(self) -> int:
+        """``POST /load`` requests the real proxy received, from Caddy's admin log."""
+        logs = self.docker.containers.get(self.proxy).logs().decode(errors="replace")
+        return sum(
+            '"uri":"/load"' in line and '"method":"POST"' in line for line in logs.splitlines()
+        )
 
     def apply(self, *extra: str) -> tuple[int, dict[str, Any]]:
         proc = subprocess.run(
@@ -126,6 +135,30 @@ def host(tmp_path: pathlib.Path) -> Iterator[Host]:
         yield h
     finally:
         h.cleanup()
+
+
+@pytest.fixture
+def small_host(tmp_path: pathlib.Path) -> Iterator[Host]:
+    h = Host(tmp_path, apps=6, crashing="")
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+def test_a_batch_of_installs_is_one_config_load_on_the_real_proxy(small_host: Host) -> None:
+    """Six installs in one apply (the default pool holds them all): Caddy's admin API
+    receives one ``POST /load`` for the batch, and all six answer; the no-op apply after
+    it loads nothing (the repair finds the config in sync)."""
+    code, out = small_host.apply()
+    assert code == 0, [r["message"] for r in out["results"] if not r["ok"]]
+    assert [r["action"] for r in out["results"]] == ["install"] * 6
+    assert small_host.config_loads() == 1
+    for r in out["results"]:
+        assert small_host.get(urlsplit(r["url"]).hostname).status_code == 200
+    code, out = small_host.apply()
+    assert code == 0 and out["results"] == []
+    assert small_host.config_loads() == 1
 
 
 def test_twenty_parallel_installs_one_crash_loop(host: Host) -> None:

@@ -248,7 +248,7 @@ def test_uninstalls_finish_before_any_install_starts(
     assert all(r.ok for r in results), [r.message for r in results]
     steps = [s for s, _p in driver.calls]
     assert steps.count("down") == 3
-    assert max(i for i, s in enumerate(steps) if s == "down") < steps.index("config")
+    assert max(i for i, s in enumerate(steps) if s == "down") < steps.index("up")
 
 
 @dataclass
@@ -299,3 +299,126 @@ def test_a_closed_writer_refuses(tmp_path: pathlib.Path) -> None:
     writer.close()
     with pytest.raises(RuntimeError, match="closed"):
         writer.publish("dpl_" + "0" * 16, {}, None)
+
+
+@dataclass
+class CountingProxy(FakeProxy):
+    """Counts the pushes (``sync``) the host writer makes; thread-safe."""
+
+    syncs: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sync(self, routes: Mapping[str, str]) -> object:
+        with self.lock:
+            self.syncs += 1
+        return super().sync(routes)
+
+
+def test_a_batch_in_the_pool_costs_one_push_and_one_proxy_check(
+    make_repo: RepoFactory, tmp_path: pathlib.Path
+) -> None:
+    """20 installs, all in the pool at once: the writer waits for every registered
+    pipeline's request, so their routes go out in one push; the proxy container is
+    checked once for the batch, and again by the repair after it."""
+    names = [f"app{i:02d}" for i in range(20)]
+    root, rendered = render(make_repo, {n: f"name: {n}\nimage: busybox:1.36\n" for n in names})
+    proxy = CountingProxy()
+    ex = executor(tmp_path, FakeComposeDriver(), proxy, max_parallel=20)
+    # Bounds far above any scheduling delay: the push waits for the 20 requests alone.
+    ex.host.gather, ex.host.gather_max = 600.0, 600.0
+    results = ex.run(plan(rendered, ActualState.empty(["local"]), namespace="t"), rendered, root)
+    assert all(r.ok for r in results), [r.message for r in results]
+    assert proxy.syncs == 1 and ex.host.pushes == 1
+    assert proxy.routes == {d.domain: f"{d.id}-app:80" for d in rendered}
+    assert proxy.ensured == 1
+    ex.repair_host()
+    assert proxy.ensured == 2  # a new batch checks again
+
+
+def test_a_pipeline_that_never_publishes_holds_the_push_back_only_so_long(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A pipeline stuck before its request (a long build) does not keep the others'
+    routes from being served: the push goes once no request came for ``gather``."""
+    proxy = CountingProxy()
+    writer = HostWriter(tmp_path, proxy, gather=0.2, gather_max=600.0)
+    writer.begin("dpl_" + "1" * 16)  # registered, never publishes
+    writer.begin("dpl_" + "2" * 16)
+    writer.publish("dpl_" + "2" * 16, {"b.test": "b:80"}, None).result(30)
+    assert proxy.routes == {"b.test": "b:80"} and proxy.syncs == 1
+
+
+def test_the_push_waits_for_every_registered_pipeline(tmp_path: pathlib.Path) -> None:
+    """Two pipelines registered: the first one's request is not pushed alone; the
+    second's request completes the batch, and one push carries both."""
+    proxy = CountingProxy()
+    writer = HostWriter(tmp_path, proxy, gather=600.0, gather_max=600.0)
+    for dpl in ("dpl_" + "1" * 16, "dpl_" + "2" * 16):
+        writer.begin(dpl)
+    first = writer.publish("dpl_" + "1" * 16, {"a.test": "a:80"}, None)
+    assert writer.pending() == 1 and proxy.syncs == 0  # held for the other pipeline
+    second = writer.publish("dpl_" + "2" * 16, {"b.test": "b:80"}, None)
+    first.result(30)
+    second.result(30)
+    assert proxy.syncs == 1 and set(proxy.routes) == {"a.test", "b.test"}
+
+
+def test_an_update_that_keeps_its_routes_pushes_nothing(
+    make_repo: RepoFactory, tmp_path: pathlib.Path
+) -> None:
+    root, v1 = render(make_repo, {"web": "name: web\nimage: busybox:1.36\ndomain: a.localhost\n"})
+    proxy = CountingProxy()
+    ex = executor(tmp_path, FakeComposeDriver(), proxy)
+    (first,) = ex.run(plan(v1, ActualState.empty(["local"]), namespace="t"), v1, root)
+    assert first.ok and proxy.syncs == 1
+    root2, v2 = render(
+        make_repo,
+        {"web": "name: web\nimage: busybox:1.36\ndomain: a.localhost\nvars: {X: '2'}\n"},
+    )
+    p2 = plan(v2, actual_from(ex), namespace="t")
+    assert [a.action for a in p2.actions] == ["update"]
+    (second,) = ex.run(p2, v2, root2)
+    assert second.ok, second.message
+    assert proxy.syncs == 1 and ex.host.unchanged == 1  # same routes: no push at all
+    ex.repair_host()
+    assert proxy.syncs == 2  # a repair always asks the proxy
+
+
+def test_the_writer_reads_a_record_again_only_when_it_changed(tmp_path: pathlib.Path) -> None:
+    """Records are cached by their file's identity: a repair with nothing changed parses
+    none; a record rewritten (by anyone: here straight through the state dir) or removed
+    is seen by the next push."""
+    import shutil
+
+    from agent.statedir import AppRecord, write_record
+    from reconciler.model.state import RouteRecord, SpecRecord
+
+    state = tmp_path / "state"
+
+    def record(i: int, domain: str, status: str = "running") -> AppRecord:
+        spec = SpecRecord(routes=[RouteRecord(domain=domain, upstream=f"u{i}:80")])
+        return AppRecord(
+            id=f"dpl_{i:016x}",
+            name=f"app{i}",
+            namespace="t",
+            spec_hash="0" * 64,
+            status=status,  # type: ignore[arg-type]
+            record=spec,
+            updated_at="2026-01-01T00:00:00Z",
+        )
+
+    for i in range(5):
+        (state / "apps" / f"dpl_{i:016x}").mkdir(parents=True)
+        write_record(state, record(i, f"d{i}.test"))
+    proxy = CountingProxy()
+    writer = HostWriter(state, proxy, gather=0)
+    writer.repair()
+    assert writer.records_read == 5 and len(proxy.routes) == 5
+    writer.repair()
+    assert writer.records_read == 5  # nothing changed: nothing parsed
+    write_record(state, record(2, "moved.test"))
+    write_record(state, record(3, "d3.test", status="failed"))
+    shutil.rmtree(state / "apps" / f"dpl_{4:016x}")
+    writer.repair()
+    assert writer.records_read == 7
+    assert proxy.routes == {"d0.test": "u0:80", "d1.test": "u1:80", "moved.test": "u2:80"}
