@@ -190,9 +190,7 @@ def serve_command(
     for name in ("uvicorn.error", "uvicorn.access"):
         # uvicorn's loggers have their own handlers: a logger's filter covers them.
         logging.getLogger(name).addFilter(redact_credentials)
-    plane.worker.start()
-    if plane.outbox is not None:
-        plane.outbox.start()
+    plane.start()
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -225,9 +223,7 @@ def serve_command(
         )
         Server(server_config).run()
     finally:
-        plane.worker.stop(timeout=10)
-        if plane.outbox is not None:
-            plane.outbox.stop()
+        plane.stop()
         plane.store.close()
 
 

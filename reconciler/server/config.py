@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reconciler.model.errors import InvalidSpec
 from reconciler.model.secretenv import secret_from_env
@@ -99,6 +99,27 @@ class ServerConfig(BaseModel):
     # Events out (see reconciler.server.outbound and README "Notifications").
     notify: list[NotifyTarget] = Field(default_factory=list)
     commit_status: CommitStatusSettings | None = None
+    # Several replicas (see reconciler.server.replicas and README "Running several
+    # replicas"): the database they share (None: <data_dir>/reconcile.db), and how long
+    # a dead leader's lease holds up the others.
+    database: Annotated[str, Field(min_length=1)] | None = None
+    lease_ttl: Annotated[float, Field(ge=1)] = 15.0
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and not value.startswith("sqlite:///"):
+            raise ValueError(
+                "this server stores in SQLite: give a file path (or sqlite:///PATH), "
+                "shared by every replica"
+            )
+        return value
+
+    def database_path(self) -> pathlib.Path:
+        """The SQLite file every replica opens."""
+        if self.database is None:
+            return self.data_dir / "reconcile.db"
+        return pathlib.Path(self.database.removeprefix("sqlite://")).expanduser()
 
     @property
     def offline_after(self) -> float:

@@ -360,6 +360,9 @@ class Sender:
         )
         self._ticks: list[tuple[float, Callable[[], None]]] = []
         self._threads: list[threading.Thread] = []
+        #: Whether this process delivers (several replicas: the leader only, so no row
+        #: goes out twice at once; a new leader carries on from the rows left).
+        self.active: Callable[[], bool] = lambda: True
 
     def add_webhooks(self, targets: Sequence[Target]) -> None:
         for target in targets:
@@ -407,6 +410,9 @@ class Sender:
     def _run_lane(self, lane: _Lane) -> None:
         while not self._stop.is_set():
             lane.wake.clear()
+            if not self.active():
+                lane.wake.wait(1.0)
+                continue
             try:
                 self.deliver_due(lane.name)
                 next_at = self.store.next_outbox_at(lane.name)
