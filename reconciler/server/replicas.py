@@ -108,6 +108,7 @@ class Leadership:
     def check(self) -> bool:
         """One try now: take or renew the lease; returns whether this replica leads."""
         with self._lock:
+            was = self.leading
             started = time.monotonic()
             try:
                 ok = self.store.try_lead(self.name, self.holder, ttl=self.ttl)
@@ -116,9 +117,12 @@ class Leadership:
                 ok = False
             if ok:
                 # Counted from before the statement: the store's clock started no later.
+                # A statement that waited longer than the lease (the database was busy)
+                # takes it but does not count: the next try, quick, makes it count.
                 self._until = started + self.ttl
-            changed = ok != self._leading
             self._leading = ok
+            ok = self.leading
+            changed = ok != was
         if changed:
             log.info(
                 "replica %s %s %s",
