@@ -119,7 +119,8 @@ class ServerConfig(BaseModel):
         """The SQLite file every replica opens."""
         if self.database is None:
             return self.data_dir / "reconcile.db"
-        return pathlib.Path(self.database.removeprefix("sqlite://")).expanduser()
+        # SQLAlchemy's form: sqlite:///relative/path, sqlite:////absolute/path
+        return pathlib.Path(self.database.removeprefix("sqlite:///")).expanduser()
 
     @property
     def offline_after(self) -> float:

@@ -87,8 +87,10 @@ class Leadership:
         ttl: float = LEASE_TTL,
         holder: str | None = None,
         on_change: Callable[[bool], None] = lambda leading: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.name = name
         self.ttl = ttl
         self.holder = holder or store.replica_id
@@ -103,13 +105,13 @@ class Leadership:
     def leading(self) -> bool:
         # The lease's own end too: a renewal thread that stalls never leaves a replica
         # believing it leads past the moment another one may take over.
-        return self._leading and time.monotonic() < self._until
+        return self._leading and self.clock() < self._until
 
     def check(self) -> bool:
         """One try now: take or renew the lease; returns whether this replica leads."""
         with self._lock:
             was = self.leading
-            started = time.monotonic()
+            started = self.clock()
             try:
                 ok = self.store.try_lead(self.name, self.holder, ttl=self.ttl)
             except Exception:
