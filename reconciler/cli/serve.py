@@ -113,6 +113,15 @@ def serve_command(
             show_default=False,
         ),
     ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="The database every replica shares: an SQLite file (default: "
+            "<data dir>/reconcile.db).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
     log_format: Annotated[
         LogFormatChoice,
@@ -141,6 +150,7 @@ def serve_command(
         "heartbeat": heartbeat,
         "catalog": catalog,
         "dist_dir": dist_dir,
+        "database": database,
     }
     try:
         settings = load_server_config(config, overrides)
