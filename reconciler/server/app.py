@@ -87,6 +87,8 @@ class ControlPlane:
             self.reconciler.may_issue = lambda: replicas.leading
             if self.outbox is not None:
                 self.outbox.active = lambda: replicas.leading
+                self.outbox.on_wake = replicas.outbox_written
+                replicas.wake_outbox = self.outbox.wake_lanes
             replicas.start()
         self.worker.start()
         if self.outbox is not None:

@@ -45,6 +45,7 @@ LEASE_TTL = 15.0
 #: Signal channels.
 COMMAND = "command"  # key: an agent id, which has new commands
 RECONCILE = "reconcile"  # key: the trigger's reason, for the leader's worker
+OUTBOX = "outbox"  # a follower wrote outbox rows: the leader's sender delivers them
 
 
 def lease_name(source: str, branch: str | None, path: str | None) -> str:
@@ -174,6 +175,8 @@ class Replicas:
         self.notifier = notifier
         self._trigger = trigger
         self._unwatch: Callable[[], None] | None = None
+        #: Wakes this replica's outbox sender (set when it has one).
+        self.wake_outbox: Callable[[], None] = lambda: None
 
     @property
     def leading(self) -> bool:
@@ -186,11 +189,23 @@ class Replicas:
         except Exception:  # the leader's timer catches up with it
             log.warning("forwarding trigger %r", reason, exc_info=True)
 
+    def outbox_written(self) -> None:
+        """Rows were added to the outbox here: a follower tells the leader, whose sender
+        would otherwise find them only at its next look (up to a minute later)."""
+        if self.leading:
+            return
+        try:
+            self.store.signal(OUTBOX, "")
+        except Exception:  # the leader's next look finds them
+            log.warning("outbox signal", exc_info=True)
+
     def on_signal(self, channel: str, key: str) -> None:
         if channel == COMMAND:
             self.notifier.notify_local(key)
         elif channel == RECONCILE and self.leading:
             self._trigger(key)
+        elif channel == OUTBOX and self.leading:
+            self.wake_outbox()
 
     def start(self) -> None:
         self._unwatch = self.store.watch(self.on_signal)

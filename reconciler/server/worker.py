@@ -315,6 +315,9 @@ class Worker:
             try:
                 self._run(", ".join(reasons))
                 self.last_error = None
+            except LostLeadership as exc:  # expected when a lease moves: no traceback
+                log.warning("reconcile stopped: %s", exc)
+                self.last_error = str(exc)
             except Exception as exc:  # the loop must outlive any one bad run
                 log.exception("reconcile failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"

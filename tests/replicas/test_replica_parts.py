@@ -286,3 +286,64 @@ def test_the_shared_database_is_a_file_and_anything_else_is_refused(tmp_path: pa
         load_server_config(None, {"source": "/x", "database": "mysql://db/reconcile"})
     with pytest.raises(InvalidSpec, match="lease_ttl"):
         load_server_config(None, {"source": "/x", "lease_ttl": 0})
+
+
+# -------------------------------------------------------------------------- outbox
+
+
+def test_the_outbox_is_delivered_by_the_leader_only_and_once(shared_db: SharedDatabase) -> None:
+    """Both replicas write events (with their outbox rows) into the one outbox; only the
+    leader's sender delivers, so no row goes out twice at once; after a hand-over the new
+    leader delivers what is left."""
+    from reconciler.server.config import NotifyTarget
+    from reconciler.server.outbound import Router, Sender, Target
+    from tests.server.receiver import Receiver
+
+    receiver = Receiver()
+    target = NotifyTarget.model_validate({"url": receiver.url + "/hook", "events": ["*"]})
+    [resolved] = Target.from_config([target], {})
+    stores = [shared_db.open_store(), shared_db.open_store()]
+    leads = [Leadership(s, "reconcile:o", ttl=30) for s in stores]
+    senders = []
+    sets = []
+    for store, lead in zip(stores, leads, strict=True):
+        sender = Sender(store, timeout=5.0)
+        store.route_events(Router([resolved]), sender.wake)
+        sender.add_webhooks([resolved])
+        replicas = Replicas(store, lead, SharedNotifier(store), trigger=lambda reason: None)
+        # wired as ControlPlane.start wires them
+        sender.active = lambda lead=lead: lead.leading
+        sender.on_wake = replicas.outbox_written
+        replicas.wake_outbox = sender.wake_lanes
+        senders.append(sender)
+        sets.append(replicas)
+    try:
+        for replicas in sets:
+            replicas.start()
+        assert leads[0].leading and not leads[1].leading
+        for sender in senders:
+            sender.start()
+        time.sleep(0.5)  # both lanes have looked once, found nothing, and wait (a minute)
+        # Written on the follower only: the leader's sender must hear of them.
+        for i in range(3):
+            stores[1].record_event("agent.online", {"agent": f"agt_{i}"})
+        assert wait_for(lambda: len(receiver.seen) == 3, timeout=20)
+        for i in range(3, 5):
+            stores[i % 2].record_event("agent.online", {"agent": f"agt_{i}"})
+        assert wait_for(lambda: len(receiver.seen) == 5)
+        sets[0].stop()  # resigns: the other takes over
+        assert leads[1].check()
+        for i in range(5, 8):
+            stores[0].record_event("agent.online", {"agent": f"agt_{i}"})
+        assert wait_for(lambda: len(receiver.seen) == 8, timeout=20)
+        time.sleep(0.5)  # a second sender would have sent its copies by now
+        agents = sorted(seen.json()["data"]["agent"] for seen in receiver.seen)
+        assert agents == [f"agt_{i}" for i in range(8)]
+        assert all(row.delivered is not None for row in stores[0].outbox())
+    finally:
+        for sender in senders:
+            sender.stop()
+        sets[1].stop()
+        receiver.close()
+        for s in stores:
+            s.close()
