@@ -11,7 +11,10 @@ lock.  SQLite serialises writers anyway, the queries here are point lookups of a
 microseconds, and one connection keeps transactions simple (``BEGIN IMMEDIATE`` ...
 ``COMMIT`` under the lock, never a half-visible write).  Other *processes* (``reconcile
 agent token --data-dir``) open their own connection; WAL lets them write while the
-server runs, and ``busy_timeout`` makes a short wait instead of an error.
+server runs, and ``busy_timeout`` makes a short wait instead of an error.  Several
+``reconcile serve`` replicas may share the file the same way: the leases, signals,
+bundles and shared values at the end of this class are what they coordinate through
+(:mod:`reconciler.server.replicas`).
 
 ``synchronous=FULL``: in WAL mode that fsyncs the log on every commit, so a committed
 token, agent, command or result survives a power cut too, not only a process crash.
