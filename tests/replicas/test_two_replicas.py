@@ -207,28 +207,43 @@ def test_the_leader_killed_mid_reconcile_the_other_finishes_and_nothing_is_issue
         client = agent_on(b, shared_db)
         agent = client.credentials.agent_id if client.credentials else ""
         total = len(names) + 1
-        caught = 0
+        caught = -1
         sha = ""
-        # Each round changes every spec; the test holds the database still as soon as
-        # the leader has issued a first command of the round.  Caught in the middle
-        # (some issued, not all), the leader is killed there; else the next round.
-        for round_ in range(1, 8):
+        # Each round changes every spec, and the test holds the database still while the
+        # leader's run of it is under way: in odd rounds once it has issued a first
+        # command, in even ones as soon as the run has started (a leader that issues
+        # all of a run's commands in one transaction is caught there).  If the run
+        # had already ended, the next round; else the leader is killed mid-run.
+        for round_ in range(1, 9):
+            marker = max((e.id for e in reader.newest_events(1)), default=0)
             sha = remote.commit(fleet(agent, names, round_), f"round {round_}")
-            assert signed_push(a.url, f"kill-{round_}").status_code == 202
+            delivery = f"kill-{round_}"
+            assert signed_push(a.url, delivery).status_code == 202
 
             def issued(sha: str = sha) -> int:
                 return sum(1 for c in commands_of(reader) if c.payload.get("revision") == sha)
 
-            wait_for(lambda: issued() >= 1, what="the round's first command")
+            def run_event(kind: str, marker: int = marker, delivery: str = delivery) -> bool:
+                return any(
+                    e.kind == kind and f"(delivery {delivery})" in str(e.fields.get("reason"))
+                    for e in reader.events(after=marker, limit=10_000)
+                )
+
+            if round_ % 2:
+                wait_for(
+                    lambda: issued() >= 1 or run_event("reconcile.finished"),
+                    what="the round's first command",
+                )
+            else:
+                wait_for(lambda: run_event("reconcile.started"), what="the round's run")
             with shared_db.hold_commands():
-                caught = issued()
-                if caught < total:
+                if not run_event("reconcile.finished"):
+                    caught = issued()
                     a.proc.send_signal(signal.SIGKILL)
                     a.proc.wait(10)
-            if caught < total:
+            if caught >= 0:
                 break
-            wait_for(lambda: a_idle(a), what="the leader's run to end")
-        assert 0 < caught < total, "the leader was never caught mid-run"
+        assert caught >= 0, "the leader's run was never caught under way"
         killed = time.monotonic()
 
         # The follower takes over (its lease try after the dead one's runs out) and
@@ -238,8 +253,8 @@ def test_the_leader_killed_mid_reconcile_the_other_finishes_and_nothing_is_issue
 
         wait_for(finished, timeout=90, what="the new leader to finish the round")
         print(
-            f"leader SIGKILLed after {caught}/{total} commands; the other finished the round "
-            f"{time.monotonic() - killed:.1f} s later (lease {LEASE_TTL} s)"
+            f"round {round_}: leader SIGKILLed after {caught}/{total} commands; the other "
+            f"finished the round {time.monotonic() - killed:.1f} s later (lease {LEASE_TTL} s)"
         )
         assert readyz(b)["leader"] is True
         assert b.proc.poll() is None
@@ -268,8 +283,3 @@ def test_the_leader_killed_mid_reconcile_the_other_finishes_and_nothing_is_issue
         a.kill()
         b.stop()
         reader.close()
-
-
-def a_idle(replica: Serve) -> bool:
-    body = httpx.get(replica.url + "/readyz", timeout=10).json()
-    return bool(body.get("status") == "ready")
