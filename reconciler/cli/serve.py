@@ -94,9 +94,9 @@ def serve_command(
         str | None,
         typer.Option(
             "--database",
-            help="postgresql://user@host/db: the store on PostgreSQL, shared by several "
-            "replicas (default: $RECONCILE_DATABASE or the file $RECONCILE_DATABASE_FILE names; "
-            "else SQLite in the data dir). Put a password in those, not in this flag.",
+            help="The store every replica shares: postgresql://user@host/db, or an SQLite "
+            "file (default: $RECONCILE_DATABASE or the file $RECONCILE_DATABASE_FILE names; "
+            "else <data dir>/reconcile.db). Put a password in those, not in this flag.",
             show_default=False,
         ),
     ] = None,
@@ -220,9 +220,7 @@ def serve_command(
     for name in ("uvicorn.error", "uvicorn.access"):
         # uvicorn's loggers have their own handlers: a logger's filter covers them.
         logging.getLogger(name).addFilter(redact_credentials)
-    plane.worker.start()
-    if plane.outbox is not None:
-        plane.outbox.start()
+    plane.start()
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -255,9 +253,7 @@ def serve_command(
         )
         Server(server_config).run()
     finally:
-        plane.worker.stop(timeout=10)
-        if plane.outbox is not None:
-            plane.outbox.stop()
+        plane.stop()
         plane.store.close()
 
 

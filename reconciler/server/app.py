@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
@@ -55,6 +55,7 @@ from reconciler.server.notify import Notifier, spread_wait
 from reconciler.server.operations import operation_finished, operations_router
 from reconciler.server.outbound import Router, Sender, Target, result_fields
 from reconciler.server.progress import ProgressHub
+from reconciler.server.replicas import Leadership, Replicas, SharedNotifier, lease_name
 from reconciler.server.store import AgentRow, Store, secure_dir
 from reconciler.server.worker import Reconciler, Worker, iso
 
@@ -78,6 +79,31 @@ class ControlPlane:
     app: FastAPI = field(repr=False)
     outbox: Sender | None = None  # events out; started with the worker
     progress: ProgressHub = field(default_factory=ProgressHub, repr=False)
+    replicas: Replicas | None = None  # leadership and signals (several replicas)
+
+    def start(self) -> None:
+        """Everything running, as ``reconcile serve`` runs it: leadership first, so a
+        follower's worker never starts a reconcile of its own."""
+        if self.replicas is not None:
+            replicas = self.replicas
+            self.worker.follow(lambda: replicas.leading, replicas.forward)
+            self.reconciler.may_issue = lambda: replicas.leading
+            if self.outbox is not None:
+                self.outbox.active = lambda: replicas.leading
+                self.outbox.on_wake = replicas.outbox_written
+                replicas.wake_outbox = self.outbox.wake_lanes
+            replicas.start()
+        self.worker.start()
+        if self.outbox is not None:
+            self.outbox.start()
+
+    def stop(self) -> None:
+        """The reverse; the lease is given up last, once no run of ours is left."""
+        self.worker.stop(timeout=10)
+        if self.outbox is not None:
+            self.outbox.stop()
+        if self.replicas is not None:
+            self.replicas.stop()
 
 
 def build_control_plane(
@@ -86,15 +112,26 @@ def build_control_plane(
     """Every part wired together; the worker is *not* started (``plane.worker.start()``)."""
     secrets = secrets or ServerSecrets()
     secure_dir(config.data_dir)
-    if store is None:
-        store = Store(config.database) if config.database else Store.in_dir(config.data_dir)
-    notifier = Notifier()
+    store = store or Store(config.database_path())
+    notifier = SharedNotifier(store)
     metrics = Metrics()
     progress = ProgressHub()
     progress.on_drop = metrics.stream_dropped.inc
     reconciler = Reconciler(config, store, notifier=notifier, metrics=metrics, progress=progress)
     outbox = _events_out(config, store, reconciler)
     worker = Worker(reconciler.reconcile, poll_interval=config.poll_interval)
+
+    def on_lead(leading: bool) -> None:
+        if leading:  # level-triggered: finish whatever a dead leader left half done
+            worker.trigger("leader: this replica took over")
+
+    leadership = Leadership(
+        store,
+        lease_name(config.source, config.branch, config.path),
+        ttl=config.lease_ttl,
+        on_change=on_lead,
+    )
+    replicas = Replicas(store, leadership, notifier, worker.trigger)
     app = create_app(
         config,
         store,
@@ -116,6 +153,7 @@ def build_control_plane(
         app,
         outbox=outbox,
         progress=progress,
+        replicas=replicas,
     )
 
 
@@ -295,14 +333,22 @@ def create_app(
                     return await run_in_threadpool(batch, agent)
 
     @app.get("/v1/agent/commands/{command_id}/bundle")
-    def bundle(command_id: str, agent: Agent) -> FileResponse:
+    def bundle(command_id: str, agent: Agent) -> StreamingResponse:
+        # From the store, one chunk at a time: any replica serves it, whichever built it.
         row = store.command(command_id)
         if row is None or row.agent != agent:
             raise _Error(404, f"no command {command_id} for this agent")
-        path = reconciler.bundle_path(command_id)
-        if not row.payload.get("has_bundle") or not path.is_file():
+        size = store.bundle_size(command_id) if row.payload.get("has_bundle") else None
+        if size is None:
             raise _Error(404, f"command {command_id} has no bundle (or it is finished)")
-        return FileResponse(path, media_type="application/x-tar", filename=f"{command_id}.tar")
+        return StreamingResponse(
+            iterate_in_threadpool(store.read_bundle(command_id)),
+            media_type="application/x-tar",
+            headers={
+                "Content-Length": str(size),
+                "Content-Disposition": f'attachment; filename="{command_id}.tar"',
+            },
+        )
 
     @app.post("/v1/agent/commands/{command_id}/result")
     def result(command_id: str, body: CommandResult, agent: Agent) -> ResultAck:
@@ -705,12 +751,16 @@ def create_app(
         failing: list[str] = []
         if not store.ping():
             failing.append("store: the database does not answer")
+        leading = worker.leading
         if not worker.alive:
             failing.append("worker: the reconcile thread is not running")
-        elif not worker.started_first:
+        elif leading and not worker.started_first:
+            # A follower never starts one: it serves agents and forwards triggers.
             failing.append("worker: the first reconcile has not started")
         if failing:
-            return JSONResponse({"status": "not ready", "error": "; ".join(failing)}, 503)
+            return JSONResponse(
+                {"status": "not ready", "error": "; ".join(failing), "leader": leading}, 503
+            )
         # Ready even when the last reconcile failed (an unreachable remote is retried;
         # restarting the server would not help): it is reported, not gated on.
         last = reconciler.last_outcome
@@ -732,13 +782,21 @@ def create_app(
                 }
             )
         return JSONResponse(
-            {"status": "ready", "reconciles": worker.runs, "last_reconcile": last_reconcile}
+            {
+                "status": "ready",
+                "reconciles": worker.runs,
+                "last_reconcile": last_reconcile,
+                # several replicas: whether this one runs the reconciles (and which it is)
+                "leader": leading,
+                "replica": store.replica_id,
+            }
         )
 
     @app.get("/metrics")
     def metrics_endpoint() -> PlainTextResponse:
         now = reconciler.clock()
         metrics.agents_online.set(sum(1 for a in store.agents() if reconciler.online(a, now)))
+        metrics.leader.set(int(worker.leading))
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -11,11 +11,12 @@ import hmac
 import math
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reconciler.model.errors import InvalidSpec
 from reconciler.model.secretenv import secret_from_env
@@ -83,12 +84,12 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_PORT
     data_dir: pathlib.Path = Field(default_factory=default_data_dir)
-    # The store: None is SQLite in data_dir; a postgresql:// URL puts it on PostgreSQL (several
-    # replicas can share it).  Its password is better in RECONCILE_DATABASE(_FILE), PGPASSWORD
-    # or ~/.pgpass than in a flag or server.yaml; it is never printed (repr=False, redacted).
-    database: Annotated[
-        Annotated[str, Field(pattern=r"^postgres(ql)?://\S+$")] | None, Field(repr=False)
-    ] = None
+    # The store: None is SQLite at <data_dir>/reconcile.db; a file path (or sqlite:///PATH) is
+    # an SQLite file that replicas on one host may share; a postgresql:// URL puts it on
+    # PostgreSQL (replicas on several hosts: README "Running several replicas").  A URL's
+    # password is better in RECONCILE_DATABASE(_FILE), PGPASSWORD or ~/.pgpass than in a flag
+    # or server.yaml; it is never printed (repr=False, redacted).
+    database: Annotated[Annotated[str, Field(min_length=1)] | None, Field(repr=False)] = None
     poll_interval: Annotated[float, Field(ge=0)] = 60.0  # 0: no timer
     heartbeat: Annotated[float, Field(gt=0)] = 10.0
     catalog: pathlib.Path | None = None
@@ -109,6 +110,34 @@ class ServerConfig(BaseModel):
     # Events out (see reconciler.server.outbound and README "Notifications").
     notify: list[NotifyTarget] = Field(default_factory=list)
     commit_status: CommitStatusSettings | None = None
+    # Several replicas (see reconciler.server.replicas and README "Running several
+    # replicas"): how long a dead leader's lease holds up the others (SQLite; on
+    # PostgreSQL leadership ends with the leader's connection).
+    lease_ttl: Annotated[float, Field(ge=1)] = 15.0
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        if (
+            value is not None
+            and "://" in value
+            and not value.startswith("sqlite:///")
+            and not re.match(r"^postgres(ql)?://\S+$", value)
+        ):
+            raise ValueError(
+                "give a postgresql:// URL, or an SQLite file path (or sqlite:///PATH) "
+                "shared by every replica on this host"
+            )
+        return value
+
+    def database_path(self) -> pathlib.Path | str:
+        """What every replica opens: the SQLite file, or the PostgreSQL URL."""
+        if self.database is None:
+            return self.data_dir / "reconcile.db"
+        if re.match(r"^postgres(ql)?://", self.database):
+            return self.database
+        # SQLAlchemy's form: sqlite:///relative/path, sqlite:////absolute/path
+        return pathlib.Path(self.database.removeprefix("sqlite:///")).expanduser()
 
     @property
     def keep_alive_seconds(self) -> int:

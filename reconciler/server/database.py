@@ -596,6 +596,11 @@ class PostgresDatabase:
                 self._leading[name] = holder
             return got
 
+    def holder(self, name: str) -> str | None:
+        """Who leads ``name`` through this process's connection (None: not this process)."""
+        with self._lead_lock:
+            return self._leading.get(name) if self._lead_conn is not None else None
+
     def resign(self, name: str, holder: str) -> None:
         """Give up ``name`` if ``holder`` leads it (another replica may take it at once)."""
         with self._lead_lock:

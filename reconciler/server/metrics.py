@@ -118,6 +118,11 @@ class Metrics:
         self.agents_online = Gauge(
             "reconcile_agents_online", "Agents whose last report is recent.", registry=self.registry
         )
+        self.leader = Gauge(
+            "reconcile_leader",
+            "1 while this replica runs the reconciles (it holds the source's lease), else 0.",
+            registry=self.registry,
+        )
         self.stream_clients = Gauge(
             "reconcile_stream_clients",
             "Clients connected to GET /v1/events/stream.",

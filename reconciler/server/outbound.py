@@ -360,6 +360,10 @@ class Sender:
         )
         self._ticks: list[tuple[float, Callable[[], None]]] = []
         self._threads: list[threading.Thread] = []
+        #: Whether this process delivers (several replicas: the leader only, so no row
+        #: goes out twice at once; a new leader carries on from the rows left).
+        self.active: Callable[[], bool] = lambda: True
+        self.on_wake: Callable[[], None] = lambda: None
 
     def add_webhooks(self, targets: Sequence[Target]) -> None:
         for target in targets:
@@ -373,6 +377,12 @@ class Sender:
 
     def wake(self) -> None:
         """Thread-safe, returns at once: new rows may be due."""
+        self.wake_lanes()
+        self.on_wake()
+
+    def wake_lanes(self) -> None:
+        """This process's lanes only (``wake`` also runs ``on_wake``: several replicas
+        tell the leader, whose sender delivers, that a row is waiting)."""
         for lane in self._lanes.values():
             lane.wake.set()
 
@@ -392,7 +402,7 @@ class Sender:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self.wake()
+        self.wake_lanes()
         for thread in self._threads:
             thread.join(timeout)
         self._http.close()
@@ -407,6 +417,9 @@ class Sender:
     def _run_lane(self, lane: _Lane) -> None:
         while not self._stop.is_set():
             lane.wake.clear()
+            if not self.active():
+                lane.wake.wait(1.0)
+                continue
             try:
                 self.deliver_due(lane.name)
                 next_at = self.store.next_outbox_at(lane.name)

@@ -16,7 +16,10 @@ lock.  SQLite serialises writers anyway, the queries here are point lookups of a
 microseconds, and one connection keeps transactions simple (``BEGIN IMMEDIATE`` ...
 ``COMMIT`` under the lock, never a half-visible write).  Other *processes* (``reconcile
 agent token --data-dir``) open their own connection; WAL lets them write while the
-server runs, and ``busy_timeout`` makes a short wait instead of an error.
+server runs, and ``busy_timeout`` makes a short wait instead of an error.  Several
+``reconcile serve`` replicas may share the file the same way: the leases, signals,
+bundles and shared values at the end of this class are what they coordinate through
+(:mod:`reconciler.server.replicas`).
 
 ``synchronous=FULL``: in WAL mode that fsyncs the log on every commit, so a committed
 token, agent, command or result survives a power cut too, not only a process crash.
@@ -38,18 +41,24 @@ with 256 bits of entropy nobody can guess one whatever the hash speed, so a slow
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
+import logging
 import os
 import pathlib
 import secrets
+import socket
+import sqlite3
 import stat
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from reconciler.model.errors import InvalidSpec
 from reconciler.model.redact import redact
 from reconciler.server.database import (
     Connection,
@@ -61,12 +70,17 @@ from reconciler.server.database import (
     is_postgres_url,
 )
 
+log = logging.getLogger("reconciler.server")
+
 __all__ = [
     "AUDIT_KINDS",
+    "BUNDLE_CHUNK",
     "DB_NAME",
+    "MAX_BUNDLE_BYTES",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "AgentRow",
+    "BundleTooLarge",
     "CommandRow",
     "CommitStatusRow",
     "DeploymentRow",
@@ -85,6 +99,18 @@ __all__ = [
 ]
 
 DB_NAME = "reconcile.db"
+#: Bundles are stored in chunks of this size: streamed out one row at a time, never whole
+#: in memory, and no single value near a backend's limit (SQLite's default is 1 GB).
+BUNDLE_CHUNK = 1024 * 1024
+#: The largest bundle stored (the agent refuses more: a build context is at most 100 MB,
+#: a bundle adds the deployment's other directories).
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+#: A bundle whose command is no longer pending is kept this long (it is stored just
+#: before its command is: the grace covers that gap).
+BUNDLE_GRACE = 60.0
+#: Signals are read by the other replicas within ~100 ms; kept a minute, then pruned.
+SIGNAL_RETENTION = 60.0
+SIGNAL_POLL = 0.1
 TOKEN_TTL = 600.0  # bootstrap tokens: 10 minutes
 DELIVERY_RETENTION = 30 * 86400.0
 EVENT_RETENTION = 10_000  # events kept (the newest), audit events apart
@@ -220,6 +246,40 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state = 'pending' AND kind != 'operation';
     CREATE INDEX deployments_agent ON deployments (agent, desired);
     """,
+    # 5: several replicas on one database: leases, signals, and what lived in one process
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires REAL NOT NULL
+    );
+    CREATE TABLE signals (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        key TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE bundle_blobs (
+        digest TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (digest, seq)
+    );
+    CREATE TABLE bundles (
+        command_id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX bundles_digest ON bundles (digest);
+    CREATE TABLE shared (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        version TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: PostgreSQL's text of a migration (by version) where translating the SQLite text above
@@ -241,6 +301,10 @@ _PG_JSON_REMOVE = (
     "LANGUAGE sql IMMUTABLE AS $$ SELECT (doc::jsonb #- string_to_array(substr(path, 3), '.'))"
     "::text $$"
 )
+
+
+class BundleTooLarge(InvalidSpec):
+    """A command's bundle is larger than an agent accepts: fix the repository."""
 
 
 def secure_dir(directory: pathlib.Path) -> None:
@@ -657,8 +721,10 @@ class Store:
         """True when this delivery is new (and now remembered), False on a replay."""
         with self._tx(fsync=False, serial=False) as db:  # the primary key decides
             cur = db.execute(
-                "INSERT OR IGNORE INTO deliveries (provider, delivery_id, received) "
-                "VALUES (?, ?, ?)",
+                # The insert is the check: of two replicas racing on one delivery, the
+                # primary key lets exactly one insert it.
+                "INSERT INTO deliveries (provider, delivery_id, received) VALUES (?, ?, ?) "
+                "ON CONFLICT (provider, delivery_id) DO NOTHING",
                 (provider, delivery_id[:200], time.time() if now is None else now),
             )
             return cur.rowcount == 1
@@ -1299,3 +1365,240 @@ class Store:
                 "id < COALESCE((SELECT id FROM outbox ORDER BY id DESC LIMIT 1 OFFSET ?), 0)",
                 (OUTBOX_RETENTION - 1,),
             )
+
+    # ---------------------------------------------------------------- replicas
+    # Several ``reconcile serve`` processes on one database: leadership (one reconcile
+    # worker per source), signals between them (wake-ups, forwarded triggers), and what
+    # a run leaves for every replica (bundles, rendered deployments, one-shot approvals).
+    # The portable versions, on the tables of migration 4; a backend with better tools
+    # (PostgreSQL: advisory locks, LISTEN/NOTIFY) may answer the same calls its own way.
+
+    @functools.cached_property
+    def replica_id(self) -> str:
+        """This process's name in leases and signals: host, pid and a random part (a pid
+        is reused after a restart, the random part is not)."""
+        return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+    def try_lead(self, name: str, holder: str, *, ttl: float, now: float | None = None) -> bool:
+        """Take or keep leadership ``name`` for ``holder``; True while ``holder`` leads.
+
+        One statement, so two replicas racing for a free or expired lease cannot both
+        win: the row is inserted, or updated only when ``holder`` already holds it or it
+        has expired.  Called again (well) within ``ttl`` to keep it.
+        """
+        if isinstance(self.db, PostgresDatabase):  # an advisory lock: see its try_lead
+            return self.db.try_lead(name, holder, ttl=ttl, now=now)
+        now = time.time() if now is None else now
+        # Not fsynced: after an OS crash every replica on this host restarts anyway.
+        with self._tx(fsync=False) as db:
+            cur = db.execute(
+                "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "expires = excluded.expires "
+                "WHERE leases.holder = excluded.holder OR leases.expires < ?",
+                (name, holder, now + ttl, now),
+            )
+            return cur.rowcount == 1
+
+    def resign(self, name: str, holder: str) -> None:
+        """Give leadership up at once (a clean stop): another replica takes it at its next
+        try instead of after the lease runs out."""
+        if isinstance(self.db, PostgresDatabase):
+            self.db.resign(name, holder)
+            return
+        with self._tx(fsync=False) as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def leader(self, name: str, *, now: float | None = None) -> str | None:
+        """Who holds leadership ``name`` now (None: nobody, or the lease ran out).  On
+        PostgreSQL an advisory lock names no holder: only this process's own is known."""
+        if isinstance(self.db, PostgresDatabase):
+            return self.db.holder(name)
+        now = time.time() if now is None else now
+        rows = self._query("SELECT holder FROM leases WHERE name = ? AND expires >= ?", (name, now))
+        return str(rows[0][0]) if rows else None
+
+    _signals_pruned = 0.0
+
+    def signal(self, channel: str, key: str, *, now: float | None = None) -> None:
+        """Tell the other replicas (``channel`` "command", ``key`` an agent id, say), after
+        the change it announces has committed.  Not fsynced: a signal is a hint that
+        saves a wait, the data it points at is already durable."""
+        if isinstance(self.db, PostgresDatabase):  # NOTIFY, sent at commit
+            self.db.signal(channel[:100], key[:200])
+            return
+        now = time.time() if now is None else now
+        with self._tx(fsync=False) as db:
+            db.execute(
+                "INSERT INTO signals (channel, key, origin, created) VALUES (?, ?, ?, ?)",
+                (channel[:100], key[:200], self.replica_id, now),
+            )
+            if now - self._signals_pruned > SIGNAL_RETENTION / 4:
+                self._signals_pruned = now
+                db.execute("DELETE FROM signals WHERE created < ?", (now - SIGNAL_RETENTION,))
+
+    def watch(
+        self, callback: Callable[[str, str], None], *, interval: float = SIGNAL_POLL
+    ) -> Callable[[], None]:
+        """Deliver ``(channel, key)`` signals of the other replicas to ``callback``, from a
+        thread, from now on; returns the function that stops watching.
+
+        Polls every ``interval`` (an index range scan that finds nothing, most of the
+        time).  Signals are numbered in commit order (SQLite has one writer at a time),
+        so reading past the last number seen never skips one.
+        """
+        if isinstance(self.db, PostgresDatabase):  # LISTEN: no polling, no seq gaps
+            return self.db.watch(callback)
+        stop = threading.Event()
+        last = int(self._query("SELECT COALESCE(max(seq), 0) FROM signals")[0][0])
+
+        def loop() -> None:
+            nonlocal last
+            while not stop.wait(interval):
+                try:
+                    rows = self._query(
+                        "SELECT seq, channel, key, origin FROM signals WHERE seq > ? "
+                        "ORDER BY seq LIMIT 1000",
+                        (last,),
+                    )
+                except sqlite3.ProgrammingError:  # the store was closed: nothing to watch
+                    return
+                except sqlite3.Error:
+                    log.warning("watching signals", exc_info=True)
+                    continue
+                for row in rows:
+                    seq, channel, key = int(row["seq"]), str(row["channel"]), str(row["key"])
+                    last = max(last, seq)
+                    if row["origin"] == self.replica_id:
+                        continue
+                    try:
+                        callback(channel, key)
+                    except Exception:  # one bad callback must not end the watch
+                        log.exception("signal %s %s", channel, key)
+
+        thread = threading.Thread(target=loop, name="store-signals", daemon=True)
+        thread.start()
+
+        def stop_watching() -> None:
+            stop.set()
+            if thread is not threading.current_thread():
+                thread.join(5.0)
+
+        return stop_watching
+
+    def put_bundle(self, command_id: str, source: pathlib.Path, *, now: float | None = None) -> str:
+        """Store the bundle file ``source`` as command ``command_id``'s: every replica can
+        then serve it.  Content-addressed (sha256), so a bundle that did not change is
+        kept once however many commands ship it.  Raises :class:`BundleTooLarge` past
+        :data:`MAX_BUNDLE_BYTES`; returns the digest."""
+        now = time.time() if now is None else now
+        size = source.stat().st_size
+        if size > MAX_BUNDLE_BYTES:
+            raise BundleTooLarge(
+                f"the bundle of {command_id} is {size // (1024 * 1024)} MiB, more than the "
+                f"{MAX_BUNDLE_BYTES // (1024 * 1024)} MiB an agent accepts: ship less (a "
+                ".dockerignore in the build context, or a smaller directory)"
+            )
+        sha = hashlib.sha256()
+        with open(source, "rb") as fh:
+            for chunk in iter(lambda: fh.read(BUNDLE_CHUNK), b""):
+                sha.update(chunk)
+        digest = sha.hexdigest()
+        with self._tx() as db, open(source, "rb") as fh:
+            seq = 0
+            while True:
+                chunk = fh.read(BUNDLE_CHUNK)
+                if chunk or seq == 0:
+                    # Written again even when present: a blob is never half there, and
+                    # a prune racing this insert cannot leave the command without one.
+                    db.execute(
+                        "INSERT INTO bundle_blobs (digest, seq, data) VALUES (?, ?, ?) "
+                        "ON CONFLICT (digest, seq) DO NOTHING",
+                        (digest, seq, chunk),
+                    )
+                if len(chunk) < BUNDLE_CHUNK:
+                    break
+                seq += 1
+            db.execute(
+                "INSERT INTO bundles (command_id, digest, size, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (command_id) DO UPDATE SET digest = excluded.digest, "
+                "size = excluded.size, created = excluded.created",
+                (command_id, digest, size, now),
+            )
+        return digest
+
+    def bundle_size(self, command_id: str) -> int | None:
+        """The size of command ``command_id``'s stored bundle (None: it has none)."""
+        rows = self._query("SELECT size FROM bundles WHERE command_id = ?", (command_id,))
+        return int(rows[0][0]) if rows else None
+
+    def read_bundle(self, command_id: str) -> Iterator[bytes]:
+        """The bundle's bytes, one chunk (one short query) at a time."""
+        rows = self._query("SELECT digest FROM bundles WHERE command_id = ?", (command_id,))
+        if not rows:
+            return
+        digest = rows[0][0]
+        seq = 0
+        while True:
+            found = self._query(
+                "SELECT data FROM bundle_blobs WHERE digest = ? AND seq = ?", (digest, seq)
+            )
+            if not found:
+                return
+            chunk = bytes(found[0][0])
+            if chunk:
+                yield chunk
+            if len(chunk) < BUNDLE_CHUNK:
+                return
+            seq += 1
+
+    def prune_bundles(self, *, now: float | None = None) -> int:
+        """Forget the bundles no pending command needs; returns how many went.  Stored
+        just before its command: a bundle younger than :data:`BUNDLE_GRACE` stays."""
+        now = time.time() if now is None else now
+        with self._tx(fsync=False) as db:
+            gone = db.execute(
+                "DELETE FROM bundles WHERE created < ? AND command_id NOT IN "
+                "(SELECT id FROM commands WHERE state = 'pending')",
+                (now - BUNDLE_GRACE,),
+            ).rowcount
+            if gone:
+                db.execute(
+                    "DELETE FROM bundle_blobs WHERE digest NOT IN (SELECT digest FROM bundles)"
+                )
+        return int(gone)
+
+    def drop_bundle(self, command_id: str) -> None:
+        """Forget one command's bundle now (its command was superseded)."""
+        with self._tx(fsync=False) as db:
+            db.execute("DELETE FROM bundles WHERE command_id = ?", (command_id,))
+            db.execute("DELETE FROM bundle_blobs WHERE digest NOT IN (SELECT digest FROM bundles)")
+
+    def put_shared(self, name: str, value: str, *, now: float | None = None) -> str:
+        """Set the shared value ``name`` (what one replica's run leaves for all: the
+        rendered deployments, an approval); returns its new version."""
+        version = secrets.token_hex(8)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO shared (name, value, version, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                "version = excluded.version, updated = excluded.updated",
+                (name, value, version, time.time() if now is None else now),
+            )
+        return version
+
+    def shared_version(self, name: str) -> str | None:
+        """The version of ``name`` alone: a cheap look before reading a large value."""
+        rows = self._query("SELECT version FROM shared WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def shared(self, name: str) -> tuple[str, str] | None:
+        """``(value, version)`` of the shared value ``name``, None when unset."""
+        rows = self._query("SELECT value, version FROM shared WHERE name = ?", (name,))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    def take_shared(self, name: str) -> bool:
+        """Remove ``name``; True for the one caller that removed it (a one-shot approval
+        is used by one run, whichever replica runs it)."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM shared WHERE name = ?", (name,)).rowcount == 1

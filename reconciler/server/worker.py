@@ -16,6 +16,7 @@ already on its way) -> wake the agents' long polls.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pathlib
@@ -35,7 +36,7 @@ from reconciler.load.catalog import Catalog
 from reconciler.load.files import inside
 from reconciler.model.agentapi import Command
 from reconciler.model.bundle import LINK_INSIDE, LINK_PAX_KEY, link_scope
-from reconciler.model.errors import InvalidSpec, ReconcilerError
+from reconciler.model.errors import InvalidSpec, ReconcilerError, TemporaryError
 from reconciler.model.ids import LOCAL_AGENT
 from reconciler.model.plan import Action
 from reconciler.model.state import ActualState, AgentState
@@ -49,9 +50,15 @@ from reconciler.server.notify import Notifier
 from reconciler.server.progress import ProgressHub
 from reconciler.server.store import AgentRow, Issued, NewCommand, Store
 
+#: The shared values (:meth:`Store.put_shared`) a run leaves for every replica.
+RENDERED_KEY = "rendered"
+MASS_PRUNE_KEY = "mass_prune_once"
+
 __all__ = [
     "ACTIONABLE",
     "LOCAL_REASON",
+    "LOCAL_TRIGGERS",
+    "LostLeadership",
     "Outcome",
     "Reconciler",
     "Worker",
@@ -71,6 +78,9 @@ LOCAL_REASON = (
 #: After a failed command, drift reported for the same deployment waits this long before
 #: it triggers a reconcile again (the timer still retries): no retry storm per heartbeat.
 FAILURE_BACKOFF = 60.0
+#: Seconds a replica trusts its copy of the rendered deployments before it asks the
+#: store whether another replica's run replaced them.
+RENDERED_RECHECK = 1.0
 #: A command that failed is issued again only after 30 s, then 1, 2, 4, 8 and at most
 #: 15 minutes (per deployment, spec and kind; a new spec is issued at once).
 RETRY_BASE = 30.0
@@ -145,6 +155,13 @@ def trigger_kind(reason: str) -> str:
 
 # ---------------------------------------------------------------------------- worker
 
+#: Triggers a follower keeps to itself: the leader has its own timer and its own start.
+LOCAL_TRIGGERS = ("startup", "timer")
+
+
+class LostLeadership(TemporaryError):
+    """Another replica leads now: this run stops before it issues anything more."""
+
 
 class Worker:
     """Single-flight, coalescing reconcile scheduler on one thread.
@@ -190,6 +207,20 @@ class Worker:
         self.runs = 0
         self.started_first = False  # the first run began
         self.last_error: str | None = None
+        self._leading: Callable[[], bool] | None = None
+        self._forward: Callable[[str], None] = lambda reason: None
+
+    def follow(self, leading: Callable[[], bool], forward: Callable[[str], None]) -> None:
+        """Run only while ``leading()`` (several replicas share one database, one of them
+        reconciles); a trigger that arrives while another replica leads goes to
+        ``forward`` (the leader's worker), and the timer does nothing here."""
+        self._leading = leading
+        self._forward = forward
+
+    @property
+    def leading(self) -> bool:
+        """Whether this worker runs reconciles (always, unless it follows a leader)."""
+        return self._leading is None or self._leading()
 
     def start(self, *, initial: str | None = "startup") -> None:
         if initial:
@@ -215,6 +246,10 @@ class Worker:
             return self._running or bool(self._queued)
 
     def trigger(self, reason: str) -> None:
+        if not self.leading:
+            if reason not in LOCAL_TRIGGERS:
+                self._forward(reason)
+            return
         with self._cond:
             now = time.monotonic()
             if not self._queued:
@@ -269,11 +304,21 @@ class Worker:
                 if self._stop:
                     return
                 reasons, self._queued = self._queued, []
+                if not self.leading:  # leadership went elsewhere while these waited
+                    for reason in reasons:
+                        if reason not in LOCAL_TRIGGERS:
+                            self._forward(reason)
+                    self._schedule_timer()
+                    self._cond.notify_all()
+                    continue
                 self._running = True
                 self.started_first = True
             try:
                 self._run(", ".join(reasons))
                 self.last_error = None
+            except LostLeadership as exc:  # expected when a lease moves: no traceback
+                log.warning("reconcile stopped: %s", exc)
+                self.last_error = str(exc)
             except Exception as exc:  # the loop must outlive any one bad run
                 log.exception("reconcile failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -325,9 +370,16 @@ class Reconciler:
         self._online: dict[str, bool] = {}  # agent -> online at the last run: logs changes
         self._catalog = catalog
         self._lock = threading.Lock()  # one run at a time, whoever calls
+        # The last run's rendered deployments, as the store holds them (any replica may
+        # have run it): cached with the version read, looked at again after a second.
         self._rendered: dict[str, RenderedDeployment] = {}
+        self._rendered_version: str | None = None
+        self._rendered_checked = -RENDERED_RECHECK
+        self._rendered_lock = threading.Lock()
         self.last_outcome: Outcome | None = None
-        self._mass_prune_once = False
+        #: Whether this process may still issue commands (another replica may lead now):
+        #: asked before each one, so a leader that lost its lease mid-run stops there.
+        self.may_issue: Callable[[], bool] = lambda: True
         self.data_dir = config.data_dir
         self.bundle_dir = config.data_dir / "bundles"
         self.cache_dir = config.data_dir / "cache"
@@ -410,7 +462,7 @@ class Reconciler:
         the store checks a plan's commands against (Store.create_commands)."""
         now = self.clock() if now is None else now
         rows = {a.id: a for a in self.store.agents()}
-        names = set(rows) | set(referenced) | {d.agent for d in self._rendered.values()}
+        names = set(rows) | set(referenced) | {d.agent for d in self.rendered()}
         agents = {a: self.agent_state(rows.get(a), a, now) for a in sorted(names)}
         seen = {a: row.reports for a, row in rows.items()}
         return ActualState(source="control-plane", agents=agents), seen
@@ -429,6 +481,7 @@ class Reconciler:
         now = self.clock()
         pending = self.store.pending_deployments(agent_id)
         failed = self.store.recently_failed(agent_id, since=now - FAILURE_BACKOFF)
+        rendered = self._current_rendered()
         reasons: list[str] = []
         for row in self.store.agent_deployments(agent_id):
             if row.id in pending or row.id in failed or row.last_action in ("blocked", "held"):
@@ -441,15 +494,46 @@ class Reconciler:
             elif have.status == "failed":
                 reasons.append(f"{row.name}: the last apply failed")
             else:
-                want = self._rendered.get(row.id)
+                want = rendered.get(row.id)
                 problems = drift(want, have) if want is not None else []
                 if problems:
                     reasons.append(f"{row.name}: {'; '.join(problems)}")
         return reasons
 
     def rendered(self) -> list[RenderedDeployment]:
-        """The desired deployments of the last run that rendered (empty before it)."""
-        return list(self._rendered.values())
+        """The desired deployments of the last run that rendered (empty before it),
+        whichever replica ran it."""
+        return list(self._current_rendered().values())
+
+    def _current_rendered(self) -> dict[str, RenderedDeployment]:
+        with self._rendered_lock:
+            now = time.monotonic()
+            if now - self._rendered_checked < RENDERED_RECHECK:
+                return self._rendered
+            self._rendered_checked = now
+            if self.store.shared_version(RENDERED_KEY) == self._rendered_version:
+                return self._rendered
+            found = self.store.shared(RENDERED_KEY)
+            if found is None:
+                return self._rendered
+            try:
+                loaded = [RenderedDeployment.model_validate(d) for d in json.loads(found[0])]
+            except (ValueError, TypeError):  # written by another version: keep ours
+                log.warning("the stored rendered deployments do not load; kept the last ones")
+                return self._rendered
+            self._rendered = {d.id: d for d in loaded}
+            self._rendered_version = found[1]
+            return self._rendered
+
+    def _share_rendered(self, rendered: list[RenderedDeployment]) -> None:
+        """Leave this run's rendered deployments for every replica (drift checks and the
+        status API read them), and keep them as this replica's copy."""
+        body = json.dumps([d.model_dump(mode="json") for d in rendered])
+        version = self.store.put_shared(RENDERED_KEY, body)
+        with self._rendered_lock:
+            self._rendered = {d.id: d for d in rendered}
+            self._rendered_version = version
+            self._rendered_checked = time.monotonic()
 
     def _log_agent_changes(self, actual: ActualState) -> None:
         """An agent going offline is noticed here, by its silence (its coming back is
@@ -472,8 +556,9 @@ class Reconciler:
                 )
 
     def allow_mass_prune_once(self) -> None:
-        """Let the next run that gets as far as planning prune past the guard."""
-        self._mass_prune_once = True
+        """Let the next run that gets as far as planning prune past the guard, on
+        whichever replica runs it (the approval is in the store, taken by one run)."""
+        self.store.put_shared(MASS_PRUNE_KEY, "1")
 
     # -------------------------------------------------------------------- a run
 
@@ -555,7 +640,7 @@ class Reconciler:
             )
             return Outcome(ok=False, reason=reason, revision=desired.revision, problems=problems)
         config = state.config
-        mass_prune, self._mass_prune_once = self._mass_prune_once, False
+        mass_prune = self.store.take_shared(MASS_PRUNE_KEY)
         actual, seen = self._view(set(agents_of(state, local=False)), now)
         self._log_agent_changes(actual)
         # Rendered against the actual state: an auto domain another app serves moves on.
@@ -568,7 +653,7 @@ class Reconciler:
             ),
             actual=actual,
         )
-        self._rendered = {d.id: d for d in rendered}
+        self._share_rendered(rendered)
         before = {row.id: row.last_action for row in self.store.deployments()}
         result = plan(
             rendered,
@@ -587,6 +672,7 @@ class Reconciler:
         # Planned from the view above; the store checks every command against that same
         # view as it writes them, with the plan, in one transaction (Store.save_plan).
         prepared: list[NewCommand] = []
+        wanted = {d.id: d for d in rendered}
         for action in result.actions:
             if action.action == "blocked":
                 self.metrics.actions.labels(kind="blocked", result="blocked").inc()
@@ -618,7 +704,7 @@ class Reconciler:
             if failed and now < last_failure + retry_delay(failed):
                 outcome.backoff.append(action.deployment)
                 continue
-            want = self._rendered.get(action.id) if action.action != "uninstall" else None
+            want = wanted.get(action.id) if action.action != "uninstall" else None
             try:
                 prepared.append(
                     self._prepare(action, want, state.root, config, desired.revision, now)
@@ -631,6 +717,13 @@ class Reconciler:
                 self.metrics.actions.labels(kind=action.action, result="refused").inc()
         # by deployment and agent: a deployment moving hosts has an action on each
         by_id = {(a.id, a.agent): a for a in result.actions}
+        if prepared and not self.may_issue():
+            for new in prepared:
+                self.store.drop_bundle(new.id)
+            raise LostLeadership(
+                "another replica leads now: this run stopped before issuing its "
+                f"{len(prepared)} command(s); the leader's run issues them"
+            )
         issued = self.store.save_plan(
             result.model_dump(mode="json"),
             revision=desired.revision,
@@ -643,7 +736,7 @@ class Reconciler:
         accepted = {done.command.id for done in issued}
         for new in prepared:
             if new.id not in accepted:
-                self._drop_bundle(new.id)  # an equivalent one was on its way after all
+                self.store.drop_bundle(new.id)  # an equivalent one was on its way after all
         for done in issued:
             self._announce(
                 by_id[done.command.deployment, done.command.agent], done, desired.revision
@@ -683,7 +776,7 @@ class Reconciler:
         dirs = bundle_dirs(want) if want is not None else []
         if dirs:
             contexts = build_contexts(want) if want is not None else {}
-            build_bundle(root, dirs, self.bundle_dir / f"{command_id}.tar", contexts=contexts)
+            self._store_bundle(command_id, root, dirs, contexts)
         command = Command(
             id=command_id,
             kind=action.action,
@@ -742,24 +835,24 @@ class Reconciler:
         )
         for old in superseded:
             self.metrics.actions.labels(kind=action.action, result="superseded").inc()
-            self._drop_bundle(old)
+            self.store.drop_bundle(old)
 
-    def bundle_path(self, command_id: str) -> pathlib.Path:
-        return self.bundle_dir / f"{command_id}.tar"
-
-    def _drop_bundle(self, command_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.bundle_path(command_id).unlink()
+    def _store_bundle(
+        self, command_id: str, root: pathlib.Path, dirs: list[str], contexts: dict[str, str]
+    ) -> None:
+        """Build the command's bundle and put it in the store, where every replica finds
+        it (the agent may poll another one); the file is only the way there."""
+        path = self.bundle_dir / f"{command_id}.tar"
+        try:
+            build_bundle(root, dirs, path, contexts=contexts)
+            self.store.put_bundle(command_id, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def _clean_bundles(self) -> None:
         """Bundles are needed only while their command is pending."""
-        if not self.bundle_dir.is_dir():
-            return
-        active = self.store.active_command_ids()
-        for item in self.bundle_dir.iterdir():
-            if item.suffix == ".tar" and item.stem not in active:
-                with contextlib.suppress(FileNotFoundError):
-                    item.unlink()
+        self.store.prune_bundles()
 
 
 def _created_fields(actions: Mapping[tuple[str, str], Action], done: Issued) -> dict[str, Any]:
