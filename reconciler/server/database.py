@@ -415,6 +415,7 @@ class PostgresDatabase:
         #: names, so two installations (or tests) in two schemas of one database never meet.
         self.schema = str(schema)
         self._serial_key = lock_key(self.schema, "store:serial")
+        self._closed = False
         self._functions: list[str] = []
         # replicas: the leadership connection and what it holds, the watchers, and this
         # Store's id in its signals (a replica does not wake itself)
@@ -565,6 +566,8 @@ class PostgresDatabase:
         """
         key = lock_key(self.schema, "lead", name)
         with self._lead_lock:
+            if self._closed:
+                return False
             conn = self._lead_conn
             if conn is not None:
                 try:
@@ -717,5 +720,6 @@ class PostgresDatabase:
         for stop_watching in list(self._watchers):
             stop_watching()
         with self._lead_lock:
+            self._closed = True  # a closed store never leads again (try_lead says False)
             self._drop_lead_conn()
         self._pool.close()

@@ -4,7 +4,8 @@
 started with (``database:`` in ``server.yaml``), a way to open the store in the test, and
 a way to hold the commands table still (to stop a leader between two commands).  Today
 it is SQLite in WAL mode: one file, several processes, which is a real replica set on
-one host.  A PostgreSQL param adds a URL, a store opener, and ``LOCK TABLE commands``.
+one host.  The PostgreSQL param gives each test a fresh schema on the test server
+(tests/server/postgres_helpers.py) and holds writers with the store's own write-turn lock.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from reconciler.server.store import Store
 from tests.server.conftest import Remote
+from tests.server.postgres_helpers import fresh_schema
 
 
 @dataclass
@@ -48,14 +50,47 @@ def _sqlite(path: pathlib.Path) -> SharedDatabase:
     )
 
 
-@pytest.fixture(params=["sqlite"])
-def shared_db(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> SharedDatabase:
+def _postgres(url: str) -> SharedDatabase:
+    @contextlib.contextmanager
+    def hold() -> Iterator[None]:
+        import psycopg
+
+        from reconciler.server.database import lock_key
+
+        store = Store(url)
+        schema = store.db.schema  # type: ignore[attr-defined]
+        store.close()
+        with psycopg.connect(url) as conn:  # one transaction, rolled back on leaving
+            # Every store write takes this turn first (reconciler/server/database.py).
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema, "store:serial"),))
+            yield
+            conn.rollback()
+
+    return SharedDatabase(url=url, open_store=lambda: Store(url), hold_commands=hold)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_db(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[SharedDatabase]:
     if request.param == "sqlite":
         path = tmp_path / "shared" / "reconcile.db"
         path.parent.mkdir()
         Store(path).close()  # migrated once, before the replicas race to open it
-        return _sqlite(path)
-    raise AssertionError(request.param)  # pragma: no cover
+        yield _sqlite(path)
+        return
+    with fresh_schema("replicas") as url:
+        Store(url).close()  # migrated once, before the replicas race to open it
+        yield _postgres(url)
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: pathlib.Path) -> SharedDatabase:
+    """The SQLite replica set alone, for what only it has: the lease row that runs out, the
+    signals table, its schema text.  PostgreSQL's advisory lock and NOTIFY, which replace
+    those, are tested in tests/server/test_store_postgres.py."""
+    path = tmp_path / "shared" / "reconcile.db"
+    path.parent.mkdir()
+    Store(path).close()
+    return _sqlite(path)
 
 
 @pytest.fixture

@@ -282,7 +282,7 @@ def test_the_shared_database_is_a_file_and_anything_else_is_refused(tmp_path: pa
     assert config.database_path() == tmp_path / "db"
     plain = ServerConfig.model_validate({"source": "/x", "data_dir": tmp_path})
     assert plain.database_path() == tmp_path / "reconcile.db"
-    with pytest.raises(InvalidSpec, match="give a file path"):
+    with pytest.raises(InvalidSpec, match="give a postgresql:// URL, or an SQLite file path"):
         load_server_config(None, {"source": "/x", "database": "mysql://db/reconcile"})
     with pytest.raises(InvalidSpec, match="lease_ttl"):
         load_server_config(None, {"source": "/x", "lease_ttl": 0})

@@ -50,9 +50,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
 
 
 def test_a_lease_has_one_holder_until_it_runs_out_or_is_given_up(
-    shared_db: SharedDatabase,
+    sqlite_db: SharedDatabase,
 ) -> None:
-    a, b = shared_db.open_store(), shared_db.open_store()
+    a, b = sqlite_db.open_store(), sqlite_db.open_store()
     assert a.try_lead("reconcile:x", "A", ttl=10, now=100)
     assert not b.try_lead("reconcile:x", "B", ttl=10, now=105)
     assert a.try_lead("reconcile:x", "A", ttl=10, now=108)  # renewed: runs to 118
@@ -137,8 +137,8 @@ def test_a_failing_callback_does_not_end_the_watch(shared_db: SharedDatabase) ->
     b.close()
 
 
-def test_old_signals_are_pruned(shared_db: SharedDatabase) -> None:
-    a = shared_db.open_store()
+def test_old_signals_are_pruned(sqlite_db: SharedDatabase) -> None:
+    a = sqlite_db.open_store()
     a.signal("command", "old", now=1000.0)
     a._signals_pruned = 0.0
     a.signal("command", "new", now=1000.0 + store_module.SIGNAL_RETENTION + 1)
@@ -275,12 +275,11 @@ def test_one_bootstrap_token_registers_exactly_one_agent(shared_db: SharedDataba
 
 
 def test_the_schema_keeps_the_unique_constraints_the_replicas_rely_on(
-    shared_db: SharedDatabase,
+    sqlite_db: SharedDatabase,
 ) -> None:
-    """The dedupe above holds because of these keys (not a read-then-write)."""
-    if not shared_db.url.startswith("sqlite:"):
-        pytest.skip("reads SQLite's own schema table; the races above hold on any backend")
-    s = shared_db.open_store()
+    """The dedupe above holds because of these keys (not a read-then-write); read from
+    SQLite's own schema table (the races above run on both backends)."""
+    s = sqlite_db.open_store()
     tables = {
         r[0]: r[1] for r in s._query("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
     }
