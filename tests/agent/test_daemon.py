@@ -416,8 +416,9 @@ def test_heartbeat_thread_reports_running_commands(
     try:
         assert started.wait(10)
         deadline = threading.Event()
+        # The spy sees the report before it is sent: wait for the server to have it too.
         for _ in range(200):
-            if ["cmd_slow"] in reports:
+            if any(r["running"] == ["cmd_slow"] for r in h.server.reports):
                 break
             deadline.wait(0.05)
         assert ["cmd_slow"] in reports

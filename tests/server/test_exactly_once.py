@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from reconciler.server.store import SCHEMA_VERSION, NewCommand, Store
+from reconciler.server.store import NewCommand, Store
 
 T = TypeVar("T")
 
@@ -155,7 +155,9 @@ class TestRules:
         raw = sqlite3.connect(path)
         # Back to schema 3 with the duplicates the old code could leave behind.
         raw.execute("DROP INDEX commands_one_pending")
-        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+        raw.execute("PRAGMA user_version = 3")
+        for table in ("leases", "signals", "bundle_blobs", "bundles", "shared"):  # 5's
+            raw.execute(f"DROP TABLE {table}")
         for column in ("state", "state_digest", "reports"):
             raw.execute(f"ALTER TABLE agents DROP COLUMN {column}")
         raw.execute("ALTER TABLE commands DROP COLUMN finish_mark")
