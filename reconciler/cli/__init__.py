@@ -165,9 +165,12 @@ def main() -> None:
     if session is None:
         load_commands(modules_for(args))(args=args, prog_name="reconcile")
         return
+    code: object = 1  # an exception (a bug, ^C): no record
     try:
         load_commands(modules_for(args))(args=args, prog_name="reconcile")
+        code = 0
     except SystemExit as exc:
-        session.finish(exc.code)
+        code = exc.code
         raise
-    session.finish(0)
+    finally:
+        session.finish(code)

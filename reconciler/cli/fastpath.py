@@ -9,7 +9,7 @@ digest), the catalog in use, the state dir's files, and the host as the no-op se
 the labelled container list, the proxy container and its image, and Caddy's live config.
 Equal to the record that the last all-no-op run left -> that run's output is printed
 again (its ``seconds`` recomputed) with its exit code.  Anything else, or any doubt (a
-symlink in the tree, a container not running, a socket that does not answer, an
+symlink in the tree, a proxy not running, a socket that does not answer, an
 unreadable file), takes the normal path, which writes a new record only when it planned
 nothing but no-ops, applied nothing and printed nothing on stderr.
 
@@ -25,6 +25,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import stat
 import sys
 import tempfile
@@ -54,7 +55,9 @@ PROXY_CONTAINER_ENV = "RECONCILE_PROXY_CONTAINER"
 PROXY_CONTAINER = "reconciler-proxy"
 PROXY_IMAGE = "caddy:2"
 DEFAULT_SOCKET = "/var/run/docker.sock"
-_HEALTH = (("(healthy)", "healthy"), ("(unhealthy)", "unhealthy"), ("(health: starting)", "s"))
+# The words of a container's Status that agent.observe reads (health, the exit code).
+_HEALTH = ("(health: starting)", "(unhealthy)", "(healthy)")
+_CODE_RE = re.compile(r"^(?:Exited|Restarting) \((-?\d+)\)")
 # Options of `apply` whose value is the next word, and its flags; any other word that
 # starts with '-' (--watch, --ref, --subpath, --help, combined short flags) is not
 # supported here: the normal path.
@@ -230,24 +233,36 @@ def _networks(item: dict[str, Any]) -> list[Any]:
 
 
 def _host(state: pathlib.Path) -> list[Any]:
-    """What the no-op observes and repairs: our containers (all running), the proxy
-    container and its image, Caddy's live config."""
+    """What the no-op observes and repairs, as ``agent.observe`` and ``agent.proxy`` read
+    it: the labelled container list (with the restart count of those restarting or
+    exited), the proxy container and its image, Caddy's live config.
+
+    Not ``/info`` (free networks, total memory): the plan reads those for installs and
+    updates only, which a no-op has none of while the repository and containers are the
+    same.
+    """
     engine = _Socket(_docker_socket())
     filters = urllib.parse.quote(json.dumps({"label": [LABEL_DEPLOYMENT]}))
     listed = engine.json(f"/containers/json?all=1&filters={filters}")
     containers = []
     for item in sorted(listed, key=lambda i: str(i.get("Id"))):
-        if str(item.get("State")).lower() != "running":
-            raise _Unsupported("a container is not running")  # restarts are read then
+        state_word = str(item.get("State")).lower()
         text = str(item.get("Status") or "")
-        health = next((v for marker, v in _HEALTH if marker in text), "none")
+        health = next((marker for marker in _HEALTH if marker in text), "none")
+        code = _CODE_RE.match(text)
+        restarts = None
+        if state_word in ("restarting", "exited"):
+            restarts = engine.json(f"/containers/{item.get('Id')}/json").get("RestartCount")
         containers.append(
             (
                 item.get("Id"),
                 item.get("Names"),
                 item.get("Image"),
                 item.get("ImageID"),
+                state_word,
                 health,
+                code.group(1) if code else None,
+                restarts,
                 sorted((item.get("Labels") or {}).items()),
                 _networks(item),
             )
@@ -361,9 +376,9 @@ def _write(record: pathlib.Path, digest: str, stdout: str) -> None:
         raise
 
 
-def _replay(stdout: str, started: float) -> str:
+def _replay(stdout: str, fmt: str, started: float) -> str:
     """The recorded output; a JSON summary gets this run's ``seconds``."""
-    if not stdout.startswith("{"):
+    if fmt != "json":
         return stdout
     doc = json.loads(stdout)
     if isinstance(doc, dict) and "seconds" in doc:
@@ -397,7 +412,7 @@ def begin(argv: list[str]) -> Session | None:
     except (OSError, ValueError, AttributeError):
         hit = False
     if hit:
-        sys.stdout.write(_replay(saved["stdout"], started))
+        sys.stdout.write(_replay(saved["stdout"], options.get("--format", "text"), started))
         sys.stdout.flush()
         sys.exit(0)
     return Session(record, digest)

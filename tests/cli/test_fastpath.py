@@ -27,6 +27,13 @@ def test_the_names_it_spells_agree_with_their_modules() -> None:
     assert settings.admin_socket == pathlib.Path("/x/proxy/run/admin.sock")
 
 
+def test_it_reads_the_status_words_the_observer_reads() -> None:
+    from agent import observe
+
+    assert tuple(marker for marker, _ in observe._HEALTH) == fastpath._HEALTH
+    assert fastpath._CODE_RE.pattern == observe._CODE_RE.pattern
+
+
 def test_the_state_dir_is_the_one_apply_uses(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.statedir import default_state_dir
 
