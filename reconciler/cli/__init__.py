@@ -16,20 +16,17 @@ import sys
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import types
+from typing import TYPE_CHECKING
 
-import typer
-
-# The command modules are imported by `load_commands`, not here: a process that runs one
-# command registers only that command's module (see `main`), and `app` (PEP 562, below)
-# registers them all for everyone else.  Importing the submodule binds the package's
-# `app` attribute to the module; it is removed again, so that the name reaches
-# `__getattr__` (as before, `reconciler.cli.app` is the typer app, not the module).
-from reconciler.cli import app as _app_module
-
-globals().pop("app")  # the submodule, bound by the import above
+# typer (and the app module, which imports it) is imported by `load_commands`, not here:
+# the no-op fast path (reconciler.cli.fastpath) answers before it is needed.  The command
+# modules too: a process that runs one command registers only that command's module (see
+# `main`), and `app` (PEP 562, below) registers them all for everyone else.
 
 if TYPE_CHECKING:
+    import typer
+
     from reconciler.cli.app import app as app
 
 __all__ = ["app", "load_commands", "main", "modules_for", "not_a_directory", "rewrite_argv"]
@@ -66,9 +63,10 @@ def load_commands(modules: tuple[str, ...] = COMMAND_MODULES) -> typer.Typer:
     17, 1.8 ms for one, besides importing their modules), so ``main`` registers the one
     it runs.
     """
+    app_module = importlib.import_module("reconciler.cli.app")
     for name in modules:
         importlib.import_module(f"reconciler.cli.{name}")
-    return _app_module.app
+    return app_module.app  # type: ignore[no-any-return]
 
 
 def modules_for(argv: list[str]) -> tuple[str, ...]:
@@ -80,11 +78,24 @@ def modules_for(argv: list[str]) -> tuple[str, ...]:
     return (LEAF_COMMANDS[argv[0]],)
 
 
-def __getattr__(name: str) -> Any:
-    """``from reconciler.cli import app``: the app with every command registered."""
-    if name == "app":
+class _Package(types.ModuleType):
+    """``from reconciler.cli import app`` is the typer app with every command registered.
+
+    Importing the submodule ``reconciler.cli.app`` (any command module does) binds the
+    package's ``app`` attribute to that module; the property ignores that binding, so the
+    name stays the typer app, whenever and by whom the submodule was imported.
+    """
+
+    @property
+    def app(self) -> typer.Typer:
         return load_commands()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    @app.setter
+    def app(self, _module: object) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:
@@ -148,4 +159,18 @@ def main() -> None:
         _console(stderr=True).print(error(problem))
         sys.exit(1)
     args = rewrite_argv(argv)
-    load_commands(modules_for(args))(args=args, prog_name="reconcile")
+    from reconciler.cli import fastpath
+
+    session = fastpath.begin(args)  # exits here when the no-op is proven unchanged
+    if session is None:
+        load_commands(modules_for(args))(args=args, prog_name="reconcile")
+        return
+    code: object = 1  # an exception (a bug, ^C): no record
+    try:
+        load_commands(modules_for(args))(args=args, prog_name="reconcile")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+        raise
+    finally:
+        session.finish(code)

@@ -83,8 +83,21 @@ def apply_command(
     state_dir: StateDirOption = None,
     fmt: Annotated[ApplyFormat, typer.Option("--format", "-f")] = ApplyFormat.text,
     catalog: CatalogOption = None,
+    no_fast_path: Annotated[
+        bool,
+        typer.Option(
+            "--no-fast-path",
+            help="Run the whole reconcile even when nothing changed since the last no-op "
+            "(also RECONCILE_NO_FAST_PATH=1).",
+        ),
+    ] = False,
 ) -> None:
-    """Reconcile the repository onto the local Docker host, behind the proxy."""
+    """Reconcile the repository onto the local Docker host, behind the proxy.
+
+    A run whose inputs (repository, environment, state dir, containers, proxy) are those
+    of the last no-op prints that run's output again without loading the rest.
+    """
+    del no_fast_path  # read by reconciler.cli.fastpath, before this module is imported
     from agent.observe import docker_available
     from agent.statedir import default_state_dir
 
@@ -260,6 +273,17 @@ def reconcile_once(opts: _Options, *, interactive: bool = True) -> bool:
     executor.host.close()
     blocked = [a for a in result.actions if a.action == "blocked"]
     ok = all(r.ok or r.skipped for r in results) and not blocked
+    if (
+        ok
+        and not results
+        and all(a.action == "noop" for a in result.actions)
+        and not desired.git_revisions
+        and not desired.unresolved
+        and not any(d.onion for d in rendered)
+    ):
+        from reconciler.cli import fastpath
+
+        fastpath.mark_noop()  # this run's output may be replayed while nothing changes
     if machine:
         sys.stdout.write(_json_summary(result, results, time.monotonic() - started) + "\n")
     else:

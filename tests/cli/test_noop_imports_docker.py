@@ -117,6 +117,8 @@ class Host:
             "RECONCILE_PROXY_CONTAINER": self.proxy,
             "NO_COLOR": "1",
             "COLUMNS": "200",
+            # the normal path's imports are checked here (the fast path: test_fastpath_docker)
+            "RECONCILE_NO_FAST_PATH": "1",
         }
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
 
