@@ -315,6 +315,20 @@ else
   done
   if [ "$ours" -ge 1 ]; then done_ "dockerd: started, pid $pid, log $dockerd_log"; else done_ "dockerd: pid $pid answering"; fi
 fi
+# The default bridge's interface can vanish under a running dockerd (something on the host
+# deleted docker0: seen here once or twice a day on a shared test machine); dockerd does not
+# make it again until it restarts, and every `docker build` RUN step and `docker run` on the
+# default network then fails with "could not find bridge docker0".  Make it again as the
+# daemon's own "bridge" network describes it.
+bridge_if=$(docker network inspect bridge --format '{{index .Options "com.docker.network.bridge.name"}}' 2>/dev/null) || bridge_if=
+bridge_net=$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}' 2>/dev/null) || bridge_net=
+bridge_gw=$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null) || bridge_gw=
+if [ -n "$bridge_if" ] && [ -n "$bridge_net" ] && ! ip link show "$bridge_if" >/dev/null 2>&1; then
+  # no gateway recorded: dockerd takes the subnet's first address
+  [ -n "$bridge_gw" ] || bridge_gw=$(echo "${bridge_net%/*}" | awk -F. '{print $1"."$2"."$3"."$4+1}')
+  ip link add "$bridge_if" type bridge && ip addr add "$bridge_gw/${bridge_net#*/}" dev "$bridge_if" &&
+    ip link set "$bridge_if" up && say "dockerd: made $bridge_if again ($bridge_gw/${bridge_net#*/}): it had vanished"
+fi
 # A dockerd that was running before this script keeps the pools it started with: restarting
 # it would stop every container on the host, so only say so (the plan blocks what does not fit).
 pools_live=$(docker info --format '{{json .DefaultAddressPools}}' 2>/dev/null) || pools_live=
