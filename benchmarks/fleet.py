@@ -337,6 +337,72 @@ def _free_port() -> int:
         return port
 
 
+PROFILED = ("idle", "rollout", "steady", "push")  # the phases --py-spy samples
+PROFILE_TOP = 12  # functions listed per phase
+
+
+class Profiler:
+    """``py-spy record`` of the server for one phase (non-blocking: the server is not
+    paused to sample it; idle threads are not sampled), summarised."""
+
+    def __init__(self, pid: int, out: pathlib.Path) -> None:
+        self.out = out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [_py_spy(), "record", "--pid", str(pid), "--rate", "50", "--nonblocking",
+             "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return summarise_profile(self.out)
+
+
+def _py_spy() -> str:
+    found = shutil.which("py-spy") or str(pathlib.Path(sys.executable).parent / "py-spy")
+    if not pathlib.Path(found).exists():
+        raise SystemExit("--py-spy needs py-spy on PATH (pip install py-spy)")
+    return found
+
+
+def summarise_profile(path: pathlib.Path) -> dict[str, Any]:
+    """The server's own functions by the share of samples they are on the stack of
+    (inclusive: ``drift_in_report`` counts the SQLite reads under it), and the leaf
+    functions by their own share: where a request's CPU goes, and what it is spent on."""
+    total = 0
+    inclusive: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {"file": str(path), "samples": 0, "ours": [], "leaves": []}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        total += int(count)
+        leaf[frames[-1]] += int(count)
+        for frame in set(frames):
+            if "reconciler/" in frame and not frame.startswith(("<module>", "main (")):
+                inclusive[frame] += int(count)
+
+    def share(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [
+            {"function": frame, "share_pct": round(100 * n / max(total, 1), 1)}
+            for frame, n in counter.most_common(PROFILE_TOP)
+        ]
+
+    return {"file": str(path), "samples": total, "ours": share(inclusive), "leaves": share(leaf)}
+
+
 # -- the repository ----------------------------------------------------------------------------
 
 
@@ -435,12 +501,17 @@ class Fleet:
         self.tls = ssl.create_default_context()
         self.agents: list[SimAgent] = []
         self.digests_acked = 0  # reports whose ack carried our digest
+        self.profile_dir: pathlib.Path | None = args.py_spy
+        self.profiler: Profiler | None = None
 
     def begin(self, name: str) -> Phase:
         self.end()
         self.phase = Phase(name)
         self.phase.server_cpu = -self.server.cpu()
         self.phase.sim_cpu = -time.process_time()
+        if self.profile_dir is not None and name in PROFILED:
+            out = self.profile_dir / f"fleet-{len(self.agents)}-{name}.txt"
+            self.profiler = Profiler(self.server.pid, out)
         return self.phase
 
     def end(self) -> None:
@@ -450,6 +521,9 @@ class Fleet:
         phase.ended = time.monotonic()
         phase.server_cpu += self.server.cpu()
         phase.sim_cpu += time.process_time()
+        if self.profiler is not None:
+            phase.figures["profile"] = self.profiler.stop()
+            self.profiler = None
         self.phases.append(phase)
 
     def client(self) -> httpx.AsyncClient:
@@ -472,7 +546,10 @@ class Fleet:
         item = Received(command=command, agent=agent, at=now, phase=self.phase.name)
         self.received[command.id] = item
         key = (command.action.id, command.action.spec_hash or command.kind)
-        self.by_spec.setdefault(key, set()).add(command.id)
+        ids = self.by_spec.setdefault(key, set())
+        if ids:  # this spec reached an agent before, under another command id
+            self.phase.figures["issued_twice"] = self.phase.figures.get("issued_twice", 0) + 1
+        ids.add(command.id)
         env = (command.deployment or {}).get("env")
         if isinstance(env, dict) and isinstance(env.get("GREETING"), str):
             self.by_greeting.setdefault(env["GREETING"], item)
@@ -1094,6 +1171,12 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _phase_figures(p: dict[str, Any]) -> str:
+    """A phase's own figures (push times, pickups, specs issued twice), as key=value."""
+    common = Phase("").summary().keys()
+    return ", ".join(f"{k}={v}" for k, v in p.items() if k not in common and k != "profile")
+
+
 def print_report(results: list[dict[str, Any]], env: dict[str, Any]) -> None:
     print(
         f"fleet-bench: {env['cpus']} CPUs, load average {env['loadavg_before']} before, "
@@ -1126,7 +1209,15 @@ def print_report(results: list[dict[str, Any]], env: dict[str, Any]) -> None:
                 f"max {p['heartbeat_max_ms']} ms), requests {p['requests']}, errors: {errors}; "
                 f"server CPU {p['server_cpu_pct']}%, RSS {p['server_rss_mb']} MB; "
                 f"sim CPU {p['sim_cpu_pct']}%, loop lag p99 {p['loop_lag_p99_ms']} ms"
+                + (f"; {extra}" if (extra := _phase_figures(p)) else "")
             )
+        for name, p in r["phases"].items():
+            if "profile" in p:
+                prof = p["profile"]
+                ours = "; ".join(f"{t['function']} {t['share_pct']}%" for t in prof["ours"])
+                leaves = "; ".join(f"{t['function']} {t['share_pct']}%" for t in prof["leaves"])
+                print(f"- py-spy, {name}, {prof['samples']} samples: ours (inclusive): {ours}")
+                print(f"  leaves (self): {leaves}")
         for note in r["notes"]:
             print(f"note: {note}")
 
@@ -1181,6 +1272,13 @@ def parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="a smoke run: 20 agents and deployments, 2 s heartbeats, 4 s windows",
+    )
+    p.add_argument(
+        "--py-spy",
+        type=pathlib.Path,
+        default=None,
+        metavar="DIR",
+        help="sample the server with py-spy in each measured phase; stacks go to DIR",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object, no table")
     p.add_argument("--tmpdir", default=None, help="where the temp dir goes")
