@@ -339,6 +339,9 @@ def _free_port() -> int:
 
 PROFILED = ("idle", "rollout", "steady", "push")  # the phases --py-spy samples
 PROFILE_TOP = 12  # functions listed per phase
+# Samples a second: py-spy at 50 took a quarter of a core off the 2-core machine with the
+# server's 40 threads; at 10 a 30 s phase still gives some 300 samples of a busy server.
+PROFILE_RATE = 10
 
 
 class Profiler:
@@ -349,7 +352,7 @@ class Profiler:
         self.out = out
         out.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [_py_spy(), "record", "--pid", str(pid), "--rate", "50", "--nonblocking",
+            [_py_spy(), "record", "--pid", str(pid), "--rate", str(PROFILE_RATE), "--nonblocking",
              "--format", "raw", "--output", str(out)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -780,7 +783,8 @@ class SimAgent:
             self.handled.add(command.id)
         finally:
             self.running.discard(command.id)
-        await self.report()
+        if not fleet.stop.is_set():
+            await self.report()
 
 
 class _Status(Exception):
@@ -904,11 +908,15 @@ class Run:
     async def rollout_like(self, names: Sequence[str], message: str, *, kill: bool = False) -> None:
         """Push ``names``; measure webhook -> plan -> every command received -> acked."""
         fleet, phase = self.fleet, self.fleet.phase
-        timeout = self.args.timeout
+        deadline: float = time.monotonic() + self.args.timeout
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
         sha, sent = await self.push(names, message)
-        plan_task = asyncio.create_task(self.plan_stored(sha, timeout))
+        plan_task = asyncio.create_task(self.plan_stored(sha, left()))
         if kill:
-            got_one = await self.wait(lambda: bool(self.latest(names)), timeout, "a command")
+            got_one = await self.wait(lambda: bool(self.latest(names)), left(), "a command")
             if got_one is not None:
                 killed = time.monotonic()
                 self.server.kill()
@@ -918,18 +926,19 @@ class Run:
                 phase.figures["kill_to_ready_s"] = round(time.monotonic() - killed, 2)
                 phase.figures["received_before_kill"] = len(self.latest(names))
         received = await self.wait(
-            lambda: len(self.latest(names)) == len(names), timeout, "every command received"
+            lambda: len(self.latest(names)) == len(names), left(), "every command received"
         )
         acked = await self.wait(
             lambda: (
-                all(i.acked for i in self.latest(names).values())
+                all(i.acknowledged for i in self.latest(names).values())
                 and len(self.latest(names)) == len(names)
             ),
-            timeout,
+            left(),
             "every result acknowledged",
         )
         done = time.time()
         plan_at = None if kill else await plan_task
+        plan_task.cancel()
         items = self.latest(names)
         if plan_at is not None:
             phase.figures["webhook_to_plan_s"] = round(plan_at - sent, 2)
@@ -1016,14 +1025,30 @@ class Run:
             if not args.idle_only and self.d:
                 await self.check_server_view()
         finally:
-            fleet.stop.set()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-            sampler.cancel()
-            await asyncio.gather(sampler, return_exceptions=True)
-            await asyncio.gather(*(a.http.aclose() for a in fleet.agents))
-            await self.admin.aclose()
-            self.server.stop()
+            await self.teardown(sampler)
         return self.result()
+
+    async def teardown(self, sampler: asyncio.Task[None]) -> None:
+        """Stop the agents fast: the server goes first (kill -9: its data dir is thrown
+        away), so held long polls fail at once instead of running out their wait; what
+        fails from here on is counted in no phase."""
+        fleet = self.fleet
+        fleet.end()
+        if fleet.profiler is not None:
+            fleet.profiler.stop()
+            fleet.profiler = None
+        fleet.phase = Phase("teardown")
+        fleet.stop.set()
+        if self.server.proc is not None and self.server.proc.poll() is None:
+            self.server.kill()
+        _done, pending = await asyncio.wait([*self.tasks, sampler], timeout=15)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        await asyncio.gather(
+            *(a.http.aclose() for a in fleet.agents), self.admin.aclose(), return_exceptions=True
+        )
 
     async def check_server_view(self) -> None:
         """The server's own account once the agents have reported their last state: every
@@ -1254,7 +1279,9 @@ def parser() -> argparse.ArgumentParser:
         "--ack-delay", type=float, default=0.5, help="seconds an agent works on a command"
     )
     p.add_argument("--window", type=float, default=30.0, help="seconds of the heartbeat phases")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds a phase may take")
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds a push phase may take in all"
+    )
     p.add_argument("--poll-interval", type=float, default=0.0, help="the server's timer (0: off)")
     p.add_argument("--kill", action="store_true", help="add the kill -9 phase")
     p.add_argument("--idle-only", action="store_true", help="stop after the idle phase")
