@@ -342,6 +342,8 @@ PROFILE_TOP = 12  # functions listed per phase
 # Samples a second: py-spy at 50 took a quarter of a core off the 2-core machine with the
 # server's 40 threads; at 10 a 30 s phase still gives some 300 samples of a busy server.
 PROFILE_RATE = 10
+# Leaf frames that are waits (py-spy samples some waiting threads as active).
+WAITING = ("Condition.wait (", "Event.wait (", "Runner.run (", "select (", "_worker (")
 
 
 class Profiler:
@@ -391,6 +393,8 @@ def summarise_profile(path: pathlib.Path) -> dict[str, Any]:
         if not count.isdigit():
             continue
         frames = stack.split(";")
+        if frames[-1].startswith(WAITING):
+            continue  # a thread or the event loop waiting for work, not doing any
         total += int(count)
         leaf[frames[-1]] += int(count)
         for frame in set(frames):
@@ -826,7 +830,7 @@ class Run:
         self.admin = httpx.AsyncClient(
             base_url=self.server.url,
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            timeout=60,
+            timeout=180,
             verify=self.fleet.tls,
         )
         self.names = [f"app-{i:05d}" for i in range(self.d)]
@@ -954,7 +958,12 @@ class Run:
         phase.figures["lost"] = len(names) - phase.figures["acked"]
         # Insert -> pickup, from the server's own command.created events (same clock).
         inserted: dict[str, float] = {}
-        for event in await self.events():
+        try:
+            events = await self.events()
+        except httpx.HTTPError as exc:
+            self.notes.append(f"{phase.name}: the event log did not answer ({exc!r})")
+            events = []
+        for event in events:
             if event["kind"] == "command.created":
                 when = datetime.fromisoformat(event["time"]).timestamp()
                 inserted[str(event["fields"].get("command"))] = when
@@ -1024,6 +1033,10 @@ class Run:
             fleet.end()
             if not args.idle_only and self.d:
                 await self.check_server_view()
+        except (httpx.HTTPError, SystemExit) as exc:
+            # An overloaded server that stops answering the admin API is a finding: the
+            # phases so far are reported, with the reason the run stopped.
+            self.notes.append(f"{fleet.phase.name}: run stopped: {exc!r}")
         finally:
             await self.teardown(sampler)
         return self.result()
