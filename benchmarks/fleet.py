@@ -843,12 +843,20 @@ class Run:
 
     # ------------------------------------------------------------------ helpers
 
-    async def events(self) -> list[dict[str, Any]]:
-        """Every event since the last call (pages of the server's cap)."""
+    async def events(self, budget: float = 60.0) -> list[dict[str, Any]]:
+        """Every event since the last call (pages of the server's cap), or as many as an
+        overloaded server gives in ``budget`` seconds (noted)."""
         out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + budget
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.notes.append(f"{self.fleet.phase.name}: event log read in part only")
+                return out
             r = await self.admin.get(
-                "/v1/events", params={"after": self.event_cursor, "limit": EVENTS_PAGE}
+                "/v1/events",
+                params={"after": self.event_cursor, "limit": EVENTS_PAGE},
+                timeout=left,
             )
             r.raise_for_status()
             data = r.json()
@@ -896,7 +904,7 @@ class Run:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                r = await self.admin.get("/v1/plan")
+                r = await self.admin.get("/v1/plan", timeout=max(0.1, deadline - time.monotonic()))
                 if r.status_code == 200 and r.headers.get("X-Reconcile-Revision") == sha:
                     return time.time()
             await asyncio.sleep(PLAN_POLL)
