@@ -919,7 +919,7 @@ class Run:
 
     async def rollout_like(self, names: Sequence[str], message: str, *, kill: bool = False) -> None:
         """Push ``names``; measure webhook -> plan -> every command received -> acked."""
-        fleet, phase = self.fleet, self.fleet.phase
+        phase = self.fleet.phase
         deadline: float = time.monotonic() + self.args.timeout
 
         def left() -> float:
@@ -978,7 +978,6 @@ class Run:
         phase.pickup_insert.extend(
             i.at - inserted[i.command.id] for i in items.values() if i.command.id in inserted
         )
-        del fleet
 
     # ------------------------------------------------------------------ the run
 

@@ -6,29 +6,18 @@ nothing failed outside the kill, and the server agrees at the end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from tests.benchmarks.fleet_module import SCRIPT, load_fleet
 from tests.conftest import REPO_ROOT
 
-SCRIPT = REPO_ROOT / "benchmarks" / "fleet.py"
 AGENTS = DEPLOYMENTS = 20
 PHASES = ("bootstrap", "idle", "rollout", "steady", "push", "kill")
-
-
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fleet_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +81,7 @@ def test_every_command_acknowledged_once_and_nothing_failed(report: dict[str, An
 def test_the_table_names_every_goal(
     report: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fleet = _module()
+    fleet = load_fleet()
     fleet.print_report(report["results"], report["environment"])
     out = capsys.readouterr().out
     assert "| figure | measured | goal |" in out
@@ -110,7 +99,7 @@ def test_the_table_names_every_goal(
 
 
 def test_options_are_checked() -> None:
-    fleet = _module()
+    fleet = load_fleet()
     args = fleet.parse(["--quick", "--agents", "7", "--ack-delay", "0"])
     assert (args.agents, args.heartbeat, args.ack_delay) == ([7], 2.0, 0.0)
     assert fleet.parse(["--set", "keep_alive=15"]).settings == {"keep_alive": 15}
