@@ -117,7 +117,9 @@ LOCAL_ONLY: dict[str, Any] = {
 }
 EVENTS_PAGE = 1000  # the server's cap on /v1/events?limit
 PLAN_POLL = 0.2  # seconds between reads of /v1/plan while waiting for a push's plan
-SAMPLE_EVERY = 0.5  # seconds between samples of the server's RSS and the loop's lag
+# Seconds between samples of the server's RSS and the loop's lag: often enough that a
+# phase of half a second (a smoke run's rollout) still gets a few.
+SAMPLE_EVERY = 0.1
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -526,6 +528,9 @@ class Fleet:
         if phase.name == "setup" or phase.ended is not None:
             return
         phase.ended = time.monotonic()
+        rss = proc_rss_mb(self.server.pid) if self.server.proc is not None else None
+        if rss is not None:
+            phase.rss_mb.append(rss)
         phase.server_cpu += self.server.cpu()
         phase.sim_cpu += time.process_time()
         if self.profiler is not None:
@@ -571,7 +576,8 @@ class Fleet:
         return self.stop.is_set()
 
     async def sampler(self) -> None:
-        """The server's RSS and this loop's lag, twice a second, into the current phase."""
+        """The server's RSS and this loop's lag, every ``SAMPLE_EVERY``, into the current
+        phase."""
         while not self.stop.is_set():
             before = time.monotonic()
             await asyncio.sleep(SAMPLE_EVERY)
