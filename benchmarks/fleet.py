@@ -8,7 +8,7 @@ Loopback only.  For each fleet size it starts a real control plane (``python -m
 reconciler serve`` on 127.0.0.1, its own temp data dir, a local bare git repository as the
 source, no timer unless ``--poll-interval``), raises the file-handle limit to the hard
 limit (the server inherits it) and writes a ``server.yaml`` whose ``max_connections``
-fits two connections per agent.  Then, in this one asyncio process, it bootstraps
+fits four connections per agent.  Then, in this one asyncio process, it bootstraps
 ``--agents`` agents (an admin-API token each, then ``POST /v1/agent/bootstrap``) and runs
 each as the real ``reconcile-agent`` does, with the project's own wire models
 (``reconciler.model.agentapi``): its own HTTP connection pool; a heartbeat
@@ -819,8 +819,10 @@ class Run:
         self.d = args.deployments if args.deployments is not None else agents
         self.repo = Repo(base)
         settings: dict[str, Any] = {
-            # Every agent holds a long poll and a heartbeat connection at times.
-            "max_connections": max(2048, 2 * agents + 512),
+            # A slow server makes an agent hold a long poll, a heartbeat and a result at
+            # once (two per agent gave 503s at 1,000 agents); the server lowers it to what
+            # its file handles allow.
+            "max_connections": max(2048, 4 * agents + 512),
         }
         settings.update(args.settings)
         self.settings = settings
