@@ -673,6 +673,10 @@ class Reconciler:
         # view as it writes them, with the plan, in one transaction (Store.save_plan).
         prepared: list[NewCommand] = []
         wanted = {d.id: d for d in rendered}
+        # Commands carry the time they are made, not the run's start: loading, rendering and
+        # planning a large fleet take seconds, which are not the command's age (its deadline,
+        # the agent's pickup latency).
+        now = self.clock()
         for action in result.actions:
             if action.action == "blocked":
                 self.metrics.actions.labels(kind="blocked", result="blocked").inc()
