@@ -1377,7 +1377,9 @@ class Store:
     def replica_id(self) -> str:
         """This process's name in leases and signals: host, pid and a random part (a pid
         is reused after a restart, the random part is not)."""
-        return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
+        return (
+            f"{socket.gethostname()[:64]}:{os.getpid()}:{_pid_namespace()}.{secrets.token_hex(4)}"
+        )
 
     def try_lead(self, name: str, holder: str, *, ttl: float, now: float | None = None) -> bool:
         """Take or keep leadership ``name`` for ``holder``; True while ``holder`` leads.
@@ -1391,12 +1393,17 @@ class Store:
         now = time.time() if now is None else now
         # Not fsynced: after an OS crash every replica on this host restarts anyway.
         with self._tx(fsync=False) as db:
+            row = db.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+            # A holder that died on this host (a restart of the only server, a replica killed)
+            # gives way at once: waiting out its lease would hold every reconcile up for ttl.
+            dead = str(row[0]) if row is not None and _dead_here(str(row[0]), holder) else ""
             cur = db.execute(
                 "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
                 "expires = excluded.expires "
-                "WHERE leases.holder = excluded.holder OR leases.expires < ?",
-                (name, holder, now + ttl, now),
+                "WHERE leases.holder = excluded.holder OR leases.expires < ? "
+                "OR leases.holder = ?",
+                (name, holder, now + ttl, now, dead),
             )
             return cur.rowcount == 1
 
@@ -1602,3 +1609,36 @@ class Store:
         is used by one run, whichever replica runs it)."""
         with self._tx() as db:
             return db.execute("DELETE FROM shared WHERE name = ?", (name,)).rowcount == 1
+
+
+def _pid_namespace() -> int:
+    """The inode of this process's PID namespace (0 where there is none to read): two
+    processes with one hostname but in different containers have different ones."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _dead_here(holder: str, me: str) -> bool:
+    """Whether lease holder ``holder`` (a :attr:`Store.replica_id`) is a process of this
+    host and PID namespace that no longer runs (gone, or a zombie nobody reaped).  Any
+    doubt (another host or namespace, an id of another shape) is "alive": then the lease
+    runs out as usual."""
+    try:
+        host, pid_text, rest = holder.split(":", 2)
+        my_host, _, my_rest = me.split(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if holder == me or host != my_host or rest.split(".")[0] != my_rest.split(".")[0]:
+        return False
+    if rest.split(".")[0] == "0" or pid == os.getpid():
+        return False  # no namespace to compare, or our own pid (a reused one): not sure
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")

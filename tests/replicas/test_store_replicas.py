@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -287,3 +289,30 @@ def test_the_schema_keeps_the_unique_constraints_the_replicas_rely_on(
     assert "hash TEXT PRIMARY KEY" in tables["bootstrap_tokens"]
     assert "name TEXT PRIMARY KEY" in tables["leases"]
     s.close()
+
+
+def test_a_lease_held_by_a_dead_process_of_this_host_gives_way_at_once(
+    sqlite_db: SharedDatabase,
+) -> None:
+    """A restarted server (or a killed replica's neighbour) takes the lease of a process of
+    this host that no longer runs without waiting out its TTL; a live one keeps it."""
+    a, b = sqlite_db.open_store(), sqlite_db.open_store()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = b.replica_id.replace(f":{os.getpid()}:", f":{child.pid}:")
+        assert a.try_lead("reconcile:x", live, ttl=600)
+        assert not b.try_lead("reconcile:x", b.replica_id, ttl=600)  # alive: it holds
+    finally:
+        child.kill()
+        child.wait()  # reaped: its pid is gone from /proc
+    assert b.try_lead("reconcile:x", b.replica_id, ttl=600)
+    assert b.leader("reconcile:x") == b.replica_id
+    # Another host's holder is never judged from here: its lease runs out as usual.
+    a.resign("reconcile:x", b.replica_id)
+    elsewhere = "other-host:" + b.replica_id.split(":", 1)[1].replace(
+        f":{os.getpid()}:", f":{child.pid}:"
+    )
+    assert a.try_lead("reconcile:x", elsewhere, ttl=600)
+    assert not b.try_lead("reconcile:x", b.replica_id, ttl=600)
+    a.close()
+    b.close()
