@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,35 +19,14 @@ from typing import Any
 import pytest
 
 from reconciler.cli.fastpath import RECORD_NAME
-from tests.agent.docker_helpers import docker_client, unique_namespace
-from tests.conftest import free_port
+from tests.cli.noop_host import DEPLOYMENT as BASE_DEPLOYMENT
+from tests.cli.noop_host import ProbeHost
 
 pytestmark = pytest.mark.docker
 
 APPS = ("app-a", "app-b")
-COMPOSE = """\
-services:
-  app:
-    image: busybox:1.36
-    container_name: ${DEPLOYMENT_ID}-app
-    init: true
-    command: [sh, -c, 'mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 80 -h /www']
-    networks: [NETWORK]
-networks:
-  NETWORK: {external: true}
-"""
-DEPLOYMENT = (
-    "# note a\nname: NAME\ncompose: ./compose.yaml\n"
-    "routes:\n  - upstream: '{deployment_id}-app:80'\n"
-)
+DEPLOYMENT = "# note a\n" + BASE_DEPLOYMENT
 HEAVY = ("typer", "pydantic", "yaml", "rich")
-PROBE = """\
-import atexit, pathlib, sys
-out = pathlib.Path(sys.argv.pop(1))
-atexit.register(lambda: out.write_text("\\n".join(sorted(sys.modules))))
-from reconciler.cli import main
-main()
-"""
 
 
 @dataclass
@@ -68,47 +45,20 @@ class Run:
         return doc
 
 
-class Host:
+class Host(ProbeHost):
     def __init__(self, base: pathlib.Path) -> None:
-        self.docker = docker_client()
-        self.namespace = unique_namespace("fast")
-        self.proxy = f"reconciler-proxy-{self.namespace}"
-        self.port = free_port()
-        self.repo = base / "repo"
-        self.state = base / "state"
-        (self.repo / "deployments").mkdir(parents=True)
-        (self.repo / "reconcile.yaml").write_text(
-            f"namespace: {self.namespace}\n"
-            f"proxy: {{tls: off, http_port: {self.port}, network: {self.namespace}}}\n"
+        super().__init__(
+            base,
+            prefix="fast",
+            apps=APPS,
+            deployment=DEPLOYMENT,
+            drop_env=("RECONCILE_NO_FAST_PATH",),
         )
-        for name in APPS:
-            app = self.repo / "deployments" / name
-            app.mkdir()
-            (app / "compose.yaml").write_text(COMPOSE.replace("NETWORK", self.namespace))
-            (app / "deployment.yaml").write_text(DEPLOYMENT.replace("NAME", name))
-        self.env = {
-            **os.environ,
-            "RECONCILE_STATE_DIR": str(self.state),
-            "RECONCILE_PROXY_CONTAINER": self.proxy,
-            "NO_COLOR": "1",
-            "COLUMNS": "200",
-        }
-        self.env.pop("RECONCILE_NO_FAST_PATH", None)
 
     def apply(self, *extra: str, fmt: str = "json", env: dict[str, str] | None = None) -> Run:
-        loaded = self.repo.parent / "modules.txt"
-        loaded.unlink(missing_ok=True)
         argv = ["apply", str(self.repo), "--yes", "-f", fmt, "--settle", "0.5", *extra]
-        proc = subprocess.run(
-            [sys.executable, "-c", PROBE, str(loaded), *argv],
-            capture_output=True,
-            text=True,
-            env={**self.env, **(env or {})},
-            timeout=600,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        return Run(proc.returncode, proc.stdout, proc.stderr, set(loaded.read_text().split()))
+        proc, modules = self.probe(argv, env)
+        return Run(proc.returncode, proc.stdout, proc.stderr, modules)
 
     def converge(self, *extra: str, fmt: str = "json") -> Run:
         """Runs until one takes the fast path (a repair, then the no-op that records)."""
@@ -131,16 +81,6 @@ class Host:
         )
         assert len(found) == 1
         return found[0]
-
-    def cleanup(self) -> None:
-        for c in self.docker.containers.list(
-            all=True, filters={"label": f"io.reconciler.namespace={self.namespace}"}
-        ):
-            c.remove(force=True, v=True)
-        for c in self.docker.containers.list(all=True, filters={"name": f"^/{self.proxy}$"}):
-            c.remove(force=True)
-        for n in self.docker.networks.list(names=[self.namespace]):
-            n.remove()
 
 
 @pytest.fixture(scope="module")

@@ -13,36 +13,17 @@ port and a network of its own (the apps join only that one); everything is remov
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.agent.docker_helpers import docker_client, unique_namespace
-from tests.conftest import free_port
+from tests.cli.noop_host import ProbeHost
 
 pytestmark = pytest.mark.docker
 
 APPS = ("app-a", "app-b", "app-c")
-COMPOSE = """\
-services:
-  app:
-    image: busybox:1.36
-    container_name: ${DEPLOYMENT_ID}-app
-    init: true
-    command: [sh, -c, 'mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 80 -h /www']
-    networks: [NETWORK]
-networks:
-  NETWORK: {external: true}
-"""
-DEPLOYMENT = (
-    "name: NAME\ncompose: ./compose.yaml\nroutes:\n  - upstream: '{deployment_id}-app:80'\n"
-)
-
 # Never on the no-op path: the control plane, the MCP server, the other commands, the
 # Docker SDK and python-on-whales (the no-op reads the Engine API over the socket and
 # spawns no compose), the JSON Schema validator (the models validate; the schema only
@@ -82,83 +63,24 @@ NEVER_JSON = ("rich",)
 # The path itself: if these are missing, the run did not take it and the test proves nothing.
 ALWAYS = ("reconciler.cli.apply", "reconciler.load.desired", "agent.observe", "agent.executor")
 
-# The console script's `main`, with every module loaded written to argv[1] at exit
-# (``-X importtime`` misses modules loaded by ``importlib.import_module``).
-PROBE = """\
-import atexit, pathlib, sys
-out = pathlib.Path(sys.argv.pop(1))
-atexit.register(lambda: out.write_text("\\n".join(sorted(sys.modules))))
-from reconciler.cli import main
-main()
-"""
 
-
-class Host:
+class Host(ProbeHost):
     def __init__(self, base: pathlib.Path) -> None:
-        self.docker = docker_client()
-        self.namespace = unique_namespace("noop")
-        self.proxy = f"reconciler-proxy-{self.namespace}"
-        self.port = free_port()
-        self.repo = base / "repo"
-        self.state = base / "state"
-        (self.repo / "deployments").mkdir(parents=True)
-        (self.repo / "reconcile.yaml").write_text(
-            f"namespace: {self.namespace}\n"
-            f"proxy: {{tls: off, http_port: {self.port}, network: {self.namespace}}}\n"
+        # the normal path's imports are checked here (the fast path: test_fastpath_docker)
+        super().__init__(
+            base,
+            prefix="noop",
+            apps=APPS,
+            env={"RECONCILE_NO_FAST_PATH": "1"},
+            drop_env=("PYTHONDONTWRITEBYTECODE",),
         )
-        for name in APPS:
-            app = self.repo / "deployments" / name
-            app.mkdir()
-            (app / "compose.yaml").write_text(COMPOSE.replace("NETWORK", self.namespace))
-            (app / "deployment.yaml").write_text(DEPLOYMENT.replace("NAME", name))
-        self.env = {
-            **os.environ,
-            "RECONCILE_STATE_DIR": str(self.state),
-            "RECONCILE_PROXY_CONTAINER": self.proxy,
-            "NO_COLOR": "1",
-            "COLUMNS": "200",
-            # the normal path's imports are checked here (the fast path: test_fastpath_docker)
-            "RECONCILE_NO_FAST_PATH": "1",
-        }
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
 
     def apply(self, fmt: str = "json") -> tuple[dict[str, Any], set[str]]:
         """One ``reconcile apply --yes`` in a fresh interpreter: its JSON (the text output
         for ``text``) and the modules it loaded."""
-        loaded = self.repo.parent / "modules.txt"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                PROBE,
-                str(loaded),
-                "apply",
-                str(self.repo),
-                "--yes",
-                "-f",
-                fmt,
-                "--settle",
-                "0.5",
-            ],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=600,
-            check=False,
-        )
+        proc, modules = self.probe(["apply", str(self.repo), "--yes", "-f", fmt, "--settle", "0.5"])
         assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-3000:]}"
-        modules = set(loaded.read_text().split())
         return (json.loads(proc.stdout) if fmt == "json" else {"text": proc.stdout}), modules
-
-    def cleanup(self) -> None:
-        for c in self.docker.containers.list(
-            all=True, filters={"label": f"io.reconciler.namespace={self.namespace}"}
-        ):
-            c.remove(force=True, v=True)
-        for c in self.docker.containers.list(all=True, filters={"name": f"^/{self.proxy}$"}):
-            c.remove(force=True)
-        for n in self.docker.networks.list(names=[self.namespace]):
-            n.remove()
 
 
 @pytest.fixture(scope="module")
