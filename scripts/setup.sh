@@ -75,6 +75,15 @@ die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
 # show_log FILE: the end of a log, for a failure message
 show_log() { [ -f "$1" ] && { echo "--- last lines of $1" >&2; tail -n 25 "$1" >&2; }; return 0; }
 is_static_elf() { file -L -b "$1" 2>/dev/null | grep -Eq '^ELF .*(statically linked|static-pie linked)'; }
+# apt_install LOG PKG...: apt-get update + install, output in LOG; dies with its last lines
+apt_install() {
+  local log=$1
+  shift
+  {
+    apt-get update -q &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+  } </dev/null >"$log" 2>&1 9>&- || { show_log "$log"; die "apt-get install $* failed"; }
+}
 
 TMP_DIRS=()
 SMOKE_CONTAINERS=()
@@ -161,10 +170,7 @@ if [ "$(dpkg-query -W -f='${db:Status-Status}' postgresql 2>/dev/null)" = instal
 else
   log=$SETUP_DIR/apt-postgresql.log
   say "apt: installing postgresql"
-  {
-    apt-get update -q &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql
-  } </dev/null >"$log" 2>&1 9>&- || { show_log "$log"; die "apt-get install postgresql failed"; }
+  apt_install "$log" postgresql
   done_ "apt: apt-get update + install postgresql (log $log)"
 fi
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -224,10 +230,7 @@ if [ ${#missing[@]} -eq 0 ]; then
 else
   log=$SETUP_DIR/apt.log
   say "apt: installing ${missing[*]}"
-  {
-    apt-get update -q &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-  } </dev/null >"$log" 2>&1 9>&- || { show_log "$log"; die "apt-get install ${missing[*]} failed"; }
+  apt_install "$log" "${missing[@]}"
   done_ "apt: apt-get update + install ${missing[*]} (log $log)"
 fi
 # promtool (Debian's prometheus package) checks the real /metrics output in the tests
@@ -237,10 +240,7 @@ if command -v promtool >/dev/null 2>&1; then
 else
   log=$SETUP_DIR/apt-prometheus.log
   say "apt: installing prometheus (for promtool)"
-  {
-    apt-get update -q &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
-  } </dev/null >"$log" 2>&1 9>&- || { show_log "$log"; die "apt-get install prometheus failed"; }
+  apt_install "$log" prometheus
   command -v promtool >/dev/null 2>&1 || die "prometheus installed, but no promtool on PATH"
   done_ "apt: apt-get update + install prometheus, for promtool (log $log)"
 fi
@@ -256,10 +256,7 @@ if [ "$(dpkg-query -W -f='${db:Status-Status}' chromium 2>/dev/null)" = installe
 else
   log=$SETUP_DIR/apt-chromium.log
   say "apt: installing chromium"
-  {
-    apt-get update -q &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
-  } </dev/null >"$log" 2>&1 9>&- || { show_log "$log"; die "apt-get install chromium failed"; }
+  apt_install "$log" chromium
   done_ "apt: apt-get update + install chromium (log $log)"
 fi
 
