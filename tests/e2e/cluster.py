@@ -34,6 +34,23 @@ ADMIN_TOKEN = "adm-" + "0" * 8 + "e2e"
 WEBHOOK_SECRET = "It's a Secret to Everybody"
 GITLAB_TOKEN = "gl-e2e-token"
 
+# A busybox httpd app serving the deployment's ``public/`` (bundled), on the proxy network:
+# the app the agent/server end-to-end tests deploy (tests/e2e, tests/replicas).
+HTTPD_COMPOSE = """\
+    services:
+      app:
+        image: busybox:1.36
+        container_name: ${DEPLOYMENT_ID}-app
+        init: true
+        restart: unless-stopped
+        command: [httpd, -f, -p, "80", -h, /seed]
+        volumes: ["./public:/seed:ro"]
+        healthcheck: {test: [CMD, "true"], interval: 2s}
+        networks: [default, impreza-proxy]
+    networks:
+      impreza-proxy: {external: true}
+"""
+
 
 def git(cwd: pathlib.Path, *args: str) -> str:
     env = {

@@ -29,6 +29,7 @@ import pytest
 
 from tests.agent.docker_helpers import docker_client, unique_namespace
 from tests.conftest import REPO_ROOT, free_port
+from tests.e2e.cluster import HTTPD_COMPOSE
 
 pytestmark = pytest.mark.docker
 
@@ -49,20 +50,6 @@ BLOG_DEPLOYMENT = """\
     routes:
       - upstream: "{deployment_id}-app:80"
         match_var: domain
-"""
-BLOG_COMPOSE = """\
-    services:
-      app:
-        image: busybox:1.36
-        container_name: ${DEPLOYMENT_ID}-app
-        init: true
-        restart: unless-stopped
-        command: [httpd, -f, -p, "80", -h, /seed]
-        volumes: ["./public:/seed:ro"]
-        healthcheck: {test: [CMD, "true"], interval: 2s}
-        networks: [default, impreza-proxy]
-    networks:
-      impreza-proxy: {external: true}
 """
 
 
@@ -262,7 +249,7 @@ def test_push_deploys_through_the_agent_and_a_killed_agent_converges(fleet: Flee
             proxy: {{http_port: {fleet.proxy_port}, tls: off}}
         """,
         "deployments/blog/deployment.yaml": BLOG_DEPLOYMENT,
-        "deployments/blog/compose.yaml": BLOG_COMPOSE,
+        "deployments/blog/compose.yaml": HTTPD_COMPOSE,
         "deployments/blog/public/index.html": "<h1>version one</h1>\n",
     }
     fleet.remote.commit(files, "blog on host1")

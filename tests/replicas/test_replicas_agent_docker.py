@@ -21,7 +21,7 @@ import pytest
 
 from tests.agent.docker_helpers import docker_client
 from tests.conftest import free_port
-from tests.e2e.cluster import Cluster, _env, running_cluster, wait_for
+from tests.e2e.cluster import HTTPD_COMPOSE, Cluster, _env, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -33,20 +33,6 @@ DEPLOYMENT = """\
     routes:
       - upstream: "{{deployment_id}}-app:80"
         match_var: domain
-"""
-COMPOSE = """\
-    services:
-      app:
-        image: busybox:1.36
-        container_name: ${DEPLOYMENT_ID}-app
-        init: true
-        restart: unless-stopped
-        command: [httpd, -f, -p, "80", -h, /seed]
-        volumes: ["./public:/seed:ro"]
-        healthcheck: {test: [CMD, "true"], interval: 2s}
-        networks: [default, impreza-proxy]
-    networks:
-      impreza-proxy: {external: true}
 """
 
 
@@ -118,7 +104,7 @@ def commit(cluster: Cluster, text: str) -> str:
         "deployments/page/deployment.yaml",
         textwrap.dedent(DEPLOYMENT.format(domain=cluster.domain)),
     )
-    cluster.write("deployments/page/compose.yaml", textwrap.dedent(COMPOSE))
+    cluster.write("deployments/page/compose.yaml", textwrap.dedent(HTTPD_COMPOSE))
     cluster.write("deployments/page/public/index.html", f"<p>{text}</p>\n")
     return cluster.commit_and_push(text)
 
