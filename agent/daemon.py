@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from agent.cadence import Cadence
 from agent.client import (
     AgentClient,
     AgentClientError,
@@ -710,12 +711,16 @@ class Agent:
 
     def _heartbeat_loop(self) -> None:
         failures = Backoff(base=1.0, cap=30.0, rng=self.backoff._rng)
+        # On this agent's own grid, not an interval after each answer: see agent.cadence.
+        cadence = Cadence(self.heartbeat_seconds, time.monotonic(), self.backoff._rng)
         while not self.stopping:
             self.housekeeping()
             ok = self.send_report()
+            now = time.monotonic()
             if ok:
                 failures.reset()
-                delay = self.heartbeat_seconds
+                cadence.set_interval(self.heartbeat_seconds, now)
+                delay = cadence.delay(now)
             else:
                 delay = min(self.heartbeat_seconds, max(failures.next(), 0.5))
             self._heartbeat_wake.wait(delay)

@@ -12,8 +12,9 @@ fits four connections per agent.  Then, in this one asyncio process, it bootstra
 ``--agents`` agents (an admin-API token each, then ``POST /v1/agent/bootstrap``) and runs
 each as the real ``reconcile-agent`` does, with the project's own wire models
 (``reconciler.model.agentapi``): its own HTTP connection pool; a heartbeat
-(``AgentReport``) every ``--heartbeat`` seconds, the first at a random offset, the next
-one interval after the last answer, failures retried with backoff; a long poll
+(``AgentReport``) every ``--heartbeat`` seconds on the agent's own grid
+(``agent.cadence``: a random phase, kept however late the answers), failures retried with
+backoff; a long poll
 (``GET /v1/agent/commands?wait=S``) that is never repeated within a second; each new
 command acknowledged after ``--ack-delay`` seconds: the host's state changed as the
 executor would (a ``DeployedApp`` with healthy containers and the spec's record), the
@@ -82,6 +83,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import yaml  # noqa: E402
 
+from agent.cadence import Cadence  # noqa: E402
 from reconciler.model.agentapi import (  # noqa: E402
     AgentReport,
     BootstrapRequest,
@@ -710,12 +712,14 @@ class SimAgent:
     async def heartbeat_loop(self) -> None:
         fleet = self.fleet
         attempt = 0
-        if await fleet.sleep(random.uniform(0, fleet.heartbeat)):
+        # The real agent's grid (agent.cadence): a random phase, kept however slow the answers.
+        cadence = Cadence(fleet.heartbeat, time.monotonic())
+        if await fleet.sleep(cadence.delay(time.monotonic())):
             return
         while not fleet.stop.is_set():
             if await self.report():
                 attempt = 0
-                delay = fleet.heartbeat
+                delay = cadence.delay(time.monotonic())
             else:
                 delay = min(fleet.heartbeat, max(_backoff(attempt), 0.5))
                 attempt += 1

@@ -184,6 +184,7 @@ def serve_command(
     from reconciler.model.logformat import formatter
     from reconciler.server.app import build_control_plane
     from reconciler.server.database import redact_url
+    from reconciler.server.runtime import tune_gc
     from reconciler.server.transport import TransportLimits, uvicorn_options
 
     logging.basicConfig(level=log_level.upper())
@@ -251,6 +252,7 @@ def serve_command(
                 )
             ),
         )
+        tune_gc(settings.gc_young_threshold)  # the app is built: freeze it (server.runtime)
         Server(server_config).run()
     finally:
         plane.stop()

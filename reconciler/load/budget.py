@@ -112,6 +112,13 @@ class Budget:
                 repo_wide=True,
             )
 
+    def fits(self, nodes: int, nbytes: int) -> bool:
+        """Whether ``nodes`` and ``nbytes`` more fit, without raising (nothing is charged)."""
+        return (
+            self.bytes + nbytes <= self.limits.expanded_bytes
+            and self.nodes + nodes <= self.limits.nodes
+        )
+
     def charge(self, nodes: int, nbytes: int) -> None:
         """Count ``nodes`` and ``nbytes`` as spent, after :meth:`room` said they fit."""
         self.room(nodes, nbytes)

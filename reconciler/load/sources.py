@@ -661,7 +661,12 @@ def _worktree(
     _prune_worktrees(base)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=base))
     try:
-        _extract(cached.repo, sha, tmp)
+        previous = None if allow_submodules else _newest_worktree(base)
+        if previous is None or not _derive(cached.repo, previous, sha, tmp):
+            if any(tmp.iterdir()):  # a derivation given up half way
+                shutil.rmtree(tmp)
+                tmp.mkdir(mode=0o700)
+            _extract(cached.repo, sha, tmp)
         if allow_submodules:
             held = {cached.url: cached}
             _submodules(cache, cached, sha, tmp, tmp, held=held, depth=1)
@@ -722,6 +727,114 @@ def _extract(repo: Repo, sha: str, dest: pathlib.Path) -> None:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.proc.kill()
             proc.proc.wait()
+
+
+# A push to a large repository changes a few files: the new worktree is the last one plus
+# that diff (its unchanged files hard-linked) instead of a whole ``git archive`` written
+# out again (1,000 deployment files: 0.25-0.6 s of a 1.4 s reconcile on the test machine).
+# Anything the plain diff might not reproduce byte for byte takes the full extraction: a
+# ``.gitattributes`` (eol and filter attributes change what ``git archive`` writes), a
+# symlink or submodule among the changes, a path that is not a plain relative one, or a
+# diff touching more than half the files.
+_PLAIN_MODES = {"100644": 0o644, "100755": 0o755}
+_NO_FILE = "000000"
+
+
+def _newest_worktree(base: pathlib.Path) -> tuple[str, pathlib.Path] | None:
+    """The most recently used finished worktree without submodules: ``(sha, path)``."""
+    best: tuple[float, str, pathlib.Path] | None = None
+    for entry in base.iterdir():
+        if not _FULL_SHA.match(entry.name):
+            continue
+        with contextlib.suppress(OSError):
+            mtime = entry.lstat().st_mtime
+            if stat.S_ISDIR(entry.lstat().st_mode) and (best is None or mtime > best[0]):
+                best = (mtime, entry.name, entry)
+    return None if best is None else (best[1], best[2])
+
+
+def _derive(repo: Repo, previous: tuple[str, pathlib.Path], sha: str, dest: pathlib.Path) -> bool:
+    """Build ``dest`` as the worktree of ``sha`` from ``previous`` and the diff between
+    them; False (``dest`` left empty) when the diff could not be applied exactly."""
+    from git.exc import GitCommandError
+
+    old_sha, old_dir = previous
+    try:
+        raw = repo.git.diff_tree("-r", "-z", "--no-renames", "--raw", old_sha, sha)
+        names = repo.git.ls_tree("-r", "-z", "--name-only", sha)
+    except GitCommandError:  # the old commit is gone from the cache, say
+        return False
+    if any(posixpath.basename(name) == ".gitattributes" for name in names.split("\0")):
+        return False
+    fields = raw.split("\0")
+    changes: list[tuple[str, str, str]] = []  # (path, new mode, new blob)
+    for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+        parts = meta.lstrip(":").split()
+        if len(parts) != 5:
+            return False
+        old_mode, new_mode, _, blob, _ = parts
+        if {old_mode, new_mode} - {*_PLAIN_MODES, _NO_FILE} or not _plain_path(path):
+            return False
+        changes.append((path, new_mode, blob))
+    if 2 * len(changes) > max(1, names.count("\0") + 1):
+        return False
+    try:
+        shutil.copytree(old_dir, dest, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
+        for path, mode, _ in changes:  # removals first: a file may become a directory
+            if mode == _NO_FILE:
+                _remove_file(dest, path)
+        for path, mode, blob in changes:
+            if mode == _NO_FILE:
+                continue
+            target = dest / path
+            _make_parents(dest, target.parent)
+            if os.path.islink(target) or target.is_dir():
+                raise _NotDerivable(path)
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()  # never write through a hard link into the older worktree
+            data = repo.odb.stream(bytes.fromhex(blob)).read()
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.chmod(target, _PLAIN_MODES[mode])
+    except (_NotDerivable, OSError, shutil.Error):
+        return False
+    return True
+
+
+def _plain_path(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+
+
+def _remove_file(root: pathlib.Path, path: str) -> None:
+    target = root / path
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    parent = target.parent
+    while parent != root:  # git archive writes no empty directory
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        parent = parent.parent
+
+
+def _make_parents(root: pathlib.Path, directory: pathlib.Path) -> None:
+    """Create ``directory`` under ``root`` as plain directories (0755, as the archive's
+    are).  A symlink or a file on the way means the old tree was not what the diff says."""
+    here = root
+    for part in directory.relative_to(root).parts:
+        here = here / part
+        if os.path.islink(here) or (os.path.lexists(here) and not here.is_dir()):
+            raise _NotDerivable(here.relative_to(root).as_posix())
+        if not here.is_dir():
+            here.mkdir()
+            os.chmod(here, 0o755)  # noqa: S103 -- as the archive's directories
+
+
+class _NotDerivable(Exception):
+    """The previous worktree plus the diff would not be the commit's tree: extract it."""
 
 
 def _check_symlinks(root: pathlib.Path) -> None:

@@ -219,6 +219,10 @@ def domain_conflicts(
     """
     releasing = {(a.agent, a.id) for a in actions if a.action == "uninstall"}
     blocked = {(a.agent, a.id) for a in actions if a.action == "blocked"}
+    by_agent: dict[str, list[RenderedDeployment]] = {}  # one pass, not one per agent
+    for d in desired:
+        if (d.agent, d.id) not in blocked:
+            by_agent.setdefault(d.agent, []).append(d)
     out: dict[str, str] = {}
     for agent_name in sorted(actual.agents):
         agent = actual.agents[agent_name]
@@ -233,7 +237,7 @@ def domain_conflicts(
             for domain in held_domains(app):
                 holders.setdefault(domain, set()).add(app.id)
         granted: dict[str, RenderedDeployment] = {}
-        here = [d for d in desired if d.agent == agent_name and (d.agent, d.id) not in blocked]
+        here = by_agent.get(agent_name, [])
         for want in sorted(here, key=lambda d: (d.file, d.name, d.id)):
             reason = None
             for domain in sorted(wanted_domains(want)):
@@ -273,11 +277,14 @@ def network_shortage(
     """
     out: dict[str, str] = {}
     by_id = {(d.agent, d.id): d for d in desired}
+    by_agent: dict[str, list[Action]] = {}  # one pass, not one per agent
+    for action in actions:
+        by_agent.setdefault(action.agent, []).append(action)
     for agent_name in sorted(actual.agents):
         agent = actual.agents[agent_name]
         if agent.free_networks is None or not agent.online:
             continue
-        here = [a for a in actions if a.agent == agent_name]
+        here = by_agent.get(agent_name, [])
         room = agent.free_networks + sum(1 for a in here if a.action == "uninstall")
         installs = sorted(
             (a for a in here if a.action == "install"), key=lambda a: (a.deployment, a.id)

@@ -114,6 +114,9 @@ class ServerConfig(BaseModel):
     # replicas"): how long a dead leader's lease holds up the others (SQLite; on
     # PostgreSQL leadership ends with the leader's connection).
     lease_ttl: Annotated[float, Field(ge=1)] = 15.0
+    # The process's garbage collector (see reconciler.server.runtime): the young
+    # generation's threshold once start-up is frozen; 0 keeps CPython's defaults.
+    gc_young_threshold: Annotated[int, Field(ge=0)] = 20_000
 
     @field_validator("database")
     @classmethod
