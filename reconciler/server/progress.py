@@ -40,7 +40,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,7 +71,7 @@ FEED_POLL_NOTIFIED = 1.0
 class ProgressFeed(Protocol):
     """The events every replica sees, in one id order (the store)."""
 
-    def append_progress(self, kind: str, body: Mapping[str, Any]) -> int: ...
+    def append_progress(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[int]: ...
 
     def progress_between(
         self, after: int, before: int | None = None
@@ -174,30 +174,41 @@ class ProgressHub:
 
     def publish(self, fields: dict[str, Any]) -> Event:
         """Record one event (``fields["type"]`` names it) and hand it to every matching
-        client.  Thread-safe; never waits for a client.  With a shared feed the event is
-        stored first (a short write), and an event the store refused is logged and
-        dropped: progress is live only, and must never fail what it reports on."""
-        body = {k: v for k, v in fields.items() if k != "type"}
-        body.setdefault("time", time.time())
-        kind = str(fields.get("type", "event"))
+        client.  Thread-safe; never waits for a client (:meth:`publish_many`)."""
+        return self.publish_many([fields])[0]
+
+    def publish_many(self, batch: Sequence[dict[str, Any]]) -> list[Event]:
+        """:meth:`publish` for several events at once, in order.  With a shared feed they
+        are stored first, in one short write; events the store refused are logged and
+        dropped (their id is 0): progress is live only, and must never fail what it
+        reports on."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        for fields in batch:
+            body = {k: v for k, v in fields.items() if k != "type"}
+            body.setdefault("time", time.time())
+            events.append((str(fields.get("type", "event")), body))
         feed = self._feed
         if feed is None:
             with self._lock:
-                event = Event(id=next(self._ids), type=kind, fields=body)
-            self._fan_out(event)
-            return event
+                out = [Event(id=next(self._ids), type=k, fields=b) for k, b in events]
+            for event in out:
+                self._fan_out(event)
+            return out
         try:
-            event = Event(id=feed.append_progress(kind, body), type=kind, fields=body)
+            ids = feed.append_progress(events)
         except Exception:
-            log.warning("progress event %s not stored: dropped", kind, exc_info=True)
-            return Event(id=0, type=kind, fields=body)
+            log.warning("%d progress event(s) not stored: dropped", len(events), exc_info=True)
+            return [Event(id=0, type=k, fields=b) for k, b in events]
+        out = [Event(id=i, type=k, fields=b) for i, (k, b) in zip(ids, events, strict=True)]
         with self._order:
-            if event.id > self._last:
+            for event in out:
+                if event.id <= self._last:  # the follower read it from the store first
+                    continue
                 if event.id > self._last + 1:  # others committed before it: theirs first
                     self._deliver_stored(feed, before=event.id)
                 self._fan_out(event)
                 self._last = event.id
-        return event
+        return out
 
     def catch_up(self) -> None:
         """Deliver the events of the shared feed not delivered here yet, in id order."""

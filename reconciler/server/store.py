@@ -116,6 +116,7 @@ SIGNAL_POLL = 0.1
 #: Live progress events kept in the store for the other replicas (twice the events each
 #: replica's hub keeps in memory for replay); older ones are pruned as new ones come.
 PROGRESS_RETENTION = 2000
+PROGRESS_BATCH = 100  # rows per INSERT (and the pruning period, in ids)
 #: The signal (PostgreSQL: NOTIFY) that tells the other replicas a progress event is in.
 PROGRESS = "progress"
 TOKEN_TTL = 600.0  # bootstrap tokens: 10 minutes
@@ -1509,8 +1510,10 @@ class Store:
 
         return stop_watching
 
-    def append_progress(self, kind: str, body: Mapping[str, Any]) -> int:
-        """Store one live progress event for every replica's stream; returns its id.
+    def append_progress(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[int]:
+        """Store live progress events ``(kind, body)`` for every replica's stream, in one
+        transaction (a reconcile announces its whole batch of commands at once); returns
+        their ids, in the same order.
 
         Ids follow commit order (SQLite has one writer; on PostgreSQL these inserts take a
         turn of their own, not the store-wide one), so a replica that reads past the last
@@ -1518,17 +1521,30 @@ class Store:
         only, and what it reports is durable elsewhere.  On PostgreSQL the insert also
         notifies the other replicas (at commit) under :data:`PROGRESS`.
         """
-        text = json.dumps(body, separators=(",", ":"), default=str)
+        rows = [
+            (kind[:100], json.dumps(body, separators=(",", ":"), default=str))
+            for kind, body in events
+        ]
+        ids: list[int] = []
         with self._tx(fsync=False, serial=False, turn=PROGRESS) as db:
-            row = db.execute(
-                "INSERT INTO progress (kind, body) VALUES (?, ?) RETURNING id", (kind[:100], text)
-            ).fetchone()
-            new = int(row[0])
+            for start in range(0, len(rows), PROGRESS_BATCH):
+                chunk = rows[start : start + PROGRESS_BATCH]
+                cur = db.execute(
+                    "INSERT INTO progress (kind, body) VALUES "  # noqa: S608 (placeholders only)
+                    + ", ".join("(?, ?)" for _ in chunk)
+                    + " RETURNING id",
+                    [value for row in chunk for value in row],
+                )
+                # A multi-row VALUES numbers its rows in order; RETURNING's order is not
+                # promised, so the ids are sorted back into it.
+                ids.extend(sorted(int(r[0]) for r in cur.fetchall()))
+            if not ids:
+                return ids
             if isinstance(self.db, PostgresDatabase):
                 self.db.signal(PROGRESS, "")
-            if new % 100 == 0:
-                db.execute("DELETE FROM progress WHERE id <= ?", (new - PROGRESS_RETENTION,))
-        return new
+            if ids[-1] // PROGRESS_BATCH != (ids[0] - 1) // PROGRESS_BATCH:  # now and then
+                db.execute("DELETE FROM progress WHERE id <= ?", (ids[-1] - PROGRESS_RETENTION,))
+        return ids
 
     def progress_between(
         self, after: int, before: int | None = None, *, limit: int = PROGRESS_RETENTION

@@ -226,14 +226,20 @@ def test_publishers_racing_on_two_replicas_reach_every_subscriber_once_in_order(
     hubs = [ProgressHub(feed=s, poll=0.05) for s in stores]
     for hub in hubs:
         hub.start()
-    per_thread = 40
+    per_thread = 40  # events of each of the three threads per replica
 
     async def watch() -> list[list[Event]]:
         subs = [hub.subscribe() for hub in hubs]
 
         def publish(hub: ProgressHub, name: str) -> None:
-            for n in range(per_thread):
-                hub.publish({"type": "step", "command": f"cmd_{name}", "step": str(n)})
+            command = f"cmd_{name}"
+            mine = [{"type": "step", "command": command, "step": str(n)} for n in range(per_thread)]
+            if name.endswith("2"):  # a reconcile's batch of command.sent: several at once
+                for start in range(0, per_thread, 8):
+                    hub.publish_many(mine[start : start + 8])
+                return
+            for fields in mine:
+                hub.publish(fields)
 
         threads = [
             threading.Thread(target=publish, args=(hub, f"{i}{j}"))
@@ -274,10 +280,14 @@ def test_publishers_racing_on_two_replicas_reach_every_subscriber_once_in_order(
 def test_the_store_keeps_only_the_newest_progress_events(sqlite_db: SharedDatabase) -> None:
     store = sqlite_db.open_store()
     try:
-        ids = [store.append_progress("step", {"n": n}) for n in range(PROGRESS_RETENTION + 150)]
+        one_by_one = range(2 * PROGRESS_RETENTION)
+        ids = [store.append_progress([("step", {"n": n})])[0] for n in one_by_one]
+        batch = range(len(ids), len(ids) + 150)
+        ids += store.append_progress([("step", {"n": n}) for n in batch])
         kept = store.progress_between(0, limit=10 * PROGRESS_RETENTION)
-        assert kept[-1] == (ids[-1], "step", {"n": PROGRESS_RETENTION + 149})
-        assert PROGRESS_RETENTION <= len(kept) < PROGRESS_RETENTION + 100
+        assert ids == list(range(1, len(ids) + 1))  # in order, one batch of 150 included
+        assert kept[-1] == (ids[-1], "step", {"n": len(ids) - 1})
+        assert PROGRESS_RETENTION <= len(kept) < PROGRESS_RETENTION + 200
         assert [row[0] for row in store.progress_between(ids[-5], ids[-2])] == ids[-4:-2]
     finally:
         store.close()
