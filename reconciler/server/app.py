@@ -430,7 +430,9 @@ def create_app(
         name = row.payload.get("action", {}).get("deployment", row.deployment)
         for step in body.steps:
             log.debug("command %s: %s %s %r", command_id, name, step.step, step.detail)
-            progress.publish(
+        # One call for the post: with replicas, one write to the store for all its steps.
+        progress.publish_many(
+            [
                 {
                     "type": "step",
                     "command": command_id,
@@ -441,7 +443,9 @@ def create_app(
                     "detail": clip(step.detail, MAX_TEXT),
                     "time": step.time.timestamp() if step.time else reconciler.clock(),
                 }
-            )
+                for step in body.steps
+            ]
+        )
         return ProgressAck(accepted=len(body.steps))
 
     @app.post("/v1/agent/report")

@@ -175,13 +175,27 @@ class ProgressHub:
     def publish(self, fields: dict[str, Any]) -> Event:
         """Record one event (``fields["type"]`` names it) and hand it to every matching
         client.  Thread-safe; never waits for a client (:meth:`publish_many`)."""
-        return self.publish_many([fields])[0]
+        if self._feed is not None:
+            return self.publish_many([fields])[0]
+        # In memory only: the path of every event on a single server, kept as short as
+        # it was before the shared feed existed (one lock, no batch).
+        body = {k: v for k, v in fields.items() if k != "type"}
+        body.setdefault("time", time.time())
+        with self._lock:
+            event = Event(id=next(self._ids), type=str(fields.get("type", "event")), fields=body)
+            self._history.append(event)
+            targets = [s for s in self._subscribers if event.matches(s.deployment, s.command)]
+        for sub in targets:
+            _deliver(sub, event)
+        return event
 
     def publish_many(self, batch: Sequence[dict[str, Any]]) -> list[Event]:
         """:meth:`publish` for several events at once, in order.  With a shared feed they
         are stored first, in one short write; events the store refused are logged and
         dropped (their id is 0): progress is live only, and must never fail what it
         reports on."""
+        if not batch:
+            return []
         events: list[tuple[str, dict[str, Any]]] = []
         for fields in batch:
             body = {k: v for k, v in fields.items() if k != "type"}
@@ -189,11 +203,7 @@ class ProgressHub:
             events.append((str(fields.get("type", "event")), body))
         feed = self._feed
         if feed is None:
-            with self._lock:
-                out = [Event(id=next(self._ids), type=k, fields=b) for k, b in events]
-            for event in out:
-                self._fan_out(event)
-            return out
+            return [self.publish({"type": kind, **body}) for kind, body in events]
         try:
             ids = feed.append_progress(events)
         except Exception:
