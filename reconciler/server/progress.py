@@ -234,7 +234,8 @@ class ProgressHub:
         try:
             rows = feed.progress_between(self._last, before)
         except Exception:  # the next read (a publish, the follower) tries again
-            log.warning("reading the shared progress events", exc_info=True)
+            if not self._closed:  # else: the store closed under a last read, at shutdown
+                log.warning("reading the shared progress events", exc_info=True)
             return
         for event_id, kind, body in rows:
             self._fan_out(Event(id=event_id, type=kind, fields=body))
