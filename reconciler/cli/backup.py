@@ -13,31 +13,39 @@ from typing import Annotated
 import typer
 
 from reconciler.cli.app import _console
-from reconciler.cli.serve import DataDirOption, _fail, serve_app
+from reconciler.cli.serve import (
+    DatabaseOption,
+    DataDirOption,
+    _fail,
+    serve_app,
+    shared_database,
+)
 
 __all__ = ["backup_command", "copy_to_postgres_command", "restore_command"]
 
 
-def _data_dir(data_dir: pathlib.Path | None) -> pathlib.Path:
+def _sqlite_store(
+    data_dir: pathlib.Path | None, database: str | None
+) -> tuple[pathlib.Path, pathlib.Path | None]:
+    """The data dir and the SQLite file (None: the data dir's) to copy: ``--database``, else
+    ``--data-dir``, else the store ``reconcile serve`` would open from the environment.  A
+    store on PostgreSQL is refused (exit 2) with the tools to use instead: copying the data
+    dir's SQLite file then would give a backup that restores nothing."""
     from reconciler.model.errors import ReconcilerError
-    from reconciler.server.config import database_from_env, default_data_dir
+    from reconciler.model.redact import redact
+    from reconciler.server.backup import sqlite_file
+    from reconciler.server.config import default_data_dir, store_location
 
+    if database is not None and data_dir is not None:
+        raise _fail("give --data-dir or --database, not both", 2)
+    if database is None and data_dir is None:
+        database = shared_database(None)
+    directory = data_dir if data_dir is not None else default_data_dir()
     try:
-        database = database_from_env()
-    except ReconcilerError:
-        database = "(unreadable)"
-    if database and data_dir is None:
-        # The SQLite file in the data dir is not the server's store then: copying it would
-        # give a backup that restores nothing.
-        raise _fail(
-            "RECONCILE_DATABASE(_FILE) is set: the store is on PostgreSQL, and `reconcile serve "
-            "backup|restore` copy only the SQLite store. Use PostgreSQL's tools: `pg_dump "
-            "--format=custom --file=reconcile.dump <url>` (online, consistent) and `pg_restore "
-            "--clean --if-exists --dbname=<url> reconcile.dump` with every replica stopped "
-            '(see README, "Choosing a database"). Pass --data-dir to act on an SQLite store.',
-            2,
-        )
-    return data_dir if data_dir is not None else default_data_dir()
+        file = sqlite_file(store_location(database, directory))
+    except ReconcilerError as exc:
+        raise _fail(redact(str(exc)), 2) from None
+    return directory, file if database is not None else None
 
 
 @serve_app.command("backup")
@@ -49,15 +57,18 @@ def backup_command(
         ),
     ],
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
-    """Copy the server's database to a file, consistently, while the server runs."""
+    """Copy the server's database to a file, consistently, while the server runs (SQLite;
+    on PostgreSQL use pg_dump)."""
     from rich.markup import escape
 
     from reconciler.server.backup import backup_store
     from reconciler.server.store import SchemaError
 
     try:
-        result = backup_store(_data_dir(data_dir), to)
+        directory, file = _sqlite_store(data_dir, database)
+        result = backup_store(directory, to, file=file)
     except SchemaError as exc:
         raise _fail(escape(str(exc))) from None
     except OSError as exc:
@@ -77,6 +88,7 @@ def restore_command(
         typer.Option("--from", help="A file made by `reconcile serve backup`.", show_default=False),
     ],
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Replace an existing database (it is kept beside it)."),
@@ -89,7 +101,8 @@ def restore_command(
     from reconciler.server.store import SchemaError
 
     try:
-        result = restore_store(source, _data_dir(data_dir), force=force)
+        directory, file = _sqlite_store(data_dir, database)
+        result = restore_store(source, directory, force=force, file=file)
     except SchemaError as exc:
         raise _fail(escape(str(exc))) from None
     except OSError as exc:
@@ -128,15 +141,12 @@ def copy_to_postgres_command(
     from rich.markup import escape
 
     from reconciler.model.errors import ReconcilerError
-    from reconciler.server.config import database_from_env, default_data_dir
+    from reconciler.server.config import default_data_dir
     from reconciler.server.copystore import copy_to_postgres
     from reconciler.server.database import redact_url
     from reconciler.server.store import DB_NAME
 
-    try:
-        url = database or database_from_env()
-    except ReconcilerError as exc:
-        raise _fail(escape(redact_url(str(exc))), 2) from None
+    url = shared_database(database)
     if not url:
         raise _fail("no target: set RECONCILE_DATABASE(_FILE) or pass --database", 2)
     source = (data_dir if data_dir is not None else default_data_dir()) / DB_NAME

@@ -44,6 +44,16 @@ DataDirOption = Annotated[
         show_default=False,
     ),
 ]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        help="The store every replica shares: postgresql://user@host/db, or an SQLite "
+        "file (default: $RECONCILE_DATABASE or the file $RECONCILE_DATABASE_FILE names; "
+        "else <data dir>/reconcile.db). Put a password in those, not in this flag.",
+        show_default=False,
+    ),
+]
 ServerOption = Annotated[
     str | None,
     typer.Option(
@@ -90,16 +100,7 @@ def serve_command(
     ] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default 8800).")] = None,
     data_dir: DataDirOption = None,
-    database: Annotated[
-        str | None,
-        typer.Option(
-            "--database",
-            help="The store every replica shares: postgresql://user@host/db, or an SQLite "
-            "file (default: $RECONCILE_DATABASE or the file $RECONCILE_DATABASE_FILE names; "
-            "else <data dir>/reconcile.db). Put a password in those, not in this flag.",
-            show_default=False,
-        ),
-    ] = None,
+    database: DatabaseOption = None,
     poll_interval: Annotated[
         float | None,
         typer.Option(
@@ -149,12 +150,9 @@ def serve_command(
         return
     from reconciler.model.errors import ReconcilerError
     from reconciler.model.redact import redact
-    from reconciler.server.config import ServerSecrets, database_from_env, load_server_config
+    from reconciler.server.config import ServerSecrets, load_server_config
 
-    try:
-        database = database or database_from_env()
-    except ReconcilerError as exc:
-        raise _fail(redact(str(exc)), 2) from None
+    database = shared_database(database)
     overrides = {
         "source": source,
         "branch": branch,
@@ -300,36 +298,59 @@ def _sync_cell(d: dict[str, Any]) -> Any:
 # ------------------------------------------------------------- tokens and hooks
 
 
-def _one_target(data_dir: pathlib.Path | None, server: str | None) -> None:
-    """The admin commands work on the store directly or through a server, never both."""
-    if data_dir is not None and server is not None:
-        raise _fail("give --data-dir or --server, not both", 2)
-
-
-def _local_store(data_dir: pathlib.Path | None) -> Any:
+def shared_database(flag: str | None) -> str | None:
+    """``--database``, else ``RECONCILE_DATABASE`` or the file ``RECONCILE_DATABASE_FILE``
+    names: the store as ``reconcile serve`` finds it, for it and for every admin command
+    that opens the store.  Both variables set, or an unreadable file: exit 2."""
     from reconciler.model.errors import ReconcilerError
     from reconciler.model.redact import redact
-    from reconciler.server.config import database_from_env, default_data_dir
-    from reconciler.server.store import DB_NAME, SchemaError, Store
+    from reconciler.server.config import database_from_env
 
-    if data_dir is None:  # the server's store on PostgreSQL: the same variables as serve's
-        try:
-            database = database_from_env()
-            if database:
-                return Store(database)
-        except ReconcilerError as exc:
-            raise _fail(redact(str(exc))) from None
-    directory = data_dir if data_dir is not None else default_data_dir()
-    if not (directory / DB_NAME).is_file():
+    try:
+        return flag or database_from_env()
+    except ReconcilerError as exc:
+        raise _fail(redact(str(exc)), 2) from None
+
+
+def _one_target(
+    data_dir: pathlib.Path | None, server: str | None, database: str | None = None
+) -> None:
+    """The admin commands work on one store: named by its data dir, by its database, or
+    through a server, never two of them (which would win would be a guess)."""
+    flags = (("--data-dir", data_dir), ("--database", database), ("--server", server))
+    given = [flag for flag, value in flags if value is not None]
+    if len(given) > 1:
+        raise _fail(f"give one of --data-dir, --database, --server (not {' and '.join(given)})", 2)
+
+
+def _local_store(data_dir: pathlib.Path | None, database: str | None = None) -> Any:
+    """The store an admin command acts on: ``--database``, else ``--data-dir``'s file, else
+    the database of the environment (``RECONCILE_DATABASE(_FILE)``, read as ``reconcile
+    serve`` reads it), else the default data dir's file.  An SQLite file must exist: a
+    token written into a new, empty file (a typo in the path) is one no server reads."""
+    from reconciler.model.errors import ReconcilerError
+    from reconciler.model.redact import redact
+    from reconciler.server import config
+    from reconciler.server.store import Store
+
+    if database is None and data_dir is None:
+        database = shared_database(None)
+    try:
+        location = config.store_location(database, data_dir or config.default_data_dir())
+    except ReconcilerError as exc:
+        raise _fail(redact(str(exc)), 2) from None
+    if isinstance(location, pathlib.Path) and not location.is_file():
+        if database is not None:
+            raise _fail(f"no control-plane database at {location} (check --database)", 2)
         raise _fail(
-            f"no control-plane database in {directory} (start `reconcile serve --data-dir "
-            f"{directory}` once, or pass --data-dir / --server)",
+            f"no control-plane database in {location.parent} (start `reconcile serve "
+            f"--data-dir {location.parent}` once, or pass --data-dir / --database / --server)",
             2,
         )
     try:
-        return Store.in_dir(directory)
-    except SchemaError as exc:
-        raise _fail(str(exc)) from None
+        return Store(location)
+    except ReconcilerError as exc:  # not ours, a newer schema, a database that refuses us
+        raise _fail(redact(str(exc))) from None
 
 
 def _admin_token() -> str | None:
@@ -380,6 +401,7 @@ def _answer(url: str, response: Any) -> dict[str, Any]:
 @agent_app.command("token")
 def agent_token_command(
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
     server: ServerOption = None,
     url: Annotated[
         str | None,
@@ -394,7 +416,7 @@ def agent_token_command(
 ) -> None:
     """Print a one-time agent bootstrap token (valid 10 minutes, usable once) and, when the
     server's URL is known, the one-liner that installs an agent on a new host with it."""
-    _one_target(data_dir, server)
+    _one_target(data_dir, server, database)
     # Not --server: the admin URL need not be the one new hosts reach, and a script that
     # reads the token alone must not get a second line it did not ask for.
     public = url or os.environ.get("RECONCILE_PUBLIC_URL") or None
@@ -403,7 +425,7 @@ def agent_token_command(
     if server is not None:
         token = str(_admin_post(server, "/v1/agent-tokens")["token"])
     else:
-        store = _local_store(data_dir)
+        store = _local_store(data_dir, database)
         try:
             token = store.create_bootstrap_token()
             store.record_event("agent.token", {"by": "cli"})
@@ -433,22 +455,23 @@ def agent_token_command(
 def agent_remove_command(
     agent_id: Annotated[str, typer.Argument(help="The agt_ id to forget.")],
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
     server: ServerOption = None,
 ) -> None:
     """Forget an agent (host gone, or its secret leaked): its credentials stop working and
     its unfinished commands are cancelled.  Register the host again with a new token."""
     from reconciler.model.ids import AGENT_ID_RE
 
-    _one_target(data_dir, server)
+    _one_target(data_dir, server, database)
     if not AGENT_ID_RE.match(agent_id):
         raise _fail(f"{agent_id!r} is not an agent id (agt_ and 16 hex digits)", 2)
     if server is not None:
         _admin_post(server, f"/v1/agents/{agent_id}", method="DELETE")
     else:
-        store = _local_store(data_dir)
+        store = _local_store(data_dir, database)
         try:
             if not store.remove_agent(agent_id):
-                raise _fail(f"no agent {agent_id} in {store.path}")
+                raise _fail(f"no agent {agent_id} in {store.location}")
             store.record_event("agent.removed", {"agent": agent_id, "by": "cli"})
         finally:
             store.close()
@@ -463,19 +486,20 @@ def agent_remove_command(
 def hook_create_command(
     name: Annotated[str, typer.Argument(help="The hook's name (rotates its token if it exists).")],
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
     server: ServerOption = None,
 ) -> None:
     """Create (or rotate) a deploy hook: prints its token and URL path, shown only once."""
     from reconciler.model.ids import NAME_RE
 
-    _one_target(data_dir, server)
+    _one_target(data_dir, server, database)
     if not NAME_RE.match(name):
         raise _fail(f"hook name {name!r} must match {NAME_RE.pattern}", 2)
     if server is not None:
         token = str(_admin_post(server, "/v1/deploy-hooks", {"name": name})["token"])
         where = server.rstrip("/")
     else:
-        store = _local_store(data_dir)
+        store = _local_store(data_dir, database)
         try:
             token = store.create_deploy_hook(name)
             store.record_event("deploy_hook.created", {"name": name})

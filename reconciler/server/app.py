@@ -54,7 +54,7 @@ from reconciler.server.metrics import DeploymentSample, Metrics
 from reconciler.server.notify import Notifier, spread_wait
 from reconciler.server.operations import operation_finished, operations_router
 from reconciler.server.outbound import Router, Sender, Target, result_fields
-from reconciler.server.progress import ProgressHub
+from reconciler.server.progress import FEED_POLL, FEED_POLL_NOTIFIED, ProgressHub
 from reconciler.server.replicas import Leadership, Replicas, SharedNotifier, lease_name
 from reconciler.server.store import AgentRow, Store, secure_dir
 from reconciler.server.worker import Reconciler, Worker, iso
@@ -92,7 +92,9 @@ class ControlPlane:
                 self.outbox.active = lambda: replicas.leading
                 self.outbox.on_wake = replicas.outbox_written
                 replicas.wake_outbox = self.outbox.wake_lanes
+            replicas.wake_progress = self.progress.wake
             replicas.start()
+        self.progress.start()
         self.worker.start()
         if self.outbox is not None:
             self.outbox.start()
@@ -104,6 +106,7 @@ class ControlPlane:
             self.outbox.stop()
         if self.replicas is not None:
             self.replicas.stop()
+        self.progress.close()
 
 
 def build_control_plane(
@@ -115,7 +118,13 @@ def build_control_plane(
     store = store or Store(config.database_path())
     notifier = SharedNotifier(store)
     metrics = Metrics()
-    progress = ProgressHub()
+    # A shared database may have other replicas: the stream is fleet-wide through it
+    # (reconciler.server.progress).  A server on its own data dir keeps it in memory.
+    shared = config.database is not None
+    progress = ProgressHub(
+        feed=store if shared else None,
+        poll=FEED_POLL if store.path is not None else FEED_POLL_NOTIFIED,
+    )
     progress.on_drop = metrics.stream_dropped.inc
     reconciler = Reconciler(config, store, notifier=notifier, metrics=metrics, progress=progress)
     outbox = _events_out(config, store, reconciler)
@@ -421,7 +430,9 @@ def create_app(
         name = row.payload.get("action", {}).get("deployment", row.deployment)
         for step in body.steps:
             log.debug("command %s: %s %s %r", command_id, name, step.step, step.detail)
-            progress.publish(
+        # One call for the post: with replicas, one write to the store for all its steps.
+        progress.publish_many(
+            [
                 {
                     "type": "step",
                     "command": command_id,
@@ -432,7 +443,9 @@ def create_app(
                     "detail": clip(step.detail, MAX_TEXT),
                     "time": step.time.timestamp() if step.time else reconciler.clock(),
                 }
-            )
+                for step in body.steps
+            ]
+        )
         return ProgressAck(accepted=len(body.steps))
 
     @app.post("/v1/agent/report")

@@ -28,9 +28,40 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from reconciler.model.errors import ReconcilerError
+from reconciler.server.database import is_postgres_url, redact_url
 from reconciler.server.store import DB_NAME, SCHEMA_VERSION, SchemaError, Store
 
-__all__ = ["BackupResult", "RestoreResult", "backup_store", "restore_store"]
+__all__ = [
+    "BackupResult",
+    "RestoreResult",
+    "SqliteOnly",
+    "backup_store",
+    "restore_store",
+    "sqlite_file",
+]
+
+
+class SqliteOnly(ReconcilerError):
+    """The store is on PostgreSQL: a file copy cannot back it up.  Use PostgreSQL's own
+    tools; the message says which."""
+
+
+def sqlite_file(location: pathlib.Path | str) -> pathlib.Path:
+    """The SQLite file of a store ``location`` (a path, or what
+    :func:`reconciler.server.config.store_location` answers).  Raises :class:`SqliteOnly`
+    for a PostgreSQL URL: copying some SQLite file instead would give a backup that
+    restores nothing."""
+    if isinstance(location, str) and is_postgres_url(location):
+        raise SqliteOnly(
+            f"the store is on PostgreSQL ({redact_url(location)}), and `reconcile serve "
+            "backup|restore` copy only an SQLite store. Use PostgreSQL's tools: `pg_dump "
+            "--format=custom --file=reconcile.dump <url>` (online, consistent) and "
+            "`pg_restore --clean --if-exists --dbname=<url> reconcile.dump` with every "
+            'replica stopped (see README, "Choosing a database")'
+        )
+    return pathlib.Path(location)
+
 
 # Tables every schema version since the first has: a file without them is not ours.
 _CORE_TABLES = frozenset({"agents", "commands", "deployments", "events", "deliveries"})
@@ -52,15 +83,19 @@ class RestoreResult:
     replaced: pathlib.Path | None  # where the previous database was kept
 
 
-def backup_store(data_dir: pathlib.Path, dest: pathlib.Path) -> BackupResult:
-    """Copy ``<data_dir>/reconcile.db`` to ``dest`` while the server may be writing to it.
+def backup_store(
+    data_dir: pathlib.Path, dest: pathlib.Path, *, file: pathlib.Path | None = None
+) -> BackupResult:
+    """Copy ``<data_dir>/reconcile.db`` (or the SQLite ``file`` replicas share, given with
+    ``--database``) to ``dest`` while the server may be writing to it.
 
     Raises :class:`SchemaError` when there is no database or it is not ours, and
     ``OSError`` when ``dest`` cannot be written.
     """
-    source = data_dir / DB_NAME
+    source = file if file is not None else data_dir / DB_NAME
     if not source.is_file():
-        raise SchemaError(f"no control-plane database in {data_dir} ({source} is missing)")
+        where = f"at {source}" if file is not None else f"in {data_dir} ({source} is missing)"
+        raise SchemaError(f"no control-plane database {where}")
     dest = dest.absolute()
     if dest.exists() and dest.resolve() == source.resolve():
         raise SchemaError(f"{dest} is the live database itself: back up to another file")
@@ -87,9 +122,14 @@ def backup_store(data_dir: pathlib.Path, dest: pathlib.Path) -> BackupResult:
 
 
 def restore_store(
-    backup: pathlib.Path, data_dir: pathlib.Path, *, force: bool = False
+    backup: pathlib.Path,
+    data_dir: pathlib.Path,
+    *,
+    force: bool = False,
+    file: pathlib.Path | None = None,
 ) -> RestoreResult:
-    """Make ``backup`` the server's database in ``data_dir`` (the server must be stopped).
+    """Make ``backup`` the server's database in ``data_dir``, or the SQLite ``file`` the
+    replicas share (the server must be stopped).
 
     Refuses, changing nothing, a file that is not a control-plane database, is damaged,
     or comes from a newer schema than this release knows (:class:`SchemaError`), and an
@@ -98,7 +138,8 @@ def restore_store(
     """
     if not backup.is_file():
         raise SchemaError(f"{backup}: no such file")
-    target = data_dir / DB_NAME
+    target = file.absolute() if file is not None else data_dir / DB_NAME
+    data_dir = target.parent
     with _connect(backup, read_only=True) as src:
         from_version = _check_ours(src, backup)
         if from_version > SCHEMA_VERSION:
@@ -114,7 +155,7 @@ def restore_store(
                 "(the current database is kept beside it)"
             )
         data_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_str = tempfile.mkstemp(prefix=f".{DB_NAME}.", suffix=".restore", dir=data_dir)
+        fd, tmp_str = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".restore", dir=data_dir)
         os.close(fd)
         tmp = pathlib.Path(tmp_str)
         try:
@@ -182,7 +223,7 @@ def _sidecars(db: pathlib.Path) -> tuple[pathlib.Path, ...]:
 def _set_aside(target: pathlib.Path) -> pathlib.Path:
     """Keep the database being replaced, WAL content included (a consistent copy)."""
     aside = target.with_name(f"{target.name}.before-restore-{int(time.time())}")
-    backup_store(target.parent, aside)
+    backup_store(target.parent, aside, file=target)
     for path in (target, *_sidecars(target)):
         path.unlink(missing_ok=True)
     return aside

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reconciler.model.errors import InvalidSpec
 from reconciler.model.secretenv import secret_from_env
+from reconciler.server.database import is_postgres_url
 
 __all__ = [
     "DEFAULT_PORT",
@@ -29,8 +30,10 @@ __all__ = [
     "ServerConfig",
     "ServerSecrets",
     "database_from_env",
+    "database_problem",
     "default_data_dir",
     "load_server_config",
+    "store_location",
 ]
 
 DEFAULT_PORT = 8800
@@ -121,26 +124,14 @@ class ServerConfig(BaseModel):
     @field_validator("database")
     @classmethod
     def _database(cls, value: str | None) -> str | None:
-        if (
-            value is not None
-            and "://" in value
-            and not value.startswith("sqlite:///")
-            and not re.match(r"^postgres(ql)?://\S+$", value)
-        ):
-            raise ValueError(
-                "give a postgresql:// URL, or an SQLite file path (or sqlite:///PATH) "
-                "shared by every replica on this host"
-            )
+        problem = database_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     def database_path(self) -> pathlib.Path | str:
         """What every replica opens: the SQLite file, or the PostgreSQL URL."""
-        if self.database is None:
-            return self.data_dir / "reconcile.db"
-        if re.match(r"^postgres(ql)?://", self.database):
-            return self.database
-        # SQLAlchemy's form: sqlite:///relative/path, sqlite:////absolute/path
-        return pathlib.Path(self.database.removeprefix("sqlite:///")).expanduser()
+        return store_location(self.database, self.data_dir)
 
     @property
     def keep_alive_seconds(self) -> int:
@@ -194,6 +185,36 @@ class ServerSecrets:
         if admin:
             return "admin"
         return "read" if read else None
+
+
+def database_problem(database: str) -> str | None:
+    """Why ``database`` (``--database``, ``database:``, ``RECONCILE_DATABASE``) names no
+    store, or None: a ``postgresql://`` URL, an SQLite file path or ``sqlite:///PATH``."""
+    if (
+        "://" in database
+        and not database.startswith("sqlite:///")
+        and not re.match(r"^postgres(ql)?://\S+$", database)
+    ):
+        return (
+            "give a postgresql:// URL, or an SQLite file path (or sqlite:///PATH) "
+            "shared by every replica on this host"
+        )
+    return None
+
+
+def store_location(database: str | None, data_dir: pathlib.Path) -> pathlib.Path | str:
+    """The store ``reconcile serve`` opens for these settings, and so the one the admin
+    commands open: ``<data_dir>/reconcile.db`` without ``database``, else its SQLite file
+    or PostgreSQL URL.  Raises InvalidSpec for a ``database`` that names neither."""
+    if database is None:
+        return data_dir / "reconcile.db"
+    problem = database_problem(database)
+    if problem is not None:
+        raise InvalidSpec(f"database: {problem}")
+    if is_postgres_url(database):
+        return database
+    # SQLAlchemy's form: sqlite:///relative/path, sqlite:////absolute/path
+    return pathlib.Path(database.removeprefix("sqlite:///")).expanduser()
 
 
 def database_from_env(env: Mapping[str, str] | None = None) -> str | None:

@@ -136,7 +136,7 @@ class Database(Protocol):
     errors: tuple[type[Exception], ...]
 
     def tx(
-        self, *, fsync: bool = True, serial: bool = True
+        self, *, fsync: bool = True, serial: bool = True, turn: str | None = None
     ) -> contextlib.AbstractContextManager[Connection]: ...
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
@@ -205,9 +205,12 @@ class SqliteDatabase:
             self._db.create_function(name, nargs, fn, deterministic=True)
 
     @contextlib.contextmanager
-    def tx(self, *, fsync: bool = True, serial: bool = True) -> Iterator[Connection]:
+    def tx(
+        self, *, fsync: bool = True, serial: bool = True, turn: str | None = None
+    ) -> Iterator[Connection]:
         """``BEGIN IMMEDIATE``: taken up front, so it never fails half-way on a lock
-        upgrade (SQLite always serialises writers: ``serial`` changes nothing here)."""
+        upgrade (SQLite always serialises writers: ``serial`` and ``turn`` change nothing
+        here)."""
         with self._lock:
             relaxed = not fsync and self._synchronous == "FULL"
             if relaxed:
@@ -474,17 +477,23 @@ class PostgresDatabase:
             yield conn
 
     @contextlib.contextmanager
-    def tx(self, *, fsync: bool = True, serial: bool = True) -> Iterator[Connection]:
+    def tx(
+        self, *, fsync: bool = True, serial: bool = True, turn: str | None = None
+    ) -> Iterator[Connection]:
         """One transaction on one pooled connection; ``serial``: in turn with every other
-        serial transaction on this database (module docstring); ``fsync=False``: committed
-        without waiting for the WAL flush (``synchronous_commit = off``, this transaction
-        only): the same promise as SQLite's NORMAL."""
+        serial transaction on this database (module docstring); ``turn``: in turn only with
+        the transactions of that name instead (they commit in the order they took it);
+        ``fsync=False``: committed without waiting for the WAL flush (``synchronous_commit
+        = off``, this transaction only): the same promise as SQLite's NORMAL."""
         if getattr(self._local, "conn", None) is not None:
             raise RuntimeError("Store transactions do not nest")
         with self._pool.connection() as conn, conn.transaction():
             self._local.conn = conn
             try:
-                if serial:
+                if turn is not None:
+                    key = lock_key(self.schema, f"store:{turn}")
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+                elif serial:
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._serial_key,))
                 if not fsync:
                     conn.execute("SET LOCAL synchronous_commit = off")

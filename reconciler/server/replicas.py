@@ -1,7 +1,7 @@
 """Several ``reconcile serve`` replicas on one database.
 
 Any replica answers any request (agents, webhooks, the status API): everything they
-need is in the store.  Three things make a second replica *correct* rather than a
+need is in the store.  These make a second replica *correct* rather than a
 second writer:
 
 - **One reconcile worker per source.**  The replicas race for a lease
@@ -16,6 +16,9 @@ second writer:
 - **Wake-ups.**  A command created on one replica wakes the long poll of its agent on
   every other one: the notifier also sends a ``command`` signal, and each replica
   watches the signals and wakes its own waiting polls.
+- **One event stream.**  ``GET /v1/events/stream`` on any replica shows the steps and
+  results agents post to any other: the events go through the store, and on PostgreSQL a
+  ``progress`` signal wakes the other replicas' hubs (:mod:`reconciler.server.progress`).
 - **Nothing in one process.**  Bundles, the rendered deployments and the one-shot
   mass-prune approval are in the store (see :mod:`reconciler.server.worker`).
 
@@ -32,7 +35,7 @@ import time
 from collections.abc import Callable
 
 from reconciler.server.notify import Notifier
-from reconciler.server.store import Store
+from reconciler.server.store import PROGRESS, Store
 
 __all__ = ["LEASE_TTL", "Leadership", "Replicas", "SharedNotifier", "lease_name"]
 
@@ -177,6 +180,8 @@ class Replicas:
         self._unwatch: Callable[[], None] | None = None
         #: Wakes this replica's outbox sender (set when it has one).
         self.wake_outbox: Callable[[], None] = lambda: None
+        #: Wakes this replica's progress hub: another one stored an event.
+        self.wake_progress: Callable[[], None] = lambda: None
 
     @property
     def leading(self) -> bool:
@@ -206,6 +211,8 @@ class Replicas:
             self._trigger(key)
         elif channel == OUTBOX and self.leading:
             self.wake_outbox()
+        elif channel == PROGRESS:
+            self.wake_progress()
 
     def start(self) -> None:
         self._unwatch = self.store.watch(self.on_signal)

@@ -78,6 +78,8 @@ __all__ = [
     "DB_NAME",
     "MAX_BUNDLE_BYTES",
     "MIGRATIONS",
+    "PROGRESS",
+    "PROGRESS_RETENTION",
     "SCHEMA_VERSION",
     "AgentRow",
     "BundleTooLarge",
@@ -111,6 +113,12 @@ BUNDLE_GRACE = 60.0
 #: Signals are read by the other replicas within ~100 ms; kept a minute, then pruned.
 SIGNAL_RETENTION = 60.0
 SIGNAL_POLL = 0.1
+#: Live progress events kept in the store for the other replicas (twice the events each
+#: replica's hub keeps in memory for replay); older ones are pruned as new ones come.
+PROGRESS_RETENTION = 2000
+PROGRESS_BATCH = 100  # rows per INSERT (and the pruning period, in ids)
+#: The signal (PostgreSQL: NOTIFY) that tells the other replicas a progress event is in.
+PROGRESS = "progress"
 TOKEN_TTL = 600.0  # bootstrap tokens: 10 minutes
 DELIVERY_RETENTION = 30 * 86400.0
 EVENT_RETENTION = 10_000  # events kept (the newest), audit events apart
@@ -278,6 +286,14 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL,
         version TEXT NOT NULL,
         updated REAL NOT NULL
+    );
+    """,
+    # 6: live progress shared by the replicas (the last PROGRESS_RETENTION events)
+    """
+    CREATE TABLE progress (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL
     );
     """,
 )
@@ -507,14 +523,15 @@ class Store:
     # ------------------------------------------------------------------ plumbing
 
     def _tx(
-        self, *, fsync: bool = True, serial: bool = True
+        self, *, fsync: bool = True, serial: bool = True, turn: str | None = None
     ) -> contextlib.AbstractContextManager[Connection]:
         """A write transaction, taken up front so it never fails half-way on a lock
         upgrade; committed when the block ends (fsynced unless ``fsync=False``: see the
         module docstring for which writes may skip it).  ``serial=False``: on PostgreSQL,
         not in turn with the other writers; only for a transaction whose outcome a unique
-        constraint or one conditional UPDATE decides (:mod:`reconciler.server.database`)."""
-        return self.db.tx(fsync=fsync, serial=serial)
+        constraint or one conditional UPDATE decides (:mod:`reconciler.server.database`);
+        ``turn``: in turn only with the transactions of that name."""
+        return self.db.tx(fsync=fsync, serial=serial, turn=turn)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return self.db.query(sql, params)
@@ -1492,6 +1509,56 @@ class Store:
                 thread.join(5.0)
 
         return stop_watching
+
+    def append_progress(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[int]:
+        """Store live progress events ``(kind, body)`` for every replica's stream, in one
+        transaction (a reconcile announces its whole batch of commands at once); returns
+        their ids, in the same order.
+
+        Ids follow commit order (SQLite has one writer; on PostgreSQL these inserts take a
+        turn of their own, not the store-wide one), so a replica that reads past the last
+        id it has seen never skips one that commits later.  Not fsynced: progress is live
+        only, and what it reports is durable elsewhere.  On PostgreSQL the insert also
+        notifies the other replicas (at commit) under :data:`PROGRESS`.
+        """
+        rows = [
+            (kind[:100], json.dumps(body, separators=(",", ":"), default=str))
+            for kind, body in events
+        ]
+        ids: list[int] = []
+        with self._tx(fsync=False, serial=False, turn=PROGRESS) as db:
+            for start in range(0, len(rows), PROGRESS_BATCH):
+                chunk = rows[start : start + PROGRESS_BATCH]
+                cur = db.execute(
+                    "INSERT INTO progress (kind, body) VALUES "  # noqa: S608 (placeholders only)
+                    + ", ".join("(?, ?)" for _ in chunk)
+                    + " RETURNING id",
+                    [value for row in chunk for value in row],
+                )
+                # A multi-row VALUES numbers its rows in order; RETURNING's order is not
+                # promised, so the ids are sorted back into it.
+                ids.extend(sorted(int(r[0]) for r in cur.fetchall()))
+            if not ids:
+                return ids
+            if isinstance(self.db, PostgresDatabase):
+                self.db.signal(PROGRESS, "")
+            if ids[-1] // PROGRESS_BATCH != (ids[0] - 1) // PROGRESS_BATCH:  # now and then
+                db.execute("DELETE FROM progress WHERE id <= ?", (ids[-1] - PROGRESS_RETENTION,))
+        return ids
+
+    def progress_between(
+        self, after: int, before: int | None = None, *, limit: int = PROGRESS_RETENTION
+    ) -> list[tuple[int, str, dict[str, Any]]]:
+        """The progress events with ``after < id < before``, oldest first:
+        ``(id, kind, body)``."""
+        rows = self._query(
+            "SELECT id, kind, body FROM progress WHERE id > ? AND id < ? ORDER BY id LIMIT ?",
+            (after, 2**63 - 1 if before is None else before, limit),
+        )
+        return [(int(r[0]), str(r[1]), dict(json.loads(r[2]))) for r in rows]
+
+    def last_progress_id(self) -> int:
+        return int(self._query("SELECT COALESCE(max(id), 0) FROM progress")[0][0])
 
     def put_bundle(self, command_id: str, source: pathlib.Path, *, now: float | None = None) -> str:
         """Store the bundle file ``source`` as command ``command_id``'s: every replica can

@@ -741,12 +741,17 @@ class Reconciler:
         for new in prepared:
             if new.id not in accepted:
                 self.store.drop_bundle(new.id)  # an equivalent one was on its way after all
+        sent = []
         for done in issued:
-            self._announce(
-                by_id[done.command.deployment, done.command.agent], done, desired.revision
+            sent.append(
+                self._announce(
+                    by_id[done.command.deployment, done.command.agent], done, desired.revision
+                )
             )
             outcome.commands.append(done.command.id)
             outcome.superseded.extend(done.superseded)
+        # One write for the batch, before the wake-up: a step never precedes its command.
+        self.progress.publish_many(sent)
         # Woken after the commit, every agent of the batch: a poll reads what is there.
         for agent in sorted({done.command.agent for done in issued}):
             self.notifier.notify(agent)
@@ -803,8 +808,9 @@ class Reconciler:
             deadline=now + self.config.command_ttl,
         )
 
-    def _announce(self, action: Action, done: Issued, revision: str | None) -> None:
-        """What follows an issued command's commit: metrics, the log, the live stream."""
+    def _announce(self, action: Action, done: Issued, revision: str | None) -> dict[str, Any]:
+        """What follows an issued command's commit: metrics, the log; returns its event for
+        the live stream."""
         command_id, superseded = done.command.id, done.superseded
         self.metrics.actions.labels(kind=action.action, result="issued").inc()
         log.info(
@@ -827,19 +833,17 @@ class Reconciler:
                 }
             },
         )
-        self.progress.publish(
-            {
-                "type": "command.sent",
-                "command": command_id,
-                "kind": action.action,
-                "deployment": action.deployment,
-                "agent": action.agent,
-                "reason": action.reason,
-            }
-        )
         for old in superseded:
             self.metrics.actions.labels(kind=action.action, result="superseded").inc()
             self.store.drop_bundle(old)
+        return {
+            "type": "command.sent",
+            "command": command_id,
+            "kind": action.action,
+            "deployment": action.deployment,
+            "agent": action.agent,
+            "reason": action.reason,
+        }
 
     def _store_bundle(
         self, command_id: str, root: pathlib.Path, dirs: list[str], contexts: dict[str, str]

@@ -158,6 +158,7 @@ class TestRules:
         raw.execute("PRAGMA user_version = 3")
         for table in ("leases", "signals", "bundle_blobs", "bundles", "shared"):  # 5's
             raw.execute(f"DROP TABLE {table}")
+        raw.execute("DROP TABLE progress")  # 6's
         for column in ("state", "state_digest", "reports"):
             raw.execute(f"ALTER TABLE agents DROP COLUMN {column}")
         raw.execute("ALTER TABLE commands DROP COLUMN finish_mark")
