@@ -15,7 +15,8 @@
 # again (as upstream).  Started as root, it reads the secrets as root (a secret file may be
 # 0400 root), fixes the data dir's owner and runs the server as `postgres`.  Not supported
 # here (upstream has them): /docker-entrypoint-initdb.d, POSTGRES_INITDB_ARGS,
-# POSTGRES_HOST_AUTH_METHOD.
+# POSTGRES_HOST_AUTH_METHOD.  Nor is a data dir the official image made (locale en_US.utf8,
+# owned by uid 999) one to start here: move data between the two with pg_dump/pg_restore.
 set -Eeuo pipefail
 
 die() { printf 'reconciler-postgres: %s\n' "$*" >&2; exit 1; }
