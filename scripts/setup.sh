@@ -22,7 +22,10 @@
 #              trixie (debootstrap of Debian's python3, git, openssh-client; made once),
 #              with this checkout's wheels and the host's docker CLI + Compose plugin;
 #              systemd (for systemd-analyze verify of deploy/systemd/*.service); Debian's
-#              chromium for the dashboard's browser tests (Playwright, a dev extra, drives it)
+#              chromium for the dashboard's browser tests (Playwright, a dev extra, drives it);
+#              reconciler-postgres:17 for deploy/compose.replicas.yaml (debootstrap of Debian's
+#              postgresql-17 into reconciler-postgres-base:trixie, made once, plus
+#              scripts/images/postgres: an entrypoint with the official image's variables)
 #   --smoke    run the image smoke tests again even when they passed for the same image id
 #
 # Environment:
@@ -641,6 +644,106 @@ smoke_app
 
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' "$APP_TAG"
 
+# ---------------------------------------------------------------- PostgreSQL image (replicas kit)
+# deploy/compose.replicas.yaml's database where no registry answers: reconciler-postgres:<major>,
+# Debian's postgresql-<major> in a minimal rootfs (debootstrap, like the base above), then
+# scripts/images/postgres/Dockerfile (the entrypoint) over it. The rootfs is made again only
+# when its package list or the release changes; the Dockerfile step when scripts/images/postgres does.
+PG_SUITE=trixie
+PG_MAJOR=17 # trixie's PostgreSQL
+PG_BASE_TAG=reconciler-postgres-base:$PG_SUITE
+PG_TAG=reconciler-postgres:$PG_MAJOR
+ensure_postgres_base() {
+  local recipe have root log=$SETUP_DIR/debootstrap-postgres.log
+  step
+  recipe=$(printf '%s\n' "$PG_SUITE" "postgresql-$PG_MAJOR" minbase-nojit-v1 | sha256sum | cut -c1-16)
+  have=$(docker image inspect -f '{{if .Config.Labels}}{{index .Config.Labels "io.reconciler.recipe"}}{{end}}' \
+    "$PG_BASE_TAG" 2>/dev/null) || have=
+  if [ "$have" = "$recipe" ]; then
+    done_ "image $PG_BASE_TAG: present (debootstrap, recipe $recipe)"
+    return 0
+  fi
+  root=$(mktemp -d "$SETUP_DIR/postgres-rootfs.XXXXXX")
+  TMP_DIRS+=("$root")
+  mkdir -p "$SETUP_DIR/debs"
+  debootstrap --variant=minbase --include="postgresql-$PG_MAJOR" --cache-dir="$SETUP_DIR/debs" \
+    "$PG_SUITE" "$root" "$DEBIAN_MIRROR" </dev/null >"$log" 2>&1 9>&- ||
+    { show_log "$log"; die "debootstrap of $PG_SUITE with postgresql-$PG_MAJOR failed"; }
+  [ -x "$root/usr/lib/postgresql/$PG_MAJOR/bin/postgres" ] ||
+    die "debootstrap made no /usr/lib/postgresql/$PG_MAJOR/bin/postgres (is $PG_SUITE's PostgreSQL still $PG_MAJOR?)"
+  # What a database image needs no copy of: docs, manuals, translations, the apt caches, the
+  # cluster the package made (the entrypoint makes one in the volume), and the LLVM JIT (a
+  # third of the size; the entrypoint turns jit off, and a missing provider only disables it).
+  rm -rf "$root"/usr/share/{doc,man,info,locale} "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* \
+    "$root/etc/postgresql/$PG_MAJOR/main" "$root/var/lib/postgresql/$PG_MAJOR" \
+    "$root/usr/lib/postgresql/$PG_MAJOR/lib/"{llvmjit.so,llvmjit_types.bc,bitcode} \
+    "$root"/usr/lib/*-linux-gnu/libLLVM* "$root"/usr/lib/*-linux-gnu/libz3.so*
+  tar -C "$root" -c . | docker import \
+    --change "LABEL io.reconciler.built-locally=true io.reconciler.recipe=$recipe" \
+    --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$PG_BASE_TAG" >/dev/null ||
+    die "docker import of $PG_BASE_TAG failed"
+  done_ "image $PG_BASE_TAG: debootstrap $PG_SUITE + postgresql-$PG_MAJOR (recipe $recipe, log $log)"
+}
+
+ensure_postgres_image() {
+  local recipe have old log=$SETUP_DIR/build-postgres.log
+  step
+  recipe=$({ docker image inspect -f '{{.Id}}' "$PG_BASE_TAG" && recipe_hash postgres; } | sha256sum | cut -c1-16)
+  old=$(docker image inspect -f '{{.Id}} {{if .Config.Labels}}{{index .Config.Labels "io.reconciler.recipe"}}{{end}}' \
+    "$PG_TAG" 2>/dev/null) || old=
+  if [ "${old#* }" = "$recipe" ]; then
+    done_ "image $PG_TAG: present (recipe $recipe)"
+    return 0
+  fi
+  # no network: the build only copies the entrypoint and makes the data dir
+  env DOCKER_BUILDKIT=0 docker build --network none --label io.reconciler.built-locally=true \
+    --label "io.reconciler.recipe=$recipe" --build-arg "BASE=$PG_BASE_TAG" --build-arg "PG_MAJOR=$PG_MAJOR" \
+    -t "$PG_TAG" "$IMAGES_DIR/postgres" >"$log" 2>&1 ||
+    { show_log "$log"; die "docker build of $PG_TAG failed"; }
+  [ -z "$old" ] || docker rmi "${old%% *}" >/dev/null 2>&1 || true
+  done_ "image $PG_TAG: built from scripts/images/postgres (recipe $recipe, log $log)"
+}
+
+# smoke_postgres: an empty volume is initialised from a 0400 root-owned password file, the
+# server runs as postgres, and that password works over TCP; once per image id unless --smoke
+smoke_postgres() {
+  local id stamp=$SETUP_DIR/smoke-postgres.ok cname=reconciler-setup-smoke-postgres pwdir out deadline
+  step
+  id=$(docker image inspect -f '{{.Id}}' "$PG_TAG")
+  if [ "$force_smoke" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$id" ]; then
+    done_ "smoke $PG_TAG: passed before for ${id:7:12}"
+    return 0
+  fi
+  pwdir=$(mktemp -d "$SETUP_DIR/smoke-postgres.XXXXXX")
+  TMP_DIRS+=("$pwdir")
+  printf 'smoke-%s' "$RANDOM$RANDOM" >"$pwdir/password"
+  chmod 0400 "$pwdir/password"
+  docker rm -f -v "$cname" >/dev/null 2>&1 || true
+  SMOKE_CONTAINERS+=("$cname")
+  docker run -d --name "$cname" --label io.reconciler.setup-smoke=true --network none \
+    -e POSTGRES_USER=smoke -e POSTGRES_DB=smokedb -e POSTGRES_PASSWORD_FILE=/run/secrets/password \
+    -v "$pwdir/password:/run/secrets/password:ro" "$PG_TAG" >/dev/null
+  deadline=$(($(usec) + 30000000))
+  until docker exec "$cname" pg_isready -q -U smoke -d smokedb 2>/dev/null; do
+    [ "$(docker inspect -f '{{.State.Running}}' "$cname")" = true ] || break
+    [ "$(usec)" -lt "$deadline" ] || break
+    sleep 0.1
+  done
+  out=$(docker exec -e "PGPASSWORD=$(cat "$pwdir/password")" "$cname" psql -h 127.0.0.1 -U smoke -d smokedb \
+    -X -A -t -c 'SELECT current_user, current_database()' 2>&1) || out="psql failed: $out"
+  if [ "$out" != "smoke|smokedb" ] || [ "$(docker exec "$cname" stat -c %U /proc/1)" != postgres ]; then
+    docker logs --tail 20 "$cname" >&2 || true
+    die "smoke test of $PG_TAG: no database smokedb for user smoke over TCP with the password file, or not run as postgres ($out)"
+  fi
+  docker rm -f -v "$cname" >/dev/null
+  echo "$id" >"$stamp"
+  done_ "smoke $PG_TAG: initialised from a password file, answers over TCP (as postgres)"
+}
+
+ensure_postgres_base
+ensure_postgres_image
+smoke_postgres
+
 # ---------------------------------------------------------------- production kit tests
 # OpenSSH for the private-repository tests, the Debian image for the agent install test
 step
@@ -651,4 +754,5 @@ done_ "openssh, image reconciler-debian:trixie (scripts/prodkit-deps.sh)"
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' busybox:1.36
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' caddy:2
 docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' "reconciler-tor:$tor_version"
+docker image ls --format 'setup: {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' "$PG_TAG"
 say "done in $((($(usec) - T_START) / 1000)) ms"

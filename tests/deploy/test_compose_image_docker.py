@@ -21,75 +21,21 @@ import pathlib
 import secrets
 import shutil
 import ssl
-import subprocess
 import tempfile
-import time
-import tomllib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.agent.docker_helpers import docker_client
 from tests.conftest import free_port
+from tests.deploy.kit import IMAGE, ROOT, SERVER_UID, VERSION, git, published, run, wait_for
 
 pytestmark = pytest.mark.docker
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-IMAGE = f"compose-reconciler:{VERSION}"
-SERVER_UID = 10001  # the image's `reconcile` user
 DEPLOY_TIMEOUT = 180.0
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, OSError, subprocess.CalledProcessError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
-
-
-def git(cwd: pathlib.Path, *args: str) -> str:
-    """git as the server's uid: the repositories are its own, as on a real host where the
-    server's user owns what it serves (git refuses a repository owned by someone else)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(
-        HOME=str(cwd),
-        GIT_AUTHOR_NAME="deploy-test",
-        GIT_AUTHOR_EMAIL="deploy-test@example.invalid",
-        GIT_COMMITTER_NAME="deploy-test",
-        GIT_COMMITTER_EMAIL="deploy-test@example.invalid",
-        GIT_CONFIG_GLOBAL=os.devnull,
-    )
-    as_server = ["setpriv", f"--reuid={SERVER_UID}", f"--regid={SERVER_UID}", "--clear-groups"]
-    return subprocess.run(
-        [*as_server, "git", *args],
-        cwd=cwd,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-
-
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
-    done = subprocess.run(
-        list(args), env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 @dataclass
@@ -219,16 +165,8 @@ def test_compose_server_behind_caddy_and_an_agent_in_the_image_serve_a_pushed_ap
     )
 
     kit.compose("up", "-d", "--wait", "--wait-timeout", "120")
-    ports = kit.compose("ps", "--format", "json")
-    published = [
-        p
-        for line in ports.splitlines()
-        if line.strip()
-        for row in ([json.loads(line)] if line.lstrip().startswith("{") else json.loads(line))
-        for p in row.get("Publishers") or []
-        if p.get("PublishedPort")
-    ]
-    assert published and all(p["URL"] == "127.0.0.1" for p in published), published
+    ports = published(kit.compose("ps", "--format", "json"))
+    assert ports and all(p["URL"] == "127.0.0.1" for p in ports), ports
 
     # Caddy's own CA signs `localhost`; the agent and this test trust it, nothing else.
     root = "/data/caddy/pki/authorities/local/root.crt"

@@ -1,8 +1,8 @@
 """``deploy/compose.replicas.yaml`` (PostgreSQL + two ``reconcile serve`` replicas behind
 Caddy), checked by the real tools without bringing it up: ``docker compose config`` resolves
 it, and Caddy itself (the caddy:2 image, no network) adapts and validates its Caddyfile.
-The replicas are not started here (no PostgreSQL image is available offline); the store's
-replica behaviour is tested against a real PostgreSQL in tests/server."""
+tests/deploy/test_compose_replicas_docker.py brings it up for real (on the local
+reconciler-postgres:17)."""
 
 from __future__ import annotations
 
