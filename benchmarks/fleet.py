@@ -912,6 +912,18 @@ class Run:
             raise SystemExit(f"the signed webhook was refused: {r.status_code} {r.text}")
         return sha, sent
 
+    async def reconcile_seconds(self) -> tuple[float, float]:
+        """The server's own ``reconcile_duration_seconds``: (sum, count) so far."""
+        r = await self.admin.get("/metrics")
+        r.raise_for_status()
+        total = count = 0.0
+        for line in r.text.splitlines():
+            if line.startswith("reconcile_duration_seconds_sum"):
+                total = float(line.split()[-1])
+            elif line.startswith("reconcile_duration_seconds_count"):
+                count = float(line.split()[-1])
+        return total, count
+
     async def newest_event_id(self) -> int:
         """The id of the newest event now (what a push's events come after)."""
         cursor = 0
@@ -963,6 +975,7 @@ class Run:
             return max(0.1, deadline - time.monotonic())
 
         cursor = await self.newest_event_id()
+        runs_before = await self.reconcile_seconds()
         sha, sent = await self.push(names, message)
         plan_task = asyncio.create_task(self.plan_stored(sha, cursor, left()))
         if kill:
@@ -992,6 +1005,12 @@ class Run:
         items = self.latest(names)
         if plan_at is not None:
             phase.figures["webhook_to_plan_s"] = round(plan_at - sent, 2)
+        with contextlib.suppress(httpx.HTTPError):  # the server's side of it: its runs
+            if kill:  # a restarted server counts from zero
+                raise httpx.HTTPError("restarted")
+            runs_after = await self.reconcile_seconds()
+            phase.figures["reconciles"] = int(runs_after[1] - runs_before[1])
+            phase.figures["reconcile_s"] = round(runs_after[0] - runs_before[0], 2)
         if received is not None:
             phase.figures["webhook_to_all_received_s"] = round(
                 max(i.at for i in items.values()) - sent, 2
