@@ -81,10 +81,12 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 from agent.cadence import Cadence  # noqa: E402
+from agent.client import KEEPALIVE_EXPIRY  # noqa: E402
 from reconciler.model.agentapi import (  # noqa: E402
     AgentReport,
     BootstrapRequest,
@@ -541,14 +543,8 @@ class Fleet:
             self.profiler = None
         self.phases.append(phase)
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.server.url,
-            verify=self.tls,
-            timeout=httpx.Timeout(CALL_TIMEOUT, connect=CONNECT_TIMEOUT),
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
-            headers={"User-Agent": "reconcile-agent/fleet-bench"},
-        )
+    def client(self, headers: dict[str, str]) -> AgentWire:
+        return AgentWire(self.server.url, self.tls, headers)
 
     def error(self, kind: str, what: str) -> None:
         self.phase.errors[f"{kind}: {what}"] += 1
@@ -590,6 +586,71 @@ class Fleet:
                 self.phase.rss_mb.append(rss)
 
 
+class WireError(Exception):
+    """A call that got no HTTP answer (refused, reset, timed out); ``kind`` names it."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass
+class Answer:
+    status_code: int
+    content: bytes
+
+
+class AgentWire:
+    """One simulated agent's HTTP client, as the real agent's pool (agent.client): up to
+    four connections of its own, kept alive past a heartbeat interval (KEEPALIVE_EXPIRY) so
+    heartbeats reuse one.  aiohttp and not httpx, which the real agent uses: the simulator
+    runs every agent in one process, and httpx's pure-Python HTTP/1.1 cost it 2 ms of CPU
+    a request (5,000 agents saturated a core before the server was half busy); aiohttp
+    parses in C.  The bytes on the wire are the same requests."""
+
+    def __init__(self, base_url: str, tls: ssl.SSLContext, headers: dict[str, str]) -> None:
+        self.base_url = base_url
+        self.tls = tls if base_url.startswith("https:") else False
+        self.headers = {
+            "User-Agent": "reconcile-agent/fleet-bench",
+            "Content-Type": "application/json",
+            **headers,
+        }
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                base_url=self.base_url,
+                headers=self.headers,
+                connector=aiohttp.TCPConnector(
+                    limit=4, keepalive_timeout=KEEPALIVE_EXPIRY, ssl=self.tls
+                ),
+                timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT, connect=CONNECT_TIMEOUT),
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self._session
+
+    async def post(self, path: str, body: bytes) -> Answer:
+        try:
+            async with self._open().post(path, data=body) as r:
+                return Answer(r.status, await r.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise WireError(type(exc).__name__) from None
+
+    async def get(self, path: str, params: dict[str, str], *, timeout: float) -> Answer:
+        budget = aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT)
+        try:
+            async with self._open().get(path, params=params, timeout=budget) as r:
+                return Answer(r.status, await r.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise WireError(type(exc).__name__) from None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 class SimAgent:
     """One host's agent, speaking the wire protocol the way ``agent.daemon`` does."""
 
@@ -598,8 +659,7 @@ class SimAgent:
         self.index = index
         self.id = creds.agent_id
         self.hostname = f"sim-{index:05d}"
-        self.http = fleet.client()
-        self.http.headers.update({"X-Agent-Id": creds.agent_id, "X-Agent-Secret": creds.secret})
+        self.http = fleet.client({"X-Agent-Id": creds.agent_id, "X-Agent-Secret": creds.secret})
         self.deployments: dict[str, DeployedApp] = {}
         self.server_digest: str | None = None  # what the server last acknowledged
         self.running: set[str] = set()
@@ -681,13 +741,9 @@ class SimAgent:
             phase.requests["report"] += 1
             start = time.monotonic()
             try:
-                response = await self.http.post(
-                    "/v1/agent/report",
-                    content=self._body(full=full),
-                    headers={"Content-Type": "application/json"},
-                )
-            except httpx.HTTPError as exc:
-                fleet.error("report", type(exc).__name__)
+                response = await self.http.post("/v1/agent/report", self._body(full=full))
+            except WireError as exc:
+                fleet.error("report", exc.kind)
                 return False
             elapsed = time.monotonic() - start
             if response.status_code == 422 and not full:
@@ -738,16 +794,14 @@ class SimAgent:
             try:
                 response = await self.http.get(
                     "/v1/agent/commands",
-                    params={"wait": f"{fleet.poll_wait:g}"},
-                    timeout=httpx.Timeout(
-                        fleet.poll_wait + LONG_POLL_SLACK, connect=CONNECT_TIMEOUT
-                    ),
+                    {"wait": f"{fleet.poll_wait:g}"},
+                    timeout=fleet.poll_wait + LONG_POLL_SLACK,
                 )
                 if response.status_code != 200:
                     raise _Status(response.status_code)
                 batch = CommandBatch.model_validate_json(response.content)
-            except (httpx.HTTPError, _Status) as exc:
-                fleet.error("poll", str(exc) if isinstance(exc, _Status) else type(exc).__name__)
+            except (WireError, _Status) as exc:
+                fleet.error("poll", str(exc) if isinstance(exc, _Status) else exc.kind)
                 if await fleet.sleep(_backoff(attempt)):
                     return
                 attempt += 1
@@ -768,16 +822,16 @@ class SimAgent:
             if await fleet.sleep(fleet.ack_delay):
                 return
             result = self.apply(command)
-            body = result.model_dump(mode="json")
+            body = result.model_dump_json().encode()
             attempt = 0
             while not fleet.stop.is_set():
                 fleet.phase.requests["result"] += 1
                 try:
                     response = await self.http.post(
-                        f"/v1/agent/commands/{command.id}/result", json=body
+                        f"/v1/agent/commands/{command.id}/result", body
                     )
-                except httpx.HTTPError as exc:
-                    fleet.error("result", type(exc).__name__)
+                except WireError as exc:
+                    fleet.error("result", exc.kind)
                 else:
                     if response.status_code == 200:
                         ack = ResultAck.model_validate_json(response.content)
