@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/fleet.py [--agents 100,1000,5000] [--deployments D]
 [--heartbeat 10] [--window 30] [--ack-delay 0.5] [--kill] [--idle-only] [--json]
-[--database URL] [--set KEY=VALUE ...] [--quick]``
+[--database URL] [--set KEY=VALUE ...] [--trace FILE] [--quick]``
 
 Loopback only.  For each fleet size it starts a real control plane (``python -m
 reconciler serve`` on 127.0.0.1, its own temp data dir, a local bare git repository as the
@@ -121,6 +121,9 @@ LOCAL_ONLY: dict[str, Any] = {
     "deployments": {"__all__": {"last_error"}},
 }
 EVENTS_PAGE = 1000  # the server's cap on /v1/events?limit
+# --trace FILE: every heartbeat as (phase, monotonic start, seconds), to see when a tail
+# happened in its phase (a wave of long polls, a collector pause) and not only how long.
+TRACE: list[tuple[str, float, float]] | None = None
 PLAN_POLL = 0.05  # seconds between reads of the event log while waiting for a push's plan
 # Seconds between samples of the server's RSS and the loop's lag: often enough that a
 # phase of half a second (a smoke run's rollout) still gets a few.
@@ -756,6 +759,8 @@ class SimAgent:
                 fleet.error("report", f"HTTP {response.status_code}")
                 return False
             phase.heartbeats.append(elapsed)
+            if TRACE is not None:
+                TRACE.append((phase.name, start, elapsed))
             ack = ReportAck.model_validate_json(response.content)
             self.server_digest = ack.state_digest
             if ack.state_digest == self.digest:
@@ -827,9 +832,7 @@ class SimAgent:
             while not fleet.stop.is_set():
                 fleet.phase.requests["result"] += 1
                 try:
-                    response = await self.http.post(
-                        f"/v1/agent/commands/{command.id}/result", body
-                    )
+                    response = await self.http.post(f"/v1/agent/commands/{command.id}/result", body)
                 except WireError as exc:
                     fleet.error("result", exc.kind)
                 else:
@@ -948,7 +951,14 @@ class Run:
         return time.monotonic() - start
 
     async def window(self) -> None:
+        """A heartbeat phase; with the server's reconciles during it (a run in a window
+        that should be quiet explains its tail)."""
+        before = await self.reconcile_seconds()
         await asyncio.sleep(self.args.window)
+        with contextlib.suppress(httpx.HTTPError):
+            after = await self.reconcile_seconds()
+            self.fleet.phase.figures["reconciles"] = int(after[1] - before[1])
+            self.fleet.phase.figures["reconcile_s"] = round(after[0] - before[0], 2)
 
     async def push(self, names: Sequence[str], message: str) -> tuple[str, float]:
         """Commit ``names`` at their next version, push, send the signed webhook; the
@@ -1107,11 +1117,16 @@ class Run:
                 if r.status_code != 201:
                     raise SystemExit(f"bootstrap refused: {r.status_code} {r.text}")
                 creds[i] = BootstrapResponse.model_validate_json(r.content)
+                # Running at once, as the real agent starts its loops once bootstrapped: a
+                # fleet's long polls begin as spread as its bootstraps (started all at the
+                # end, 5,000 polls came back empty within the same 9 s, every 30 s).
+                agent = slots[i] = SimAgent(self.fleet, i, creds[i])  # type: ignore[arg-type]
+                self.tasks.append(asyncio.create_task(agent.heartbeat_loop()))
+                self.tasks.append(asyncio.create_task(agent.poll_loop()))
 
+        slots: list[SimAgent | None] = [None] * self.n
         await asyncio.gather(*(one(i) for i in range(self.n)))
-        for i, c in enumerate(creds):
-            assert c is not None
-            self.fleet.agents.append(SimAgent(self.fleet, i, c))
+        self.fleet.agents.extend(a for a in slots if a is not None)
         agents = self.fleet.agents
         self.owner = {name: agents[i % self.n].id for i, name in enumerate(self.names)}
 
@@ -1123,9 +1138,6 @@ class Run:
         try:
             fleet.begin("bootstrap")
             await self.bootstrap()
-            for agent in fleet.agents:
-                self.tasks.append(asyncio.create_task(agent.heartbeat_loop()))
-                self.tasks.append(asyncio.create_task(agent.poll_loop()))
             # Every agent has reported once before anything is measured (it is offline
             # until then, and its first report is the "online" one, not a heartbeat).
             await asyncio.sleep(args.heartbeat + 1)
@@ -1452,6 +1464,12 @@ def parser() -> argparse.ArgumentParser:
         help="a smoke run: 20 agents and deployments, 2 s heartbeats, 4 s windows",
     )
     p.add_argument(
+        "--trace",
+        type=pathlib.Path,
+        default=None,
+        help="write every heartbeat (phase, monotonic start, seconds) to this JSON file",
+    )
+    p.add_argument(
         "--py-spy",
         type=pathlib.Path,
         default=None,
@@ -1529,7 +1547,12 @@ def _asyncio_run(coro: Awaitable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
+    global TRACE
+    if args.trace is not None:
+        TRACE = []
     report = run(args)
+    if args.trace is not None and TRACE is not None:
+        args.trace.write_text(json.dumps(TRACE))
     if args.json:
         print(json.dumps(report, indent=2))
     else:

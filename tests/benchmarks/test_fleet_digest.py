@@ -1,5 +1,5 @@
 """The agent side of the heartbeat's digest protocol in ``benchmarks/fleet.py``, against
-scripted servers (``httpx.MockTransport``): pure logic of the simulator, whose real-server
+scripted servers (a scripted ``AgentWire``): pure logic of the simulator, whose real-server
 run is ``test_fleet_smoke.py`` (today's server acknowledges no digest, so only these
 cover the other answers the contract in ``reconciler.model.agentapi`` allows)."""
 
@@ -26,22 +26,26 @@ def _agent(handler: Handler) -> tuple[Any, list[dict[str, Any]]]:
     """A simulated agent whose every report goes to ``handler``; the bodies it sent."""
     sent: list[dict[str, Any]] = []
 
-    def route(request: httpx.Request) -> httpx.Response:
-        assert request.url.path == "/v1/agent/report"
-        assert request.headers["X-Agent-Id"] == "agt_0123456789abcdef"
-        body = json.loads(request.content)
-        sent.append(body)
-        return handler(body)
+    class ScriptedWire:
+        """The agent's HTTP seam (``AgentWire``), answered by ``handler``."""
+
+        def __init__(self, headers: dict[str, str]) -> None:
+            self.headers = headers
+
+        async def post(self, path: str, body: bytes) -> Any:
+            assert path == "/v1/agent/report"
+            assert self.headers["X-Agent-Id"] == "agt_0123456789abcdef"
+            assert self.headers["Content-Type"] == "application/json"
+            data = json.loads(body)
+            sent.append(data)
+            answer = handler(data)
+            return fleet_bench.Answer(answer.status_code, answer.content)
 
     args = argparse.Namespace(heartbeat=10.0, poll_wait=30.0, ack_delay=0.0, py_spy=None)
     fleet = fleet_bench.Fleet(SimpleNamespace(url="http://fleet.test"), args)
     creds = BootstrapResponse(agent_id="agt_0123456789abcdef", secret="s" * 43)
     agent = fleet_bench.SimAgent(fleet, 0, creds)
-    agent.http = httpx.AsyncClient(
-        base_url="http://fleet.test",
-        transport=httpx.MockTransport(route),
-        headers=dict(agent.http.headers),
-    )
+    agent.http = ScriptedWire(dict(agent.http.headers))
     return agent, sent
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import pathlib
 import random
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -305,4 +307,50 @@ class TestLongPollSpread:
             answer = client.get("/v1/agent/commands", params={"wait": 30}, headers=headers)
         assert answer.status_code == 200 and answer.json()["commands"] == []
         assert rng.calls == [(0.7, 1.0)]
+        store.close()
+
+    def test_an_empty_answer_reads_the_store_once_and_a_wake_reads_again(
+        self, remote: Any, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A poll that times out unwoken answers from its first read (thousands of polls
+        end together after a restart); a woken one reads again (and only then)."""
+        from tests.server.conftest import make_config
+
+        config = make_config(remote, tmp_path / "data")
+        store = Store.in_dir(config.data_dir)
+        reconciler = Reconciler(config, store)
+        notifier = Notifier()
+        app = create_app(
+            config,
+            store,
+            Worker(reconciler.reconcile, poll_interval=0),
+            reconciler=reconciler,
+            secrets=ServerSecrets(),
+            metrics=Metrics(),
+            notifier=notifier,
+            rng=_Recording(0.01),  # 1% of the wait asked for
+        )
+        created = store.bootstrap_agent(store.create_bootstrap_token())
+        assert created is not None
+        agent = created[0]
+        headers = {"X-Agent-Id": agent, "X-Agent-Secret": created[1]}
+        reads: list[str] = []
+        real = store.pending_commands
+        monkeypatch.setattr(store, "pending_commands", lambda a: reads.append(a) or real(a))
+        with TestClient(app) as client:
+            answer = client.get("/v1/agent/commands", params={"wait": 20}, headers=headers)
+            assert answer.status_code == 200 and answer.json()["commands"] == []
+            assert reads == [agent]  # 0.2 s unwoken: no second read
+            reads.clear()
+
+            def wake() -> None:
+                time.sleep(0.15)
+                notifier.notify(agent)  # as a reconcile does after its commit
+
+            thread = threading.Thread(target=wake)
+            thread.start()
+            answer = client.get("/v1/agent/commands", params={"wait": 60}, headers=headers)
+            thread.join()
+            assert answer.status_code == 200
+        assert reads == [agent, agent]  # woken: read again; then timed out: no third
         store.close()
