@@ -219,6 +219,9 @@ def serve_command(
     for name in ("uvicorn.error", "uvicorn.access"):
         # uvicorn's loggers have their own handlers: a logger's filter covers them.
         logging.getLogger(name).addFilter(redact_credentials)
+    # Built, and nothing running yet: what exists now lives as long as the process
+    # (reconciler.server.runtime), while no run's temporaries are there to be frozen too.
+    tune_gc(settings.gc_young_threshold)
     plane.start()
 
     class Server(uvicorn.Server):
@@ -250,7 +253,6 @@ def serve_command(
                 )
             ),
         )
-        tune_gc(settings.gc_young_threshold)  # the app is built: freeze it (server.runtime)
         Server(server_config).run()
     finally:
         plane.stop()
