@@ -42,7 +42,8 @@ class Cadence:
         """The first slot of the grid after ``now``."""
         if now < self.anchor:
             return self.anchor
-        return self.anchor + (math.floor((now - self.anchor) / self.interval) + 1) * self.interval
+        due = self.anchor + (math.floor((now - self.anchor) / self.interval) + 1) * self.interval
+        return due if due > now else due + self.interval  # a rounding exactly on a slot
 
     def delay(self, now: float) -> float:
         """Seconds from ``now`` to the next slot (0 < delay <= interval)."""
@@ -55,4 +56,6 @@ class Cadence:
             return
         if now >= self.anchor:
             self.anchor += math.floor((now - self.anchor) / self.interval) * self.interval
+        else:  # the first slot, drawn within the old interval, comes within the new one
+            self.anchor = now + math.fmod(self.anchor - now, interval)
         self.interval = interval

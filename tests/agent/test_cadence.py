@@ -51,6 +51,17 @@ def test_a_new_interval_keeps_the_phase() -> None:
     assert cadence.interval == 5.0
 
 
+def test_a_shorter_interval_before_the_first_slot_brings_the_slot_within_it() -> None:
+    # The agent starts with its default (10 s); the server's first answer says 1 s: the
+    # first slot, drawn 7.5 s ahead, must not hold heartbeats back for 7.5 s (the server
+    # would count the agent offline after three missed seconds).
+    cadence = Cadence(10.0, 0.0, fixed(0.75))
+    cadence.set_interval(1.0, 0.2)
+    assert 0.2 < cadence.next_due(0.2) <= 1.2
+    assert cadence.next_due(0.2) == pytest.approx(0.2 + (7.5 - 0.2) % 1.0)
+    assert cadence.next_due(cadence.next_due(0.2)) == pytest.approx(cadence.next_due(0.2) + 1.0)
+
+
 def test_an_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         Cadence(0.0, 0.0)
