@@ -48,10 +48,9 @@ def fresh_memos(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test parses and emits YAML as if the process had just started: the process-wide
     memos of loading and rendering (tested on their own) never carry one test's documents
     into the next, so a test that counts parses or budgets sees every parse."""
-    from collections import OrderedDict
-
     from reconciler.load import yamlsafe
+    from reconciler.model.memo import Memo
     from reconciler.render import rendering
 
-    monkeypatch.setattr(yamlsafe, "_memo", OrderedDict())
-    monkeypatch.setattr(rendering, "_memo", OrderedDict())
+    monkeypatch.setattr(yamlsafe, "_memo", Memo(yamlsafe._memo.size))
+    monkeypatch.setattr(rendering, "_memo", Memo(rendering._memo.size))

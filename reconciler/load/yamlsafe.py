@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import marshal
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,6 +34,7 @@ from yaml.resolver import Resolver
 
 from reconciler.load.budget import Budget, BudgetExceeded
 from reconciler.model.errors import InvalidSpec, Problem
+from reconciler.model.memo import Memo
 
 __all__ = [
     "MAX_ALIASES",
@@ -529,9 +528,7 @@ def load_yaml(
 # int, float, bool, None, lists and dicts, order kept), and every hit gets fresh objects,
 # so no caller can change what the next one reads.  Its expanded size is still charged to
 # the repository's budget; a document that failed is parsed (and refused) every time.
-_MEMO_SIZE = 4096
-_memo: OrderedDict[bytes, bytes] = OrderedDict()
-_memo_lock = threading.Lock()
+_memo: Memo[bytes] = Memo(4096)
 
 
 def _memo_key(text: str) -> bytes:
@@ -539,12 +536,9 @@ def _memo_key(text: str) -> bytes:
 
 
 def _memo_get(text: str) -> Document | None:
-    key = _memo_key(text)
-    with _memo_lock:
-        blob = _memo.get(key)
-        if blob is None:
-            return None
-        _memo.move_to_end(key)
+    blob = _memo.get(_memo_key(text))
+    if blob is None:
+        return None
     data, positions, key_positions, expanded = marshal.loads(blob)  # noqa: S302 -- our own bytes
     return Document("", data, positions, key_positions, source=text, expanded=expanded)
 
@@ -554,10 +548,7 @@ def _memo_put(text: str, doc: Document) -> None:
         blob = marshal.dumps((doc.data, doc.positions, doc.key_positions, doc.expanded))
     except ValueError:  # not plain data after all: not kept
         return
-    with _memo_lock:
-        _memo[_memo_key(text)] = blob
-        while len(_memo) > _MEMO_SIZE:
-            _memo.popitem(last=False)
+    _memo.put(_memo_key(text), blob)
 
 
 def _same_place(line: int, col: int) -> tuple[int, int]:

@@ -14,8 +14,6 @@ every app.
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,6 +32,7 @@ from reconciler.model.deployment import (
 )
 from reconciler.model.ids import auto_domain, deployment_id
 from reconciler.model.manifest import Manifest
+from reconciler.model.memo import Memo
 from reconciler.model.state import ActualState
 from reconciler.render.domains import AutoDomain, choose_attempts
 from reconciler.render.model import (
@@ -162,10 +161,8 @@ def _c_emittable(data: Any) -> bool:
 # ten compose files come out as they did last time: their text is kept, by the ``repr`` of a
 # document made only of builtin types (equal reprs are equal documents, key order
 # included), so only the changed ones go through the emitter.
-_MEMO_SIZE = 4096
 _MEMO_TYPES = frozenset({dict, list, str, int, float, bool, type(None)})
-_memo: OrderedDict[bytes, str] = OrderedDict()
-_memo_lock = threading.Lock()
+_memo: Memo[str] = Memo(4096)
 
 
 def _memo_key(data: Any) -> bytes | None:
@@ -189,18 +186,11 @@ def _memo_key(data: Any) -> bytes | None:
 def _dump(data: Mapping[str, Any]) -> str:
     document = dict(data)
     key = _memo_key(document)
-    if key is not None:
-        with _memo_lock:
-            text = _memo.get(key)
-            if text is not None:
-                _memo.move_to_end(key)
-                return text
-    text = _emit(document)
-    if key is not None:
-        with _memo_lock:
-            _memo[key] = text
-            while len(_memo) > _MEMO_SIZE:
-                _memo.popitem(last=False)
+    text = None if key is None else _memo.get(key)
+    if text is None:
+        text = _emit(document)
+        if key is not None:
+            _memo.put(key, text)
     return text
 
 

@@ -81,7 +81,19 @@ def test_a_value_of_a_subclass_is_never_memoized() -> None:
 
 
 def test_the_memo_stays_bounded(monkeypatch: Any) -> None:
-    monkeypatch.setattr(rendering, "_MEMO_SIZE", 8)
+    monkeypatch.setattr(rendering._memo, "size", 8)
     for i in range(50):
         rendering._dump({"bounded": i})
     assert len(rendering._memo) <= 8
+
+
+def test_the_memo_drops_the_least_recently_used_entry() -> None:
+    from reconciler.model.memo import Memo
+
+    memo: Memo[str] = Memo(2)
+    memo.put(b"a", "A")
+    memo.put(b"b", "B")
+    assert memo.get(b"a") == "A"  # used: b is now the oldest
+    memo.put(b"c", "C")
+    assert (memo.get(b"a"), memo.get(b"b"), memo.get(b"c")) == ("A", None, "C")
+    assert len(memo) == 2
