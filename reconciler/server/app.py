@@ -9,16 +9,14 @@ Build one with :func:`build_control_plane` (store + worker + app from a
 :class:`ServerConfig`), or wire the parts yourself with :func:`create_app`.
 """
 
-import asyncio
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
+from fastapi.concurrency import iterate_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
@@ -31,27 +29,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from reconciler.model.agentapi import (
-    AgentReport,
     BootstrapRequest,
     BootstrapResponse,
-    Command,
-    CommandBatch,
     CommandProgress,
     CommandResult,
     ProgressAck,
-    ReportAck,
     ResultAck,
-    state_digest,
 )
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import NAME_RE
 from reconciler.model.redact import redact
-from reconciler.model.state import AgentState
+from reconciler.server.agentlane import (
+    AgentEndpoints,
+    AgentLane,
+    ControlPlaneAPI,
+    LaneError,
+    invalid_request,
+)
 from reconciler.server.config import Role, ServerConfig, ServerSecrets
-from reconciler.server.fields import MAX_TEXT, TooManyDeployments, cap_report, cap_result, clip
+from reconciler.server.fields import MAX_TEXT, cap_result, clip
 from reconciler.server.limits import BodyLimit, HeaderLimit
 from reconciler.server.metrics import DeploymentSample, Metrics
-from reconciler.server.notify import Notifier, spread_wait
+from reconciler.server.notify import Notifier
 from reconciler.server.operations import operation_finished, operations_router
 from reconciler.server.outbound import Router, Sender, Target, result_fields
 from reconciler.server.progress import FEED_POLL, FEED_POLL_NOTIFIED, ProgressHub
@@ -220,7 +219,7 @@ def create_app(
     progress: ProgressHub | None = None,
     rng: random.Random | None = None,
 ) -> FastAPI:
-    app = FastAPI(
+    app = ControlPlaneAPI(
         title="compose-reconciler control plane",
         docs_url=None,
         redoc_url=None,
@@ -238,6 +237,10 @@ def create_app(
     async def _on_error(request: Request, exc: _Error) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(LaneError)
+    async def _on_refused(request: Request, exc: LaneError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
     @app.exception_handler(HTTPException)
     async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(
@@ -248,23 +251,17 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for e in exc.errors()[:5]:
-            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-            parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
-        return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=400)
+        return JSONResponse({"error": invalid_request(exc.errors())}, status_code=400)
 
     # -------------------------------------------------------------------- auth
+
+    endpoints = AgentEndpoints(config, store, reconciler, worker, notifier, jitter)
 
     def agent_auth(
         x_agent_id: Annotated[str | None, Header()] = None,
         x_agent_secret: Annotated[str | None, Header()] = None,
     ) -> str:
-        if not x_agent_id or not x_agent_secret:
-            raise _Error(401, "X-Agent-Id and X-Agent-Secret are required")
-        if not store.check_agent(x_agent_id, x_agent_secret):
-            raise _Error(401, "unknown agent or wrong secret")
-        return x_agent_id
+        return endpoints.authenticate(x_agent_id, x_agent_secret)
 
     def bearer_role(authorization: str | None) -> Role:
         if not secrets.admin_token and not secrets.readonly_token:
@@ -318,32 +315,8 @@ def create_app(
             agent_id=agent_id, secret=secret, heartbeat_seconds=config.heartbeat
         )
 
-    def batch(agent: str) -> CommandBatch:
-        commands = [Command.model_validate(c.payload) for c in store.pending_commands(agent)]
-        return CommandBatch(commands=commands, heartbeat_seconds=config.heartbeat)
-
-    @app.get("/v1/agent/commands")
-    async def commands(agent: Agent, wait: float = 0.0) -> CommandBatch:
-        # An empty answer comes a little early, at random: polls that a restart bunched
-        # into one second drift apart instead of arriving together every ``wait`` seconds.
-        wait = spread_wait(max(0.0, min(wait, config.long_poll_max)), jitter)
-        deadline = time.monotonic() + wait
-        with notifier.waiting(agent) as wake:
-            while True:
-                # Registered before reading: a command created after this read wakes us.
-                wake.clear()
-                found = await run_in_threadpool(batch, agent)
-                left = deadline - time.monotonic()
-                if found.commands or left <= 0:
-                    return found
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout=left)
-                except TimeoutError:
-                    # Not woken: no command was made for this agent since the read above
-                    # (a lost cross-replica wake-up waits one more poll, which reads
-                    # first).  So the empty answer costs no second read: after a restart
-                    # thousands of polls end within seconds of each other.
-                    return found
+    # The heartbeat and the long poll: answered before FastAPI (reconciler.server.agentlane).
+    app.lane = AgentLane(endpoints, max_headers=config.max_headers)
 
     @app.get("/v1/agent/commands/{command_id}/bundle")
     def bundle(command_id: str, agent: Agent) -> StreamingResponse:
@@ -451,69 +424,6 @@ def create_app(
             ]
         )
         return ProgressAck(accepted=len(body.steps))
-
-    @app.post("/v1/agent/report")
-    def report(body: AgentReport, agent: Agent) -> ReportAck:
-        try:
-            body = cap_report(body)
-        except TooManyDeployments as exc:
-            raise _Error(413, str(exc)) from None
-        now = reconciler.clock()
-        if body.state is None and body.state_digest is None:
-            raise _Error(422, "the report carries neither a state nor a state_digest")
-        state: AgentState | None = None
-        stored_state: dict[str, Any] | None = None
-        digest = body.state_digest
-        if body.state is not None:
-            # The agent's digest is kept as it says (it is what it compares with); an agent
-            # from before sends none, and its state's own digest tells a change all the same.
-            digest = digest or state_digest(body.state)
-            state = body.state.model_copy(
-                update={
-                    "agent": agent,
-                    "online": True,
-                    "reason": None,
-                    "total_memory_mb": body.total_memory_mb,
-                    "free_networks": body.free_networks,
-                }
-            )
-            stored_state = state.model_dump(mode="json")
-        rest = body.model_dump(mode="json", exclude={"state"})
-        seen = store.record_report(
-            agent,
-            rest,
-            state=stored_state,
-            digest=digest,
-            hostname=body.hostname,
-            version=body.version,
-            now=now,
-        )
-        previous = seen.previous
-        if previous is None or now - previous > config.offline_after:
-            store.record_event("agent.online", {"agent": agent, "hostname": body.hostname})
-            log.info(
-                "agent %s online (hostname %r, reconcile-agent %s, %s deployments)",
-                agent,
-                body.hostname,
-                body.version or "?",
-                len(state.deployments) if state is not None else "unchanged",
-                extra={
-                    "fields": {
-                        "event": "agent.online",
-                        "agent": agent,
-                        "hostname": body.hostname,
-                        "version": body.version,
-                    }
-                },
-            )
-            worker.trigger(f"agent: {agent} online")
-        elif state is not None and seen.changed:
-            # Only a changed state can show new drift: an unchanged heartbeat costs one row.
-            reasons = reconciler.drift_in_report(agent, state)
-            if reasons:
-                store.record_event("drift", {"agent": agent, "reasons": reasons[:20]})
-                worker.trigger(f"drift: {agent}: {reasons[0]}")
-        return ReportAck(heartbeat_seconds=config.heartbeat, state_digest=seen.digest)
 
     # ----------------------------------------------------------- status/admin
 
