@@ -112,11 +112,15 @@ def kit() -> Iterator[Kit]:
     base = pathlib.Path(tempfile.mkdtemp(prefix="crpkg-", dir="/tmp"))
     base.chmod(0o755)
     k = Kit(base, secrets.token_hex(4), free_port(), free_port())
+    agent_volumes: list[str] = []
     try:
         yield k
     finally:
         with contextlib.suppress(Exception):
-            client.containers.get(k.agent_name).remove(force=True)
+            agent = client.containers.get(k.agent_name)
+            agent_volumes = [m["Name"] for m in agent.attrs["Mounts"] if m["Type"] == "volume"]
+            # v: the image's VOLUME /data is an anonymous volume that outlives a plain remove
+            agent.remove(force=True, v=True)
         with contextlib.suppress(Exception):
             k.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
         for c in client.containers.list(
@@ -134,8 +138,10 @@ def kit() -> Iterator[Kit]:
             if net.name.startswith("dpl_") and not net.containers:
                 with contextlib.suppress(Exception):
                     net.remove()
+        left = [v.name for v in client.volumes.list() if v.name in agent_volumes]
         client.close()
         shutil.rmtree(base, ignore_errors=True)
+        assert not left, f"the agent's anonymous volumes outlived it: {left}"
 
 
 def test_compose_server_behind_caddy_and_an_agent_in_the_image_serve_a_pushed_app(
