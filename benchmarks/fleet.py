@@ -73,7 +73,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -913,27 +913,41 @@ class Run:
 
     # ------------------------------------------------------------------ helpers
 
-    async def events(self, budget: float = 60.0) -> list[dict[str, Any]]:
-        """Every event since the last call (pages of the server's cap), or as many as an
-        overloaded server gives in ``budget`` seconds (noted)."""
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + budget
+    async def event_pages(
+        self, after: int, deadline: float | None = None
+    ) -> AsyncGenerator[tuple[list[dict[str, Any]], int], None]:
+        """The event log after ``after``, a page (the server's cap) at a time, each with the
+        id it ends at, up to the end: a short page.  With a ``deadline`` (monotonic) every
+        read gets what is left of it, and TimeoutError says the log was not read to its end;
+        without, the client's timeout.  One pager for every reader, so a cursor moves one way."""
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.notes.append(f"{self.fleet.phase.name}: event log read in part only")
-                return out
+            timeout: float | httpx.Timeout = self.admin.timeout
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise TimeoutError(f"event log read only up to {after}")
             r = await self.admin.get(
-                "/v1/events",
-                params={"after": self.event_cursor, "limit": EVENTS_PAGE},
-                timeout=left,
+                "/v1/events", params={"after": after, "limit": EVENTS_PAGE}, timeout=timeout
             )
             r.raise_for_status()
             data = r.json()
-            out.extend(data["events"])
-            self.event_cursor = data["last"]
+            after = int(data["last"])
+            yield data["events"], after
             if len(data["events"]) < EVENTS_PAGE:
-                return out
+                return
+
+    async def events(self, budget: float = 60.0) -> list[dict[str, Any]]:
+        """Every event since the last call, or as many as an overloaded server gives in
+        ``budget`` seconds (noted)."""
+        out: list[dict[str, Any]] = []
+        pages = self.event_pages(self.event_cursor, time.monotonic() + budget)
+        with contextlib.suppress(TimeoutError):
+            async for page, last in pages:
+                out.extend(page)
+                self.event_cursor = last
+            return out
+        self.notes.append(f"{self.fleet.phase.name}: event log read in part only")
+        return out
 
     async def wait(self, check: Callable[[], bool], timeout: float, what: str) -> float | None:
         """Seconds until ``check()`` holds (re-checked on every receive and ack), or None
@@ -991,13 +1005,9 @@ class Run:
     async def newest_event_id(self) -> int:
         """The id of the newest event now (what a push's events come after)."""
         cursor = 0
-        while True:
-            r = await self.admin.get("/v1/events", params={"after": cursor, "limit": 1000})
-            r.raise_for_status()
-            last = int(r.json()["last"])
-            if last == cursor:
-                return cursor
+        async for _, last in self.event_pages(cursor):
             cursor = last
+        return cursor
 
     async def plan_stored(self, sha: str, cursor: int, timeout: float) -> float | None:
         """Wall time when the event log first shows the run of ``sha`` finished, its plan and
@@ -1007,19 +1017,18 @@ class Run:
         a core from the reconcile it was timing.)"""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
-                r = await self.admin.get(
-                    "/v1/events",
-                    params={"after": cursor, "limit": 1000},
-                    timeout=max(0.1, deadline - time.monotonic()),
-                )
-                if r.status_code == 200:
-                    data = r.json()
-                    for event in data["events"]:
-                        fields = event.get("fields") or {}
-                        if event["kind"] == "reconcile.finished" and fields.get("revision") == sha:
-                            return time.time()
-                    cursor = int(data["last"])
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError, TimeoutError):
+                # closed at once when the plan is found, not when the loop collects it
+                async with contextlib.aclosing(self.event_pages(cursor, deadline)) as pages:
+                    async for page, last in pages:
+                        cursor = last
+                        for event in page:
+                            fields = event.get("fields") or {}
+                            if (
+                                event["kind"] == "reconcile.finished"
+                                and fields.get("revision") == sha
+                            ):
+                                return time.time()
             await asyncio.sleep(PLAN_POLL)
         self.notes.append(f"{self.fleet.phase.name}: no plan for {sha[:12]} in {timeout:g} s")
         return None

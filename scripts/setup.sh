@@ -176,7 +176,7 @@ else
   apt_install "$log" postgresql
   done_ "apt: apt-get update + install postgresql (log $log)"
 fi
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n1) || PG_BIN=
 [ -x "$PG_BIN/pg_ctl" ] || die "postgresql is installed but no pg_ctl under /usr/lib/postgresql/*/bin"
 # as_pg CMD...: initdb and the server refuse to run as root; root runs them as `postgres`
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -551,30 +551,38 @@ BASE_SUITE=trixie
 BASE_TAG=compose-reconciler-base:$BASE_SUITE
 BASE_PACKAGES=python3,python3-venv,git,openssh-client,ca-certificates
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-ensure_base_image() {
-  local recipe have root log=$SETUP_DIR/debootstrap.log
+# debootstrap_image NAME TAG SUITE VERSION PACKAGES [TRIM]: a minimal Debian SUITE rootfs with
+# PACKAGES (debootstrap's comma list), imported as TAG. The recipe (suite, packages, VERSION: bump
+# it when what is trimmed changes) is a label, so a second call with the same recipe does nothing.
+# TRIM, when given, is a function called with the rootfs to check it and drop more than the
+# docs and apt caches every image loses.
+debootstrap_image() {
+  local name=$1 tag=$2 suite=$3 version=$4 packages=$5 trim=${6:-} recipe have root
+  local log=$SETUP_DIR/debootstrap-$1.log
   step
-  recipe=$(printf '%s\n' "$BASE_SUITE" "$BASE_PACKAGES" minbase-v1 | sha256sum | cut -c1-16)
+  recipe=$(printf '%s\n' "$suite" "$packages" "$version" | sha256sum | cut -c1-16)
   have=$(docker image inspect -f '{{if .Config.Labels}}{{index .Config.Labels "io.reconciler.recipe"}}{{end}}' \
-    "$BASE_TAG" 2>/dev/null) || have=
+    "$tag" 2>/dev/null) || have=
   if [ "$have" = "$recipe" ]; then
-    done_ "image $BASE_TAG: present (debootstrap, recipe $recipe)"
+    done_ "image $tag: present (debootstrap, recipe $recipe)"
     return 0
   fi
-  root=$(mktemp -d "$SETUP_DIR/base-rootfs.XXXXXX")
+  root=$(mktemp -d "$SETUP_DIR/$name-rootfs.XXXXXX")
   TMP_DIRS+=("$root")
   mkdir -p "$SETUP_DIR/debs" # downloaded .debs, kept for the next build
-  debootstrap --variant=minbase --include="$BASE_PACKAGES" --cache-dir="$SETUP_DIR/debs" \
-    "$BASE_SUITE" "$root" "$DEBIAN_MIRROR" </dev/null >"$log" 2>&1 9>&- ||
-    { show_log "$log"; die "debootstrap of $BASE_SUITE failed"; }
+  debootstrap --variant=minbase --include="$packages" --cache-dir="$SETUP_DIR/debs" \
+    "$suite" "$root" "$DEBIAN_MIRROR" </dev/null >"$log" 2>&1 9>&- ||
+    { show_log "$log"; die "debootstrap of $suite with $packages failed"; }
   # what an image needs no copy of: docs, manuals, translations, the apt caches
   rm -rf "$root"/usr/share/{doc,man,info,locale} "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/*
+  [ -z "$trim" ] || "$trim" "$root"
   tar -C "$root" -c . | docker import \
     --change "LABEL io.reconciler.built-locally=true io.reconciler.recipe=$recipe" \
-    --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$BASE_TAG" >/dev/null ||
-    die "docker import of $BASE_TAG failed"
-  done_ "image $BASE_TAG: debootstrap $BASE_SUITE + import (recipe $recipe, log $log)"
+    --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$tag" >/dev/null ||
+    die "docker import of $tag failed"
+  done_ "image $tag: debootstrap $suite + $packages (recipe $recipe, log $log)"
 }
+ensure_base_image() { debootstrap_image base "$BASE_TAG" "$BASE_SUITE" minbase-v1 "$BASE_PACKAGES"; }
 
 # The image: the Dockerfile at the repository root, over the base, with the wheels of this
 # checkout and the host's Docker CLI and Compose plugin; rebuilt when any of them changes.
@@ -653,36 +661,19 @@ PG_SUITE=trixie
 PG_MAJOR=17 # trixie's PostgreSQL
 PG_BASE_TAG=reconciler-postgres-base:$PG_SUITE
 PG_TAG=reconciler-postgres:$PG_MAJOR
-ensure_postgres_base() {
-  local recipe have root log=$SETUP_DIR/debootstrap-postgres.log
-  step
-  recipe=$(printf '%s\n' "$PG_SUITE" "postgresql-$PG_MAJOR" minbase-nojit-v1 | sha256sum | cut -c1-16)
-  have=$(docker image inspect -f '{{if .Config.Labels}}{{index .Config.Labels "io.reconciler.recipe"}}{{end}}' \
-    "$PG_BASE_TAG" 2>/dev/null) || have=
-  if [ "$have" = "$recipe" ]; then
-    done_ "image $PG_BASE_TAG: present (debootstrap, recipe $recipe)"
-    return 0
-  fi
-  root=$(mktemp -d "$SETUP_DIR/postgres-rootfs.XXXXXX")
-  TMP_DIRS+=("$root")
-  mkdir -p "$SETUP_DIR/debs"
-  debootstrap --variant=minbase --include="postgresql-$PG_MAJOR" --cache-dir="$SETUP_DIR/debs" \
-    "$PG_SUITE" "$root" "$DEBIAN_MIRROR" </dev/null >"$log" 2>&1 9>&- ||
-    { show_log "$log"; die "debootstrap of $PG_SUITE with postgresql-$PG_MAJOR failed"; }
+# trim_postgres_root ROOT: the server is there; drop what a database image needs no copy of:
+# the cluster the package made (the entrypoint makes one in the volume), and the LLVM JIT (a
+# third of the size; the entrypoint turns jit off, and a missing provider only disables it).
+trim_postgres_root() {
+  local root=$1
   [ -x "$root/usr/lib/postgresql/$PG_MAJOR/bin/postgres" ] ||
     die "debootstrap made no /usr/lib/postgresql/$PG_MAJOR/bin/postgres (is $PG_SUITE's PostgreSQL still $PG_MAJOR?)"
-  # What a database image needs no copy of: docs, manuals, translations, the apt caches, the
-  # cluster the package made (the entrypoint makes one in the volume), and the LLVM JIT (a
-  # third of the size; the entrypoint turns jit off, and a missing provider only disables it).
-  rm -rf "$root"/usr/share/{doc,man,info,locale} "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* \
-    "$root/etc/postgresql/$PG_MAJOR/main" "$root/var/lib/postgresql/$PG_MAJOR" \
+  rm -rf "$root/etc/postgresql/$PG_MAJOR/main" "$root/var/lib/postgresql/$PG_MAJOR" \
     "$root/usr/lib/postgresql/$PG_MAJOR/lib/"{llvmjit.so,llvmjit_types.bc,bitcode} \
     "$root"/usr/lib/*-linux-gnu/libLLVM* "$root"/usr/lib/*-linux-gnu/libz3.so*
-  tar -C "$root" -c . | docker import \
-    --change "LABEL io.reconciler.built-locally=true io.reconciler.recipe=$recipe" \
-    --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$PG_BASE_TAG" >/dev/null ||
-    die "docker import of $PG_BASE_TAG failed"
-  done_ "image $PG_BASE_TAG: debootstrap $PG_SUITE + postgresql-$PG_MAJOR (recipe $recipe, log $log)"
+}
+ensure_postgres_base() {
+  debootstrap_image postgres "$PG_BASE_TAG" "$PG_SUITE" minbase-nojit-v1 "postgresql-$PG_MAJOR" trim_postgres_root
 }
 
 ensure_postgres_image() {

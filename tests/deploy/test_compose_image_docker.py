@@ -13,25 +13,16 @@ without Docker.  Everything it makes is named after one random suffix and remove
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
-import os
-import pathlib
-import secrets
-import shutil
 import ssl
-import tempfile
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
-from tests.agent.docker_helpers import docker_client
 from tests.conftest import free_port
-from tests.deploy.kit import IMAGE, ROOT, SERVER_UID, VERSION, git, published, run, wait_for
+from tests.deploy.kit import IMAGE, ROOT, ComposeKit, kit_dir, run
 
 pytestmark = pytest.mark.docker
 
@@ -39,62 +30,26 @@ DEPLOY_TIMEOUT = 180.0
 
 
 @dataclass
-class Kit:
-    base: pathlib.Path
-    suffix: str
-    https_port: int
-    proxy_port: int
+class Kit(ComposeKit):
+    """``deploy/compose.yaml``'s project, and an agent container of the same image beside it."""
+
+    compose_file = ROOT / "deploy" / "compose.yaml"
+    prefix = "crpkg"
+
+    proxy_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
-        self.project = f"crpkg-{self.suffix}"
+        super().__post_init__()
         self.agent_name = f"crpkg-agent-{self.suffix}"
-        self.namespace = f"crpkg-{self.suffix}"
-        self.origin = self.base / "origin.git"
-        self.work = self.base / "work"
         self.state = self.base / "state"
-        self.secrets = self.base / "secrets"
-        self.ca = self.base / "caddy-root.crt"
-        self.admin_token = secrets.token_hex(16)
-        self.webhook_secret = secrets.token_hex(16)
         self.url = f"https://localhost:{self.https_port}"
         self.domain = f"hello-{self.namespace}.localhost"
-
-    @property
-    def compose_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-        env.update(
-            RECONCILE_DOMAIN="localhost",
-            RECONCILE_SOURCE=self.origin.as_uri(),
-            RECONCILE_BRANCH="main",
-            RECONCILE_VERSION=VERSION,
-            RECONCILE_SECRETS_DIR=str(self.secrets),
-            RECONCILE_HTTPS_BIND=f"127.0.0.1:{self.https_port}",
-            RECONCILE_HTTP_BIND=f"127.0.0.1:{free_port()}",
-        )
-        return env
-
-    def compose(self, *args: str) -> str:
-        files = ["-f", str(ROOT / "deploy" / "compose.yaml"), "-f", str(self.base / "test.yaml")]
-        return run("docker", "compose", "-p", self.project, *files, *args, env=self.compose_env)
 
     def http(self) -> httpx.Client:
         return httpx.Client(verify=ssl.create_default_context(cafile=self.ca), timeout=10)
 
-    def commit_and_push(self, files: dict[str, str]) -> str:
-        for rel, text in files.items():
-            path = self.work / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            os.chown(path, SERVER_UID, SERVER_UID)
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "-m", "change")
-        git(self.work, "push", "-q", "origin", "main")
-        return git(self.work, "rev-parse", "HEAD")
-
     def logs(self) -> str:
-        out = []
-        with contextlib.suppress(Exception):
-            out.append(self.compose("logs", "--no-color", "--tail", "60"))
+        out = [super().logs()]
         with contextlib.suppress(Exception):
             out.append(run("docker", "logs", "--tail", "60", self.agent_name))
         return "\n".join(out)
@@ -102,60 +57,45 @@ class Kit:
 
 @pytest.fixture
 def kit() -> Iterator[Kit]:
-    client = docker_client()
-    try:
-        client.images.get(IMAGE)
-        client.images.get("caddy:2")
-    except Exception:
-        pytest.fail(f"image {IMAGE} or caddy:2 is missing: run `bash scripts/setup.sh --docker`")
-    # short: the agent's proxy admin socket lives under the state dir (sun_path is 108 bytes)
-    base = pathlib.Path(tempfile.mkdtemp(prefix="crpkg-", dir="/tmp"))
-    base.chmod(0o755)
-    k = Kit(base, secrets.token_hex(4), free_port(), free_port())
-    try:
-        yield k
-    finally:
-        with contextlib.suppress(Exception):
-            client.containers.get(k.agent_name).remove(force=True)
-        with contextlib.suppress(Exception):
-            k.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
-        for c in client.containers.list(
-            all=True, filters={"label": f"io.reconciler.namespace={k.namespace}"}
-        ):
+    with kit_dir("crpkg-", IMAGE, "caddy:2") as (client, base):
+        k = Kit(base)
+        agent_volumes: list[str] = []
+        try:
+            yield k
+        finally:
             with contextlib.suppress(Exception):
-                c.remove(force=True, v=True)
-        # the agent's proxy, only if it is the one serving this test's state dir
-        for c in client.containers.list(all=True, filters={"label": "io.reconciler.role=proxy"}):
-            mounts = [m.get("Source", "") for m in c.attrs.get("Mounts", [])]
-            if any(m.startswith(str(k.state)) for m in mounts):
+                agent = client.containers.get(k.agent_name)
+                agent_volumes = [m["Name"] for m in agent.attrs["Mounts"] if m["Type"] == "volume"]
+                # v: the image's VOLUME /data is an anonymous volume that outlives a plain remove
+                agent.remove(force=True, v=True)
+            with contextlib.suppress(Exception):
+                k.down()
+            for c in client.containers.list(
+                all=True, filters={"label": f"io.reconciler.namespace={k.namespace}"}
+            ):
                 with contextlib.suppress(Exception):
-                    c.remove(force=True)
-        for net in client.networks.list(filters={"label": "com.docker.compose.network"}):
-            if net.name.startswith("dpl_") and not net.containers:
-                with contextlib.suppress(Exception):
-                    net.remove()
-        client.close()
-        shutil.rmtree(base, ignore_errors=True)
+                    c.remove(force=True, v=True)
+            # the agent's proxy, only if it is the one serving this test's state dir
+            proxy = {"label": "io.reconciler.role=proxy"}
+            for c in client.containers.list(all=True, filters=proxy):
+                mounts = [m.get("Source", "") for m in c.attrs.get("Mounts", [])]
+                if any(m.startswith(str(k.state)) for m in mounts):
+                    with contextlib.suppress(Exception):
+                        c.remove(force=True)
+            for net in client.networks.list(filters={"label": "com.docker.compose.network"}):
+                if net.name.startswith("dpl_") and not net.containers:
+                    with contextlib.suppress(Exception):
+                        net.remove()
+            left = [v.name for v in client.volumes.list() if v.name in agent_volumes]
+            assert not left, f"the agent's anonymous volumes outlived it: {left}"
 
 
 def test_compose_server_behind_caddy_and_an_agent_in_the_image_serve_a_pushed_app(
     kit: Kit,
 ) -> None:
     # The desired-state repository: a bare one the server reads, owned by its uid.
-    for d in (kit.origin, kit.work):
-        d.mkdir()
-        os.chown(d, SERVER_UID, SERVER_UID)
-    git(kit.origin, "init", "-q", "--bare", "-b", "main")
-    git(kit.work, "init", "-q", "-b", "main")
-    git(kit.work, "remote", "add", "origin", str(kit.origin))
-    kit.commit_and_push({"reconcile.yaml": f"namespace: {kit.namespace}\n"})
-
-    kit.secrets.mkdir()
-    for name, value in (("admin_token", kit.admin_token), ("webhook_secret", kit.webhook_secret)):
-        path = kit.secrets / name
-        path.write_text(value + "\n")
-        os.chown(path, SERVER_UID, SERVER_UID)
-        path.chmod(0o400)
+    kit.init_repo({"reconcile.yaml": f"namespace: {kit.namespace}\n"})
+    kit.write_secrets()
     # only what a test needs on top of the production file: the repository, mounted
     (kit.base / "test.yaml").write_text(
         "services:\n  server:\n    volumes:\n"
@@ -164,18 +104,12 @@ def test_compose_server_behind_caddy_and_an_agent_in_the_image_serve_a_pushed_ap
         f" --source={kit.origin.as_uri()}, --branch=main, --heartbeat=2]\n"
     )
 
-    kit.compose("up", "-d", "--wait", "--wait-timeout", "120")
-    ports = published(kit.compose("ps", "--format", "json"))
-    assert ports and all(p["URL"] == "127.0.0.1" for p in ports), ports
+    kit.up(120)
 
     # Caddy's own CA signs `localhost`; the agent and this test trust it, nothing else.
-    root = "/data/caddy/pki/authorities/local/root.crt"
-    cert = wait_for(
-        lambda: kit.compose("exec", "-T", "caddy", "cat", root), 60, "Caddy's local root CA"
-    )
-    kit.ca.write_text(cert)
+    kit.fetch_ca()
     with kit.http() as http:
-        wait_for(lambda: http.get(kit.url + "/healthz").status_code == 200, 60, "TLS /healthz")
+        kit.wait(lambda: http.get(kit.url + "/healthz").status_code == 200, 60, "TLS /healthz")
         # the same port without TLS is Caddy refusing plain HTTP, never the server
         plain = httpx.get(f"http://127.0.0.1:{kit.https_port}/healthz", timeout=5)
         assert plain.status_code == 400
@@ -201,17 +135,14 @@ def test_compose_server_behind_caddy_and_an_agent_in_the_image_serve_a_pushed_ap
             "--poll-wait", "10", "--settle", "1", "--repair-interval", "2",
         )  # fmt: skip
         creds = kit.state / "agent" / "credentials.json"
-        try:
-            wait_for(creds.exists, 60, "the agent's credentials in its state dir")
-        except AssertionError:
-            raise AssertionError(kit.logs()) from None
+        kit.wait(creds.exists, 60, "the agent's credentials in its state dir")
         agent_id = json.loads(creds.read_text())["agent_id"]
 
         def online() -> bool:
             rows = http.get(kit.url + "/v1/agents", headers=admin).json()["agents"]
             return any(a["id"] == agent_id and a.get("online") for a in rows)
 
-        wait_for(online, 60, "the agent online")
+        kit.wait(online, 60, "the agent online")
 
         # Push the app, announce it with a signed webhook through Caddy.
         sha = kit.commit_and_push(
@@ -227,20 +158,8 @@ def test_compose_server_behind_caddy_and_an_agent_in_the_image_serve_a_pushed_ap
                 ),
             }
         )
-        body = json.dumps(
-            {"ref": "refs/heads/main", "before": "0" * 40, "after": sha, "deleted": False}
-        ).encode()
-        signature = hmac.new(kit.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
-        hook = http.post(
-            kit.url + "/hooks/github",
-            content=body,
-            headers={
-                "Content-Type": "application/json",
-                "X-GitHub-Event": "push",
-                "X-GitHub-Delivery": str(uuid.uuid4()),
-                "X-Hub-Signature-256": f"sha256={signature}",
-            },
-        )
+        body, headers = kit.signed_push(sha)
+        hook = http.post(kit.url + "/hooks/github", content=body, headers=headers)
         assert hook.status_code == 202, hook.text
 
         def serves() -> bool:
@@ -249,10 +168,7 @@ def test_compose_server_behind_caddy_and_an_agent_in_the_image_serve_a_pushed_ap
             )
             return r.status_code == 200 and "shipped-in-a-container" in r.text
 
-        try:
-            wait_for(serves, DEPLOY_TIMEOUT, "the app through the agent's proxy on 127.0.0.1")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{kit.logs()}") from None
+        kit.wait(serves, DEPLOY_TIMEOUT, "the app through the agent's proxy on 127.0.0.1")
 
     # the agent wrote the app's files where the host's daemon found them (same path)
     apps = list((kit.state / "apps").glob("dpl_*/compose.yaml"))

@@ -19,119 +19,58 @@ Compose project named after a random suffix, and ``docker compose down -v`` remo
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
-import json
-import os
-import pathlib
 import secrets
-import shutil
 import ssl
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.agent.docker_helpers import docker_client
-from tests.conftest import free_port
-from tests.deploy.kit import IMAGE, ROOT, SERVER_UID, VERSION, git, published, run, wait_for
+from tests.deploy.kit import DOMAIN, IMAGE, ROOT, SERVER_UID, ComposeKit, kit_dir, run
 
 pytestmark = pytest.mark.docker
 
-COMPOSE_FILE = ROOT / "deploy" / "compose.replicas.yaml"
 POSTGRES_IMAGE = "reconciler-postgres:17"
-DOMAIN = "localhost"  # Caddy's internal CA certifies it; no ACME, no DNS
 UP_TIMEOUT = 150  # seconds for `up --wait`: database init, then both replicas healthy
 PLAN_TIMEOUT = 60.0
 TAKEOVER_TIMEOUT = 60.0
 
 
 @dataclass
-class Replicas:
+class Replicas(ComposeKit):
     """One Compose project of the kit, and how to reach it: only through Caddy on 127.0.0.1."""
 
-    base: pathlib.Path
-    suffix: str = field(default_factory=lambda: secrets.token_hex(4))
-    https_port: int = field(default_factory=free_port)
-    http_port: int = field(default_factory=free_port)
+    compose_file = ROOT / "deploy" / "compose.replicas.yaml"
+    prefix = "crrep"
 
     def __post_init__(self) -> None:
-        self.project = f"crrep-{self.suffix}"
-        self.namespace = f"crrep-{self.suffix}"
-        self.origin = self.base / "origin.git"
-        self.work = self.base / "work"
-        self.secrets = self.base / "secrets"
-        self.ca = self.base / "caddy-root.crt"
-        self.admin_token = secrets.token_hex(16)
-        self.webhook_secret = secrets.token_hex(16)
+        super().__post_init__()
         self.pg_password = secrets.token_hex(16)
         self.url = f"https://127.0.0.1:{self.https_port}"
 
     @property
     def compose_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "POSTGRES_"))}
-        env.update(
-            RECONCILE_DOMAIN=DOMAIN,
-            RECONCILE_SOURCE=self.origin.as_uri(),
-            RECONCILE_BRANCH="main",
-            RECONCILE_VERSION=VERSION,
-            RECONCILE_SECRETS_DIR=str(self.secrets),
-            POSTGRES_IMAGE=POSTGRES_IMAGE,
-            RECONCILE_HTTPS_BIND=f"127.0.0.1:{self.https_port}",
-            RECONCILE_HTTP_BIND=f"127.0.0.1:{self.http_port}",
-        )
-        return env
-
-    def compose(self, *args: str, timeout: float = 300) -> str:
-        files = ["-f", str(COMPOSE_FILE), "-f", str(self.base / "test.yaml")]
-        return run(
-            "docker", "compose", "-p", self.project, *files, *args,
-            env=self.compose_env, timeout=timeout,
-        )  # fmt: skip
+        return {**super().compose_env, "POSTGRES_IMAGE": POSTGRES_IMAGE}
 
     def compose_bytes(self, *args: str, stdin: bytes | None = None) -> bytes:
         """``docker compose`` whose output is binary (a dump), not text."""
-        files = ["-f", str(COMPOSE_FILE), "-f", str(self.base / "test.yaml")]
         done = subprocess.run(
-            ["docker", "compose", "-p", self.project, *files, *args],
+            self.compose_args(*args),
             env=self.compose_env, input=stdin, capture_output=True, timeout=120, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
         return done.stdout
 
-    def write_secrets(self) -> None:
-        """As the file's header says: the server's three owned by its uid, the database's
-        password by root (its entrypoint reads it as root), all 0400."""
-        self.secrets.mkdir()
+    def write_database_secrets(self) -> None:
+        """The server's secrets and the database's: its URL for the server, the password
+        owned by root (the database's entrypoint reads it as root)."""
         url = f"postgresql://reconcile:{self.pg_password}@postgres:5432/reconcile\n"
-        for name, value, uid in (
-            ("admin_token", self.admin_token + "\n", SERVER_UID),
-            ("webhook_secret", self.webhook_secret + "\n", SERVER_UID),
-            ("database_url", url, SERVER_UID),
-            ("postgres_password", self.pg_password, 0),
-        ):
-            path = self.secrets / name
-            path.write_text(value)
-            os.chown(path, uid, 0)
-            path.chmod(0o400)
-
-    def commit_and_push(self, files: dict[str, str]) -> str:
-        for rel, text in files.items():
-            path = self.work / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.chown(path.parent, SERVER_UID, SERVER_UID)
-            path.write_text(text)
-            os.chown(path, SERVER_UID, SERVER_UID)
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "-m", "change")
-        git(self.work, "push", "-q", "origin", "main")
-        return git(self.work, "rev-parse", "HEAD")
+        self.write_secrets(database_url=(url, SERVER_UID), postgres_password=(self.pg_password, 0))
 
     def http(self) -> httpx.Client:
         """A client for Caddy on 127.0.0.1 that says ``localhost`` in the Host header and the
@@ -143,14 +82,6 @@ class Replicas:
             timeout=15,
         )
 
-    def logs(self) -> str:
-        with contextlib.suppress(Exception):
-            return self.compose("logs", "--no-color", "--tail", "40", timeout=60)
-        return "(no logs)"
-
-    def down(self) -> None:
-        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", timeout=120)
-
 
 def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """A request with SNI ``localhost`` (the URL's host is the address, 127.0.0.1)."""
@@ -160,22 +91,8 @@ def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Res
 def push_hook(
     kit: Replicas, http: httpx.Client, sha: str, delivery: str
 ) -> tuple[int, dict[str, Any]]:
-    body = json.dumps(
-        {"ref": "refs/heads/main", "before": "0" * 40, "after": sha, "deleted": False}
-    ).encode()
-    signature = hmac.new(kit.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
-    r = call(
-        http,
-        "POST",
-        "/hooks/github",
-        content=body,
-        headers={
-            "Content-Type": "application/json",
-            "X-GitHub-Event": "push",
-            "X-GitHub-Delivery": delivery,
-            "X-Hub-Signature-256": f"sha256={signature}",
-        },
-    )
+    body, headers = kit.signed_push(sha, delivery)
+    r = call(http, "POST", "/hooks/github", content=body, headers=headers)
     return r.status_code, r.json()
 
 
@@ -197,22 +114,13 @@ def readiness(http: httpx.Client) -> dict[str, Any]:
 
 @pytest.fixture
 def kit() -> Iterator[Replicas]:
-    client = docker_client()
-    for image in (IMAGE, POSTGRES_IMAGE, "caddy:2"):
+    with kit_dir("crrep-", IMAGE, POSTGRES_IMAGE, "caddy:2") as (_, base):
+        k = Replicas(base)
         try:
-            client.images.get(image)
-        except Exception:
-            pytest.fail(f"image {image} is missing: run `bash scripts/setup.sh --docker`")
-    base = pathlib.Path(tempfile.mkdtemp(prefix="crrep-", dir="/tmp"))
-    base.chmod(0o755)
-    k = Replicas(base)
-    try:
-        yield k
-    finally:
-        with contextlib.suppress(Exception):
-            k.down()
-        client.close()
-        shutil.rmtree(base, ignore_errors=True)
+            yield k
+        finally:
+            with contextlib.suppress(Exception):
+                k.down()
 
 
 def test_two_replicas_on_postgres_behind_caddy_plan_pushes_and_survive_the_leader_killed(
@@ -220,37 +128,19 @@ def test_two_replicas_on_postgres_behind_caddy_plan_pushes_and_survive_the_leade
 ) -> None:
     started = time.monotonic()
     # The desired-state repository: a bare one both replicas read (mounted), owned by their uid.
-    for d in (kit.origin, kit.work):
-        d.mkdir()
-        os.chown(d, SERVER_UID, SERVER_UID)
-    git(kit.origin, "init", "-q", "--bare", "-b", "main")
-    git(kit.work, "init", "-q", "-b", "main")
-    git(kit.work, "remote", "add", "origin", str(kit.origin))
-    kit.commit_and_push(
-        {"reconcile.yaml": f"namespace: {kit.namespace}\n", "deployments/.keep": ""}
-    )
-    kit.write_secrets()
+    kit.init_repo({"reconcile.yaml": f"namespace: {kit.namespace}\n", "deployments/.keep": ""})
+    kit.write_database_secrets()
     # only what a test needs on top of the production file: the repository, mounted
     mount = f"      - {kit.origin}:{kit.origin}:ro\n"
     (kit.base / "test.yaml").write_text(
         f"services:\n  server-a:\n    volumes:\n{mount}  server-b:\n    volumes:\n{mount}"
     )
 
-    try:
-        kit.compose(
-            "up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT), timeout=UP_TIMEOUT + 60
-        )
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{kit.logs()}") from None
+    ports = kit.up(UP_TIMEOUT)
     up_seconds = time.monotonic() - started
-    ports = published(kit.compose("ps", "--format", "json"))
-    assert ports and all(p["URL"] == "127.0.0.1" for p in ports), ports
     assert {p["TargetPort"] for p in ports} == {80, 443}  # Caddy only: no replica, no database
 
-    root = "/data/caddy/pki/authorities/local/root.crt"
-    kit.ca.write_text(
-        wait_for(lambda: kit.compose("exec", "-T", "caddy", "cat", root), 60, "Caddy's root CA")
-    )
+    kit.fetch_ca()
     # the replicas' containers by hostname: /readyz names a replica "<hostname>:<pid>:…"
     containers = {}
     for service in ("server-a", "server-b"):
@@ -267,10 +157,7 @@ def test_two_replicas_on_postgres_behind_caddy_plan_pushes_and_survive_the_leade
             seen[body["replica"].split(":")[0]] = body["leader"]
             return len(seen) == 2 and sum(seen.values()) == 1
 
-        try:
-            wait_for(both_ready, 60, "both replicas ready through Caddy, one leading")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{kit.logs()}") from None
+        kit.wait(both_ready, 60, "both replicas ready through Caddy, one leading")
         assert set(seen) == set(containers), (seen, containers)
         [leader_host] = [h for h, leads in seen.items() if leads]
 
@@ -318,10 +205,7 @@ def test_two_replicas_on_postgres_behind_caddy_plan_pushes_and_survive_the_leade
         delivery = str(uuid.uuid4())
         status, answer = push_hook(kit, http, sha1, delivery)
         assert (status, answer["result"]) == (202, "accepted"), answer
-        try:
-            plan = wait_for(lambda: planned(http, admin, sha1), PLAN_TIMEOUT, f"a plan at {sha1}")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{kit.logs()}") from None
+        plan = kit.wait(lambda: planned(http, admin, sha1), PLAN_TIMEOUT, f"a plan at {sha1}")
         assert [(a["action"], a["deployment"], a["agent"]) for a in plan["actions"]] == [
             ("install", "web", agent_id)
         ], plan
@@ -361,10 +245,7 @@ def test_two_replicas_on_postgres_behind_caddy_plan_pushes_and_survive_the_leade
             body = readiness(http)
             return body["replica"].startswith(survivor_host + ":") and body["leader"] is True
 
-        try:
-            wait_for(survivor_leads, TAKEOVER_TIMEOUT, "the surviving replica to lead")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{kit.logs()}") from None
+        kit.wait(survivor_leads, TAKEOVER_TIMEOUT, "the surviving replica to lead")
         takeover = time.monotonic() - killed_at
 
         api = "name: api\nagent: host1\nimage: busybox:1.36\ntarget_port: 8080\n"
@@ -372,33 +253,13 @@ def test_two_replicas_on_postgres_behind_caddy_plan_pushes_and_survive_the_leade
         heartbeat()
         status, answer = push_hook(kit, http, sha2, str(uuid.uuid4()))
         assert (status, answer["result"]) == (202, "accepted"), answer
-        try:
-            plan = wait_for(lambda: planned(http, admin, sha2), PLAN_TIMEOUT, f"a plan at {sha2}")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{kit.logs()}") from None
+        plan = kit.wait(lambda: planned(http, admin, sha2), PLAN_TIMEOUT, f"a plan at {sha2}")
         actions = {a["deployment"]: a["action"] for a in plan["actions"]}
         assert actions.get("api") == "install", plan
         assert "web" in actions, plan  # still desired (in flight, or planned again)
 
     kit.down()
-    left = run(
-        "docker", "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={kit.project}"
-    ) + run(
-        "docker",
-        "volume",
-        "ls",
-        "-q",
-        "--filter",
-        f"label=com.docker.compose.project={kit.project}",
-    )
-    left += run(
-        "docker",
-        "network",
-        "ls",
-        "-q",
-        "--filter",
-        f"label=com.docker.compose.project={kit.project}",
-    )
+    left = kit.leftovers()
     assert not left.strip(), f"left behind by `down -v`: {left}"
     print(
         f"\nreplicas kit: up --wait {up_seconds:.1f} s, takeover after the kill {takeover:.1f} s,"

@@ -15,13 +15,11 @@ import contextlib
 import pathlib
 import secrets
 import subprocess
-import tempfile
 from collections.abc import Iterator
 
 import pytest
 
-from tests.agent.docker_helpers import docker_client
-from tests.deploy.kit import run, wait_for
+from tests.deploy.kit import kit_dir, run, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -80,22 +78,14 @@ class Postgres:
 
 @pytest.fixture
 def pg() -> Iterator[Postgres]:
-    client = docker_client()
-    try:
-        client.images.get(IMAGE)
-    except Exception:
-        pytest.fail(f"image {IMAGE} is missing: run `bash scripts/setup.sh --docker`")
-    base = pathlib.Path(tempfile.mkdtemp(prefix="crpg-", dir="/tmp"))
-    p = Postgres(base)
-    try:
-        yield p
-    finally:
-        for name in p.names:
-            with contextlib.suppress(Exception):
-                client.containers.get(name).remove(force=True, v=True)
-        client.close()
-        # the cluster's files belong to the container's postgres uid: root removes them
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+    with kit_dir("crpg-", IMAGE) as (client, base):
+        p = Postgres(base)
+        try:
+            yield p
+        finally:
+            for name in p.names:
+                with contextlib.suppress(Exception):
+                    client.containers.get(name).remove(force=True, v=True)
 
 
 def test_an_empty_volume_is_initialised_once_from_the_password_file(pg: Postgres) -> None:

@@ -6,6 +6,9 @@ a way to hold the commands table still (to stop a leader between two commands). 
 it is SQLite in WAL mode: one file, several processes, which is a real replica set on
 one host.  The PostgreSQL param gives each test a fresh schema on the test server
 (tests/server/postgres_helpers.py) and holds writers with the store's own write-turn lock.
+
+Over it, the replica set the end-to-end tests start: ``reconcile serve`` processes on that
+database (``start_replica``, the ``pair`` fixture) and an agent bootstrapped on one of them.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ from dataclasses import dataclass
 
 import pytest
 
+from agent.client import AgentClient, Credentials
+from reconciler.model.agentapi import AgentReport
+from reconciler.model.state import AgentState
 from reconciler.server.store import Store
 from tests.server.conftest import Remote
 from tests.server.postgres_helpers import fresh_schema
+from tests.server.serve_helpers import Serve
+
+#: Short, so that a follower takes over within seconds of the leader's death.
+LEASE_TTL = 2.0
 
 
 @dataclass
@@ -98,3 +108,41 @@ def remote(tmp_path: pathlib.Path) -> Remote:
     r = Remote(tmp_path)
     r.commit({"reconcile.yaml": "namespace: srv\n", "deployments/.keep": ""}, "empty repo")
     return r
+
+
+def start_replica(remote: Remote, shared_db: SharedDatabase, data_dir: pathlib.Path) -> Serve:
+    """One ``reconcile serve`` of the set, with its own data dir."""
+    return Serve(
+        remote.url,
+        data_dir,
+        # heartbeat 120: an agent's one report keeps it online for the whole test
+        {"database": shared_db.url, "lease_ttl": LEASE_TTL, "heartbeat": 120},
+    )
+
+
+@pytest.fixture
+def pair(
+    remote: Remote, shared_db: SharedDatabase, tmp_path: pathlib.Path
+) -> Iterator[tuple[Serve, Serve]]:
+    """Two replicas, A started first (so it holds the lease and leads), B following."""
+    with contextlib.ExitStack() as stack:
+        a = start_replica(remote, shared_db, tmp_path / "a")
+        stack.callback(a.stop)
+        b = start_replica(remote, shared_db, tmp_path / "b")
+        stack.callback(b.stop)
+        yield a, b
+
+
+def agent_on(replica: Serve, shared_db: SharedDatabase) -> AgentClient:
+    """A bootstrapped agent talking to ``replica`` (its token made in the shared store),
+    online after its first report."""
+    store = shared_db.open_store()
+    try:
+        token = store.create_bootstrap_token()
+    finally:
+        store.close()
+    client = AgentClient(replica.url)
+    boot = client.bootstrap(token, "h1")
+    client.credentials = Credentials(server=replica.url, agent_id=boot.agent_id, secret=boot.secret)
+    client.report(AgentReport(state=AgentState(agent=boot.agent_id), hostname="h1"))
+    return client

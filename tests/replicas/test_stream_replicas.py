@@ -16,21 +16,19 @@ import json
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import pytest
 
 from agent.client import AgentClient, Credentials
-from reconciler.model.agentapi import AgentReport, CommandResult, ProgressStep
-from reconciler.model.state import AgentState
+from reconciler.model.agentapi import CommandResult, ProgressStep
 from reconciler.server.app import build_control_plane
 from reconciler.server.config import ServerConfig
 from reconciler.server.progress import Event, ProgressHub
 from reconciler.server.store import PROGRESS_RETENTION
-from tests.replicas.conftest import SharedDatabase
+from tests.replicas.conftest import SharedDatabase, agent_on, start_replica
 from tests.server.conftest import Remote
 from tests.server.serve_helpers import ADMIN_HEADERS, Serve, signed_push
 
@@ -88,33 +86,6 @@ def of(events: list[dict[str, Any]], command: str) -> list[tuple[str, str]]:
 
 def result_of(command: str) -> Callable[[list[dict[str, Any]]], bool]:
     return lambda events: ("command.result", "") in of(events, command)
-
-
-@pytest.fixture
-def pair(
-    remote: Remote, shared_db: SharedDatabase, tmp_path: pathlib.Path
-) -> Iterator[tuple[Serve, Serve]]:
-    settings = {"database": shared_db.url, "lease_ttl": 2.0, "heartbeat": 120}
-    a = Serve(remote.url, tmp_path / "a", settings)
-    b = Serve(remote.url, tmp_path / "b", settings)
-    try:
-        yield a, b
-    finally:
-        b.stop()
-        a.stop()
-
-
-def agent_on(replica: Serve, shared_db: SharedDatabase) -> AgentClient:
-    store = shared_db.open_store()
-    try:
-        token = store.create_bootstrap_token()
-    finally:
-        store.close()
-    client = AgentClient(replica.url)
-    boot = client.bootstrap(token, "h1")
-    client.credentials = Credentials(server=replica.url, agent_id=boot.agent_id, secret=boot.secret)
-    client.report(AgentReport(state=AgentState(agent=boot.agent_id), hostname="h1"))
-    return client
 
 
 def on(client: AgentClient, replica: Serve) -> AgentClient:
@@ -200,7 +171,7 @@ def test_steps_and_results_posted_to_one_replica_stream_from_the_other(
     # Replays: after= on B, Last-Event-ID on A, and a replica started afterwards.
     mine = [e for e in on_b.events if e.get("command") == command]
     first = mine[1]["id"]  # the step "files"
-    c = Serve(remote.url, tmp_path / "c", {"database": shared_db.url, "lease_ttl": 2.0})
+    c = start_replica(remote, shared_db, tmp_path / "c")
     try:
         for replay, expected in (
             (Stream(b.url, after=str(first)), mine[2:]),

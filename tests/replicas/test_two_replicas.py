@@ -14,29 +14,15 @@ import signal
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
-import pytest
 
-from agent.client import AgentClient, Credentials, Polled
-from reconciler.model.agentapi import AgentReport
-from reconciler.model.state import AgentState
+from agent.client import Polled
 from reconciler.server.store import CommandRow, Store
-from tests.replicas.conftest import SharedDatabase
+from tests.replicas.conftest import LEASE_TTL, SharedDatabase, agent_on, start_replica
 from tests.server.conftest import EXAMPLES, Remote
 from tests.server.serve_helpers import ADMIN_HEADERS, Serve, signed_push
-
-LEASE_TTL = 2.0
-
-
-def start(remote: Remote, shared_db: SharedDatabase, data_dir: pathlib.Path) -> Serve:
-    return Serve(
-        remote.url,
-        data_dir,
-        # heartbeat 120: the agent's one report keeps it online for the whole test
-        {"database": shared_db.url, "lease_ttl": LEASE_TTL, "heartbeat": 120},
-    )
 
 
 def readyz(replica: Serve) -> dict[str, object]:
@@ -53,33 +39,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "
             return
         time.sleep(0.05)
     assert predicate(), f"timed out waiting for {what}"
-
-
-@pytest.fixture
-def pair(
-    remote: Remote, shared_db: SharedDatabase, tmp_path: pathlib.Path
-) -> Iterator[tuple[Serve, Serve]]:
-    a = start(remote, shared_db, tmp_path / "a")
-    b = start(remote, shared_db, tmp_path / "b")
-    try:
-        yield a, b
-    finally:
-        for replica in (a, b):
-            replica.stop()
-
-
-def agent_on(replica: Serve, shared_db: SharedDatabase) -> AgentClient:
-    """A bootstrapped agent talking to ``replica`` (its token made in the shared store)."""
-    store = shared_db.open_store()
-    try:
-        token = store.create_bootstrap_token()
-    finally:
-        store.close()
-    client = AgentClient(replica.url)
-    boot = client.bootstrap(token, "h1")
-    client.credentials = Credentials(server=replica.url, agent_id=boot.agent_id, secret=boot.secret)
-    client.report(AgentReport(state=AgentState(agent=boot.agent_id), hostname="h1"))
-    return client
 
 
 def fleet(agent: str, names: list[str], round_: int) -> dict[str, str]:
@@ -199,8 +158,8 @@ def test_the_leader_killed_mid_reconcile_the_other_finishes_and_nothing_is_issue
     remote: Remote, shared_db: SharedDatabase, tmp_path: pathlib.Path
 ) -> None:
     names = [f"app{i:02d}" for i in range(40)]
-    a = start(remote, shared_db, tmp_path / "a")
-    b = start(remote, shared_db, tmp_path / "b")
+    a = start_replica(remote, shared_db, tmp_path / "a")
+    b = start_replica(remote, shared_db, tmp_path / "b")
     reader = shared_db.open_store()  # opened (and migrated) before any hold
     try:
         assert readyz(a)["leader"] is True
