@@ -217,7 +217,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._phase == "head":
                 window = self._tail + data
                 end = window.find(_BLANK_LINE)
-                size = len(data) if end < 0 else end - len(self._tail)
+                # Without a blank line, the last bytes may be the start of one.
+                size = len(data) - _TAIL if end < 0 else end - len(self._tail)
                 if self._head_bytes + size > self.limits.max_head_bytes:
                     self._refuse_head()
                     return
