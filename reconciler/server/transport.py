@@ -9,9 +9,9 @@ agent with it).  httptools has no limit on a request head either: one 200 MiB he
 grew the server by 370 MiB.  ASGI middleware cannot help: it runs only once a request
 head has been parsed.  So the guard sits in the protocol, the way other uvicorn
 deployments solved it (xorbitsai/inference#5213: a receipt deadline on the protocol
-class).  It used to sit on uvicorn's h11 protocol, whose pure-Python parser cost 264 us
-of server CPU per keep-alive request where this one costs about a third of that
-(``benchmarks/transport.py``).
+class).  It used to sit on uvicorn's h11 protocol, whose pure-Python parser made a
+keep-alive request cost 185 us of server CPU where this one costs 102 us (plain uvicorn
+httptools: 86 us; ``benchmarks/transport.py``).
 
 - **head size**: the request line and headers may take ``max_head_bytes``, counted in
   :meth:`~GuardedHttpToolsProtocol.data_received` *before* the parser sees the bytes ->
@@ -233,7 +233,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             piece = data[:cut] if cut < len(data) else data
             before = self._phase
             super().data_received(piece)
-            if self.transport.is_closing():  # a parse error (400), or an upgrade
+            if self.transport.is_closing():  # a parse error: uvicorn answered 400
                 self._settle()
                 return
             if self._phase == before:
