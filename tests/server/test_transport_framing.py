@@ -71,6 +71,7 @@ def parse_responses(raw: bytes) -> list[tuple[int, bytes]]:
             for line in lines
             if line.lower().startswith(b"content-length:")
         )
+        assert len(rest) >= length, raw  # not all of it yet
         out.append((status, rest[:length]))
         raw = rest[length:]
     return out
