@@ -173,6 +173,44 @@ def test_serve_answers_a_pipelined_pair_and_refuses_garbage_with_400(serve: Serv
     assert httpx.get(serve.url + "/healthz", timeout=10).status_code == 200
 
 
+def test_serve_keeps_reading_paused_behind_a_long_poll_so_a_flood_costs_no_memory(
+    serve: Serve,
+) -> None:
+    """Bytes pipelined behind a request in flight wait, with reading paused, until it is
+    answered; then they are the next request's head, counted like any other."""
+    agent = serve.register_agent()
+    before = serve.rss_kib()
+    poll = (
+        b"GET /v1/agent/commands?wait=3 HTTP/1.1\r\nHost: x\r\nX-Agent-Id: %s\r\n"
+        b"X-Agent-Secret: %s\r\n\r\n"
+        % (agent["X-Agent-Id"].encode(), agent["X-Agent-Secret"].encode())
+    )
+    sent = [0]
+
+    def flood(sock: socket.socket) -> None:
+        chunk = b"a" * (1024 * 1024)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            for _ in range(200):
+                sock.sendall(chunk)
+                sent[0] += len(chunk)
+
+    with socket.create_connection(("127.0.0.1", serve.port), timeout=30) as sock:
+        sock.sendall(poll)
+        sender = threading.Thread(target=flood, args=(sock,))
+        sender.start()
+        raw = read_until_closed(sock)
+        sender.join(60)
+        assert not sender.is_alive()
+    [(polled, commands), (refused, why)] = parse_responses(raw)
+    assert (polled, json.loads(commands)["commands"]) == (200, [])
+    assert (refused, why) == (431, b"request line and headers over 65536 bytes\n")
+    after = serve.rss_kib()
+    print(f"\nRSS before {before} KiB, after {sent[0] >> 20} MiB behind a long poll {after} KiB")
+    assert sent[0] < 200 * 1024 * 1024  # the server stopped reading: the sender was held up
+    assert after - before < 16 * 1024, (before, after)
+
+
 # ------------------------------------------------------------------ a real socket
 
 
