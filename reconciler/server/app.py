@@ -39,6 +39,7 @@ from reconciler.model.agentapi import (
 from reconciler.model.errors import ReconcilerError
 from reconciler.model.ids import NAME_RE
 from reconciler.model.redact import redact
+from reconciler.model.state import AgentState
 from reconciler.server.agentlane import (
     AgentEndpoints,
     AgentLane,
@@ -444,15 +445,23 @@ def create_app(
             "capacity": {"memory_mb": (row.report or {}).get("total_memory_mb")},
         }
 
-    def deployment_views() -> list[dict[str, Any]]:
+    def deployment_views(*, commands: bool = True) -> list[dict[str, Any]]:
+        """Every desired deployment with what its agent reports; ``commands=False`` leaves
+        out each one's last command (a query per deployment, which /metrics does not use)."""
         now = reconciler.clock()
+        rows = store.deployments()
+        if not rows:  # a fleet with nothing desired: no agent's state needs reading
+            return []
         agents = {a.id: a for a in store.agents()}
-        states = {a: reconciler.agent_state(row, a, now) for a, row in agents.items()}
+        states: dict[str, AgentState] = {}
         out = []
-        for row in store.deployments():
-            agent_state = states.get(row.agent) or reconciler.agent_state(None, row.agent, now)
+        for row in rows:
+            agent_state = states.get(row.agent)
+            if agent_state is None:  # each agent's state parsed once, and only if it is asked
+                agent_state = reconciler.agent_state(agents.get(row.agent), row.agent, now)
+                states[row.agent] = agent_state
             have = agent_state.deployments.get(row.id)
-            last = store.last_command(row.id)
+            last = store.last_command(row.id) if commands else None
             out.append(
                 {
                     "name": row.name,
@@ -504,7 +513,7 @@ def create_app(
                 health=health_of(v["status"], v["containers"]),
                 in_sync=v["in_sync"],
             )
-            for v in deployment_views()
+            for v in deployment_views(commands=False)
         ]
 
     @app.get("/v1/deployments", dependencies=reader)
@@ -722,7 +731,7 @@ def create_app(
     @app.get("/metrics")
     def metrics_endpoint() -> PlainTextResponse:
         now = reconciler.clock()
-        metrics.agents_online.set(sum(1 for a in store.agents() if reconciler.online(a, now)))
+        metrics.agents_online.set(store.count_seen_since(now - config.offline_after))
         metrics.leader.set(int(worker.leading))
         from prometheus_client import CONTENT_TYPE_LATEST
 

@@ -692,6 +692,12 @@ class Store:
     def agents(self) -> list[AgentRow]:
         return [self._agent(r) for r in self._query("SELECT * FROM agents ORDER BY id")]
 
+    def count_seen_since(self, since: float) -> int:
+        """Agents whose last report is at or after ``since`` (the online ones, for a cutoff
+        of now minus the offline delay), counted by the database, not parsed row by row."""
+        rows = self._query("SELECT COUNT(*) FROM agents WHERE last_seen >= ?", (since,))
+        return int(rows[0][0])
+
     def agent(self, agent_id: str) -> AgentRow | None:
         rows = self._query("SELECT * FROM agents WHERE id = ?", (agent_id,))
         return self._agent(rows[0]) if rows else None

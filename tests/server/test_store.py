@@ -131,6 +131,20 @@ class TestAgents:
         row = store.agent(agent_id)
         assert row is not None and row.last_seen == 110.0 and row.report == {"state": {"x": 1}}
 
+    def test_agents_seen_since_a_cutoff_are_counted(self, store: Store) -> None:
+        ids = []
+        for _ in range(3):
+            created = store.bootstrap_agent(store.create_bootstrap_token())
+            assert created is not None
+            ids.append(created[0])
+        store.record_report(ids[0], {"state": {}}, now=100.0)
+        store.record_report(ids[1], {"state": {}}, now=130.0)
+        # ids[2] never reported: never counted
+        assert store.count_seen_since(0.0) == 2
+        assert store.count_seen_since(100.0) == 2  # the cutoff itself is still online
+        assert store.count_seen_since(100.5) == 1
+        assert store.count_seen_since(131.0) == 0
+
 
 class TestDeliveriesAndHooks:
     def test_delivery_is_new_once_and_survives_reopen(self, store: Store, database: str) -> None:
