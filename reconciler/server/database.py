@@ -640,11 +640,18 @@ class PostgresDatabase:
         """Tell the other replicas' watchers ``(channel, key)``.  Inside a store
         transaction on this thread it is sent when that transaction commits (and never if
         it rolls back): NOTIFY is transactional."""
-        payload = json.dumps([self._origin, channel, key])
-        if len(payload.encode()) > SIGNAL_MAX:
-            raise ValueError(f"signal too long ({len(payload)} bytes): {channel!r}")
+        self.signal_many(channel, [key])
+
+    def signal_many(self, channel: str, keys: Sequence[str]) -> None:
+        """:meth:`signal` for each of ``keys``, in one statement."""
+        payloads = [json.dumps([self._origin, channel, key]) for key in keys]
+        for payload in payloads:
+            if len(payload.encode()) > SIGNAL_MAX:
+                raise ValueError(f"signal too long ({len(payload)} bytes): {channel!r}")
         with self._connection() as conn:
-            conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
+            conn.execute(
+                "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (self._channel, payloads)
+            )
 
     def watch(self, callback: Callable[[str, str], None]) -> Callable[[], None]:
         """Call ``callback(channel, key)`` (from a thread of its own) for every signal

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 __all__ = ["EMPTY_ANSWER_SPREAD", "Notifier", "spread_wait"]
 
@@ -60,6 +60,11 @@ class Notifier:
         for loop, event in entries:
             with contextlib.suppress(RuntimeError):  # that loop has closed
                 loop.call_soon_threadsafe(event.set)
+
+    def notify_many(self, agents: Iterable[str]) -> None:
+        """Every agent of a batch (the commands of one reconcile); thread-safe."""
+        for agent in agents:
+            self.notify(agent)
 
     def waiting_agents(self) -> set[str]:
         with self._lock:

@@ -32,7 +32,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from reconciler.server.notify import Notifier
 from reconciler.server.store import PROGRESS, Store
@@ -70,6 +70,18 @@ class SharedNotifier(Notifier):
             self._store.signal(COMMAND, agent)
         except Exception:  # a lost wake-up costs one poll interval, never the command
             log.warning("signal for agent %s", agent, exc_info=True)
+
+    def notify_many(self, agents: Iterable[str]) -> None:
+        """This replica's polls at once, then the others' through one signal write: a
+        database round trip per agent before the next local wake-up held the last of 100
+        agents up for about a second on PostgreSQL."""
+        batch = sorted(set(agents))
+        for agent in batch:
+            super().notify(agent)
+        try:
+            self._store.signal_many(COMMAND, batch)
+        except Exception:  # a lost wake-up costs one poll interval, never the command
+            log.warning("signals for %d agents", len(batch), exc_info=True)
 
     def notify_local(self, agent: str) -> None:
         """A wake-up signalled by another replica: this one's polls only."""

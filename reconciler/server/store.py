@@ -1459,15 +1459,23 @@ class Store:
         """Tell the other replicas (``channel`` "command", ``key`` an agent id, say), after
         the change it announces has committed.  Not fsynced: a signal is a hint that
         saves a wait, the data it points at is already durable."""
+        self.signal_many(channel, [key], now=now)
+
+    def signal_many(self, channel: str, keys: Sequence[str], *, now: float | None = None) -> None:
+        """:meth:`signal` for each of ``keys``, in one transaction (one round trip on
+        PostgreSQL)."""
+        if not keys:
+            return
         if isinstance(self.db, PostgresDatabase):  # NOTIFY, sent at commit
-            self.db.signal(channel[:100], key[:200])
+            self.db.signal_many(channel[:100], [key[:200] for key in keys])
             return
         now = time.time() if now is None else now
         with self._tx(fsync=False) as db:
-            db.execute(
-                "INSERT INTO signals (channel, key, origin, created) VALUES (?, ?, ?, ?)",
-                (channel[:100], key[:200], self.replica_id, now),
-            )
+            for key in keys:
+                db.execute(
+                    "INSERT INTO signals (channel, key, origin, created) VALUES (?, ?, ?, ?)",
+                    (channel[:100], key[:200], self.replica_id, now),
+                )
             if now - self._signals_pruned > SIGNAL_RETENTION / 4:
                 self._signals_pruned = now
                 db.execute("DELETE FROM signals WHERE created < ?", (now - SIGNAL_RETENTION,))

@@ -753,8 +753,7 @@ class Reconciler:
         # One write for the batch, before the wake-up: a step never precedes its command.
         self.progress.publish_many(sent)
         # Woken after the commit, every agent of the batch: a poll reads what is there.
-        for agent in sorted({done.command.agent for done in issued}):
-            self.notifier.notify(agent)
+        self.notifier.notify_many(sorted({done.command.agent for done in issued}))
         self._clean_bundles()
         self.store.prune_history(now=now)
         self.store.record_event(

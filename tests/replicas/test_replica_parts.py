@@ -8,12 +8,14 @@ from __future__ import annotations
 import pathlib
 import threading
 import time
+from collections.abc import Sequence
 
 import pytest
 
 from reconciler.model.errors import InvalidSpec
 from reconciler.server import worker as worker_module
 from reconciler.server.config import ServerConfig, load_server_config
+from reconciler.server.notify import Notifier
 from reconciler.server.replicas import Leadership, Replicas, SharedNotifier, lease_name
 from reconciler.server.worker import MASS_PRUNE_KEY, Reconciler, Worker
 from tests.replicas.conftest import SharedDatabase
@@ -162,6 +164,48 @@ def test_the_notifier_signals_the_other_replicas_which_wake_their_own_polls(
     try:
         SharedNotifier(a_store).notify("agt_0123456789abcdef")
         assert wait_for(lambda: woken == ["agt_0123456789abcdef"])
+    finally:
+        b.stop()
+    a_store.close()
+    b_store.close()
+
+
+def test_a_batch_wakes_this_replicas_polls_first_and_the_others_with_one_write(
+    shared_db: SharedDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands of one reconcile: every local poll is woken before any database
+    round trip (one per agent held the last of 100 up for a second on PostgreSQL), and the
+    other replicas get every agent of the batch."""
+    a_store, b_store = shared_db.open_store(), shared_db.open_store()
+    agents = [f"agt_{i:016x}" for i in range(50)]
+    order: list[str] = []
+    woken: list[str] = []
+
+    class Remote(SharedNotifier):
+        def notify_local(self, agent: str) -> None:
+            woken.append(agent)
+
+    real_signal_many = a_store.signal_many
+
+    def signal_many(channel: str, keys: Sequence[str], *, now: float | None = None) -> None:
+        order.append(f"signal x{len(keys)}")
+        real_signal_many(channel, keys, now=now)
+
+    monkeypatch.setattr(a_store, "signal_many", signal_many)
+    monkeypatch.setattr(a_store, "signal", lambda *a, **k: order.append("one signal"))
+    b = Replicas(
+        b_store,
+        Leadership(b_store, "reconcile:m", ttl=30),
+        Remote(b_store),
+        trigger=lambda reason: None,
+    )
+    b.start()
+    try:
+        a = SharedNotifier(a_store)
+        monkeypatch.setattr(Notifier, "notify", lambda self, agent: order.append("local"))
+        a.notify_many(reversed(agents))
+        assert order == ["local"] * 50 + ["signal x50"]
+        assert wait_for(lambda: sorted(woken) == agents)
     finally:
         b.stop()
     a_store.close()
