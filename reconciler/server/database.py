@@ -44,7 +44,7 @@ import secrets
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.model.errors import ReconcilerError
@@ -128,6 +128,8 @@ class Connection(Protocol):
     """What a store method sees inside a transaction (``sqlite3.Connection`` is one)."""
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
 
 
 class Database(Protocol):
@@ -359,6 +361,13 @@ class _PgConnection:
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
         cur = self._conn.cursor()
         cur.execute(postgres_sql(sql), tuple(parameters))
+        return cur
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor:
+        """One statement over many rows in one round trip batch (psycopg's pipeline):
+        a row at a time cost a reconcile of 1,000 deployments 1,000 round trips."""
+        cur = self._conn.cursor()
+        cur.executemany(postgres_sql(sql), [tuple(p) for p in parameters])
         return cur
 
 

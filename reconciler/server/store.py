@@ -1081,27 +1081,29 @@ class Store:
                 (json.dumps(plan), revision, now),
             )
             db.execute("UPDATE deployments SET desired = 0")
-            for dpl_id, name, agent, spec_hash, url in desired:
-                action = actions.get(dpl_id, {})
-                db.execute(
-                    "INSERT INTO deployments (id, name, agent, spec_hash, last_action, "
-                    "last_reason, url, updated, desired) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) "
-                    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
-                    "agent = excluded.agent, spec_hash = excluded.spec_hash, "
-                    "last_action = excluded.last_action, last_reason = excluded.last_reason, "
-                    "url = COALESCE(excluded.url, deployments.url), updated = excluded.updated, "
-                    "desired = 1",
+            # One statement over every row (one round-trip batch on PostgreSQL).
+            db.executemany(
+                "INSERT INTO deployments (id, name, agent, spec_hash, last_action, "
+                "last_reason, url, updated, desired) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) "
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                "agent = excluded.agent, spec_hash = excluded.spec_hash, "
+                "last_action = excluded.last_action, last_reason = excluded.last_reason, "
+                "url = COALESCE(excluded.url, deployments.url), updated = excluded.updated, "
+                "desired = 1",
+                [
                     (
                         dpl_id,
                         name,
                         agent,
                         spec_hash,
-                        action.get("action"),
-                        action.get("reason"),
+                        actions.get(dpl_id, {}).get("action"),
+                        actions.get(dpl_id, {}).get("reason"),
                         url,
                         now,
-                    ),
-                )
+                    )
+                    for dpl_id, name, agent, spec_hash, url in desired
+                ],
+            )
             issued, queued = self._issue(db, commands, seen, event)
         if queued:
             self._on_outbox()
