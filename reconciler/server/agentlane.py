@@ -38,12 +38,20 @@ from reconciler.model.agentapi import AgentReport, Command, CommandBatch, Report
 from reconciler.model.state import AgentState
 from reconciler.server.config import ServerConfig
 from reconciler.server.fields import TooManyDeployments, cap_report
-from reconciler.server.limits import MAX_API_BODY, Receive, Scope, Send
+from reconciler.server.limits import (
+    MAX_API_BODY,
+    Receive,
+    Scope,
+    Send,
+    body_over,
+    declared_over,
+    headers_over,
+)
 from reconciler.server.notify import Notifier, spread_wait
 from reconciler.server.store import Store
 from reconciler.server.worker import Reconciler, Worker
 
-__all__ = ["COMMANDS", "REPORT", "AgentEndpoints", "AgentLane", "ControlPlaneAPI", "LaneError"]
+__all__ = ["COMMANDS", "REPORT", "AgentEndpoints", "AgentLane", "ControlPlaneAPI", "Refusal"]
 
 log = logging.getLogger("reconciler.server")
 
@@ -52,14 +60,18 @@ COMMANDS = "/v1/agent/commands"
 _METHOD = {REPORT: "POST", COMMANDS: "GET"}
 
 
-class LaneError(Exception):
-    """A refusal: answered as ``{"error": message}`` with ``status``."""
+class Refusal(Exception):
+    """A refusal: answered as ``{"error": message}`` with ``status`` (and ``headers``),
+    by the lane and by every FastAPI endpoint of the control plane alike."""
 
-    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.close = close
+        self.headers = headers
+
+
+CLOSE = {"Connection": "close"}
 
 
 def invalid_request(errors: Sequence[Any]) -> str:
@@ -89,9 +101,9 @@ class AgentEndpoints:
 
     def authenticate(self, agent_id: str | None, secret: str | None) -> str:
         if not agent_id or not secret:
-            raise LaneError(401, "X-Agent-Id and X-Agent-Secret are required")
+            raise Refusal(401, "X-Agent-Id and X-Agent-Secret are required")
         if not self.store.check_agent(agent_id, secret):
-            raise LaneError(401, "unknown agent or wrong secret")
+            raise Refusal(401, "unknown agent or wrong secret")
         return agent_id
 
     # ------------------------------------------------------------------ heartbeat
@@ -101,13 +113,13 @@ class AgentEndpoints:
         try:
             body = AgentReport.model_validate_json(raw)
         except ValidationError as exc:
-            raise LaneError(400, invalid_request(exc.errors())) from None
+            raise Refusal(400, invalid_request(exc.errors())) from None
         try:
             body = cap_report(body)
         except TooManyDeployments as exc:
-            raise LaneError(413, str(exc)) from None
+            raise Refusal(413, str(exc)) from None
         if body.state is None and body.state_digest is None:
-            raise LaneError(422, "the report carries neither a state nor a state_digest")
+            raise Refusal(422, "the report carries neither a state nor a state_digest")
         now = self.reconciler.clock()
         state: AgentState | None = None
         stored_state: dict[str, Any] | None = None
@@ -217,11 +229,11 @@ def _wait(query: bytes) -> float:
             try:
                 wait = float(value)
             except ValueError:
-                raise LaneError(
+                raise Refusal(
                     400, "invalid request: query.wait: Input should be a valid number"
                 ) from None
             if not math.isfinite(wait):
-                raise LaneError(400, "invalid request: query.wait: Input should be a finite number")
+                raise Refusal(400, "invalid request: query.wait: Input should be a finite number")
     return wait
 
 
@@ -246,9 +258,9 @@ class AgentLane:
         try:
             headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
             if len(headers) > self.max_headers:
-                raise LaneError(431, f"more than {self.max_headers} request headers", close=True)
+                raise Refusal(431, headers_over(self.max_headers), CLOSE)
             if scope["method"] != _METHOD[path]:
-                raise LaneError(405, "Method Not Allowed")
+                raise Refusal(405, "Method Not Allowed", {"Allow": _METHOD[path]})
             agent_id = _header(headers, b"x-agent-id")
             secret = _header(headers, b"x-agent-secret")
             answer: ReportAck | CommandBatch
@@ -260,15 +272,14 @@ class AgentLane:
             else:
                 wait = _wait(scope.get("query_string") or b"")
                 answer = await self.endpoints.commands(agent_id, secret, wait)
-        except LaneError as exc:
-            await _respond(send, exc.status, _error(exc.message), close=exc.close, allow=path)
+        except Refusal as exc:
+            await _respond(send, exc.status, _error(exc.message), exc.headers)
             return
         await _respond(send, 200, answer.model_dump_json().encode())
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
-        declared = _header(scope.get("headers") or [], b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise LaneError(413, f"request body over {self.max_body} bytes", close=True)
+        if declared_over(scope.get("headers") or [], self.max_body):
+            raise Refusal(413, body_over(self.max_body), CLOSE)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -278,7 +289,7 @@ class AgentLane:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                raise LaneError(413, f"request body over {self.max_body} bytes", close=True)
+                raise Refusal(413, body_over(self.max_body), CLOSE)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -289,17 +300,14 @@ def _error(message: str) -> bytes:
 
 
 async def _respond(
-    send: Send, status: int, body: bytes, *, close: bool = False, allow: str | None = None
+    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
 ) -> None:
-    headers = [
+    head = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()),
     ]
-    if close:
-        headers.append((b"connection", b"close"))
-    if status == 405 and allow is not None:
-        headers.append((b"allow", _METHOD[allow].encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -44,7 +44,7 @@ from reconciler.server.agentlane import (
     AgentEndpoints,
     AgentLane,
     ControlPlaneAPI,
-    LaneError,
+    Refusal,
     invalid_request,
 )
 from reconciler.server.config import Role, ServerConfig, ServerSecrets
@@ -190,14 +190,6 @@ def _events_out(config: ServerConfig, store: Store, reconciler: Reconciler) -> S
     return sender
 
 
-class _Error(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
 class ReconcileRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     allow_mass_prune: bool = False
@@ -234,13 +226,9 @@ def create_app(
 
     # ------------------------------------------------------------------ errors
 
-    @app.exception_handler(_Error)
-    async def _on_error(request: Request, exc: _Error) -> JSONResponse:
+    @app.exception_handler(Refusal)
+    async def _on_error(request: Request, exc: Refusal) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(LaneError)
-    async def _on_refused(request: Request, exc: LaneError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(HTTPException)
     async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
@@ -266,7 +254,7 @@ def create_app(
 
     def bearer_role(authorization: str | None) -> Role:
         if not secrets.admin_token and not secrets.readonly_token:
-            raise _Error(
+            raise Refusal(
                 401,
                 "the status and admin API is disabled: set RECONCILE_ADMIN_TOKEN in the "
                 "server's environment and send it as `Authorization: Bearer <token>`",
@@ -274,7 +262,7 @@ def create_app(
         scheme, _, token = (authorization or "").partition(" ")
         role = secrets.role_of(token.strip()) if scheme.lower() == "bearer" else None
         if role is None:
-            raise _Error(
+            raise Refusal(
                 401,
                 "missing or wrong bearer token (Authorization: Bearer $RECONCILE_ADMIN_TOKEN)",
                 {"WWW-Authenticate": "Bearer"},
@@ -283,7 +271,7 @@ def create_app(
 
     def admin_auth(authorization: Annotated[str | None, Header()] = None) -> None:
         if bearer_role(authorization) != "admin":
-            raise _Error(
+            raise Refusal(
                 403,
                 "the read-only token only reads the status: this endpoint needs "
                 "RECONCILE_ADMIN_TOKEN",
@@ -303,7 +291,7 @@ def create_app(
         hostname = clip(body.hostname, MAX_TEXT)
         created = store.bootstrap_agent(body.token, hostname)
         if created is None:
-            raise _Error(401, "bootstrap token unknown, already used or expired")
+            raise Refusal(401, "bootstrap token unknown, already used or expired")
         agent_id, secret = created
         store.record_event("agent.bootstrap", {"agent": agent_id, "hostname": hostname})
         log.info(
@@ -324,10 +312,10 @@ def create_app(
         # From the store, one chunk at a time: any replica serves it, whichever built it.
         row = store.command(command_id)
         if row is None or row.agent != agent:
-            raise _Error(404, f"no command {command_id} for this agent")
+            raise Refusal(404, f"no command {command_id} for this agent")
         size = store.bundle_size(command_id) if row.payload.get("has_bundle") else None
         if size is None:
-            raise _Error(404, f"command {command_id} has no bundle (or it is finished)")
+            raise Refusal(404, f"command {command_id} has no bundle (or it is finished)")
         return StreamingResponse(
             iterate_in_threadpool(store.read_bundle(command_id)),
             media_type="application/x-tar",
@@ -349,7 +337,7 @@ def create_app(
             event=lambda command: ("command.result", result_fields(command, result)),
         )
         if row is None:
-            raise _Error(404, f"no command {command_id} for this agent")
+            raise Refusal(404, f"no command {command_id} for this agent")
         if duplicate:
             return ResultAck(accepted=True, duplicate=True)
         if row.kind == "operation":
@@ -404,7 +392,7 @@ def create_app(
     def command_progress(command_id: str, body: CommandProgress, agent: Agent) -> ProgressAck:
         row = store.command(command_id)
         if row is None or row.agent != agent:
-            raise _Error(404, f"no command {command_id} for this agent")
+            raise Refusal(404, f"no command {command_id} for this agent")
         name = row.payload.get("action", {}).get("deployment", row.deployment)
         for step in body.steps:
             log.debug("command %s: %s %s %r", command_id, name, step.step, step.detail)
@@ -530,13 +518,13 @@ def create_app(
         for view in deployment_views():
             if key in (view["id"], view["name"]):
                 return view
-        raise _Error(404, f"no deployment {key!r} (by id or name)")
+        raise Refusal(404, f"no deployment {key!r} (by id or name)")
 
     @app.get("/v1/plan", dependencies=reader)
     def last_plan() -> Response:
         found = store.last_plan()
         if found is None:
-            raise _Error(404, "no plan yet: the first reconcile has not finished")
+            raise Refusal(404, "no plan yet: the first reconcile has not finished")
         from reconciler.plan import Plan
         from reconciler.plan.report import json_plan
 
@@ -608,7 +596,7 @@ def create_app(
     @app.delete("/v1/agents/{agent_id}", dependencies=admin)
     def remove_agent(agent_id: str) -> dict[str, Any]:
         if not store.remove_agent(agent_id):
-            raise _Error(404, f"no agent {agent_id!r}")
+            raise Refusal(404, f"no agent {agent_id!r}")
         store.record_event("agent.removed", {"agent": agent_id, "by": "api"})
         log.info(
             "agent %s removed (by the API)",
@@ -653,7 +641,7 @@ def create_app(
         wheel = find_agent_wheel(dist_dir, __version__)
         if wheel is None:  # the path goes to the log, not to an unauthenticated caller
             log.warning("GET /install.sh: no compose_reconciler-*.whl in %s", dist_dir)
-            raise _Error(
+            raise Refusal(
                 503,
                 "the control plane has no agent wheel to hand out: put "
                 "compose_reconciler-*.whl in its dist dir (reconcile serve --dist-dir DIR, "
@@ -667,7 +655,7 @@ def create_app(
 
         path = dist_dir / name
         if not WHEEL_RE.match(name) or not path.is_file():
-            raise _Error(404, f"no such file in the dist dir: {name[:100]}")
+            raise Refusal(404, f"no such file in the dist dir: {name[:100]}")
         return FileResponse(path, media_type="application/octet-stream", filename=name)
 
     # --------------------------------------------------------------------- ops

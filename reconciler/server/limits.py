@@ -16,7 +16,15 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-__all__ = ["MAX_API_BODY", "MAX_HEADERS", "BodyLimit", "HeaderLimit"]
+__all__ = [
+    "MAX_API_BODY",
+    "MAX_HEADERS",
+    "BodyLimit",
+    "HeaderLimit",
+    "body_over",
+    "declared_over",
+    "headers_over",
+]
 
 MAX_API_BODY = 16 * 1024 * 1024
 MAX_HEADERS = 100
@@ -26,6 +34,20 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def body_over(limit: int) -> str:
+    return f"request body over {limit} bytes"
+
+
+def headers_over(limit: int) -> str:
+    return f"more than {limit} request headers"
+
+
+def declared_over(headers: list[tuple[bytes, bytes]], limit: int) -> bool:
+    """The request declares a ``Content-Length`` over ``limit``: refused unread."""
+    declared = dict(headers).get(b"content-length")
+    return declared is not None and declared.isdigit() and int(declared) > limit
 
 
 class BodyLimit:
@@ -38,10 +60,9 @@ class BodyLimit:
         if scope["type"] != "http" or str(scope.get("path", "")).startswith(self.exempt):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        if declared_over(scope.get("headers") or [], self.limit):
             response = JSONResponse(
-                {"error": f"request body over {self.limit} bytes"},
+                {"error": body_over(self.limit)},
                 status_code=413,
                 headers={"Connection": "close"},
             )
@@ -57,7 +78,7 @@ class BodyLimit:
                 if seen > self.limit:
                     # FastAPI lets an HTTPException from body reading through to the
                     # app's handler: the same {"error": …} body as every other refusal.
-                    raise HTTPException(413, f"request body over {self.limit} bytes")
+                    raise HTTPException(413, body_over(self.limit))
             return message
 
         await self.app(scope, counted, send)
@@ -78,7 +99,7 @@ class HeaderLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and len(scope.get("headers") or ()) > self.limit:
             response = JSONResponse(
-                {"error": f"more than {self.limit} request headers"},
+                {"error": headers_over(self.limit)},
                 status_code=431,
                 headers={"Connection": "close"},
             )

@@ -65,11 +65,7 @@ class SharedNotifier(Notifier):
         self._store = store
 
     def notify(self, agent: str) -> None:
-        super().notify(agent)
-        try:
-            self._store.signal(COMMAND, agent)
-        except Exception:  # a lost wake-up costs one poll interval, never the command
-            log.warning("signal for agent %s", agent, exc_info=True)
+        self.notify_many([agent])
 
     def notify_many(self, agents: Iterable[str]) -> None:
         """This replica's polls at once, then the others' through one signal write: a
