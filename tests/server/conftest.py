@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 
 from reconciler.server.app import ControlPlane, build_control_plane
 from reconciler.server.config import ServerConfig, ServerSecrets
@@ -125,3 +126,10 @@ def plane(remote: Remote, tmp_path: pathlib.Path) -> Iterator[ControlPlane]:
 def copy_examples(dest: pathlib.Path) -> pathlib.Path:
     shutil.copytree(EXAMPLES, dest, ignore=shutil.ignore_patterns("invalid", "upstream"))
     return dest
+
+
+@pytest.fixture
+def client(plane: ControlPlane) -> Iterator[TestClient]:
+    """The control plane's app in process (FastAPI's TestClient, lifespan run)."""
+    with TestClient(plane.app) as c:
+        yield c

@@ -4,12 +4,14 @@ open file handles) and the requests a real agent and a real webhook send."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,3 +134,12 @@ def signed_push(url: str, delivery: str, body: bytes | None = None) -> httpx.Res
         },
         timeout=30,
     )
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a reset counts as closed)."""
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

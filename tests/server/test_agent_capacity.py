@@ -6,10 +6,8 @@ and a git remote in tmp_path."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from conftest import ADMIN, Remote, examples_for
 from fastapi.testclient import TestClient
 
@@ -17,12 +15,6 @@ from reconciler.model.agentapi import BootstrapResponse
 from reconciler.server.app import ControlPlane
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
-
-
-@pytest.fixture
-def client(plane: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(plane.app) as c:
-        yield c
 
 
 def _planned(

@@ -19,12 +19,6 @@ from reconciler.server.app import ControlPlane, build_control_plane
 from reconciler.server.config import ServerSecrets
 
 
-@pytest.fixture
-def client(plane: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(plane.app) as c:
-        yield c
-
-
 def _agent(client: TestClient, plane: ControlPlane) -> dict[str, str]:
     token = plane.store.create_bootstrap_token()
     boot = client.post("/v1/agent/bootstrap", json={"token": token, "hostname": "h"}).json()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,12 +15,6 @@ from reconciler.model.state import ActualState
 from reconciler.server.app import ControlPlane
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
-
-
-@pytest.fixture
-def client(plane: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(plane.app) as c:
-        yield c
 
 
 def _agent(client: TestClient, plane: ControlPlane, *, report: bool = True) -> dict[str, str]:

@@ -16,7 +16,6 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,12 +30,6 @@ from reconciler.server.metrics import Metrics
 from reconciler.server.notify import Notifier, spread_wait
 from reconciler.server.store import Store
 from reconciler.server.worker import Reconciler, Worker
-
-
-@pytest.fixture
-def client(plane: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(plane.app) as c:
-        yield c
 
 
 def _agent(plane: ControlPlane, client: TestClient) -> dict[str, str]:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.server.conftest import Remote
-from tests.server.serve_helpers import ADMIN_HEADERS, Serve, signed_push
+from tests.server.serve_helpers import ADMIN_HEADERS, Serve, read_until_closed, signed_push
 
 
 def _raise_fd_limit(need: int) -> None:
@@ -35,15 +35,6 @@ def _raise_fd_limit(need: int) -> None:
 def _connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     return sock
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    """Until the server closes (a reset counts as closed)."""
-    chunks = []
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @pytest.fixture
@@ -62,7 +53,7 @@ class TestHeadSize:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 for _ in range(mib):
                     sock.sendall(chunk)
-            answers.append(_read_all(sock))
+            answers.append(read_until_closed(sock))
         finally:
             sock.close()
 
@@ -109,7 +100,7 @@ class TestDeadlines:
         sock = _connect(serve.port)
         try:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-            answer = _read_all(sock)  # returns only because the server closes
+            answer = read_until_closed(sock)  # returns only because the server closes
         finally:
             sock.close()
         assert answer.startswith(b"HTTP/1.1 408 "), answer
@@ -122,7 +113,7 @@ class TestDeadlines:
                 b"POST /v1/agent/bootstrap HTTP/1.1\r\nHost: x\r\n"
                 b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"tok'
             )
-            answer = _read_all(sock)
+            answer = read_until_closed(sock)
         finally:
             sock.close()
         assert answer.startswith(b"HTTP/1.1 408 "), answer

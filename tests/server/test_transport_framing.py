@@ -31,7 +31,7 @@ from uvicorn.server import ServerState
 
 from reconciler.server.transport import TransportLimits, guarded_protocol, uvicorn_options
 from tests.server.conftest import Remote
-from tests.server.serve_helpers import WEBHOOK_SECRET, Serve
+from tests.server.serve_helpers import WEBHOOK_SECRET, Serve, read_until_closed
 
 LIMITS = TransportLimits(max_head_bytes=1024, head_timeout=30, body_timeout=30, keep_alive=1)
 
@@ -75,14 +75,6 @@ def parse_responses(raw: bytes) -> list[tuple[int, bytes]]:
         out.append((status, rest[:length]))
         raw = rest[length:]
     return out
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    chunks = []
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def read_responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
